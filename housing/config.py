@@ -1,0 +1,109 @@
+"""The one settings object: every path, URI, name and threshold, overridable by environment and flags.
+
+Environment variables use the ``HOUSING_`` prefix (``HOUSING_ARTIFACTS_DIR``, ``HOUSING_DATA_SOURCE``...),
+except the tracking store, which follows MLflow's standard ``MLFLOW_TRACKING_URI``. Command-line flags
+are passed as keyword arguments to :func:`get_settings` and win over the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+"""The repository root: default home of ``artifacts/`` and ``mlflow.db``."""
+
+
+class Settings(BaseSettings):
+    """Configuration of every stage, the API and the monitor."""
+
+    model_config = SettingsConfigDict(env_prefix="HOUSING_", extra="forbid", validate_default=True)
+
+    # --- data and artifacts ---------------------------------------------------------------------
+    artifacts_dir: Path = Field(PROJECT_DIR / "artifacts", description="Where stages write their outputs.")
+    data_source: str | None = Field(
+        None,
+        description="CSV path or URL of the dataset; unset means scikit-learn's downloader.",
+    )
+
+    # --- MLflow -------------------------------------------------------------------------------------
+    tracking_uri: str = Field(
+        f"sqlite:///{PROJECT_DIR / 'mlflow.db'}",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "tracking_uri"),
+        description="MLflow tracking store (standard MLFLOW_TRACKING_URI).",
+    )
+    experiment_name: str = "California-Housing-Regression"
+    monitoring_experiment_name: str = "monitoring"
+    model_name: str = "CaliforniaHousing"
+    production_alias: str = "production"
+    staging_alias: str = "staging"
+
+    # --- preprocessing and training ------------------------------------------------------------
+    random_state: int = 42
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    outlier_quantiles: tuple[float, float] = (0.001, 0.999)
+    cv_folds: int = Field(3, ge=2, description="Folds of the cross-validation on the training split.")
+    n_jobs: int = Field(2, ge=1, description="Processes used to fit candidates and folds in parallel.")
+    estimator_scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="Multiplies every ensemble's tree count (tests use < 1)."
+    )
+    candidates: list[str] | None = Field(None, description="Candidate names to train; unset means all.")
+    candidates_path: Path = Field(
+        PROJECT_DIR / "housing" / "candidates.yaml",
+        description="Reviewed hyperparameters of every candidate.",
+    )
+
+    # --- promotion gates -------------------------------------------------------------------------
+    staging_r2_threshold: float = 0.7
+    production_r2_threshold: float = 0.75
+
+    @model_validator(mode="after")
+    def _check_quantiles(self) -> Settings:
+        low, high = self.outlier_quantiles
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError("outlier_quantiles must satisfy 0 <= low < high <= 1")
+        return self
+
+    # --- derived paths -------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.artifacts_dir / "data"
+
+    @property
+    def dataset_path(self) -> Path:
+        return self.data_dir / "california_housing.csv"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data_dir / "manifest.json"
+
+    @property
+    def split_dir(self) -> Path:
+        return self.artifacts_dir / "split"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.artifacts_dir / "plots"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.artifacts_dir / "reports"
+
+    @property
+    def mlflow_artifact_location(self) -> str | None:
+        """Artifact root for new experiments: beside a local SQLite store, else the server's choice."""
+        parsed = urlparse(self.tracking_uri)
+        if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+            # sqlite:///relative.db and sqlite:////absolute.db: drop the one slash that ends the netloc.
+            db_path = Path(unquote(parsed.path[1:]))
+            return (db_path.parent / "mlruns").resolve().as_uri()
+        return None
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment, with non-``None`` ``overrides`` (command-line flags) on top."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
