@@ -1,0 +1,194 @@
+"""MLflow plumbing: connecting to the tracking store, experiments, datasets, plots and skops model logging."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from housing.config import PROJECT_DIR, Settings
+from housing.errors import UserError
+from housing.models import SKOPS_TRUSTED_TYPES, untrusted_types
+from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.data.dataset_source import DatasetSource
+    from mlflow.entities.model_registry import ModelVersion
+    from sklearn.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+MODEL_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "scipy", "lightgbm")
+"""Packages the logged pipeline needs at load time; pinned to the versions installed when it was trained."""
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow at the tracking store of ``settings`` and check it answers; one sentence if not."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
+        raise UserError(f"could not reach the MLflow tracking store at {settings.tracking_uri} ({_first_line(error)})") from None
+    return client
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """Return the id of experiment ``name``, creating it (with its artifact root) if needed."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def git_commit() -> str:
+    """The project's current git commit (``unknown`` outside a git checkout)."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+def model_requirements() -> list[str]:
+    """Pinned pip requirements of the logged pipeline (only packages that are installed)."""
+    pins = []
+    for package in MODEL_REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_dataset(frame: pd.DataFrame, *, name: str, source: str, context: str) -> None:
+    """Log a feature+target frame as an MLflow dataset input (MLflow computes its digest)."""
+    import mlflow
+
+    dataset = mlflow.data.from_pandas(frame, source=dataset_source(source), name=name, targets=TARGET.name)
+    mlflow.log_input(dataset, context=context)
+
+
+def dataset_source(source: str) -> DatasetSource:
+    """The MLflow dataset source of a data source string: an HTTP URL, a local file, or a description."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    scheme = urlparse(source).scheme
+    if scheme in ("http", "https"):
+        return HTTPDatasetSource(source)
+    if scheme != "file" and not Path(source).exists():
+        return CodeDatasetSource(tags={"source": source})
+    uri = source if scheme else Path(source).resolve().as_uri()
+    with warnings.catch_warnings():
+        # MLflow registers the same LocalArtifactDatasetSource for "" and "file" and warns that the
+        # two identical candidates are ambiguous; either one is the right answer.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return resolve_dataset_source(uri)
+
+
+def plot_predicted_vs_actual(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
+    """Scatter of predicted against actual values with the identity line."""
+    figure = Figure(figsize=(6, 6))
+    axes = figure.subplots()
+    axes.scatter(y_true, y_pred, s=4, alpha=0.3)
+    low, high = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+    axes.plot([low, high], [low, high], color="crimson", linewidth=1)
+    axes.set_xlabel(f"actual {TARGET.name}")
+    axes.set_ylabel(f"predicted {TARGET.name}")
+    axes.set_title(title)
+    return figure
+
+
+def plot_residuals(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
+    """Residuals against predictions, and their histogram."""
+    residuals = y_true - y_pred
+    figure = Figure(figsize=(11, 4.5))
+    scatter, histogram = figure.subplots(1, 2)
+    scatter.scatter(y_pred, residuals, s=4, alpha=0.3)
+    scatter.axhline(0, color="crimson", linewidth=1)
+    scatter.set_xlabel(f"predicted {TARGET.name}")
+    scatter.set_ylabel("residual (actual - predicted)")
+    histogram.hist(residuals, bins=60, color="slategray")
+    histogram.set_xlabel("residual")
+    figure.suptitle(title)
+    return figure
+
+
+def plot_importances(importances: pd.Series, title: str) -> Figure:
+    """Horizontal bar chart of feature importances."""
+    ordered = importances.sort_values()
+    figure = Figure(figsize=(7, max(3.0, 0.3 * len(ordered))))
+    axes = figure.subplots()
+    axes.barh(ordered.index, ordered.to_numpy(), color="darkorange")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def feature_importances(pipeline: Pipeline) -> pd.Series | None:
+    """The estimator's feature importances by input name of its step, or None if it has none."""
+    estimator = pipeline.steps[-1][1]
+    values = getattr(estimator, "feature_importances_", None)
+    if values is None:
+        return None
+    names = pipeline[:-1].get_feature_names_out(list(FEATURE_NAMES))
+    return pd.Series(np.asarray(values, dtype=float), index=[str(name) for name in names])
+
+
+def log_model(pipeline: Pipeline, *, registered_model_name: str, predictions: np.ndarray, x_sample: pd.DataFrame) -> ModelVersion:
+    """Log ``pipeline`` in the active run with skops and the explicit trusted-types list, and register it.
+
+    Refuses to log a model that holds a type outside the trusted list, because it could not be loaded back.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    unknown = untrusted_types(pipeline)
+    if unknown:
+        raise RuntimeError(f"the model holds types outside SKOPS_TRUSTED_TYPES: {', '.join(unknown)}")
+    input_example = pd.DataFrame([EXAMPLE_REQUEST], columns=list(FEATURE_NAMES))
+    signature = infer_signature(x_sample, predictions)
+    info = mlflow.sklearn.log_model(
+        pipeline,
+        name="model",
+        serialization_format="skops",
+        skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=model_requirements(),
+        code_paths=[str(Path(__file__).resolve().parent)],
+        registered_model_name=registered_model_name,
+    )
+    client = mlflow.MlflowClient()
+    return client.get_model_version(registered_model_name, str(info.registered_model_version))
+
+
+def log_dict_artifact(data: dict[str, Any], artifact_file: str) -> None:
+    """Log a small dict as a JSON artifact of the active run."""
+    import mlflow
+
+    mlflow.log_dict(data, artifact_file)
