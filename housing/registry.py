@@ -21,6 +21,7 @@ from housing.config import Settings
 from housing.errors import UserError
 from housing.models import SKOPS_TRUSTED_TYPES, regression_metrics
 from housing.schema import FEATURE_NAMES
+from housing.tracking import disable_progress_bars
 from housing.training import RUN_TYPE_TAG, TRAINING_RUN_TYPE
 
 if TYPE_CHECKING:
@@ -45,26 +46,28 @@ def get_version_by_alias(client: MlflowClient, model_name: str, alias: str) -> M
         raise
 
 
-def load_model_version(client: MlflowClient, model_name: str, version: str) -> Pipeline:
-    """Download a registered version and load its pipeline with skops, trusting only SKOPS_TRUSTED_TYPES.
+def load_model(model_uri: str, tracking_uri: str) -> Pipeline:
+    """Load a registered pipeline (``models:/Name/3`` or ``models:/Name@alias``) with skops.
 
-    The trusted list comes from this code, not from the model's own MLmodel file, so a tampered model
-    can't widen it.
+    Only :data:`housing.models.SKOPS_TRUSTED_TYPES` are trusted. That list comes from this code, not from
+    the model's own MLmodel file, so a tampered model can't widen it (and no pickle is ever loaded).
     """
     import mlflow
     import skops.io
     from mlflow.models import Model
 
+    disable_progress_bars()
     with tempfile.TemporaryDirectory(prefix="housing-model-") as tmp:
-        local_dir = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp, tracking_uri=client._tracking_client.tracking_uri
-            )
-        )
+        local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri))
         flavor = Model.load(local_dir / "MLmodel").flavors.get("sklearn")
         if flavor is None or flavor.get("serialization_format") != "skops":
-            raise UserError(f"model {model_name} version {version} is not a skops-serialized scikit-learn model")
+            raise UserError(f"model {model_uri} is not a skops-serialized scikit-learn model")
         return skops.io.load(local_dir / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
+
+
+def load_model_version(client: MlflowClient, model_name: str, version: str) -> Pipeline:
+    """Load one registered version of ``model_name``."""
+    return load_model(f"models:/{model_name}/{version}", client.tracking_uri)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def connect(settings: Settings) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    disable_progress_bars()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
@@ -46,6 +46,11 @@ def connect(settings: Settings) -> MlflowClient:
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
         raise UserError(f"could not reach the MLflow tracking store at {settings.tracking_uri} ({_first_line(error)})") from None
     return client
+
+
+def disable_progress_bars() -> None:
+    """MLflow draws a progress bar per artifact download; stage output and server logs stay readable without."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _first_line(error: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,14 @@ from housing.config import Settings
 from housing.models import CandidateSpec, FittedCandidate, fit_candidates, regression_metrics
 from housing.schema import TARGET
 
+if TYPE_CHECKING:
+    from mlflow.entities import RunInfo
+
 logger = logging.getLogger(__name__)
 
 RUN_TYPE_TAG = "housing.run_type"
 TRAINING_RUN_TYPE = "training"
+CANDIDATE_RUN_TYPE = "candidate"
 PARENT_RUN_NAME = "Comparative Analysis"
 
 
@@ -99,7 +104,8 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
             }
         )
         for candidate in fitted:
-            results.append(_log_candidate(settings, candidate, data, train_frame, test_frame, parent.info.run_id, common_tags))
+            child_tags = {**common_tags, RUN_TYPE_TAG: CANDIDATE_RUN_TYPE, "candidate": candidate.spec.name}
+            results.append(_log_candidate(settings, candidate, data, train_frame, test_frame, parent.info, child_tags))
         results.sort(key=lambda result: (-result.metrics["r2"], result.metrics["rmse"]))
         comparison = pd.DataFrame(
             [{"model": r.name, "version": r.version, **r.metrics, "fit_seconds": r.fit_seconds} for r in results]
@@ -115,8 +121,8 @@ def _log_candidate(
     data: TrainingData,
     train_frame: pd.DataFrame,
     test_frame: pd.DataFrame,
-    parent_run_id: str,
-    common_tags: dict[str, str],
+    parent: RunInfo,
+    tags: dict[str, str],
 ) -> CandidateResult:
     import mlflow
 
@@ -125,7 +131,7 @@ def _log_candidate(
     metrics = regression_metrics(data.y_test, y_pred, sample_weight=data.test_weight)
     metrics.update(cv_r2_mean=candidate.cv_r2_mean, cv_r2_std=candidate.cv_r2_std)
     title = f"{spec.name} (R2 {metrics['r2']:.3f}, RMSE {metrics['rmse']:.3f})"
-    with mlflow.start_run(run_name=spec.name, nested=True, tags={**common_tags, "candidate": spec.name}) as run:
+    with mlflow.start_run(experiment_id=parent.experiment_id, run_name=spec.name, nested=True, tags=tags) as run:
         mlflow.log_params({"estimator": spec.estimator, **spec.scaled_params(settings.estimator_scale)})
         mlflow.log_params({"outlier_quantiles": list(settings.outlier_quantiles), "cv_folds": settings.cv_folds})
         mlflow.log_metrics({**metrics, "fit_seconds": candidate.fit_seconds})
@@ -145,7 +151,7 @@ def _log_candidate(
             x_sample=data.x_test.iloc[:100],
         )
         client = mlflow.MlflowClient()
-        for key, value in {"candidate": spec.name, "training_run_id": parent_run_id, "data_sha256": data.data_sha256}.items():
+        for key, value in {"candidate": spec.name, "training_run_id": parent.run_id, "data_sha256": data.data_sha256}.items():
             client.set_model_version_tag(settings.model_name, version.version, key, value)
         client.update_model_version(settings.model_name, version.version, description=f"{spec.name}: {spec.description}")
     logger.info("%s: R2 %.4f RMSE %.4f, registered as version %s", spec.name, metrics["r2"], metrics["rmse"], version.version)

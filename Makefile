@@ -1,0 +1,51 @@
+# California housing MLOps pipeline. `make pipeline` sets up .venv and runs load -> preprocess -> train -> promote.
+# Data: HOUSING_DATA_SOURCE (a CSV path or URL); unset means scikit-learn's downloader.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOUSING_DATA_SOURCE ?=
+export HOUSING_DATA_SOURCE
+PORT ?= 8000
+
+.PHONY: setup pipeline load preprocess train promote serve monitor test bench mlflow-ui clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with the pinned dependencies
+
+load: setup
+	$(PY) load_data.py
+
+preprocess: setup
+	$(PY) preprocess.py
+
+train: setup
+	$(PY) train.py
+
+promote: setup
+	$(PY) promote.py
+
+pipeline: load preprocess train promote  ## the four stages in order
+
+serve: setup  ## the prediction API on $(PORT)
+	$(VENV)/bin/uvicorn app:app --host 0.0.0.0 --port $(PORT)
+
+monitor: setup
+	$(PY) monitor.py
+
+test: setup  ## the test suite (real data: HOUSING_DATA_SOURCE or ../shared/data/california_housing.csv)
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/pipeline.py
+
+mlflow-ui: setup  ## browse runs and the registry at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean:  ## remove generated artifacts (keeps the MLflow store and the venv)
+	rm -rf artifacts

@@ -1,0 +1,56 @@
+"""The outlier rule and the shared preprocessing, on tiny frames."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from housing.features import CLIPPED_COLUMNS, OutlierClipper, build_preprocessor
+from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+
+
+def frame_with(column: str, values: list[float]) -> pd.DataFrame:
+    frame = pd.DataFrame([EXAMPLE_REQUEST] * len(values))
+    frame[column] = values
+    return frame
+
+
+def test_clipped_columns_are_the_heavy_tailed_ones():
+    assert CLIPPED_COLUMNS == ("AveRooms", "AveBedrms", "Population", "AveOccup")
+
+
+def test_bounds_come_from_fit_data_only_and_apply_to_new_rows():
+    train = frame_with("AveOccup", [float(v) for v in range(1, 101)])
+    clipper = OutlierClipper(quantiles=(0.05, 0.95)).fit(train)
+    occup = list(FEATURE_NAMES).index("AveOccup")
+    assert clipper.lower_bounds_[CLIPPED_COLUMNS.index("AveOccup")] == pytest.approx(np.quantile(range(1, 101), 0.05))
+    served = clipper.transform(frame_with("AveOccup", [1000.0, 0.5, 50.0]))
+    assert served[:, occup].tolist() == pytest.approx([95.05, 5.95, 50.0])
+
+
+def test_unclipped_columns_pass_through_unchanged():
+    train = frame_with("Latitude", [32.6, 35.0, 41.9])
+    clipper = OutlierClipper(quantiles=(0.4, 0.6)).fit(train)
+    assert clipper.transform(train)[:, list(FEATURE_NAMES).index("Latitude")].tolist() == [32.6, 35.0, 41.9]
+
+
+def test_no_rows_are_dropped_and_input_is_not_modified():
+    train = frame_with("Population", [10.0, 20.0, 30_000.0])
+    before = train.copy()
+    out = OutlierClipper(quantiles=(0.0, 0.5)).fit_transform(train)
+    assert out.shape == (3, 8)
+    pd.testing.assert_frame_equal(train, before)
+
+
+def test_transform_before_fit_fails():
+    with pytest.raises(NotFittedError):
+        OutlierClipper().transform(frame_with("MedInc", [1.0]))
+
+
+def test_scaler_is_fitted_on_the_given_rows_only():
+    train = frame_with("MedInc", [1.0, 2.0, 3.0])
+    test = frame_with("MedInc", [100.0, 200.0, 300.0])
+    preprocessor = build_preprocessor((0.001, 0.999)).fit(train)
+    scaler = preprocessor.named_steps["scaler"]
+    assert scaler.mean_[0] == pytest.approx(2.0)
+    assert preprocessor.transform(test)[:, 0].tolist() == pytest.approx([(v - 2.0) / np.std([1, 2, 3]) for v in (100, 200, 300)])

@@ -1,0 +1,96 @@
+"""The four stage scripts run for real, in order, against a temp MLflow SQLite store and the real data."""
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from housing.models import load_candidate_specs
+from housing.registry import load_model
+from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+from tests.conftest import run_stage
+
+EXPECTED_METRICS = {"r2", "rmse", "mae", "mse", "cv_r2_mean", "cv_r2_std"}
+
+
+@pytest.fixture(scope="module")
+def client(pipeline_run):
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(pipeline_run.tracking_uri)
+    yield MlflowClient(pipeline_run.tracking_uri)
+    mlflow.set_tracking_uri(previous)
+
+
+def registry_state(client: MlflowClient, name: str) -> tuple[dict, dict]:
+    model = client.get_registered_model(name)
+    versions = {v.version: dict(v.tags) for v in client.search_model_versions(f"name = '{name}'")}
+    return dict(model.aliases), versions
+
+
+def test_stages_print_no_warnings_or_tracebacks(pipeline_run):
+    for script, result in pipeline_run.outputs.items():
+        for line in (result.stdout + result.stderr).splitlines():
+            assert "Traceback" not in line, script
+            assert "Warning" not in line or "SADeprecationWarning" in line, f"{script}: {line}"
+
+
+def test_every_candidate_is_a_child_run_with_metrics_signature_and_version(pipeline_run, client):
+    settings = pipeline_run.settings()
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    parents = client.search_runs([experiment.experiment_id], "tags.`housing.run_type` = 'training'")
+    assert len(parents) == 1 and parents[0].info.run_name == "Comparative Analysis"
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    expected = {spec.name for spec in load_candidate_specs(settings.candidates_path)}
+    assert {run.info.run_name for run in children} == expected
+    versions = {v.tags["candidate"]: v for v in client.search_model_versions("name = 'CaliforniaHousing'")}
+    assert set(versions) == expected
+    for run in children:
+        assert EXPECTED_METRICS <= set(run.data.metrics), run.info.run_name
+        assert run.data.tags["data_sha256"] == parents[0].data.tags["data_sha256"]
+        assert run.data.tags["git_commit"]
+        assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"california_housing_train", "california_housing_test"}
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/predicted_vs_actual.png", "plots/residuals.png"} <= artifacts
+        version = versions[run.info.run_name]
+        assert version.run_id == run.info.run_id
+        info = mlflow.models.get_model_info(f"models:/CaliforniaHousing/{version.version}")
+        assert info.signature is not None
+        assert [col.name for col in info.signature.inputs.inputs] == list(FEATURE_NAMES)
+    assert "comparison.json" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+
+
+def test_train_prints_a_summary_table(pipeline_run):
+    out = pipeline_run.outputs["train.py"].stdout
+    assert "model" in out and "R2" in out and "RMSE" in out and "fit s" in out and "version" in out
+    assert "gradient_boosting" in out and "linear_regression" in out
+
+
+def test_production_alias_points_to_a_good_model(pipeline_run, client):
+    production = client.get_model_version_by_alias("CaliforniaHousing", "production")
+    assert float(production.tags["eval_r2"]) >= 0.83
+    staging = client.get_model_version_by_alias("CaliforniaHousing", "staging")
+    assert staging.tags["staging_gate"] == "passed"
+    for version in client.search_model_versions("name = 'CaliforniaHousing'"):
+        assert version.tags["staging_gate"] == ("passed" if float(version.tags["eval_r2"]) > 0.7 else "failed")
+
+
+def test_production_model_predicts_the_seed_request(pipeline_run):
+    model = load_model("models:/CaliforniaHousing@production", pipeline_run.tracking_uri)
+    prediction = model.predict(pd.DataFrame([EXAMPLE_REQUEST]))[0]
+    assert 1.0 < prediction < 3.5  # $100k-$350k for a 1990 Los Angeles district with median income $35k
+
+
+def test_promote_again_changes_nothing(pipeline_run, client):
+    before = registry_state(client, "CaliforniaHousing")
+    result = run_stage("promote.py", env=pipeline_run.env)
+    assert result.returncode == 0, result.stderr
+    assert "production unchanged" in result.stdout
+    assert registry_state(client, "CaliforniaHousing") == before
+
+
+def test_impossible_threshold_keeps_production_and_says_why(pipeline_run, client):
+    before = registry_state(client, "CaliforniaHousing")
+    result = run_stage("promote.py", "--production-r2-threshold", "0.999", env=pipeline_run.env)
+    assert result.returncode == 0, result.stderr
+    assert "production unchanged" in result.stdout and "not above the production gate 0.999" in result.stdout
+    assert registry_state(client, "CaliforniaHousing")[0] == before[0]
