@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,25 @@ def get_version_by_alias(client: MlflowClient, model_name: str, alias: str) -> M
         raise
 
 
-def load_model(model_uri: str, tracking_uri: str) -> Pipeline:
-    """Load a registered pipeline (``models:/Name/3`` or ``models:/Name@alias``) with skops.
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
+def resolve_model_uri(client: MlflowClient, model_uri: str) -> ModelVersion:
+    """The registered version a ``models:/Name/3`` or ``models:/Name@alias`` URI names; a clear error if none."""
+    match = MODEL_URI.match(model_uri)
+    if match is None:
+        raise UserError(f"model URI {model_uri!r} is not of the form models:/Name/VERSION or models:/Name@ALIAS")
+    name, version, alias = match["name"], match["version"], match["alias"]
+    if alias is not None:
+        found = get_version_by_alias(client, name, alias)
+        if found is None:
+            raise UserError(f"no version of model {name} has the alias '{alias}'")
+        return found
+    return client.get_model_version(name, version)
+
+
+def load_version(client: MlflowClient, version: ModelVersion) -> Pipeline:
+    """Download a registered version and load its pipeline with skops.
 
     Only :data:`housing.models.SKOPS_TRUSTED_TYPES` are trusted. That list comes from this code, not from
     the model's own MLmodel file, so a tampered model can't widen it (and no pickle is ever loaded).
@@ -57,17 +75,31 @@ def load_model(model_uri: str, tracking_uri: str) -> Pipeline:
     from mlflow.models import Model
 
     disable_progress_bars()
+    location = client.get_model_version_download_uri(version.name, str(version.version))
     with tempfile.TemporaryDirectory(prefix="housing-model-") as tmp:
-        local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri))
+        local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri))
         flavor = Model.load(local_dir / "MLmodel").flavors.get("sklearn")
         if flavor is None or flavor.get("serialization_format") != "skops":
-            raise UserError(f"model {model_uri} is not a skops-serialized scikit-learn model")
+            raise UserError(f"model {version.name} version {version.version} is not a skops-serialized scikit-learn model")
         return skops.io.load(local_dir / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
+
+
+def load_model(model_uri: str, tracking_uri: str) -> Pipeline:
+    """Load the pipeline a ``models:/`` URI names from the registry at ``tracking_uri``."""
+    client = registry_client(tracking_uri)
+    return load_version(client, resolve_model_uri(client, model_uri))
 
 
 def load_model_version(client: MlflowClient, model_name: str, version: str) -> Pipeline:
     """Load one registered version of ``model_name``."""
-    return load_model(f"models:/{model_name}/{version}", client.tracking_uri)
+    return load_version(client, client.get_model_version(model_name, version))
+
+
+def registry_client(tracking_uri: str) -> MlflowClient:
+    """A client whose tracking store and model registry are both ``tracking_uri``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 
 @dataclass(frozen=True)

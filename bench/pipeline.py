@@ -1,0 +1,91 @@
+"""Time each stage and the whole load -> promote run, then print the per-model table.
+
+Runs the four stage scripts as subprocesses with the real configuration into a fresh temp dir (its own
+MLflow SQLite store and artifacts), so the figures are a cold run on this machine. Also measures the
+in-process single-row predict latency of the promoted production pipeline.
+
+    python bench/pipeline.py [--source CSV] [--estimator-scale 1.0] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+STAGES = ("load_data.py", "preprocess.py", "train.py", "promote.py")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=os.environ.get("HOUSING_DATA_SOURCE", str(PROJECT_DIR.parent / "shared/data/california_housing.csv")))
+    parser.add_argument("--estimator-scale", default="1.0")
+    parser.add_argument("--random-state", default="42")
+    parser.add_argument("--keep", type=Path, help="Work in this dir and keep it (default: a temp dir, removed).")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        work_dir = args.keep or Path(tmp)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HOUSING_", "MLFLOW_"))}
+        env.update(
+            MLFLOW_TRACKING_URI=f"sqlite:///{work_dir / 'mlflow.db'}",
+            HOUSING_ARTIFACTS_DIR=str(work_dir / "artifacts"),
+            HOUSING_DATA_SOURCE=args.source,
+            HOUSING_ESTIMATOR_SCALE=args.estimator_scale,
+            HOUSING_RANDOM_STATE=args.random_state,
+        )
+        timings = {}
+        total_start = time.perf_counter()
+        for stage in STAGES:
+            start = time.perf_counter()
+            result = subprocess.run([sys.executable, str(PROJECT_DIR / stage)], env=env, cwd=work_dir, capture_output=True, text=True)
+            timings[stage] = time.perf_counter() - start
+            if result.returncode != 0:
+                print(result.stdout, result.stderr, sep="\n")
+                print(f"{stage} failed (exit {result.returncode})")
+                return 1
+            if stage == "train.py":
+                train_output = result.stdout
+        total = time.perf_counter() - total_start
+
+        print(f"# bench/pipeline.py — {os.cpu_count()} CPUs, estimator_scale {args.estimator_scale}, random_state {args.random_state}")
+        print(f"\n{'stage':<16} {'seconds':>8}")
+        for stage, seconds in timings.items():
+            print(f"{stage:<16} {seconds:>8.1f}")
+        print(f"{'load -> promote':<16} {total:>8.1f}")
+        print("\n" + train_output.strip())
+        print("\n" + predict_latency(env))
+    return 0
+
+
+def predict_latency(env: dict[str, str], repeats: int = 2000) -> str:
+    """p50/p99 of in-process single-row predict of the production pipeline, on real test rows."""
+    import numpy as np
+
+    from housing.artifacts import load_pickle
+    from housing.registry import load_model
+
+    model = load_model("models:/CaliforniaHousing@production", env["MLFLOW_TRACKING_URI"])
+    x_test = load_pickle(Path(env["HOUSING_ARTIFACTS_DIR"]) / "split" / "X_test.pkl")
+    rows = [x_test.iloc[[i % len(x_test)]] for i in range(repeats)]
+    for row in rows[:50]:
+        model.predict(row)
+    samples = []
+    for row in rows:
+        start = time.perf_counter()
+        model.predict(row)
+        samples.append(time.perf_counter() - start)
+    p50, p99 = np.percentile(samples, [50, 99]) * 1000
+    return f"production pipeline single-row predict (in process, DataFrame row): p50 {p50:.2f} ms, p99 {p99:.2f} ms over {repeats} calls"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
