@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-HOUSING_DATA_SOURCE ?=
+ifneq ($(HOUSING_DATA_SOURCE),)
 export HOUSING_DATA_SOURCE
+endif
 PORT ?= 8000
 
 .PHONY: setup pipeline load preprocess train promote serve monitor test bench mlflow-ui clean

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # --- promotion gates -------------------------------------------------------------------------
     staging_r2_threshold: float = 0.7
     production_r2_threshold: float = 0.75
+
+    @field_validator("data_source", mode="before")
+    @classmethod
+    def _empty_source_means_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_quantiles(self) -> Settings:

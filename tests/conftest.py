@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-DATA_SOURCE = Path(os.environ.get("HOUSING_DATA_SOURCE", PROJECT_DIR.parent / "shared" / "data" / "california_housing.csv"))
+DATA_SOURCE = Path(os.environ.get("HOUSING_DATA_SOURCE") or PROJECT_DIR.parent / "shared" / "data" / "california_housing.csv")
 TEST_ESTIMATOR_SCALE = "0.3"
 """Tests train with 30 % of the configured trees; the README run uses the full configuration."""
 

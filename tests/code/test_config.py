@@ -42,3 +42,8 @@ def test_invalid_values_are_refused():
         get_settings(test_size=1.5)
     with pytest.raises(ValidationError):
         get_settings(outlier_quantiles=(0.9, 0.1))
+
+
+def test_empty_data_source_means_the_downloader(monkeypatch):
+    monkeypatch.setenv("HOUSING_DATA_SOURCE", "")
+    assert get_settings().data_source is None
