@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -61,7 +61,17 @@ class Settings(BaseSettings):
     staging_r2_threshold: float = 0.7
     production_r2_threshold: float = 0.75
 
-    @field_validator("data_source", mode="before")
+    # --- serving ------------------------------------------------------------------------------------
+    prediction_log_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the prediction log; unset means SQLite at <artifacts>/prediction_log.db.",
+    )
+    max_batch_rows: int = Field(10_000, ge=1, description="Most rows one /predict request may carry.")
+    reload_interval: float = Field(10.0, gt=0, description="Seconds between checks of the production alias.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of POST /admin/reload; unset disables it.")
+    log_flush_interval: float = Field(0.2, gt=0, description="Seconds between batched writes of the prediction log.")
+
+    @field_validator("data_source", "prediction_log_url", mode="before")
     @classmethod
     def _empty_source_means_default(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -97,6 +107,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.artifacts_dir / "reports"
+
+    @property
+    def prediction_log(self) -> str:
+        """The prediction log's SQLAlchemy URL (SQLite under the artifacts dir unless set)."""
+        return self.prediction_log_url or f"sqlite:///{self.artifacts_dir / 'prediction_log.db'}"
 
     @property
     def mlflow_artifact_location(self) -> str | None:

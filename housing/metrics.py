@@ -1,0 +1,110 @@
+"""Prometheus metrics of the API, correct with one process or several (prometheus_client multiprocess mode).
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (the team setup runs several workers), every worker writes its
+samples to that folder and /metrics aggregates all of them; otherwise a private registry per app is used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PREDICTION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
+ROUTES = frozenset({"/predict", "/feedback", "/health", "/ready", "/model", "/metrics", "/admin/reload", "/docs", "/openapi.json"})
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess folder when several workers share their metrics."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every metric the API exposes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("housing_http_requests_total", "HTTP requests by route, method and status.",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("housing_http_request_duration_seconds", "HTTP request latency by route, method and status.",
+                                 ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.prediction_value = Histogram("housing_prediction_value", "Predicted MedHouseVal (units of $100,000).",
+                                          buckets=PREDICTION_BUCKETS, registry=r)
+        self.predictions = Counter("housing_predictions_total", "Rows predicted, by model version.", ["model_version"], registry=r)
+        self.model_info = Gauge("housing_model_info", "The served model version (value 1).", ["name", "version", "alias"],
+                                registry=r, multiprocess_mode="liveall")
+        self.model_loaded = Gauge("housing_model_loaded", "1 when a production model is loaded.", registry=r,
+                                  multiprocess_mode="livemin")
+        self.registry_up = Gauge("housing_registry_up", "1 when the last look at the model registry succeeded.",
+                                 registry=r, multiprocess_mode="livemin")
+        self.reloads = Counter("housing_model_reloads_total", "Model switches after the production alias moved.", registry=r)
+        self.log_rows = Counter("housing_prediction_log_rows_total", "Rows written to the prediction log.", registry=r)
+        self.log_pending = Gauge("housing_prediction_log_pending_rows", "Rows buffered, not yet written to the log.",
+                                 registry=r, multiprocess_mode="livesum")
+        self.log_failed_flushes = Counter("housing_prediction_log_failed_flushes_total",
+                                          "Batched writes of the prediction log that failed (and were retried).", registry=r)
+        self.feedback = Counter("housing_feedback_total", "Feedback labels by outcome.", ["outcome"], registry=r)
+        self._served: tuple[str, str, str] | None = None
+
+    def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
+        route = path if path in ROUTES else "other"
+        code = str(status)
+        self.requests.labels(route, method, code).inc()
+        self.latency.labels(route, method, code).observe(seconds)
+
+    def set_served_model(self, name: str | None, version: str | None, alias: str) -> None:
+        """Point housing_model_info at the served version (and drop the previous one)."""
+        served = (name, version, alias) if name and version else None
+        if served == self._served:
+            return
+        if self._served is not None:
+            self.model_info.remove(*self._served)
+        if served is not None:
+            self.model_info.labels(*served).set(1)
+        self.model_loaded.set(1 if served else 0)
+        self._served = served
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition format of every metric (aggregated over workers in multiprocess mode)."""
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware counting requests and timing them by route, method and status."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.metrics.observe_request(scope["path"], scope["method"], status, time.perf_counter() - started)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Gunicorn hook: drop the live gauges of a worker that exited."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)

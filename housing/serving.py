@@ -1,0 +1,215 @@
+"""The served model: follows the registry's production alias and predicts in micro-batches.
+
+``ModelService`` holds one immutable ``LoadedModel``. A refresh loads a new version completely (download,
+skops load, warm-up prediction) before it swaps the reference, so a request either runs wholly on the old
+model or wholly on the new one and none fails during a switch. ``MicroBatcher`` merges single-row requests
+that arrive together into one ``predict`` call: the first request of an idle server is served at once,
+and the requests that arrive while a batch is computed form the next batch (no added waiting time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import sklearn
+
+from housing.config import Settings
+from housing.registry import get_version_by_alias, load_version, registry_client
+from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+
+class ModelUnavailable(Exception):
+    """No production model is loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered version loaded in memory, with what /model reports about it."""
+
+    pipeline: Pipeline
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    metrics: dict[str, float]
+    loaded_at: datetime
+    candidate: str | None = None
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Predict an (n, 8) array of raw features in contract order (validated by the API)."""
+        frame = pd.DataFrame(features, columns=list(FEATURE_NAMES), copy=False)
+        with sklearn.config_context(assume_finite=True):
+            return np.asarray(self.pipeline.predict(frame), dtype=float)
+
+
+@dataclass
+class RegistryStatus:
+    """What the last look at the registry found."""
+
+    reachable: bool | None = None
+    last_check: datetime | None = None
+    last_error: str | None = None
+    reloads: int = 0
+    failed_checks: int = 0
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+
+class ModelService:
+    """Loads the version the production alias names, and reloads when the alias moves."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._current: LoadedModel | None = None
+        self._refresh_lock = threading.Lock()
+        self.status = RegistryStatus()
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def require(self) -> LoadedModel:
+        """The loaded model, or :class:`ModelUnavailable` with a sentence saying what to do."""
+        model = self._current
+        if model is None:
+            raise ModelUnavailable(self.unavailable_reason())
+        return model
+
+    def unavailable_reason(self) -> str:
+        if self.status.reachable is None:
+            return "no model is loaded yet: the first look at the model registry has not finished"
+        if self.status.reachable is False:
+            return f"no model is loaded: the model registry at {self.settings.tracking_uri} is unreachable ({self.status.last_error})"
+        return f"no model is loaded: {self.status.last_error}"
+
+    def refresh(self) -> bool:
+        """Check the alias and load its version if it is not the one served; True when the model changed.
+
+        Any failure keeps the current model serving and is recorded in :attr:`status`.
+        """
+        with self._refresh_lock:
+            try:
+                return self._refresh()
+            finally:
+                self.status.last_check = datetime.now(UTC)
+
+    def _refresh(self) -> bool:
+        name, alias = self.settings.model_name, self.settings.production_alias
+        try:
+            client = registry_client(self.settings.tracking_uri)
+            version = get_version_by_alias(client, name, alias)
+        except Exception as error:  # noqa: BLE001 - an unreachable registry must not stop serving
+            self.status.reachable = False
+            self.status.failed_checks += 1
+            self.status.last_error = _short(error)
+            logger.warning("registry check failed, serving %s: %s", self._describe(), self.status.last_error)
+            return False
+        self.status.reachable = True
+        if version is None:
+            self.status.last_error = f"no version of {name} has the alias '{alias}'" + (
+                f"; still serving version {self._current.version}"
+                if self._current
+                else "; run the pipeline (make pipeline) to train and promote one"
+            )
+            return False
+        if self._current is not None and self._current.version == str(version.version):
+            self.status.last_error = None
+            return False
+        try:
+            loaded = self._load(client, version, alias)
+        except Exception as error:  # noqa: BLE001 - a broken version must not replace a working one
+            self.status.last_error = f"could not load {name} version {version.version}: {_short(error)}"
+            logger.error("%s; still serving %s", self.status.last_error, self._describe())
+            return False
+        previous = self._current
+        self._current = loaded
+        self.status.last_error = None
+        self.status.reloads += 1
+        message = f"now serving {name} version {loaded.version} ({loaded.candidate})" + (
+            f", was version {previous.version}" if previous else ""
+        )
+        self.status.history.append(f"{loaded.loaded_at.isoformat(timespec='seconds')} {message}")
+        logger.info(message)
+        return True
+
+    def _load(self, client: Any, version: Any, alias: str) -> LoadedModel:
+        pipeline = load_version(client, version)
+        metrics: dict[str, float] = {}
+        if version.run_id:
+            try:
+                metrics = dict(client.get_run(version.run_id).data.metrics)
+            except Exception:  # noqa: BLE001 - metrics are informative only
+                logger.warning("could not read the metrics of run %s", version.run_id)
+        loaded = LoadedModel(
+            pipeline=pipeline,
+            name=version.name,
+            version=str(version.version),
+            alias=alias,
+            run_id=version.run_id,
+            metrics=metrics,
+            loaded_at=datetime.now(UTC),
+            candidate=(version.tags or {}).get("candidate"),
+        )
+        loaded.predict(np.array([[EXAMPLE_REQUEST[name] for name in FEATURE_NAMES]]))  # warm-up
+        return loaded
+
+    def _describe(self) -> str:
+        return f"version {self._current.version}" if self._current else "no model"
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+class MicroBatcher:
+    """Coalesces concurrent single-row predictions into one model call on the event loop."""
+
+    def __init__(self, service: ModelService, max_rows: int = 256) -> None:
+        self.service = service
+        self.max_rows = max_rows
+        self._pending: list[tuple[np.ndarray, asyncio.Future[tuple[float, LoadedModel]]]] = []
+        self._scheduled = False
+        self.batches = 0
+        self.rows = 0
+
+    async def predict_one(self, features: np.ndarray) -> tuple[float, LoadedModel]:
+        """Predict one row of 8 raw features; returns the value and the model that produced it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[float, LoadedModel]] = loop.create_future()
+        self._pending.append((features, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._run_batch)
+        return await future
+
+    def _run_batch(self) -> None:
+        batch, self._pending = self._pending[: self.max_rows], self._pending[self.max_rows :]
+        self._scheduled = bool(self._pending)
+        if self._scheduled:
+            asyncio.get_running_loop().call_soon(self._run_batch)
+        try:
+            model = self.service.require()
+            predictions = model.predict(np.vstack([features for features, _ in batch]))
+        except Exception as error:  # noqa: BLE001 - handed to every waiting request
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self.batches += 1
+        self.rows += len(batch)
+        for (_, future), value in zip(batch, predictions.tolist(), strict=True):
+            if not future.done():
+                future.set_result((value, model))

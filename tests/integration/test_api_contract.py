@@ -1,0 +1,266 @@
+"""Contract tests of every route with TestClient, against the registry the real pipeline filled."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from housing.api import create_app
+from housing.artifacts import load_pickle
+from housing.registry import load_model
+from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+
+TOKEN = "test-admin-token"
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/ready")
+        if response.status_code == 200:
+            return response.json()
+        time.sleep(0.1)
+    raise AssertionError(f"not ready: {response.json()}")
+
+
+@pytest.fixture(scope="module")
+def served(pipeline_run, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("contract-log")
+    settings = pipeline_run.settings(
+        prediction_log_url=f"sqlite:///{log_dir / 'log.db'}", admin_token=TOKEN, max_batch_rows=50, reload_interval=0.5
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client, settings
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def test_rows(pipeline_run) -> pd.DataFrame:
+    return load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl")
+
+
+def test_health_and_ready(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["status"] == "ready" and ready["model"]["name"] == "CaliforniaHousing"
+    assert ready["registry"]["reachable"] is True
+
+
+def test_single_prediction(client, pipeline_run):
+    response = client.post("/predict", json=EXAMPLE_REQUEST)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"request_id", "MedHouseVal", "price_usd", "model_name", "model_version"}
+    production = load_model("models:/CaliforniaHousing@production", pipeline_run.tracking_uri)
+    assert body["MedHouseVal"] == pytest.approx(production.predict(pd.DataFrame([EXAMPLE_REQUEST]))[0], rel=1e-12)
+    assert body["price_usd"] == pytest.approx(body["MedHouseVal"] * 100_000, abs=0.01)
+    assert body["model_name"] == "CaliforniaHousing" and body["model_version"] == client.get("/model").json()["version"]
+
+
+def test_batch_is_served_exactly_as_trained_in_order(client, pipeline_run, test_rows):
+    rows = test_rows.iloc[:40]
+    response = client.post("/predict", json=rows.to_dict(orient="records"))
+    assert response.status_code == 200
+    body = response.json()
+    production = load_model("models:/CaliforniaHousing@production", pipeline_run.tracking_uri)
+    expected = production.predict(rows)
+    assert [p["MedHouseVal"] for p in body["predictions"]] == pytest.approx(list(expected), rel=1e-12)
+    assert len({p["request_id"] for p in body["predictions"]}) == 40
+
+
+def test_integers_are_numbers(client):
+    body = {**EXAMPLE_REQUEST, "HouseAge": 28, "Population": 1500}
+    assert client.post("/predict", json=body).status_code == 200
+
+
+def bad(**changes):
+    body = dict(EXAMPLE_REQUEST)
+    for key, value in changes.items():
+        if value is ...:
+            body.pop(key)
+        else:
+            body[key] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "words"),
+    [
+        (bad(MedInc=...), 422, "MedInc", "Field required"),
+        (bad(HouseAge="28"), 422, "HouseAge", "must be a JSON number, not a string"),
+        (bad(AveRooms=True), 422, "AveRooms", "valid number"),
+        (bad(AveRooms=None), 422, "AveRooms", "valid number"),
+        (bad(AveRooms=[5]), 422, "AveRooms", "valid number"),
+        (bad(Population=-5), 422, "Population", "greater than 0"),
+        (bad(AveOccup=0), 422, "AveOccup", "greater than 0"),
+        (bad(Latitude=45.0), 422, "Latitude", ">= 32.4 and <= 42.1"),
+        (bad(Longitude=-100.0), 422, "Longitude", ">= -124.5 and <= -114"),
+        (bad(MedInc=1e6), 422, "MedInc", "<= 25"),
+        (bad(medinc=3.5), 422, "medinc", "unknown field"),
+    ],
+)
+def test_single_row_validation(client, body, status, field, words):
+    response = client.post("/predict", json=body)
+    assert response.status_code == status
+    detail = response.json()["detail"]
+    assert f"field {field}" in detail and words in detail
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_refused_by_field(client, literal):
+    raw = '{"MedInc": %s, "HouseAge": 28, "AveRooms": 5.0, "AveBedrms": 1.04, "Population": 1500, "AveOccup": 3.0, "Latitude": 34.2, "Longitude": -118.3}' % literal
+    response = client.post("/predict", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert "field MedInc" in response.json()["detail"] and "finite" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "words"),
+    [
+        ('{"MedInc": 3.5,', 400, "not valid JSON"),
+        ("", 400, "body is empty"),
+        ("42", 422, "JSON object with the 8 features"),
+        ('"text"', 422, "JSON object with the 8 features"),
+        ("[]", 422, "batch is empty"),
+    ],
+)
+def test_malformed_bodies(client, raw, status, words):
+    response = client.post("/predict", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == status and words in response.json()["detail"]
+
+
+def test_batch_errors_name_the_row(client):
+    rows = [EXAMPLE_REQUEST, bad(Latitude=10.0), EXAMPLE_REQUEST]
+    response = client.post("/predict", json=rows)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("row 1, field Latitude")
+    assert response.json()["errors"][0]["row"] == 1
+
+
+def test_batch_over_the_limit(client, served):
+    limit = served[1].max_batch_rows
+    response = client.post("/predict", json=[EXAMPLE_REQUEST] * (limit + 1))
+    assert response.status_code == 413 and f"the limit is {limit}" in response.json()["detail"]
+    assert client.post("/predict", json=[EXAMPLE_REQUEST] * limit).status_code == 200
+
+
+def test_feedback_lifecycle(client):
+    request_id = client.post("/predict", json=EXAMPLE_REQUEST).json()["request_id"]
+    first = client.post("/feedback", json={"request_id": request_id, "actual": 2.5})
+    assert first.status_code == 201 and first.json() == {"request_id": request_id, "status": "recorded"}
+    again = client.post("/feedback", json={"request_id": request_id, "actual": 2.5})
+    assert again.status_code == 200 and again.json()["status"] == "unchanged"
+    conflict = client.post("/feedback", json={"request_id": request_id, "actual": 3.0})
+    assert conflict.status_code == 409 and "already has a different label" in conflict.json()["detail"]
+    unknown = client.post("/feedback", json={"request_id": "0" * 32, "actual": 2.0})
+    assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"request_id": "abc"}, "field actual: Field required"),
+        ({"request_id": "abc", "actual": -1.0}, "greater than 0"),
+        ({"request_id": "abc", "actual": "2.0"}, "not a string"),
+        ({"request_id": "abc", "actual": 2.0, "extra": 1}, "unknown field (expected only request_id, actual)"),
+    ],
+)
+def test_feedback_validation(client, body, words):
+    response = client.post("/feedback", json=body)
+    assert response.status_code == 422 and words in response.json()["detail"]
+
+
+def test_feedback_malformed_json(client):
+    response = client.post("/feedback", content="{nope", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+
+
+def test_model_route(client, pipeline_run):
+    body = client.get("/model").json()
+    assert body["name"] == "CaliforniaHousing" and body["alias"] == "production"
+    assert body["run_id"] and {"r2", "rmse"} <= set(body["metrics"]) and body["loaded_at"]
+    assert body["candidate"]
+
+
+def test_metrics_route(client):
+    client.post("/predict", json=EXAMPLE_REQUEST)
+    client.post("/predict", json=bad(MedInc=...))
+    text_body = client.get("/metrics").text
+    version = client.get("/model").json()["version"]
+    assert 'housing_http_requests_total{method="POST",route="/predict",status="200"}' in text_body
+    assert 'housing_http_requests_total{method="POST",route="/predict",status="422"}' in text_body
+    assert 'housing_http_request_duration_seconds_bucket{le="0.025",method="POST",route="/predict",status="200"}' in text_body
+    assert "housing_prediction_value_bucket" in text_body
+    assert f'housing_model_info{{alias="production",name="CaliforniaHousing",version="{version}"}} 1.0' in text_body
+    assert "housing_prediction_log_rows_total" in text_body
+
+
+def test_admin_reload_needs_the_token(client):
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    response = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200 and response.json()["changed"] is False
+
+
+def test_docs_describe_fields_units_and_an_example(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    schema = spec["components"]["schemas"]["HousingFeatures"]
+    assert "tens of thousands of US dollars" in schema["properties"]["MedInc"]["description"]
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["examples"]["single district"]["value"] == EXAMPLE_REQUEST
+
+
+def test_every_prediction_is_logged(served, test_rows):
+    client, settings = served
+    engine = create_engine(settings.prediction_log)
+    services = client.app.state.services
+    services.prediction_log.flush()
+    with engine.connect() as connection:
+        before = connection.execute(text("select count(*) from predictions")).scalar_one()
+    ids = [client.post("/predict", json=EXAMPLE_REQUEST).json()["request_id"] for _ in range(5)]
+    batch = client.post("/predict", json=test_rows.iloc[:7].to_dict(orient="records")).json()["predictions"]
+    services.prediction_log.flush()
+    with engine.connect() as connection:
+        after = connection.execute(text("select count(*) from predictions")).scalar_one()
+        row = connection.execute(text("select * from predictions where request_id = :id"), {"id": batch[3]["request_id"]}).mappings().one()
+    assert after - before == 12
+    assert [row[name] for name in FEATURE_NAMES] == pytest.approx(test_rows.iloc[3][list(FEATURE_NAMES)].tolist())
+    assert row["prediction"] == pytest.approx(batch[3]["MedHouseVal"]) and row["latency_ms"] > 0
+    assert not math.isnan(row["latency_ms"]) and len(set(ids)) == 5
+
+
+def test_admin_disabled_without_a_token(pipeline_run, tmp_path):
+    settings = pipeline_run.settings(prediction_log_url=f"sqlite:///{tmp_path / 'log.db'}")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
+        assert response.status_code == 403 and "HOUSING_ADMIN_TOKEN" in response.json()["detail"]
+
+
+def test_fresh_registry_starts_and_answers_503(tmp_path):
+    from housing.config import Settings
+
+    settings = Settings(
+        artifacts_dir=tmp_path / "artifacts", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", reload_interval=0.2
+    )
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/ready").json()["registry"]["last_check"] is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and "run the pipeline" in ready.json()["reason"]
+        predict = client.post("/predict", json=EXAMPLE_REQUEST)
+        assert predict.status_code == 503 and "run the pipeline" in predict.json()["detail"]
+        assert client.post("/predict", json=[EXAMPLE_REQUEST]).status_code == 503
+        assert client.get("/model").status_code == 503
+        assert client.get("/health").status_code == 200
