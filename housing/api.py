@@ -225,6 +225,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not logging.getLogger().handlers:  # under uvicorn: our progress lines beside its own
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
         await asyncio.to_thread(services.prediction_log.start)
         follower = asyncio.create_task(follow_registry(services), name="follow-registry")
         try:
