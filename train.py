@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from housing import cli, tracking
+from housing import cli
 from housing.data import load_split, read_manifest
 from housing.models import load_candidate_specs
 from housing.training import TrainingData, train_and_register
@@ -22,7 +22,6 @@ def main(args: argparse.Namespace) -> int:
     specs = load_candidate_specs(settings.candidates_path, settings.candidates)
     split = load_split(settings.split_dir)
     manifest = read_manifest(settings.manifest_path)
-    tracking.connect(settings)
     data = TrainingData(
         x_train=split.x_train,
         y_train=split.y_train,

@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--source", default=os.environ.get("HOUSING_DATA_SOURCE", str(PROJECT_DIR.parent / "shared/data/california_housing.csv")))
     parser.add_argument("--estimator-scale", default="1.0")
     parser.add_argument("--random-state", default="42")
+    parser.add_argument("--cv-folds", default=None, help="Override HOUSING_CV_FOLDS (default: the settings' default).")
     parser.add_argument("--keep", type=Path, help="Work in this dir and keep it (default: a temp dir, removed).")
     args = parser.parse_args()
 
@@ -42,6 +43,8 @@ def main() -> int:
             HOUSING_ESTIMATOR_SCALE=args.estimator_scale,
             HOUSING_RANDOM_STATE=args.random_state,
         )
+        if args.cv_folds:
+            env["HOUSING_CV_FOLDS"] = args.cv_folds
         timings = {}
         total_start = time.perf_counter()
         for stage in STAGES:

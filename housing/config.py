@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     random_state: int = 42
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     outlier_quantiles: tuple[float, float] = (0.001, 0.999)
-    cv_folds: int = Field(3, ge=2, description="Folds of the cross-validation on the training split.")
+    cv_folds: int = Field(2, ge=2, description="Folds of the cross-validation on the training split.")
     n_jobs: int = Field(2, ge=1, description="Processes used to fit candidates and folds in parallel.")
     estimator_scale: float = Field(
         1.0, gt=0.0, le=1.0, description="Multiplies every ensemble's tree count (tests use < 1)."

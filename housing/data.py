@@ -11,8 +11,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
-
 from housing.artifacts import load_json, load_pickle, save_json, save_pickle, sha256_file, write_atomic
 from housing.errors import UserError
 from housing.schema import FEATURE_NAMES, TARGET, ContractError, validate_frame
@@ -135,6 +133,8 @@ def split_dataset(
     frame: pd.DataFrame, *, test_size: float, random_state: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
     """Split features and target into train and test parts (the seed's ``train_test_split`` call)."""
+    from sklearn.model_selection import train_test_split
+
     features = frame.loc[:, list(FEATURE_NAMES)]
     target = frame[TARGET.name]
     x_train, x_test, y_train, y_test = train_test_split(

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,7 @@ from housing.config import Settings
 from housing.errors import UserError
 from housing.models import SKOPS_TRUSTED_TYPES, regression_metrics
 from housing.schema import FEATURE_NAMES
-from housing.tracking import disable_progress_bars
-from housing.training import RUN_TYPE_TAG, TRAINING_RUN_TYPE
+from housing.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE, quiet_mlflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -65,23 +65,40 @@ def resolve_model_uri(client: MlflowClient, model_uri: str) -> ModelVersion:
 
 
 def load_version(client: MlflowClient, version: ModelVersion) -> Pipeline:
-    """Download a registered version and load its pipeline with skops.
+    """Load a registered version's pipeline with skops (read in place from a local store, else downloaded).
 
     Only :data:`housing.models.SKOPS_TRUSTED_TYPES` are trusted. That list comes from this code, not from
     the model's own MLmodel file, so a tampered model can't widen it (and no pickle is ever loaded).
     """
     import mlflow
+
+    quiet_mlflow()
+    location = client.get_model_version_download_uri(version.name, str(version.version))
+    local = _local_path(location)
+    if local is not None:  # a local artifact store: read in place, no copy
+        return _load_skops_model(local, f"{version.name} version {version.version}")
+    with tempfile.TemporaryDirectory(prefix="housing-model-") as tmp:
+        local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri))
+        return _load_skops_model(local_dir, f"{version.name} version {version.version}")
+
+
+def _local_path(location: str) -> Path | None:
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path))
+        if (path / "MLmodel").is_file():
+            return path
+    return None
+
+
+def _load_skops_model(model_dir: Path, described: str) -> Pipeline:
     import skops.io
     from mlflow.models import Model
 
-    disable_progress_bars()
-    location = client.get_model_version_download_uri(version.name, str(version.version))
-    with tempfile.TemporaryDirectory(prefix="housing-model-") as tmp:
-        local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri))
-        flavor = Model.load(local_dir / "MLmodel").flavors.get("sklearn")
-        if flavor is None or flavor.get("serialization_format") != "skops":
-            raise UserError(f"model {version.name} version {version.version} is not a skops-serialized scikit-learn model")
-        return skops.io.load(local_dir / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
+    flavor = Model.load(model_dir / "MLmodel").flavors.get("sklearn")
+    if flavor is None or flavor.get("serialization_format") != "skops":
+        raise UserError(f"model {described} is not a skops-serialized scikit-learn model")
+    return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
 
 
 def load_model(model_uri: str, tracking_uri: str) -> Pipeline:

@@ -13,20 +13,26 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from housing.config import PROJECT_DIR, Settings
 from housing.errors import UserError
-from housing.models import SKOPS_TRUSTED_TYPES, untrusted_types
+from housing.models import SKOPS_TRUSTED_TYPES
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.data.dataset_source import DatasetSource
+    from mlflow.data.pandas_dataset import PandasDataset
     from mlflow.entities.model_registry import ModelVersion
+    from matplotlib.figure import Figure
     from sklearn.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
+
+RUN_TYPE_TAG = "housing.run_type"
+TRAINING_RUN_TYPE = "training"
+CANDIDATE_RUN_TYPE = "candidate"
+"""Tag that tells a comparison (parent) run from a candidate (child) run; promote finds the latest parent."""
 
 MODEL_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "scipy", "lightgbm")
 """Packages the logged pipeline needs at load time; pinned to the versions installed when it was trained."""
@@ -37,7 +43,7 @@ def connect(settings: Settings) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
-    disable_progress_bars()
+    quiet_mlflow()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
@@ -48,9 +54,12 @@ def connect(settings: Settings) -> MlflowClient:
     return client
 
 
-def disable_progress_bars() -> None:
-    """MLflow draws a progress bar per artifact download; stage output and server logs stay readable without."""
+def quiet_mlflow() -> None:
+    """No progress bar per artifact download (stage output and server logs stay readable), and no usage
+    telemetry sent to MLflow's servers by default (a pipeline shouldn't phone home; set
+    MLFLOW_DISABLE_TELEMETRY=false to opt in)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _first_line(error: BaseException) -> str:
@@ -88,12 +97,11 @@ def model_requirements() -> list[str]:
     return pins
 
 
-def log_dataset(frame: pd.DataFrame, *, name: str, source: str, context: str) -> None:
-    """Log a feature+target frame as an MLflow dataset input (MLflow computes its digest)."""
+def make_dataset(frame: pd.DataFrame, *, name: str, source: str) -> PandasDataset:
+    """An MLflow dataset of a feature+target frame (MLflow computes its digest and schema once, here)."""
     import mlflow
 
-    dataset = mlflow.data.from_pandas(frame, source=dataset_source(source), name=name, targets=TARGET.name)
-    mlflow.log_input(dataset, context=context)
+    return mlflow.data.from_pandas(frame, source=dataset_source(source), name=name, targets=TARGET.name)
 
 
 def dataset_source(source: str) -> DatasetSource:
@@ -117,6 +125,8 @@ def dataset_source(source: str) -> DatasetSource:
 
 def plot_predicted_vs_actual(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
     """Scatter of predicted against actual values with the identity line."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6, 6))
     axes = figure.subplots()
     axes.scatter(y_true, y_pred, s=4, alpha=0.3)
@@ -130,6 +140,8 @@ def plot_predicted_vs_actual(y_true: np.ndarray, y_pred: np.ndarray, title: str)
 
 def plot_residuals(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
     """Residuals against predictions, and their histogram."""
+    from matplotlib.figure import Figure
+
     residuals = y_true - y_pred
     figure = Figure(figsize=(11, 4.5))
     scatter, histogram = figure.subplots(1, 2)
@@ -145,6 +157,8 @@ def plot_residuals(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure
 
 def plot_importances(importances: pd.Series, title: str) -> Figure:
     """Horizontal bar chart of feature importances."""
+    from matplotlib.figure import Figure
+
     ordered = importances.sort_values()
     figure = Figure(figsize=(7, max(3.0, 0.3 * len(ordered))))
     axes = figure.subplots()
@@ -167,14 +181,11 @@ def feature_importances(pipeline: Pipeline) -> pd.Series | None:
 def log_model(pipeline: Pipeline, *, registered_model_name: str, predictions: np.ndarray, x_sample: pd.DataFrame) -> ModelVersion:
     """Log ``pipeline`` in the active run with skops and the explicit trusted-types list, and register it.
 
-    Refuses to log a model that holds a type outside the trusted list, because it could not be loaded back.
+    (tests/code/test_models.py checks that every candidate holds only trusted types, so it loads back.)
     """
     import mlflow
     from mlflow.models import infer_signature
 
-    unknown = untrusted_types(pipeline)
-    if unknown:
-        raise RuntimeError(f"the model holds types outside SKOPS_TRUSTED_TYPES: {', '.join(unknown)}")
     input_example = pd.DataFrame([EXAMPLE_REQUEST], columns=list(FEATURE_NAMES))
     signature = infer_signature(x_sample, predictions)
     info = mlflow.sklearn.log_model(

@@ -10,18 +10,17 @@ import numpy as np
 import pandas as pd
 
 from housing import tracking
+from housing.tracking import CANDIDATE_RUN_TYPE, RUN_TYPE_TAG, TRAINING_RUN_TYPE
 from housing.config import Settings
 from housing.models import CandidateSpec, FittedCandidate, fit_candidates, regression_metrics
 from housing.schema import TARGET
 
 if TYPE_CHECKING:
+    from mlflow.data.pandas_dataset import PandasDataset
     from mlflow.entities import RunInfo
 
 logger = logging.getLogger(__name__)
 
-RUN_TYPE_TAG = "housing.run_type"
-TRAINING_RUN_TYPE = "training"
-CANDIDATE_RUN_TYPE = "candidate"
 PARENT_RUN_NAME = "Comparative Analysis"
 
 
@@ -63,12 +62,10 @@ class TrainingOutcome:
 def train_and_register(settings: Settings, data: TrainingData, specs: list[CandidateSpec]) -> TrainingOutcome:
     """Fit ``specs`` on ``data``, log one child run per candidate under a parent run, register every model.
 
-    The caller must have connected MLflow (:func:`housing.tracking.connect`).
+    The fits start first; connecting to MLflow and logging each finished candidate overlap with them.
     """
     import mlflow
 
-    client = mlflow.MlflowClient()
-    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.mlflow_artifact_location)
     fitted = fit_candidates(
         specs,
         data.x_train,
@@ -80,6 +77,8 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
         n_jobs=settings.n_jobs,
         sample_weight=data.train_weight,
     )
+    client = tracking.connect(settings)
+    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.mlflow_artifact_location)
     common_tags = {
         RUN_TYPE_TAG: TRAINING_RUN_TYPE,
         "git_commit": tracking.git_commit(),
@@ -87,12 +86,16 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
         "data_source": data.source,
         **data.provenance,
     }
-    train_frame = data.x_train.assign(**{TARGET.name: data.y_train.to_numpy()})
-    test_frame = data.x_test.assign(**{TARGET.name: data.y_test.to_numpy()})
+    datasets = {
+        "training": tracking.make_dataset(data.x_train.assign(**{TARGET.name: data.y_train.to_numpy()}),
+                                          name="california_housing_train", source=data.source),
+        "evaluation": tracking.make_dataset(data.x_test.assign(**{TARGET.name: data.y_test.to_numpy()}),
+                                            name="california_housing_test", source=data.source),
+    }
     results = []
     with mlflow.start_run(experiment_id=experiment_id, run_name=PARENT_RUN_NAME, tags=common_tags) as parent:
-        tracking.log_dataset(train_frame, name="california_housing_train", source=data.source, context="training")
-        tracking.log_dataset(test_frame, name="california_housing_test", source=data.source, context="evaluation")
+        for context, dataset in datasets.items():
+            mlflow.log_input(dataset, context=context)
         mlflow.log_params(
             {
                 "train_rows": len(data.x_train),
@@ -105,7 +108,7 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
         )
         for candidate in fitted:
             child_tags = {**common_tags, RUN_TYPE_TAG: CANDIDATE_RUN_TYPE, "candidate": candidate.spec.name}
-            results.append(_log_candidate(settings, candidate, data, train_frame, test_frame, parent.info, child_tags))
+            results.append(_log_candidate(settings, candidate, data, datasets, parent.info, child_tags))
         results.sort(key=lambda result: (-result.metrics["r2"], result.metrics["rmse"]))
         comparison = pd.DataFrame(
             [{"model": r.name, "version": r.version, **r.metrics, "fit_seconds": r.fit_seconds} for r in results]
@@ -119,8 +122,7 @@ def _log_candidate(
     settings: Settings,
     candidate: FittedCandidate,
     data: TrainingData,
-    train_frame: pd.DataFrame,
-    test_frame: pd.DataFrame,
+    datasets: dict[str, PandasDataset],
     parent: RunInfo,
     tags: dict[str, str],
 ) -> CandidateResult:
@@ -135,8 +137,8 @@ def _log_candidate(
         mlflow.log_params({"estimator": spec.estimator, **spec.scaled_params(settings.estimator_scale)})
         mlflow.log_params({"outlier_quantiles": list(settings.outlier_quantiles), "cv_folds": settings.cv_folds})
         mlflow.log_metrics({**metrics, "fit_seconds": candidate.fit_seconds})
-        tracking.log_dataset(train_frame, name="california_housing_train", source=data.source, context="training")
-        tracking.log_dataset(test_frame, name="california_housing_test", source=data.source, context="evaluation")
+        for context, dataset in datasets.items():
+            mlflow.log_input(dataset, context=context)
         y_true = data.y_test.to_numpy()
         mlflow.log_figure(tracking.plot_predicted_vs_actual(y_true, y_pred, title), "plots/predicted_vs_actual.png")
         mlflow.log_figure(tracking.plot_residuals(y_true, y_pred, title), "plots/residuals.png")

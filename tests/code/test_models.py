@@ -56,3 +56,16 @@ def test_bad_candidate_files_are_one_sentence(tmp_path):
         load_candidate_specs(get_settings().candidates_path, ["nope"])
     with pytest.raises(UserError, match="does not exist"):
         load_candidate_specs(tmp_path / "missing.yaml")
+
+
+def test_every_candidate_holds_only_trusted_types():
+    """A logged model must load back with SKOPS_TRUSTED_TYPES; this catches a new estimator kind early."""
+    from housing.models import untrusted_types
+    from tests.code.test_data import tiny_dataset
+
+    frame = tiny_dataset(300)
+    frame["Latitude"] = np.linspace(33, 41, 300)
+    x, y = frame.drop(columns="MedHouseVal"), frame["MedHouseVal"]
+    for spec in load_candidate_specs(get_settings().candidates_path):
+        pipeline = build_pipeline(spec, outlier_quantiles=(0.01, 0.99), estimator_scale=0.02).fit(x, y)
+        assert untrusted_types(pipeline) == [], spec.name

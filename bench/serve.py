@@ -1,0 +1,185 @@
+"""Load the prediction API, `mlflow models serve` and a bare FastAPI endpoint the same way; print the figures.
+
+All three serve over uvicorn on this machine in one run, one after the other, with the same registered
+production model: (a) this API (`uvicorn app:app`, prediction logging on), (b) `mlflow models serve` for
+models:/CaliforniaHousing@production, (c) bench/bare_app.py returning a constant. Each is loaded by wrk
+(one client thread, 16 connections, single-row requests) and the script prints rps, p50, p99 and errors,
+the ratios, a check that the prediction log holds exactly one row per prediction the API made, and the
+end-to-end time of a 10,000-row batch request.
+
+Needs a production model in the registry (`make pipeline`) and wrk (`apt-get install wrk`).
+
+    python bench/serve.py [--duration 20] [--connections 16] [--tracking-uri URI]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from housing.config import get_settings  # noqa: E402
+from housing.schema import EXAMPLE_REQUEST  # noqa: E402
+
+ROW = ",".join(f'"{k}":{v}' for k, v in EXAMPLE_REQUEST.items())
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not become ready")
+
+
+def run_wrk(url: str, body: str, duration: int, connections: int, work_dir: Path) -> dict[str, float]:
+    script = work_dir / "post.lua"
+    script.write_text(WRK_SCRIPT.format(body=body))
+    subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), url], capture_output=True, check=True)  # warm-up
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": latency("50%"),
+        "p99": latency("99%"),
+        "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+    }
+
+
+def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--artifacts-dir", default=None)
+    parser.add_argument("--skip-mlflow", action="store_true", help="Skip (b), e.g. for a quick run.")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    settings = get_settings(tracking_uri=args.tracking_uri, artifacts_dir=args.artifacts_dir)
+    model_uri = f"models:/{settings.model_name}@{settings.production_alias}"
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
+    env.update(MLFLOW_TRACKING_URI=settings.tracking_uri, HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir))
+    results: dict[str, dict[str, float]] = {}
+    uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log"]
+
+    # (a) this API, with prediction logging on
+    log_url = f"sqlite:///{work_dir / 'prediction_log.db'}"
+    port = free_port()
+    api = start([*uvicorn, "--port", str(port), "app:app"], {**env, "HOUSING_PREDICTION_LOG_URL": log_url}, work_dir / "api.log")
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ready", api)
+        version = httpx.get(f"http://127.0.0.1:{port}/model").json()["version"]
+        results["(a) this API"] = run_wrk(f"http://127.0.0.1:{port}/predict", "{" + ROW + "}", args.duration, args.connections, work_dir)
+        rows = [dict(EXAMPLE_REQUEST, MedInc=1 + (i % 100) / 10) for i in range(10_000)]
+        batch_ms = []
+        with httpx.Client(timeout=60) as client:
+            for _ in range(7):
+                started = time.perf_counter()
+                response = client.post(f"http://127.0.0.1:{port}/predict", json=rows)
+                batch_ms.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200 and len(response.json()["predictions"]) == 10_000
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        served_rows = sum(float(v) for v in re.findall(r'^housing_predictions_total\{[^}]*\} ([\d.e+]+)$', metrics, re.M))
+    finally:
+        stop(api)
+    from sqlalchemy import create_engine, text
+
+    with create_engine(log_url).connect() as connection:
+        logged = connection.execute(text("select count(*) from predictions")).scalar_one()
+
+    # (b) mlflow models serve, same model
+    if not args.skip_mlflow:
+        port = free_port()
+        # MLflow 3 refuses to deserialize any model without this flag; its scoring server runs `uvicorn` from PATH.
+        mlflow_env = {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+                      "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+        mlflow_serve = start(
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            mlflow_env, work_dir / "mlflow.log",
+        )
+        try:
+            wait_for(f"http://127.0.0.1:{port}/ping", mlflow_serve)
+            results["(b) mlflow models serve"] = run_wrk(
+                f"http://127.0.0.1:{port}/invocations", '{"dataframe_records":[{' + ROW + '}]}', args.duration, args.connections, work_dir
+            )
+        finally:
+            stop(mlflow_serve)
+
+    # (c) bare FastAPI endpoint returning a constant
+    port = free_port()
+    bare = start([*uvicorn, "--port", str(port), "--app-dir", str(PROJECT_DIR / "bench"), "bare_app:app"], env, work_dir / "bare.log")
+    try:
+        wait_for(f"http://127.0.0.1:{port}/docs", bare)
+        results["(c) bare FastAPI constant"] = run_wrk(f"http://127.0.0.1:{port}/predict", "{" + ROW + "}", args.duration, args.connections, work_dir)
+    finally:
+        stop(bare)
+
+    print(f"# bench/serve.py — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} -d{args.duration}s, single-row POSTs, {model_uri} (version {version})")
+    print(f"\n{'server':<28} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, r in results.items():
+        print(f"{name:<28} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>7.0f}")
+    ours = results["(a) this API"]["rps"]
+    if "(b) mlflow models serve" in results:
+        print(f"\nthis API / mlflow models serve: {ours / results['(b) mlflow models serve']['rps']:.1f}x   (target >= 10x)")
+    print(f"this API / bare endpoint:       {ours / results['(c) bare FastAPI constant']['rps']:.0%}   (target >= 50%)")
+    print(f"\nprediction log: {logged:,} rows; the API predicted {served_rows:,.0f} rows "
+          f"({'complete' if logged == served_rows else 'MISMATCH'}); wrk counted {results['(a) this API']['requests']:,} responses")
+    print(f"10,000-row batch request end to end: median {statistics.median(batch_ms):.0f} ms, max {max(batch_ms):.0f} ms over 7 (target <= 250 ms)")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
