@@ -13,6 +13,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+import numpy as np
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PREDICTION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
 ROUTES = frozenset({"/predict", "/feedback", "/health", "/ready", "/model", "/metrics", "/admin/reload", "/docs", "/openapi.json"})
@@ -48,6 +50,8 @@ class Metrics:
                                  registry=r, multiprocess_mode="livesum")
         self.log_failed_flushes = Counter("housing_prediction_log_failed_flushes_total",
                                           "Batched writes of the prediction log that failed (and were retried).", registry=r)
+        self.batch_rows = Histogram("housing_microbatch_rows", "Single-row requests merged into one model call.",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.feedback = Counter("housing_feedback_total", "Feedback labels by outcome.", ["outcome"], registry=r)
         self._served: tuple[str, str, str] | None = None
 
@@ -56,6 +60,22 @@ class Metrics:
         code = str(status)
         self.requests.labels(route, method, code).inc()
         self.latency.labels(route, method, code).observe(seconds)
+
+    def observe_predictions(self, values: list[float]) -> None:
+        """Add predicted values to the histogram; a large batch is bucketed with numpy in one pass."""
+        histogram = self.prediction_value
+        buckets, total = getattr(histogram, "_buckets", None), getattr(histogram, "_sum", None)
+        if len(values) <= 64 or buckets is None or total is None:
+            for value in values:
+                histogram.observe(value)
+            return
+        # prometheus_client has no bulk observe; this adds the same counts its observe() would.
+        array = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(np.asarray(PREDICTION_BUCKETS), array, side="left"), minlength=len(buckets))
+        for bucket, count in zip(buckets, counts.tolist(), strict=False):
+            if count:
+                bucket.inc(count)
+        total.inc(float(array.sum()))
 
     def set_served_model(self, name: str | None, version: str | None, alias: str) -> None:
         """Point housing_model_info at the served version (and drop the previous one)."""

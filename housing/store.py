@@ -63,6 +63,12 @@ feedback_table = Table(
 )
 
 
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "request_id", "created_at", *FEATURE_NAMES, "prediction", "model_name", "model_version", "latency_ms",
+)
+"""Order of the values in a buffered prediction row (a tuple: cheap to build on the request path)."""
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, synchronous=NORMAL and a busy timeout for concurrent processes."""
     if url.startswith("sqlite"):
@@ -83,14 +89,24 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _insert_ignoring_duplicates(engine: Engine, table: Table) -> Any:
+def _insert_statement(engine: Engine) -> str:
+    """A driver-level INSERT of one prediction row that skips request ids already stored.
+
+    Rows go to the DB-API's executemany as tuples (no per-row work in SQLAlchemy), which keeps the
+    writer thread's share of the GIL small while the API serves thousands of requests a second.
+    """
+    marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    columns = ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)
+    placeholders = ", ".join([marker] * len(PREDICTION_COLUMNS))
+    conflict = " ON CONFLICT (request_id) DO NOTHING" if engine.dialect.name in ("sqlite", "postgresql") else ""
+    return f"INSERT INTO predictions ({columns}) VALUES ({placeholders}){conflict}"
+
+
+def timestamp_value(engine: Engine, moment: datetime) -> Any:
+    """``moment`` as the driver stores it in the created_at column (SQLAlchemy's SQLite text format)."""
     if engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # other databases: a plain insert (a retried batch could then fail on the primary key)
-        return table.insert()
-    return insert(table).on_conflict_do_nothing(index_elements=["request_id"])
+        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
+    return moment
 
 
 def create_tables(engine: Engine) -> None:
@@ -131,13 +147,13 @@ class PredictionLog:
         self.flush_interval = flush_interval
         self.max_batch_rows = max_batch_rows
         self.engine = make_engine(url)
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._insert = _insert_ignoring_duplicates(self.engine, predictions_table)
+        self._insert = _insert_statement(self.engine)
         self._tables_ready = False
         self.written_rows = 0
         self.failed_flushes = 0
@@ -166,8 +182,12 @@ class PredictionLog:
         self.engine.dispose()
 
     # --- writes ------------------------------------------------------------------------------------
-    def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Queue rows for the writer; O(1), never touches the database."""
+    def timestamp(self, moment: datetime) -> Any:
+        """The created_at value of rows logged at ``moment``."""
+        return timestamp_value(self.engine, moment)
+
+    def append(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Queue rows (tuples in PREDICTION_COLUMNS order) for the writer; never touches the database."""
         with self._lock:
             self._buffer.extend(rows)
             size = len(self._buffer)
@@ -203,7 +223,7 @@ class PredictionLog:
             try:
                 with self.engine.begin() as connection:
                     for start in range(0, len(batch), self.max_batch_rows):
-                        connection.execute(self._insert, batch[start : start + self.max_batch_rows])
+                        connection.exec_driver_sql(self._insert, batch[start : start + self.max_batch_rows])
             except SQLAlchemyError as error:
                 with self._lock:
                     self._buffer[:0] = batch
@@ -256,7 +276,7 @@ class PredictionLog:
 
     def _in_buffer(self, request_id: str) -> bool:
         with self._lock:
-            return any(row["request_id"] == request_id for row in self._buffer)
+            return any(row[0] == request_id for row in self._buffer)
 
 
 def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | None = None) -> pd.DataFrame:
@@ -293,26 +313,17 @@ def count_rows(engine: Engine) -> tuple[int, int]:
 
 
 def prediction_rows(
-    request_ids: Iterable[str],
+    request_ids: Sequence[str],
     features: Any,
-    predictions: Iterable[float],
+    predictions: Sequence[float],
     *,
     model_name: str,
     model_version: str,
     latency_ms: float,
-    created_at: datetime,
-) -> list[dict[str, Any]]:
-    """Log rows for a batch of predictions (``features`` is an (n, 8) array in contract order)."""
-    rows = []
-    for request_id, values, prediction in zip(request_ids, features.tolist(), predictions, strict=True):
-        row = dict(zip(FEATURE_NAMES, values, strict=True))
-        row.update(
-            request_id=request_id,
-            created_at=created_at,
-            prediction=float(prediction),
-            model_name=model_name,
-            model_version=model_version,
-            latency_ms=latency_ms,
-        )
-        rows.append(row)
-    return rows
+    created_at: Any,
+) -> list[tuple[Any, ...]]:
+    """Log rows for a batch of predictions (``features``: an (n, 8) array in contract order)."""
+    return [
+        (request_id, created_at, *values, prediction, model_name, model_version, latency_ms)
+        for request_id, values, prediction in zip(request_ids, features.tolist(), predictions, strict=True)
+    ]
