@@ -1,0 +1,39 @@
+"""Prometheus metrics: the bulk histogram path counts exactly as observe() does."""
+
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+
+from housing.metrics import Metrics
+
+
+def histogram_lines(metrics: Metrics) -> dict[str, float]:
+    lines = generate_latest(metrics.registry).decode().splitlines()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("housing_prediction_value") and "_created" not in line
+    }
+
+
+@pytest.mark.parametrize("count", [10, 1000])
+def test_bulk_observation_equals_one_by_one(count):
+    values = list(np.random.default_rng(0).uniform(0, 9, count)) + [0.5, 5.0, 8.0]
+    bulk, single = Metrics(), Metrics()
+    bulk.observe_predictions(values)
+    for value in values:
+        single.prediction_value.observe(value)
+    got, expected = histogram_lines(bulk), histogram_lines(single)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-12), key
+
+
+def test_served_model_info_follows_the_version():
+    metrics = Metrics()
+    metrics.set_served_model("M", "3", "production")
+    metrics.set_served_model("M", "4", "production")
+    text = generate_latest(metrics.registry).decode()
+    assert 'housing_model_info{alias="production",name="M",version="4"} 1.0' in text
+    assert 'version="3"' not in text
+    assert "housing_model_loaded 1.0" in text
