@@ -42,8 +42,10 @@ monitor: setup
 test: setup  ## the test suite (real data: HOUSING_DATA_SOURCE or ../shared/data/california_housing.csv)
 	$(PY) -m pytest -q
 
-bench: setup
+bench: setup  ## stage timings (bench/pipeline.py), accuracy over split seeds, serving load test (needs wrk)
 	$(PY) bench/pipeline.py
+	$(PY) bench/quality.py
+	$(PY) bench/serve.py
 
 mlflow-ui: setup  ## browse runs and the registry at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
