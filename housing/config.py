@@ -71,6 +71,22 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="Bearer token of POST /admin/reload; unset disables it.")
     log_flush_interval: float = Field(0.2, gt=0, description="Seconds between batched writes of the prediction log.")
 
+    # --- monitoring and retraining ---------------------------------------------------------------
+    monitor_window: int = Field(2_000, ge=1, description="Monitor the last N logged predictions.")
+    monitor_min_window: int = Field(500, ge=1, description="Fewer logged predictions than this: no decision.")
+    monitor_min_labels: int = Field(200, ge=1, description="Fewer labelled predictions than this: decide on drift only.")
+    drift_method: str = Field("wasserstein", description="Evidently drift test for the numerical columns.")
+    drift_threshold: float = Field(0.1, gt=0, description="Threshold of that test (normed Wasserstein distance).")
+    drift_share_threshold: float = Field(0.2, ge=0, le=1, description="Retrain when more than this share of features drift.")
+    rmse_threshold: float = Field(0.5, gt=0, description="Retrain when RMSE on labelled traffic is above this.")
+    r2_threshold: float = Field(0.6, description="Retrain when R2 on labelled traffic is below this.")
+    retrain_traffic_weight: float = Field(
+        0.5, gt=0, lt=1, description="Share of the training weight given to labelled traffic when retraining."
+    )
+    retrain_holdout_share: float = Field(
+        0.3, gt=0, lt=1, description="Newest share of the labelled traffic kept out of training to evaluate on."
+    )
+
     @field_validator("data_source", "prediction_log_url", mode="before")
     @classmethod
     def _empty_source_means_default(cls, value: object) -> object:

@@ -251,16 +251,17 @@ class PredictionLog:
         """Store the true value of a logged prediction; see :class:`FeedbackResult` for the outcomes.
 
         The same label twice is accepted (idempotent retry); a different label for an id that already has
-        one is a conflict. A prediction still in the buffer is flushed first so its id is known.
+        one is a conflict. Buffered predictions are flushed first (waiting for a flush in progress), and an
+        id still unknown is looked up once more after two flush intervals, in case another worker process
+        of the API logged it and has not flushed yet.
         """
-        if self._in_buffer(request_id):
+        self.flush()
+        if not self._is_logged(request_id):
+            time.sleep(2 * self.flush_interval)
             self.flush()
-        with self.engine.begin() as connection:
-            known = connection.execute(
-                select(predictions_table.c.request_id).where(predictions_table.c.request_id == request_id)
-            ).first()
-            if known is None:
+            if not self._is_logged(request_id):
                 return FeedbackResult.UNKNOWN_REQUEST
+        with self.engine.begin() as connection:
             existing = connection.execute(
                 select(feedback_table.c.actual).where(feedback_table.c.request_id == request_id)
             ).first()
@@ -274,9 +275,12 @@ class PredictionLog:
                 return FeedbackResult.CONFLICT
         return FeedbackResult.CREATED
 
-    def _in_buffer(self, request_id: str) -> bool:
-        with self._lock:
-            return any(row[0] == request_id for row in self._buffer)
+    def _is_logged(self, request_id: str) -> bool:
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(predictions_table.c.request_id).where(predictions_table.c.request_id == request_id)
+            ).first()
+        return found is not None
 
 
 def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | None = None) -> pd.DataFrame:
@@ -293,11 +297,12 @@ def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | 
     ).select_from(joined)
     if since is not None:
         query = query.where(predictions_table.c.created_at >= since)
-    query = query.order_by(predictions_table.c.created_at.desc(), predictions_table.c.request_id.desc())
+    query = query.order_by(predictions_table.c.created_at.desc())  # the indexed column only: no sort of the table
     if last_n is not None:
         query = query.limit(last_n)
     with engine.connect() as connection:
-        frame = pd.DataFrame(connection.execute(query).mappings().all())
+        result = connection.execute(query)
+        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     if frame.empty:
         return pd.DataFrame(columns=["request_id", "created_at", *FEATURE_NAMES, "prediction", "model_version", TARGET.name])
     frame[TARGET.name] = frame[TARGET.name].astype(float)

@@ -1,0 +1,97 @@
+"""Stage 6: watch the served traffic, decide whether to retrain, and retrain through promote's gate.
+
+Reads the last --window logged predictions (or those of the last --since-minutes) from the prediction
+log, compares them with the training split (Evidently: drift on the 8 features and the prediction;
+RMSE / R2 / MAE on the labelled part), and decides with the thresholds from the settings: retrain when
+more than 20 % of the features drifted, or RMSE > 0.5, or R2 < 0.6 (the last two need labels). Reports
+go to artifacts/reports/ (timestamped and *_latest) and every decision is an MLflow run in the
+"monitoring" experiment. A retrain trains on the training split plus the labelled traffic and only
+promote's gate can move `production`; the API picks the new version up by itself.
+
+Exit codes: 0 decided (and retrained if needed), 1 the retrain failed (production untouched), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+from housing import cli
+from housing.config import Settings
+from housing.monitoring import MonitorOutcome, RetrainFailed, run_monitor
+
+logger = logging.getLogger("monitor")
+EXIT_RETRAIN_FAILED = 1
+
+
+def report(outcome: MonitorOutcome, settings: Settings) -> None:
+    figures, decision = outcome.figures, outcome.decision
+    print(f"window: {figures.window_rows:,} logged predictions, {figures.labelled_rows:,} labelled")
+    scores = ", ".join(f"{name} {score:.3f}{'*' if figures.drifted.get(name) else ''}" for name, score in figures.drift_scores.items())
+    print(f"drift ({figures.drift_method}, threshold {settings.drift_threshold}; * = drifted): {scores}")
+    print(f"drifted features: {figures.drift_share:.0%} ({', '.join(figures.drifted_features) or 'none'})")
+    if figures.rmse is not None:
+        print(f"labelled traffic: RMSE {figures.rmse:.4f}, R2 {figures.r2:.4f}, MAE {figures.mae:.4f} "
+              f"(training reference: RMSE {figures.reference_rmse:.4f}, R2 {figures.reference_r2:.4f})")
+    print(f"decision: {decision.action.upper()}")
+    for reason in decision.reasons:
+        print(f"  because {reason}")
+    for note in decision.notes:
+        print(f"  note: {note}")
+    if outcome.saved is not None:
+        print(f"report: {outcome.saved.html_path} (latest: {outcome.saved.html_path.with_name('monitor_latest.html')})")
+    if outcome.retrained is not None:
+        promotion = outcome.retrained.promotion
+        print(f"retrained: training run {outcome.retrained.training.parent_run_id}, data in {outcome.retrained.data_dir}")
+        for message in promotion.messages:
+            print(f"  {message}")
+        print("  production moved to version " + promotion.production_after if promotion.production_changed
+              else "  production stays where it was")
+
+
+def monitor_once(args: argparse.Namespace, settings: Settings) -> int:
+    since = datetime.now(UTC) - timedelta(minutes=args.since_minutes) if args.since_minutes else None
+    try:
+        outcome = run_monitor(settings, since=since, dry_run=args.dry_run)
+    except RetrainFailed as error:
+        logger.debug("retraining failed", exc_info=True)
+        print(f"error: the decision was to retrain and retraining failed, production is unchanged ({error})", file=sys.stderr)
+        return EXIT_RETRAIN_FAILED
+    report(outcome, settings)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = cli.settings_from_args(args)
+    if args.watch is None:
+        return monitor_once(args, settings)
+    while True:  # --watch: a watcher reports failures and keeps watching
+        try:
+            code = monitor_once(args, settings)
+            if code:
+                logger.error("this round failed (exit %d); next round in %s s", code, args.watch)
+        except Exception as error:  # noqa: BLE001
+            logger.error("this round failed: %s; next round in %s s", error, args.watch)
+        time.sleep(args.watch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--window", dest="monitor_window", type=int, default=None, metavar="N",
+                        help="Monitor the last N logged predictions [env HOUSING_MONITOR_WINDOW; default 2000]")
+    parser.add_argument("--since-minutes", type=float, default=None, metavar="M",
+                        help="Monitor the predictions of the last M minutes instead of the last N.")
+    parser.add_argument("--dry-run", action="store_true", help="Decide and record, but don't retrain.")
+    parser.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="Repeat every SECONDS until interrupted.")
+    cli.add_setting_flags(
+        parser, "monitor_min_window", "monitor_min_labels", "drift_share_threshold", "rmse_threshold", "r2_threshold",
+        "prediction_log_url", "artifacts_dir", "tracking_uri",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())

@@ -1,0 +1,175 @@
+"""Drive a running prediction API with real dataset rows and send the true labels back later.
+
+A client, not part of production: it reads the dataset, takes the held-out (test) rows of the same
+split preprocess makes, shapes them by scenario, POSTs them to /predict, then after --label-delay
+seconds POSTs the true value of a --label-fraction of them to /feedback. Scenarios:
+
+  baseline          held-out rows as they are (no drift)
+  income-shift      MedInc x 1.2 (the seed's simulated drift), true labels
+  subpopulation     only one real sub-population (--subpopulation high-income | bay-area), true labels
+  market-inflation  features as they are, labels x --inflation (a price move only the error can reveal)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from housing import cli
+from housing.data import read_source, split_dataset
+from housing.errors import UserError
+from housing.schema import FEATURE_NAMES, SPECS_BY_NAME, TARGET, validate_frame
+
+SCENARIOS = ("baseline", "income-shift", "subpopulation", "market-inflation")
+SUBPOPULATIONS = {
+    "high-income": lambda x: x["MedInc"] >= x["MedInc"].quantile(0.8),
+    "bay-area": lambda x: x["Latitude"].between(37.2, 38.3) & x["Longitude"].between(-123.0, -121.6),
+}
+
+
+def scenario_rows(
+    x: pd.DataFrame, y: pd.Series, scenario: str, *, count: int, seed: int, subpopulation: str = "high-income",
+    inflation: float = 1.3,
+) -> tuple[pd.DataFrame, pd.Series]:
+    """``count`` real rows (sampled with replacement) shaped by ``scenario``: (features, true labels)."""
+    if scenario == "subpopulation":
+        mask = SUBPOPULATIONS[subpopulation](x)
+        x, y = x[mask], y[mask]
+    rng = np.random.default_rng(seed)
+    picked = rng.integers(0, len(x), count)
+    features = x.iloc[picked].reset_index(drop=True)
+    labels = y.iloc[picked].reset_index(drop=True)
+    if scenario == "income-shift":
+        features["MedInc"] = (features["MedInc"] * 1.2).clip(upper=SPECS_BY_NAME["MedInc"].maximum)
+    elif scenario == "market-inflation":
+        labels = labels * inflation
+    return features, labels
+
+
+@dataclass
+class Outcome:
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    labelled: int = 0
+    label_failures: int = 0
+    errors: list[str] = field(default_factory=list)
+    squared_errors: list[float] = field(default_factory=list)
+
+
+async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Series) -> Outcome:
+    outcome = Outcome()
+    rng = random.Random(args.seed)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(len(features)):
+        queue.put_nowait(index)
+    records = features.to_dict(orient="records")
+    pending_labels: list[asyncio.Task[None]] = []
+    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    started = time.monotonic()
+    progress = tqdm(total=len(records), desc=f"{args.scenario}", unit="req", disable=args.quiet or not sys.stderr.isatty())
+
+    async with httpx.AsyncClient(base_url=args.url, timeout=30) as client:
+
+        async def send_label(request_id: str, actual: float) -> None:
+            await asyncio.sleep(args.label_delay)
+            try:
+                response = await client.post("/feedback", json={"request_id": request_id, "actual": actual})
+                if response.status_code in (200, 201):
+                    outcome.labelled += 1
+                else:
+                    outcome.label_failures += 1
+            except httpx.HTTPError:
+                outcome.label_failures += 1
+
+        async def worker() -> None:
+            while True:
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                if interval:
+                    await asyncio.sleep(max(0.0, started + index * interval - time.monotonic()))
+                outcome.sent += 1
+                try:
+                    response = await client.post("/predict", json=records[index])
+                except httpx.HTTPError as error:
+                    outcome.failed += 1
+                    outcome.errors.append(str(error))
+                    progress.update()
+                    continue
+                if response.status_code != 200:
+                    outcome.failed += 1
+                    outcome.errors.append(f"{response.status_code} {response.text[:200]}")
+                else:
+                    outcome.ok += 1
+                    body = response.json()
+                    actual = float(labels.iloc[index])
+                    outcome.squared_errors.append((body["MedHouseVal"] - actual) ** 2)
+                    if rng.random() < args.label_fraction:
+                        pending_labels.append(asyncio.create_task(send_label(body["request_id"], actual)))
+                progress.update()
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        progress.close()
+        if pending_labels:
+            await asyncio.gather(*pending_labels)
+    return outcome
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = cli.settings_from_args(args)
+    if args.scenario not in SCENARIOS:
+        raise UserError(f"unknown scenario {args.scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    if not 0.0 <= args.label_fraction <= 1.0:
+        raise UserError("--label-fraction must be between 0 and 1")
+    frame = validate_frame(read_source(settings.data_source))
+    _, x_test, _, y_test = split_dataset(frame, test_size=settings.test_size, random_state=settings.random_state)
+    features, labels = scenario_rows(
+        x_test, y_test, args.scenario, count=args.requests, seed=args.seed, subpopulation=args.subpopulation, inflation=args.inflation
+    )
+    try:
+        httpx.get(f"{args.url}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as error:
+        raise UserError(f"the API at {args.url} does not answer ({error}); start it with `make serve`") from None
+    started = time.monotonic()
+    outcome = asyncio.run(drive(args, features, labels))
+    seconds = time.monotonic() - started
+    rmse = float(np.sqrt(np.mean(outcome.squared_errors))) if outcome.squared_errors else float("nan")
+    print(f"scenario {args.scenario}: {outcome.ok}/{outcome.sent} predictions ok ({outcome.failed} failed) in {seconds:.1f} s, "
+          f"{outcome.labelled} labels sent ({outcome.label_failures} failed); RMSE against the true labels {rmse:.4f}")
+    for error in outcome.errors[:3]:
+        print(f"  e.g. {error}", file=sys.stderr)
+    return 0 if outcome.failed == 0 and outcome.label_failures == 0 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="Base URL of the API [default http://127.0.0.1:8000]")
+    parser.add_argument("--scenario", default="baseline", help=f"One of {', '.join(SCENARIOS)} [default baseline]")
+    parser.add_argument("--requests", type=int, default=1000, help="Number of /predict requests [default 1000]")
+    parser.add_argument("--rate", type=float, default=0.0, help="Requests per second; 0 = as fast as possible [default 0]")
+    parser.add_argument("--concurrency", type=int, default=8, help="Requests in flight at once [default 8]")
+    parser.add_argument("--label-delay", type=float, default=0.0, help="Seconds before a label is sent back [default 0]")
+    parser.add_argument("--label-fraction", type=float, default=1.0, help="Share of predictions that get a label [default 1]")
+    parser.add_argument("--subpopulation", choices=sorted(SUBPOPULATIONS), default="high-income")
+    parser.add_argument("--inflation", type=float, default=1.3, help="Label multiplier of market-inflation [default 1.3]")
+    parser.add_argument("--seed", type=int, default=0, help="Which rows are sampled [default 0]")
+    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    cli.add_setting_flags(parser, "random_state", "test_size")
+    parser.add_argument("--source", dest="data_source", default=None, metavar="PATH_OR_URL",
+                        help="The dataset [env HOUSING_DATA_SOURCE; default: scikit-learn's downloader]")
+    return parser
+
+
+if __name__ == "__main__":
+    cli.run(main, build_parser())
