@@ -81,15 +81,24 @@ async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Ser
     async with httpx.AsyncClient(base_url=args.url, timeout=30) as client:
 
         async def send_label(request_id: str, actual: float) -> None:
+            """POST the label; retried on a 5xx or a transport error (the endpoint is idempotent), not on 4xx."""
             await asyncio.sleep(args.label_delay)
-            try:
-                response = await client.post("/feedback", json={"request_id": request_id, "actual": actual})
-                if response.status_code in (200, 201):
-                    outcome.labelled += 1
+            problem = ""
+            for attempt in range(3):
+                try:
+                    response = await client.post("/feedback", json={"request_id": request_id, "actual": actual})
+                except httpx.HTTPError as error:
+                    problem = f"feedback {error!r}"
                 else:
-                    outcome.label_failures += 1
-            except httpx.HTTPError:
-                outcome.label_failures += 1
+                    if response.status_code in (200, 201):
+                        outcome.labelled += 1
+                        return
+                    problem = f"feedback {response.status_code} {response.text[:200]}"
+                    if response.status_code < 500:
+                        break
+                await asyncio.sleep(0.5 * (attempt + 1))
+            outcome.label_failures += 1
+            outcome.errors.append(problem)
 
         async def worker() -> None:
             while True:

@@ -116,6 +116,7 @@ def registry_client(tracking_uri: str) -> MlflowClient:
     """A client whose tracking store and model registry are both ``tracking_uri``."""
     from mlflow import MlflowClient
 
+    quiet_mlflow()
     return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.backends import BACKENDS, Backend, PostgresProvider, make_backend
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DATA_SOURCE = Path(os.environ.get("HOUSING_DATA_SOURCE") or PROJECT_DIR.parent / "shared" / "data" / "california_housing.csv")
 TEST_ESTIMATOR_SCALE = "0.3"
@@ -62,11 +64,12 @@ def run_stage(script: str, *args: str, env: dict[str, str], cwd: Path | None = N
 
 @dataclass
 class PipelineRun:
-    """A finished load -> preprocess -> train -> promote run in a temp dir."""
+    """A finished load -> preprocess -> train -> promote run in a temp dir, on one backend."""
 
     work_dir: Path
     env: dict[str, str]
     outputs: dict[str, subprocess.CompletedProcess[str]]
+    backend: Backend
 
     @property
     def tracking_uri(self) -> str:
@@ -83,13 +86,40 @@ class PipelineRun:
 
 
 @pytest.fixture(scope="session")
-def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
-    """Run the four stage scripts once, for real, against a temp MLflow store with the real data."""
-    work_dir = tmp_path_factory.mktemp("pipeline")
-    env = stage_env(work_dir)
+def postgres(tmp_path_factory: pytest.TempPathFactory):
+    provider = PostgresProvider(tmp_path_factory.mktemp("postgres"))
+    yield provider
+    provider.close()
+
+
+def _run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider):
+    work_dir = tmp_path_factory.mktemp(f"{label}-{backend_name}")
+    backend = make_backend(backend_name, work_dir, postgres, label)
+    env = stage_env(work_dir, MLFLOW_TRACKING_URI=backend.tracking_uri)
     outputs = {}
     for script in ("load_data.py", "preprocess.py", "train.py", "promote.py"):
         result = run_stage(script, env=env, cwd=work_dir)
         assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
         outputs[script] = result
-    return PipelineRun(work_dir, env, outputs)
+    return PipelineRun(work_dir, env, outputs, backend)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(backend_name, tmp_path_factory, postgres):
+    """The four stage scripts run once, for real, with the real data, on each backend. Read-only for tests."""
+    run = _run_pipeline(backend_name, "pipeline", tmp_path_factory, postgres)
+    yield run
+    run.backend.close()
+
+
+@pytest.fixture(scope="session")
+def mutable_run(backend_name, tmp_path_factory, postgres):
+    """A second, separate pipeline run per backend, for the tests that move aliases and retrain."""
+    run = _run_pipeline(backend_name, "mutable", tmp_path_factory, postgres)
+    yield run
+    run.backend.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import PROJECT_DIR
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 GRACEFUL_EXIT = (0, -signal.SIGTERM)

@@ -8,12 +8,13 @@ import time
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from housing.api import create_app
 from housing.artifacts import load_pickle
 from housing.registry import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+from housing.store import make_engine
 
 TOKEN = "test-admin-token"
 
@@ -29,10 +30,9 @@ def wait_ready(client: TestClient, timeout: float = 60) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served(pipeline_run, tmp_path_factory):
-    log_dir = tmp_path_factory.mktemp("contract-log")
+def served(pipeline_run):
     settings = pipeline_run.settings(
-        prediction_log_url=f"sqlite:///{log_dir / 'log.db'}", admin_token=TOKEN, max_batch_rows=50, reload_interval=0.5
+        prediction_log_url=pipeline_run.backend.new_log_url("contract"), admin_token=TOKEN, max_batch_rows=50, reload_interval=0.5
     )
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
@@ -223,7 +223,7 @@ def test_docs_describe_fields_units_and_an_example(client):
 
 def test_every_prediction_is_logged(served, test_rows):
     client, settings = served
-    engine = create_engine(settings.prediction_log)
+    engine = make_engine(settings.prediction_log)
     services = client.app.state.services
     services.prediction_log.flush()
     with engine.connect() as connection:
@@ -234,14 +234,15 @@ def test_every_prediction_is_logged(served, test_rows):
     with engine.connect() as connection:
         after = connection.execute(text("select count(*) from predictions")).scalar_one()
         row = connection.execute(text("select * from predictions where request_id = :id"), {"id": batch[3]["request_id"]}).mappings().one()
+    engine.dispose()
     assert after - before == 12
     assert [row[name] for name in FEATURE_NAMES] == pytest.approx(test_rows.iloc[3][list(FEATURE_NAMES)].tolist())
     assert row["prediction"] == pytest.approx(batch[3]["MedHouseVal"]) and row["latency_ms"] > 0
     assert not math.isnan(row["latency_ms"]) and len(set(ids)) == 5
 
 
-def test_admin_disabled_without_a_token(pipeline_run, tmp_path):
-    settings = pipeline_run.settings(prediction_log_url=f"sqlite:///{tmp_path / 'log.db'}")
+def test_admin_disabled_without_a_token(pipeline_run):
+    settings = pipeline_run.settings(prediction_log_url=pipeline_run.backend.new_log_url("admin"))
     with TestClient(create_app(settings)) as client:
         response = client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
         assert response.status_code == 403 and "HOUSING_ADMIN_TOKEN" in response.json()["detail"]

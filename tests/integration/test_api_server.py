@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
@@ -10,33 +9,27 @@ import httpx
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from housing.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST
+from housing.store import make_engine
 from tests.server import GRACEFUL_EXIT, ApiServer, server_env
 
 
-@pytest.fixture
-def registry_copy(pipeline_run, tmp_path):
-    """A private copy of the trained registry, so moving its alias affects no other test."""
-    shutil.copy(pipeline_run.work_dir / "mlflow.db", tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
 def logged_rows(log_url: str) -> int:
-    engine = create_engine(log_url)
+    engine = make_engine(log_url)
     with engine.connect() as connection:
         count = connection.execute(text("select count(*) from predictions")).scalar_one()
     engine.dispose()
     return count
 
 
-def test_alias_move_under_load_switches_without_a_failed_request(pipeline_run, registry_copy, tmp_path):
-    log_url = f"sqlite:///{tmp_path / 'log.db'}"
-    env = server_env(pipeline_run.env, MLFLOW_TRACKING_URI=registry_copy, HOUSING_PREDICTION_LOG_URL=log_url, HOUSING_RELOAD_INTERVAL="0.5")
-    rows = load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl").iloc[:25].to_dict(orient="records")
-    client = MlflowClient(registry_copy)
+def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tmp_path):
+    log_url = mutable_run.backend.new_log_url("alias")
+    env = server_env(mutable_run.env, HOUSING_PREDICTION_LOG_URL=log_url, HOUSING_RELOAD_INTERVAL="0.5")
+    rows = load_pickle(mutable_run.artifacts_dir / "split" / "X_test.pkl").iloc[:25].to_dict(orient="records")
+    client = MlflowClient(mutable_run.tracking_uri)
     old = client.get_model_version_by_alias("CaliforniaHousing", "production")
     new = next(v for v in client.search_model_versions("name = 'CaliforniaHousing'") if v.version != old.version)
 
@@ -80,6 +73,7 @@ def test_alias_move_under_load_switches_without_a_failed_request(pipeline_run, r
             thread.join()
     finally:
         exit_code = server.stop()
+        client.set_registered_model_alias("CaliforniaHousing", "production", old.version)  # leave the registry as found
 
     assert exit_code in GRACEFUL_EXIT
     statuses = [status for status, _, _ in results]
@@ -93,7 +87,7 @@ def test_alias_move_under_load_switches_without_a_failed_request(pipeline_run, r
 
 
 def test_graceful_restart_keeps_every_logged_prediction(pipeline_run, tmp_path):
-    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    log_url = pipeline_run.backend.new_log_url("restart")
     env = server_env(pipeline_run.env, HOUSING_PREDICTION_LOG_URL=log_url, HOUSING_LOG_FLUSH_INTERVAL="30")
     request_ids = []
     with ApiServer(env, tmp_path / "server.log") as server:
@@ -112,7 +106,8 @@ def test_graceful_restart_keeps_every_logged_prediction(pipeline_run, tmp_path):
         server.wait_ready()
         response = httpx.post(f"{server.url}/feedback", json={"request_id": request_ids[7], "actual": 1.9})
         assert response.status_code == 201
-    engine = create_engine(log_url)
+    engine = make_engine(log_url)
     with engine.connect() as connection:
-        frame = pd.read_sql(text("select p.MedInc, f.actual from predictions p join feedback f using (request_id)"), connection)
+        frame = pd.read_sql(text('select p."MedInc", f.actual from predictions p join feedback f using (request_id)'), connection)
+    engine.dispose()
     assert frame.to_dict(orient="records") == [{"MedInc": pytest.approx(1.7), "actual": 1.9}]

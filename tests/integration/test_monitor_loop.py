@@ -16,9 +16,9 @@ from tests.server import ApiServer, server_env
 WINDOW = "1500"
 
 
-def simulate(env: dict[str, str], url: str, scenario: str, seed: int) -> float:
+def simulate(env: dict[str, str], url: str, scenario: str, seed: int, inflation: float = 1.3) -> float:
     result = run_stage("simulate_traffic.py", "--url", url, "--scenario", scenario, "--requests", WINDOW,
-                       "--concurrency", "8", "--seed", str(seed), "--quiet", env=env)
+                       "--concurrency", "8", "--seed", str(seed), "--inflation", str(inflation), "--quiet", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return float(re.search(r"RMSE against the true labels ([\d.]+)", result.stdout).group(1))
 
@@ -33,15 +33,13 @@ def served_version(url: str) -> str:
 
 
 @pytest.fixture
-def loop_env(pipeline_run, tmp_path):
-    """A private copy of the trained registry and artifacts, and an API serving them."""
-    shutil.copy(pipeline_run.work_dir / "mlflow.db", tmp_path / "mlflow.db")
-    shutil.copytree(pipeline_run.artifacts_dir, tmp_path / "artifacts")
+def loop_env(mutable_run, tmp_path):
+    """The mutable registry, a private copy of its artifacts (reports, retraining sets), an API serving it."""
+    shutil.copytree(mutable_run.artifacts_dir, tmp_path / "artifacts")
     env = server_env(
-        pipeline_run.env,
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        mutable_run.env,
         HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-        HOUSING_PREDICTION_LOG_URL=f"sqlite:///{tmp_path / 'log.db'}",
+        HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url("loop"),
         HOUSING_RELOAD_INTERVAL="1",
         HOUSING_MONITOR_MIN_WINDOW="1000",
     )
@@ -87,7 +85,7 @@ def test_a_failing_retrain_leaves_production_alone(loop_env, tmp_path):
     env, server = loop_env
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     before = client.get_model_version_by_alias("CaliforniaHousing", "production").version
-    simulate(env, server.url, "market-inflation", seed=4)
+    simulate(env, server.url, "market-inflation", seed=4, inflation=1.8)  # far off even for a model retrained on x1.3
     broken = dict(env, HOUSING_CANDIDATES_PATH=str(tmp_path / "missing.yaml"))
     code, out = monitor(broken)
     assert code == 1, out

@@ -1,0 +1,88 @@
+"""The two backends every integration test runs against: the embedded default (SQLite files) and the team
+setup (an MLflow tracking server on PostgreSQL serving the artifacts, and the prediction log on PostgreSQL).
+
+PostgreSQL comes from HOUSING_TEST_POSTGRES_URL (CI starts Debian's cluster and sets it) or, when that is
+unset, from a private cluster this session starts with the system's binaries (housing.team.Postgres).
+Without PostgreSQL installed the PostgreSQL half fails with a sentence saying how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from housing.team import Postgres, create_database, database_url, start_mlflow_server
+from tests.server import free_port
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@dataclass
+class Backend:
+    """Where one isolated set of stores lives."""
+
+    name: str
+    work_dir: Path
+    tracking_uri: str
+    admin_url: str | None = None
+    tracking_db_url: str | None = None
+    """The tracking server's PostgreSQL database (PostgreSQL backend only)."""
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def new_log_url(self, label: str) -> str:
+        """A fresh, empty prediction log database."""
+        if self.name == "sqlite":
+            return f"sqlite:///{self.work_dir / f'{label}-{uuid.uuid4().hex[:8]}.db'}"
+        name = f"log_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
+        create_database(self.admin_url, name)
+        return database_url(self.admin_url, name)
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+class PostgresProvider:
+    """One PostgreSQL for the whole test session."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.private: Postgres | None = None
+        self._admin_url: str | None = os.environ.get("HOUSING_TEST_POSTGRES_URL") or None
+
+    @property
+    def admin_url(self) -> str:
+        if self._admin_url is None:
+            if os.geteuid() == 0:  # the server runs as the postgres user: it needs a folder it can reach
+                self.work_dir = Path(tempfile.mkdtemp(prefix="housing-test-pg-"))
+                os.chmod(self.work_dir, 0o755)
+            self.private = Postgres(self.work_dir / "pgdata", free_port()).start()
+            self._admin_url = self.private.admin_url
+        return self._admin_url
+
+    def close(self) -> None:
+        if self.private is not None:
+            self.private.stop()
+            if os.geteuid() == 0:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def make_backend(name: str, work_dir: Path, postgres: PostgresProvider, label: str) -> Backend:
+    """A backend with its own empty tracking store (and, for PostgreSQL, its own tracking server)."""
+    if name == "sqlite":
+        return Backend(name, work_dir, f"sqlite:///{work_dir / 'mlflow.db'}")
+    database = f"mlflow_{label}_{uuid.uuid4().hex[:8]}"
+    create_database(postgres.admin_url, database)
+    port = free_port()
+    db_url = database_url(postgres.admin_url, database)
+    server = start_mlflow_server(db_url, work_dir / "mlartifacts", port, work_dir / "mlflow-server.log")
+    return Backend(name, work_dir, f"http://127.0.0.1:{port}", admin_url=postgres.admin_url, tracking_db_url=db_url, processes=[server])

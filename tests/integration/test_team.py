@@ -1,0 +1,155 @@
+"""The team setup: several API workers on one log, and outages of the tracking server and the log database."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+from sqlalchemy import create_engine, text
+
+from housing.schema import EXAMPLE_REQUEST
+from housing.store import make_engine
+from housing.team import start_mlflow_server
+from tests.conftest import run_stage
+from tests.server import ApiServer, free_port, server_env
+
+
+def logged_rows(log_url: str) -> int:
+    engine = make_engine(log_url)
+    with engine.connect() as connection:
+        count = connection.execute(text("select count(*) from predictions")).scalar_one()
+    engine.dispose()
+    return count
+
+
+def served_versions(url: str) -> dict[str, str]:
+    """pid -> version, from the multiprocess Prometheus metrics (one housing_model_info series per worker)."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    return dict(re.findall(r'housing_model_info\{[^}]*pid="(\d+)"[^}]*version="(\d+)"\} 1\.0', metrics))
+
+
+def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
+    log_url = mutable_run.backend.new_log_url("workers")
+    env = server_env(mutable_run.env, HOUSING_PREDICTION_LOG_URL=log_url, HOUSING_RELOAD_INTERVAL="1",
+                     PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"), HOUSING_MONITOR_MIN_WINDOW="100")
+    (tmp_path / "prometheus").mkdir()
+    client = MlflowClient(mutable_run.tracking_uri)
+    old = client.get_model_version_by_alias("CaliforniaHousing", "production")
+    new = next(v for v in client.search_model_versions("name = 'CaliforniaHousing'") if v.version != old.version)
+    server = ApiServer(env, tmp_path / "server.log", extra_args=("--workers", "2")).start()
+    results: list[tuple[int, str | None, int]] = []
+    try:
+        server.wait_ready()
+        deadline = time.monotonic() + 60
+        while len(served_versions(server.url)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert set(served_versions(server.url).values()) == {str(old.version)}
+
+        stop = threading.Event()
+
+        def keep_sending(batch_every: int) -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    body = [EXAMPLE_REQUEST] * 4 if n % batch_every == 0 else EXAMPLE_REQUEST
+                    response = http.post("/predict", json=body)
+                    version = response.json().get("model_version") if response.status_code == 200 else None
+                    results.append((response.status_code, version, 4 if isinstance(body, list) else 1))
+
+        threads = [threading.Thread(target=keep_sending, args=(every,)) for every in (3, 5, 7)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        monitored = run_stage("monitor.py", "--dry-run", "--window", "500", env=env, timeout=600)  # reads while the API writes
+        client.set_registered_model_alias("CaliforniaHousing", "production", new.version)
+        deadline = time.monotonic() + 60
+        while set(served_versions(server.url).values()) != {str(new.version)} and time.monotonic() < deadline:
+            time.sleep(0.3)
+        switched = served_versions(server.url)
+        time.sleep(1.0)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        server.stop()
+        client.set_registered_model_alias("CaliforniaHousing", "production", old.version)
+
+    assert len(switched) == 2 and set(switched.values()) == {str(new.version)}, switched
+    assert monitored.returncode == 0, monitored.stdout + monitored.stderr
+    assert "locked" not in monitored.stdout + monitored.stderr
+    statuses = [status for status, _, _ in results]
+    assert statuses and all(status == 200 for status in statuses), [s for s in statuses if s != 200][:5]
+    assert {version for _, version, _ in results} == {str(old.version), str(new.version)}
+    assert logged_rows(log_url) == sum(rows for _, _, rows in results)
+
+
+@pytest.mark.parametrize("backend_name", ["postgres"], indirect=True)
+def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
+    """Tracking server killed, then the log database refusing connections: the API keeps answering with the
+    model it has, says so in /ready and /metrics, stages fail with one sentence, and all recovers."""
+    backend = mutable_run.backend
+    port = free_port()
+    tracking = start_mlflow_server(backend.tracking_db_url, backend.work_dir / "mlartifacts", port, tmp_path / "mlflow.log")
+    log_url = backend.new_log_url("outage")
+    log_database = log_url.rsplit("/", 1)[1]
+    env = server_env(mutable_run.env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", HOUSING_PREDICTION_LOG_URL=log_url,
+                     HOUSING_RELOAD_INTERVAL="0.5")
+    admin = create_engine(backend.admin_url, isolation_level="AUTOCOMMIT")
+    sent = 0
+    with ApiServer(env, tmp_path / "server.log") as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        version = server.wait_ready()["model"]["version"]
+        # 1. the tracking server goes away
+        tracking.terminate()
+        tracking.wait(30)
+        deadline = time.monotonic() + 60
+        while http.get("/ready").json()["registry"]["reachable"] is not False and time.monotonic() < deadline:
+            time.sleep(0.3)
+        ready = http.get("/ready")
+        assert ready.status_code == 200 and ready.json()["registry"]["reachable"] is False
+        assert ready.json()["registry"]["last_error"]
+        assert "housing_registry_up 0.0" in http.get("/metrics").text
+        for _ in range(5):
+            response = http.post("/predict", json=EXAMPLE_REQUEST)
+            assert response.status_code == 200 and response.json()["model_version"] == version
+            sent += 1
+        started = time.monotonic()
+        promote = run_stage("promote.py", env=env, timeout=300)
+        assert promote.returncode == 2 and time.monotonic() - started < 60
+        errors = [line for line in promote.stderr.splitlines() if line.strip()]
+        assert errors[-1].startswith(f"error: could not reach the MLflow tracking store at http://127.0.0.1:{port}"), promote.stderr
+        assert "Traceback" not in promote.stderr
+        # ... and comes back on the same address
+        tracking = start_mlflow_server(backend.tracking_db_url, backend.work_dir / "mlartifacts", port, tmp_path / "mlflow.log")
+        deadline = time.monotonic() + 60
+        while http.get("/ready").json()["registry"]["reachable"] is not True and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert http.get("/ready").json()["registry"]["reachable"] is True
+        assert "housing_registry_up 1.0" in http.get("/metrics").text
+
+        # 2. the log database refuses connections
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{log_database}" ALLOW_CONNECTIONS false'))
+            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"), {"name": log_database})
+        for _ in range(20):
+            assert http.post("/predict", json=EXAMPLE_REQUEST).status_code == 200
+            sent += 1
+        deadline = time.monotonic() + 30
+        while http.get("/ready").json()["prediction_log"]["last_error"] is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log_status = http.get("/ready").json()["prediction_log"]
+        assert log_status["last_error"] and log_status["pending_rows"] > 0
+        assert http.post("/feedback", json={"request_id": "0" * 32, "actual": 2.0}).status_code == 503
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{log_database}" ALLOW_CONNECTIONS true'))
+        deadline = time.monotonic() + 30
+        while http.get("/ready").json()["prediction_log"]["pending_rows"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert http.get("/ready").json()["prediction_log"]["pending_rows"] == 0
+    tracking.terminate()
+    admin.dispose()
+    assert logged_rows(log_url) == sent
