@@ -8,8 +8,11 @@ ifneq ($(HOUSING_DATA_SOURCE),)
 export HOUSING_DATA_SOURCE
 endif
 PORT ?= 8000
+WORKERS ?= 2
+SCENARIO ?= baseline
+REQUESTS ?= 2000
 
-.PHONY: setup pipeline load preprocess train promote serve monitor test bench mlflow-ui clean
+.PHONY: setup pipeline load preprocess train promote serve simulate monitor test bench mlflow-ui team-up team-down team-status clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +39,10 @@ pipeline: load preprocess train promote  ## the four stages in order
 serve: setup  ## the prediction API on $(PORT)
 	$(VENV)/bin/uvicorn app:app --host 0.0.0.0 --port $(PORT)
 
-monitor: setup
+simulate: setup  ## real held-out rows to the running API, labels back: make simulate SCENARIO=market-inflation
+	$(PY) simulate_traffic.py --url http://127.0.0.1:$(PORT) --scenario $(SCENARIO) --requests $(REQUESTS)
+
+monitor: setup  ## drift and error on the logged traffic; retrains when the thresholds say so
 	$(PY) monitor.py
 
 test: setup  ## the test suite (real data: HOUSING_DATA_SOURCE or ../shared/data/california_housing.csv)
@@ -49,6 +55,15 @@ bench: setup  ## stage timings (bench/pipeline.py), accuracy over split seeds, s
 
 mlflow-ui: setup  ## browse runs and the registry at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+team-up: setup  ## PostgreSQL + MLflow tracking server (serving artifacts) + API with $(WORKERS) workers, in .team/
+	$(PY) -m housing.team up --workers $(WORKERS) --api-port $(PORT)
+
+team-down:  ## stop the team setup (its data stays in .team/)
+	$(PY) -m housing.team down
+
+team-status:
+	$(PY) -m housing.team status --api-port $(PORT)
 
 clean:  ## remove generated artifacts (keeps the MLflow store and the venv)
 	rm -rf artifacts

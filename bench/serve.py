@@ -5,7 +5,8 @@ production model: (a) this API (`uvicorn app:app`, prediction logging on), (b) `
 models:/CaliforniaHousing@production, (c) bench/bare_app.py returning a constant. Each is loaded by wrk
 (one client thread, 16 connections, single-row requests) and the script prints rps, p50, p99 and errors,
 the ratios, a check that the prediction log holds exactly one row per prediction the API made, and the
-end-to-end time of a 10,000-row batch request.
+end-to-end time of a 10,000-row batch request. (a2) repeats (a) with 2 worker processes logging to
+PostgreSQL (the team setup), same load, same run.
 
 Needs a production model in the registry (`make pipeline`) and wrk (`apt-get install wrk`).
 
@@ -104,6 +105,35 @@ def batch_request_ms(url: str, settings: object, repeats: int = 7) -> list[float
     return timings
 
 
+def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[object | None, str]:
+    """A fresh PostgreSQL database for the prediction log: on --postgres-url, else on a private cluster."""
+    import uuid
+
+    from housing.team import Postgres, create_database, database_url
+
+    cluster = None
+    if admin_url is None:
+        base = Path(tempfile.mkdtemp(prefix="bench-serve-pg-"))
+        os.chmod(base, 0o755)
+        cluster = Postgres(base / "pgdata", free_port()).start()
+        admin_url = cluster.admin_url
+    name = f"bench_log_{uuid.uuid4().hex[:8]}"
+    create_database(admin_url, name)
+    return cluster, database_url(admin_url, name)
+
+
+def count_logged(log_url: str) -> int:
+    from sqlalchemy import text
+
+    from housing.store import make_engine
+
+    engine = make_engine(log_url)
+    with engine.connect() as connection:
+        count = connection.execute(text("select count(*) from predictions")).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
 def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
@@ -123,6 +153,9 @@ def main() -> int:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--artifacts-dir", default=None)
     parser.add_argument("--skip-mlflow", action="store_true", help="Skip (b), e.g. for a quick run.")
+    parser.add_argument("--skip-postgres", action="store_true", help="Skip (a2), the 2-worker PostgreSQL run.")
+    parser.add_argument("--postgres-url", default=None,
+                        help="Admin SQLAlchemy URL of a PostgreSQL server for (a2); default: a private cluster from the system's binaries.")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -134,23 +167,40 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log"]
 
-    # (a) this API, with prediction logging on
-    log_url = f"sqlite:///{work_dir / 'prediction_log.db'}"
-    port = free_port()
-    api = start([*uvicorn, "--port", str(port), "app:app"], {**env, "HOUSING_PREDICTION_LOG_URL": log_url}, work_dir / "api.log")
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ready", api)
-        version = httpx.get(f"http://127.0.0.1:{port}/model").json()["version"]
-        results["(a) this API"] = run_wrk(f"http://127.0.0.1:{port}/predict", "{" + ROW + "}", args.duration, args.connections, work_dir)
-        batch_ms = batch_request_ms(f"http://127.0.0.1:{port}/predict", settings)
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        served_rows = sum(float(v) for v in re.findall(r'^housing_predictions_total\{[^}]*\} ([\d.e+]+)$', metrics, re.M))
-    finally:
-        stop(api)
-    from sqlalchemy import create_engine, text
-
-    with create_engine(log_url).connect() as connection:
-        logged = connection.execute(text("select count(*) from predictions")).scalar_one()
+    # (a) this API, with prediction logging on: 1 worker on SQLite, then 2 workers on PostgreSQL
+    log_checks: list[str] = []
+    batch_ms: list[float] = []
+    runs = [("(a) this API, 1 worker, SQLite log", 1, f"sqlite:///{work_dir / 'prediction_log.db'}")]
+    postgres = None
+    if not args.skip_postgres:
+        postgres, postgres_url = postgres_log(args.postgres_url, work_dir)
+        runs.append(("(a2) this API, 2 workers, PostgreSQL log", 2, postgres_url))
+    version = "?"
+    for label, workers, log_url in runs:
+        port = free_port()
+        api_env = {**env, "HOUSING_PREDICTION_LOG_URL": log_url}
+        command = [*uvicorn, "--port", str(port), "--workers", str(workers), "app:app"]
+        if workers > 1:
+            multiproc = work_dir / f"prometheus-{port}"
+            multiproc.mkdir()
+            api_env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+        api = start(command, api_env, work_dir / f"api-{port}.log")
+        try:
+            wait_for(f"http://127.0.0.1:{port}/ready", api)
+            time.sleep(3 if workers > 1 else 0)  # every worker loads the model
+            version = httpx.get(f"http://127.0.0.1:{port}/model").json()["version"]
+            results[label] = run_wrk(f"http://127.0.0.1:{port}/predict", "{" + ROW + "}", args.duration, args.connections, work_dir)
+            if workers == 1:
+                batch_ms = batch_request_ms(f"http://127.0.0.1:{port}/predict", settings)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            served_rows = sum(float(v) for v in re.findall(r'^housing_predictions_total\{[^}]*\} ([\d.e+]+)$', metrics, re.M))
+        finally:
+            stop(api)
+        logged = count_logged(log_url)
+        log_checks.append(f"{label}: prediction log holds {logged:,} rows, the API predicted {served_rows:,.0f} "
+                          f"({'complete' if logged == served_rows else 'MISMATCH'}); wrk counted {results[label]['requests']:,} responses")
+    if postgres is not None:
+        postgres.stop()
 
     # (b) mlflow models serve, same model
     if not args.skip_mlflow:
@@ -180,15 +230,16 @@ def main() -> int:
         stop(bare)
 
     print(f"# bench/serve.py — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} -d{args.duration}s, single-row POSTs, {model_uri} (version {version})")
-    print(f"\n{'server':<28} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"\n{'server':<42} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, r in results.items():
-        print(f"{name:<28} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>7.0f}")
-    ours = results["(a) this API"]["rps"]
+        print(f"{name:<42} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>7.0f}")
+    ours = results["(a) this API, 1 worker, SQLite log"]["rps"]
     if "(b) mlflow models serve" in results:
         print(f"\nthis API / mlflow models serve: {ours / results['(b) mlflow models serve']['rps']:.1f}x   (target >= 10x)")
     print(f"this API / bare endpoint:       {ours / results['(c) bare FastAPI constant']['rps']:.0%}   (target >= 50%)")
-    print(f"\nprediction log: {logged:,} rows; the API predicted {served_rows:,.0f} rows "
-          f"({'complete' if logged == served_rows else 'MISMATCH'}); wrk counted {results['(a) this API']['requests']:,} responses")
+    print()
+    for line in log_checks:
+        print(line)
     print(f"10,000-row batch request end to end: median {statistics.median(batch_ms):.0f} ms, max {max(batch_ms):.0f} ms over 7 (target <= 250 ms)")
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0
