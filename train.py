@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
 from housing import cli
+from housing.config import PROJECT_DIR
 from housing.data import load_split, read_manifest
 from housing.models import load_candidate_specs
 from housing.training import TrainingData, train_and_register
@@ -19,8 +22,10 @@ from housing.training import TrainingData, train_and_register
 
 def main(args: argparse.Namespace) -> int:
     settings = cli.settings_from_args(args)
-    specs = load_candidate_specs(settings.candidates_path, settings.candidates)
     split = load_split(settings.split_dir)
+    if args.tune:
+        return tune_candidate(args, settings, split)
+    specs = load_candidate_specs(settings.candidates_path, settings.candidates)
     manifest = read_manifest(settings.manifest_path)
     data = TrainingData(
         x_train=split.x_train,
@@ -41,11 +46,27 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_candidate(args: argparse.Namespace, settings: object, split: object) -> int:
+    from housing.tuning import tune
+
+    spec = load_candidate_specs(settings.candidates_path, [args.tune_candidate])[0]
+    output = args.tune_output or PROJECT_DIR / "housing" / "tuned" / f"{spec.name}.yaml"
+    result = tune(settings, spec, split.x_train, split.y_train, trials=args.tune, proposal_path=output)
+    print(f"best CV R2 {result.best_cv_r2:.4f} after {result.trials} trials (MLflow run {result.parent_run_id})")
+    print(f"proposal written to {result.proposal_path}: review it, then copy its params into {settings.candidates_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_setting_flags(
         parser, "candidates", "estimator_scale", "cv_folds", "n_jobs", "random_state", "artifacts_dir", "tracking_uri"
     )
+    parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                        help="Instead of the comparison run: search hyperparameters with Optuna for TRIALS trials (nested MLflow runs).")
+    parser.add_argument("--tune-candidate", default="lightgbm_spatial", help="Candidate to tune [default lightgbm_spatial]")
+    parser.add_argument("--tune-output", type=Path, default=None,
+                        help="Where the proposal goes [default housing/tuned/<candidate>.yaml]")
     return parser
 
 

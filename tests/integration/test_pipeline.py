@@ -94,3 +94,25 @@ def test_impossible_threshold_keeps_production_and_says_why(pipeline_run, client
     assert result.returncode == 0, result.stderr
     assert "production unchanged" in result.stdout and "not above the production gate 0.999" in result.stdout
     assert registry_state(client, "CaliforniaHousing")[0] == before[0]
+
+
+def test_tune_logs_nested_trials_and_writes_a_deterministic_proposal(pipeline_run, tmp_path):
+    import yaml
+
+    outputs = []
+    for attempt in range(2):
+        path = tmp_path / f"proposal-{attempt}.yaml"
+        result = run_stage("train.py", "--tune", "2", "--estimator-scale", "0.1", "--tune-output", str(path), env=pipeline_run.env)
+        assert result.returncode == 0, result.stderr
+        assert "best CV R2" in result.stdout
+        outputs.append(yaml.safe_load(path.read_text())["lightgbm_spatial"])
+    assert outputs[0] == outputs[1]  # same seed, same trials, same result
+    assert outputs[0]["estimator"] == "LGBMRegressor" and outputs[0]["features"] == "spatial"
+    client = MlflowClient(pipeline_run.tracking_uri)
+    experiment = client.get_experiment_by_name("California-Housing-Regression")
+    tuning = client.search_runs([experiment.experiment_id], "tags.`housing.run_type` = 'tuning'")
+    assert len(tuning) == 2
+    trials = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{tuning[0].info.run_id}'")
+    assert len(trials) == 2 and all("cv_r2_mean" in run.data.metrics for run in trials)
+    # tuning runs are not training runs: promote still works on the comparison run
+    assert run_stage("promote.py", env=pipeline_run.env).returncode == 0
