@@ -27,7 +27,7 @@ from tqdm import tqdm
 from housing import cli
 from housing.data import read_source, split_dataset
 from housing.errors import UserError
-from housing.schema import FEATURE_NAMES, SPECS_BY_NAME, TARGET, validate_frame
+from housing.schema import SPECS_BY_NAME, validate_frame
 
 SCENARIOS = ("baseline", "income-shift", "subpopulation", "market-inflation")
 SUBPOPULATIONS = {

@@ -10,7 +10,6 @@ CaliforniaHousing. Ends with a summary table. Candidates and their hyperparamete
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from housing import cli

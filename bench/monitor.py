@@ -35,7 +35,7 @@ from housing.data import load_split  # noqa: E402
 from housing.inference import fast_predict_or_default  # noqa: E402
 from housing.monitoring import decide, evaluate_window, reference_frame  # noqa: E402
 from housing.registry import load_model  # noqa: E402
-from housing.schema import FEATURE_NAMES, TARGET  # noqa: E402
+from housing.schema import TARGET  # noqa: E402
 from housing.store import PredictionLog, prediction_rows  # noqa: E402
 from simulate_traffic import SCENARIOS, scenario_rows  # noqa: E402
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
+
 from housing.artifacts import load_json, load_pickle, save_json, save_pickle, sha256_file, write_atomic
 from housing.errors import UserError
 from housing.schema import FEATURE_NAMES, TARGET, ContractError, validate_frame

@@ -20,11 +20,11 @@ from housing.models import SKOPS_TRUSTED_TYPES
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from mlflow import MlflowClient
     from mlflow.data.dataset_source import DatasetSource
     from mlflow.data.pandas_dataset import PandasDataset
     from mlflow.entities.model_registry import ModelVersion
-    from matplotlib.figure import Figure
     from sklearn.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from housing.config import get_settings
 from housing.errors import UserError
 from housing.models import CandidateSpec, build_pipeline, load_candidate_specs, regression_metrics
-from housing.config import get_settings
 
 
 def test_metrics_match_their_definitions():
