@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,3 +91,46 @@ def server_env(base_env: dict[str, str], **extra: str) -> dict[str, str]:
     env.update(extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH", "")]))
     return env
+
+
+class LoadGenerator:
+    """Client threads that keep POSTing /predict (single rows, every Nth request a small batch) until stopped,
+    recording (status, model_version, rows sent) for each request."""
+
+    def __init__(self, url: str, single: dict, batch: list[dict], batch_every: tuple[int, ...] = (3, 5, 7)) -> None:
+        self.url, self.single, self.batch, self.batch_every = url, single, batch, batch_every
+        self.results: list[tuple[int, str | None, int]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send, args=(every,)) for every in batch_every]
+
+    def _send(self, batch_every: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                body = self.batch if n % batch_every == 0 else self.single
+                response = http.post("/predict", json=body)
+                version = response.json().get("model_version") if response.status_code == 200 else None
+                self.results.append((response.status_code, version, len(body) if isinstance(body, list) else 1))
+
+    def __enter__(self) -> LoadGenerator:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    @property
+    def statuses(self) -> list[int]:
+        return [status for status, _, _ in self.results]
+
+    @property
+    def versions(self) -> list[str | None]:
+        return [version for _, version, _ in self.results]
+
+    @property
+    def rows(self) -> int:
+        return sum(rows for _, _, rows in self.results)

@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from housing.data import DataSourceError, Split, load_and_store, load_split, read_source, save_split, split_dataset
+from housing.data import (
+    DataSourceError,
+    Split,
+    load_and_store,
+    load_split,
+    read_source,
+    save_split,
+    split_dataset,
+)
 from housing.errors import UserError
 from housing.schema import COLUMN_NAMES, EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 

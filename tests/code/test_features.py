@@ -57,7 +57,13 @@ def test_scaler_is_fitted_on_the_given_rows_only():
 
 
 # --- spatial features and out-of-fold neighbour targets -----------------------------------------------
-from housing.features import CITIES, KM_PER_DEGREE_LAT, KM_PER_DEGREE_LON, NeighborTargetEncoder, SpatialFeatures  # noqa: E402
+from housing.features import (  # noqa: E402
+    CITIES,
+    KM_PER_DEGREE_LAT,
+    KM_PER_DEGREE_LON,
+    NeighborTargetEncoder,
+    SpatialFeatures,
+)
 
 
 def random_districts(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,12 @@ import pytest
 
 from housing.config import get_settings
 from housing.errors import UserError
-from housing.models import CandidateSpec, build_pipeline, load_candidate_specs, regression_metrics
+from housing.models import (
+    CandidateSpec,
+    build_pipeline,
+    load_candidate_specs,
+    regression_metrics,
+)
 
 
 def test_metrics_match_their_definitions():

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from housing.config import Settings
-from housing.monitoring import INSUFFICIENT_DATA, NO_ACTION, PREDICTION, RETRAIN, WindowFigures, decide, evaluate_window
+from housing.monitoring import (
+    INSUFFICIENT_DATA,
+    NO_ACTION,
+    PREDICTION,
+    RETRAIN,
+    WindowFigures,
+    decide,
+    evaluate_window,
+)
 from housing.schema import FEATURE_NAMES, TARGET
 
 

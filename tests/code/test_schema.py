@@ -4,7 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from housing.schema import COLUMN_NAMES, EXAMPLE_REQUEST, FEATURE_NAMES, SPECS_BY_NAME, TARGET, ContractError, validate_frame
+from housing.schema import (
+    COLUMN_NAMES,
+    EXAMPLE_REQUEST,
+    FEATURE_NAMES,
+    SPECS_BY_NAME,
+    TARGET,
+    ContractError,
+    validate_frame,
+)
 
 
 def tiny_frame(rows: int = 3) -> pd.DataFrame:

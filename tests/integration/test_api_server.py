@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -14,7 +13,7 @@ from sqlalchemy import text
 from housing.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST
 from housing.store import make_engine
-from tests.server import GRACEFUL_EXIT, ApiServer, server_env
+from tests.server import GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 
 def logged_rows(log_url: str) -> int:
@@ -46,44 +45,24 @@ def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tm
             assert feedback.status_code == 201
             predicted += 26
 
-        results: list[tuple[int, str | None, int]] = []
-        stop = threading.Event()
-
-        def keep_sending(batch_every: int) -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as http:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    body = rows[:3] if n % batch_every == 0 else EXAMPLE_REQUEST
-                    response = http.post("/predict", json=body)
-                    version = response.json().get("model_version") if response.status_code == 200 else None
-                    results.append((response.status_code, version, 3 if isinstance(body, list) else 1))
-
-        threads = [threading.Thread(target=keep_sending, args=(every,)) for every in (5, 7)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.5)
-        client.set_registered_model_alias("CaliforniaHousing", "production", new.version)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(v == str(new.version) for _, v, _ in results[-5:]):
-            time.sleep(0.1)
-        time.sleep(1.0)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        with LoadGenerator(server.url, EXAMPLE_REQUEST, rows[:3], batch_every=(5, 7)) as load:
+            time.sleep(1.5)
+            client.set_registered_model_alias("CaliforniaHousing", "production", new.version)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and str(new.version) not in load.versions[-5:]:
+                time.sleep(0.1)
+            time.sleep(1.0)
     finally:
         exit_code = server.stop()
         client.set_registered_model_alias("CaliforniaHousing", "production", old.version)  # leave the registry as found
 
     assert exit_code in GRACEFUL_EXIT
-    statuses = [status for status, _, _ in results]
-    assert statuses and all(status == 200 for status in statuses), f"failed requests: {[s for s in statuses if s != 200]}"
-    versions = [version for _, version, _ in results]
+    assert load.statuses and all(status == 200 for status in load.statuses), [s for s in load.statuses if s != 200][:5]
+    versions = load.versions
     assert versions[0] == str(old.version) and versions[-1] == str(new.version)
     first_new = versions.index(str(new.version))
     assert str(old.version) not in versions[first_new + 10 :]  # after the switch (10 in flight), only the new model
-    predicted += sum(rows_sent for _, _, rows_sent in results)
-    assert logged_rows(log_url) == predicted
+    assert logged_rows(log_url) == predicted + load.rows
 
 
 def test_graceful_restart_keeps_every_logged_prediction(pipeline_run, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 
 import httpx
@@ -15,7 +14,7 @@ from housing.schema import EXAMPLE_REQUEST
 from housing.store import make_engine
 from housing.team import start_mlflow_server
 from tests.conftest import run_stage
-from tests.server import ApiServer, free_port, server_env
+from tests.server import ApiServer, LoadGenerator, free_port, server_env
 
 
 def logged_rows(log_url: str) -> int:
@@ -41,7 +40,6 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
     old = client.get_model_version_by_alias("CaliforniaHousing", "production")
     new = next(v for v in client.search_model_versions("name = 'CaliforniaHousing'") if v.version != old.version)
     server = ApiServer(env, tmp_path / "server.log", extra_args=("--workers", "2")).start()
-    results: list[tuple[int, str | None, int]] = []
     try:
         server.wait_ready()
         deadline = time.monotonic() + 60
@@ -49,32 +47,15 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
             time.sleep(0.3)
         assert set(served_versions(server.url).values()) == {str(old.version)}
 
-        stop = threading.Event()
-
-        def keep_sending(batch_every: int) -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as http:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    body = [EXAMPLE_REQUEST] * 4 if n % batch_every == 0 else EXAMPLE_REQUEST
-                    response = http.post("/predict", json=body)
-                    version = response.json().get("model_version") if response.status_code == 200 else None
-                    results.append((response.status_code, version, 4 if isinstance(body, list) else 1))
-
-        threads = [threading.Thread(target=keep_sending, args=(every,)) for every in (3, 5, 7)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.5)
-        monitored = run_stage("monitor.py", "--dry-run", "--window", "500", env=env, timeout=600)  # reads while the API writes
-        client.set_registered_model_alias("CaliforniaHousing", "production", new.version)
-        deadline = time.monotonic() + 60
-        while set(served_versions(server.url).values()) != {str(new.version)} and time.monotonic() < deadline:
-            time.sleep(0.3)
-        switched = served_versions(server.url)
-        time.sleep(1.0)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        with LoadGenerator(server.url, EXAMPLE_REQUEST, [EXAMPLE_REQUEST] * 4) as load:
+            time.sleep(1.5)
+            monitored = run_stage("monitor.py", "--dry-run", "--window", "500", env=env, timeout=600)  # reads while the API writes
+            client.set_registered_model_alias("CaliforniaHousing", "production", new.version)
+            deadline = time.monotonic() + 60
+            while set(served_versions(server.url).values()) != {str(new.version)} and time.monotonic() < deadline:
+                time.sleep(0.3)
+            switched = served_versions(server.url)
+            time.sleep(1.0)
     finally:
         server.stop()
         client.set_registered_model_alias("CaliforniaHousing", "production", old.version)
@@ -82,10 +63,9 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
     assert len(switched) == 2 and set(switched.values()) == {str(new.version)}, switched
     assert monitored.returncode == 0, monitored.stdout + monitored.stderr
     assert "locked" not in monitored.stdout + monitored.stderr
-    statuses = [status for status, _, _ in results]
-    assert statuses and all(status == 200 for status in statuses), [s for s in statuses if s != 200][:5]
-    assert {version for _, version, _ in results} == {str(old.version), str(new.version)}
-    assert logged_rows(log_url) == sum(rows for _, _, rows in results)
+    assert load.statuses and all(status == 200 for status in load.statuses), [s for s in load.statuses if s != 200][:5]
+    assert set(load.versions) == {str(old.version), str(new.version)}
+    assert logged_rows(log_url) == load.rows
 
 
 @pytest.mark.parametrize("backend_name", ["postgres"], indirect=True)
