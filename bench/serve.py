@@ -123,15 +123,13 @@ def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[object | None, 
 
 
 def count_logged(log_url: str) -> int:
-    from sqlalchemy import text
-
-    from housing.store import make_engine
+    from housing.store import count_rows, make_engine
 
     engine = make_engine(log_url)
-    with engine.connect() as connection:
-        count = connection.execute(text("select count(*) from predictions")).scalar_one()
-    engine.dispose()
-    return int(count)
+    try:
+        return count_rows(engine)[0]
+    finally:
+        engine.dispose()
 
 
 def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:

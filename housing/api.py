@@ -26,12 +26,26 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from housing.config import Settings, get_settings
 from housing.metrics import Metrics, MetricsMiddleware
-from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, FEATURES, SPECS_BY_NAME, TARGET, TARGET_UNIT_DOLLARS
+from housing.schema import (
+    EXAMPLE_REQUEST,
+    FEATURE_NAMES,
+    FEATURES,
+    SPECS_BY_NAME,
+    TARGET,
+    TARGET_UNIT_DOLLARS,
+)
 from housing.serving import LoadedModel, MicroBatcher, ModelService, ModelUnavailable
 from housing.store import FeedbackResult, PredictionLog, prediction_rows
 
@@ -489,6 +503,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return json_response({
             "name": model.name, "version": model.version, "alias": model.alias, "candidate": model.candidate,
             "run_id": model.run_id, "metrics": model.metrics, "loaded_at": model.loaded_at.isoformat(),
+            "compiled_predict": model.fast_predict is not None, "history": list(services.model_service.status.history),
         })
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)

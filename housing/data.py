@@ -12,7 +12,14 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from housing.artifacts import load_json, load_pickle, save_json, save_pickle, sha256_file, write_atomic
+from housing.artifacts import (
+    load_json,
+    load_pickle,
+    save_json,
+    save_pickle,
+    sha256_file,
+    write_atomic,
+)
 from housing.errors import UserError
 from housing.schema import FEATURE_NAMES, TARGET, ContractError, validate_frame
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import Engine
 
 from housing.artifacts import atomic_path, save_json
 from housing.config import Settings
@@ -102,14 +101,6 @@ def decide(figures: WindowFigures, settings: Settings) -> Decision:
 
 
 # --- data ----------------------------------------------------------------------------------------------
-def read_window(engine: Engine, *, last_n: int | None, since: datetime | None = None) -> pd.DataFrame:
-    """The monitored window from the prediction log, oldest first: features, prediction, model_version,
-    created_at and the feedback label in ``MedHouseVal`` (NaN until it arrives)."""
-    from housing.store import read_window as read_log_window
-
-    return read_log_window(engine, last_n=last_n, since=since)
-
-
 def reference_frame(x_train: pd.DataFrame, y_train: pd.Series, model: Pipeline) -> pd.DataFrame:
     """The training split with its targets and the production model's predictions on it."""
     frame = x_train.loc[:, list(FEATURE_NAMES)].reset_index(drop=True)
@@ -303,7 +294,7 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
     from housing.data import load_split, read_manifest
     from housing.registry import load_model
     from housing.retraining import retrain
-    from housing.store import make_engine
+    from housing.store import make_engine, read_window
 
     engine = make_engine(settings.prediction_log)
     try:

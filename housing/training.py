@@ -11,7 +11,12 @@ import pandas as pd
 
 from housing import tracking
 from housing.config import Settings
-from housing.models import CandidateSpec, FittedCandidate, fit_candidates, regression_metrics
+from housing.models import (
+    CandidateSpec,
+    FittedCandidate,
+    fit_candidates,
+    regression_metrics,
+)
 from housing.schema import TARGET
 from housing.tracking import CANDIDATE_RUN_TYPE, RUN_TYPE_TAG, TRAINING_RUN_TYPE
 

@@ -12,16 +12,16 @@ from sqlalchemy import text
 
 from housing.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST
-from housing.store import make_engine
+from housing.store import count_rows, make_engine
 from tests.server import GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 
 def logged_rows(log_url: str) -> int:
     engine = make_engine(log_url)
-    with engine.connect() as connection:
-        count = connection.execute(text("select count(*) from predictions")).scalar_one()
-    engine.dispose()
-    return count
+    try:
+        return count_rows(engine)[0]
+    finally:
+        engine.dispose()
 
 
 def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tmp_path):

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from sqlalchemy import create_engine, text
 
 from housing.schema import EXAMPLE_REQUEST
-from housing.store import make_engine
+from housing.store import count_rows, make_engine
 from housing.team import start_mlflow_server
 from tests.conftest import run_stage
 from tests.server import ApiServer, LoadGenerator, free_port, server_env
@@ -19,10 +19,10 @@ from tests.server import ApiServer, LoadGenerator, free_port, server_env
 
 def logged_rows(log_url: str) -> int:
     engine = make_engine(log_url)
-    with engine.connect() as connection:
-        count = connection.execute(text("select count(*) from predictions")).scalar_one()
-    engine.dispose()
-    return count
+    try:
+        return count_rows(engine)[0]
+    finally:
+        engine.dispose()
 
 
 def served_versions(url: str) -> dict[str, str]:
