@@ -78,15 +78,23 @@ async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Ser
     started = time.monotonic()
     progress = tqdm(total=len(records), desc=f"{args.scenario}", unit="req", disable=args.quiet or not sys.stderr.isatty())
 
-    async with httpx.AsyncClient(base_url=args.url, timeout=30) as client:
+    # Predictions and labels use separate connection pools, and at most --concurrency labels are in
+    # flight, so a burst of labels never starves the predictions of connections.
+    labels_in_flight = asyncio.Semaphore(args.concurrency)
+    async with httpx.AsyncClient(base_url=args.url, timeout=30) as client, \
+            httpx.AsyncClient(base_url=args.url, timeout=30) as label_client:
 
         async def send_label(request_id: str, actual: float) -> None:
             """POST the label; retried on a 5xx or a transport error (the endpoint is idempotent), not on 4xx."""
             await asyncio.sleep(args.label_delay)
+            async with labels_in_flight:
+                await post_label(request_id, actual)
+
+        async def post_label(request_id: str, actual: float) -> None:
             problem = ""
             for attempt in range(3):
                 try:
-                    response = await client.post("/feedback", json={"request_id": request_id, "actual": actual})
+                    response = await label_client.post("/feedback", json={"request_id": request_id, "actual": actual})
                 except httpx.HTTPError as error:
                     problem = f"feedback {error!r}"
                 else:
@@ -113,7 +121,7 @@ async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Ser
                     response = await client.post("/predict", json=records[index])
                 except httpx.HTTPError as error:
                     outcome.failed += 1
-                    outcome.errors.append(str(error))
+                    outcome.errors.append(repr(error))
                     progress.update()
                     continue
                 if response.status_code != 200:

@@ -255,7 +255,13 @@ class PredictionLog:
         id still unknown is looked up once more after two flush intervals, in case another worker process
         of the API logged it and has not flushed yet.
         """
-        self.flush()
+        with self._lock:
+            buffered = any(row[0] == request_id for row in self._buffer)
+        if buffered:
+            self.flush()
+        else:
+            with self._flush_lock:  # a flush in progress may be committing the row: wait for it
+                pass
         if not self._is_logged(request_id):
             time.sleep(2 * self.flush_interval)
             self.flush()
