@@ -33,6 +33,7 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from housing.config import get_settings  # noqa: E402
 from housing.schema import EXAMPLE_REQUEST  # noqa: E402
+from housing.store import count_rows  # noqa: E402
 
 ROW = ",".join(f'"{k}":{v}' for k, v in EXAMPLE_REQUEST.items())
 WRK_SCRIPT = """wrk.method = "POST"
@@ -122,16 +123,6 @@ def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[object | None, 
     return cluster, database_url(admin_url, name)
 
 
-def count_logged(log_url: str) -> int:
-    from housing.store import count_rows, make_engine
-
-    engine = make_engine(log_url)
-    try:
-        return count_rows(engine)[0]
-    finally:
-        engine.dispose()
-
-
 def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
@@ -194,7 +185,7 @@ def main() -> int:
             served_rows = sum(float(v) for v in re.findall(r'^housing_predictions_total\{[^}]*\} ([\d.e+]+)$', metrics, re.M))
         finally:
             stop(api)
-        logged = count_logged(log_url)
+        logged = count_rows(log_url)[0]
         log_checks.append(f"{label}: prediction log holds {logged:,} rows, the API predicted {served_rows:,.0f} "
                           f"({'complete' if logged == served_rows else 'MISMATCH'}); wrk counted {results[label]['requests']:,} responses")
     if postgres is not None:

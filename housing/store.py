@@ -315,11 +315,15 @@ def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | 
     return frame.iloc[::-1].reset_index(drop=True)
 
 
-def count_rows(engine: Engine) -> tuple[int, int]:
-    """Number of logged predictions and of feedback labels."""
-    with engine.connect() as connection:
-        predictions = connection.execute(select(func.count()).select_from(predictions_table)).scalar_one()
-        labels = connection.execute(select(func.count()).select_from(feedback_table)).scalar_one()
+def count_rows(url: str) -> tuple[int, int]:
+    """Number of logged predictions and of feedback labels in the prediction log at ``url``."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            predictions = connection.execute(select(func.count()).select_from(predictions_table)).scalar_one()
+            labels = connection.execute(select(func.count()).select_from(feedback_table)).scalar_one()
+    finally:
+        engine.dispose()
     return int(predictions), int(labels)
 
 

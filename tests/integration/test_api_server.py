@@ -16,14 +16,6 @@ from housing.store import count_rows, make_engine
 from tests.server import GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 
-def logged_rows(log_url: str) -> int:
-    engine = make_engine(log_url)
-    try:
-        return count_rows(engine)[0]
-    finally:
-        engine.dispose()
-
-
 def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tmp_path):
     log_url = mutable_run.backend.new_log_url("alias")
     env = server_env(mutable_run.env, HOUSING_PREDICTION_LOG_URL=log_url, HOUSING_RELOAD_INTERVAL="0.5")
@@ -62,7 +54,7 @@ def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tm
     assert versions[0] == str(old.version) and versions[-1] == str(new.version)
     first_new = versions.index(str(new.version))
     assert str(old.version) not in versions[first_new + 10 :]  # after the switch (10 in flight), only the new model
-    assert logged_rows(log_url) == predicted + load.rows
+    assert count_rows(log_url)[0] == predicted + load.rows
 
 
 def test_graceful_restart_keeps_every_logged_prediction(pipeline_run, tmp_path):
@@ -79,7 +71,7 @@ def test_graceful_restart_keeps_every_logged_prediction(pipeline_run, tmp_path):
             request_ids += [p["request_id"] for p in batch]
         # the flush interval is 30 s: everything is still buffered when the shutdown starts
     assert server.process.returncode in GRACEFUL_EXIT
-    assert logged_rows(log_url) == 50
+    assert count_rows(log_url)[0] == 50
 
     with ApiServer(env, tmp_path / "server2.log") as server:
         server.wait_ready()

@@ -11,18 +11,10 @@ from mlflow import MlflowClient
 from sqlalchemy import create_engine, text
 
 from housing.schema import EXAMPLE_REQUEST
-from housing.store import count_rows, make_engine
+from housing.store import count_rows
 from housing.team import start_mlflow_server
 from tests.conftest import run_stage
 from tests.server import ApiServer, LoadGenerator, free_port, server_env
-
-
-def logged_rows(log_url: str) -> int:
-    engine = make_engine(log_url)
-    try:
-        return count_rows(engine)[0]
-    finally:
-        engine.dispose()
 
 
 def served_versions(url: str) -> dict[str, str]:
@@ -65,7 +57,7 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
     assert "locked" not in monitored.stdout + monitored.stderr
     assert load.statuses and all(status == 200 for status in load.statuses), [s for s in load.statuses if s != 200][:5]
     assert set(load.versions) == {str(old.version), str(new.version)}
-    assert logged_rows(log_url) == load.rows
+    assert count_rows(log_url)[0] == load.rows
 
 
 @pytest.mark.parametrize("backend_name", ["postgres"], indirect=True)
@@ -132,4 +124,4 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
         assert http.get("/ready").json()["prediction_log"]["pending_rows"] == 0
     tracking.terminate()
     admin.dispose()
-    assert logged_rows(log_url) == sent
+    assert count_rows(log_url)[0] == sent
