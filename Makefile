@@ -12,26 +12,31 @@ WORKERS ?= 2
 SCENARIO ?= baseline
 REQUESTS ?= 2000
 
-.PHONY: setup pipeline load preprocess train promote serve simulate monitor test bench mlflow-ui team-up team-down team-status clean
+.DEFAULT_GOAL := help
+.PHONY: help setup pipeline load preprocess train promote serve simulate monitor test test-code lint bench mlflow-ui team-up team-down team-status clean
 
-$(VENV)/.installed: requirements.txt
+help:  ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with the pinned dependencies
 
-load: setup
+load: setup  ## stage 1: read, validate and store the dataset
 	$(PY) load_data.py
 
-preprocess: setup
+preprocess: setup  ## stage 2: EDA printout and plots, the train/test split
 	$(PY) preprocess.py
 
-train: setup
+train: setup  ## stage 3: fit, log and register every candidate
 	$(PY) train.py
 
-promote: setup
+promote: setup  ## stage 4: the staging and production gates
 	$(PY) promote.py
 
 pipeline: load preprocess train promote  ## the four stages in order
@@ -45,8 +50,15 @@ simulate: setup  ## real held-out rows to the running API, labels back: make sim
 monitor: setup  ## drift and error on the logged traffic; retrains when the thresholds say so
 	$(PY) monitor.py
 
-test: setup  ## the test suite (real data: HOUSING_DATA_SOURCE or ../shared/data/california_housing.csv)
+test: setup  ## the whole test suite (real data: HOUSING_DATA_SOURCE or ../shared/data/california_housing.csv)
 	$(PY) -m pytest -q
+
+test-code: setup  ## the pure unit tests only (no dataset, no store, no server; seconds)
+	$(PY) -m pytest -q tests/code
+
+lint: setup  ## ruff (style, imports, bugs) and mypy (types) on the whole tree
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: setup  ## stage timings (bench/pipeline.py), accuracy over split seeds, serving load test (needs wrk)
 	$(PY) bench/pipeline.py
@@ -57,13 +69,13 @@ mlflow-ui: setup  ## browse runs and the registry at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 team-up: setup  ## PostgreSQL + MLflow tracking server (serving artifacts) + API with $(WORKERS) workers, in .team/
-	$(PY) -m housing.team up --workers $(WORKERS) --api-port $(PORT)
+	$(PY) -m localteam up --workers $(WORKERS) --api-port $(PORT)
 
 team-down:  ## stop the team setup (its data stays in .team/)
-	$(PY) -m housing.team down
+	$(PY) -m localteam down
 
-team-status:
-	$(PY) -m housing.team status --api-port $(PORT)
+team-status:  ## which parts of the team setup are up
+	$(PY) -m localteam status --api-port $(PORT)
 
 clean:  ## remove generated artifacts (keeps the MLflow store and the venv)
 	rm -rf artifacts

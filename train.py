@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 
 from housing import cli
+from housing.candidates import load_candidate_specs
 from housing.config import PROJECT_DIR
 from housing.data import load_split, read_manifest
-from housing.models import load_candidate_specs
 from housing.training import TrainingData, train_and_register
 
 

@@ -28,23 +28,22 @@ import numpy as np
 import pandas as pd
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
 
-from housing.config import Settings, get_settings  # noqa: E402
-from housing.data import load_split  # noqa: E402
-from housing.inference import fast_predict_or_default  # noqa: E402
-from housing.monitoring import decide, evaluate_window, reference_frame  # noqa: E402
-from housing.registry import load_model  # noqa: E402
-from housing.schema import TARGET  # noqa: E402
-from housing.store import PredictionLog, prediction_rows  # noqa: E402
-from simulate_traffic import SCENARIOS, scenario_rows  # noqa: E402
+from housing.config import Settings, get_settings
+from housing.data import load_split
+from housing.inference import fast_predict_or_default
+from housing.monitoring import decide, evaluate_window, reference_frame
+from housing.prediction_log import PredictionLog, prediction_rows
+from housing.registry import load_model
+from housing.schema import TARGET
+from simulate_traffic import SCENARIOS, scenario_rows
 
 
 def fill_log(url: str, features: pd.DataFrame, labels: pd.Series, predictions: np.ndarray, labelled_share: float) -> None:
     """Write served-looking rows (and labels for a share of them) straight into a prediction log."""
     from sqlalchemy import insert
 
-    from housing.store import feedback_table
+    from housing.prediction_log import feedback_table
 
     log = PredictionLog(url, max_batch_rows=50_000)
     log.start()

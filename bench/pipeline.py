@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
 
 STAGES = ("load_data.py", "preprocess.py", "train.py", "promote.py")
 

@@ -29,11 +29,10 @@ from pathlib import Path
 import httpx
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
 
-from housing.config import get_settings  # noqa: E402
-from housing.schema import EXAMPLE_REQUEST  # noqa: E402
-from housing.store import count_rows  # noqa: E402
+from housing.config import get_settings
+from housing.prediction_log import count_rows
+from housing.schema import EXAMPLE_REQUEST
 
 ROW = ",".join(f'"{k}":{v}' for k, v in EXAMPLE_REQUEST.items())
 WRK_SCRIPT = """wrk.method = "POST"
@@ -110,7 +109,7 @@ def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[object | None, 
     """A fresh PostgreSQL database for the prediction log: on --postgres-url, else on a private cluster."""
     import uuid
 
-    from housing.team import Postgres, create_database, database_url
+    from localteam.services import Postgres, create_database, database_url
 
     cluster = None
     if admin_url is None:
@@ -124,7 +123,7 @@ def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[object | None, 
 
 
 def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen) -> None:

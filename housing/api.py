@@ -37,7 +37,9 @@ from pydantic import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from housing.config import Settings, get_settings
-from housing.metrics import Metrics, MetricsMiddleware
+from housing.errors import first_line
+from housing.prediction_log import FeedbackResult, PredictionLog, prediction_rows
+from housing.prometheus import Metrics, MetricsMiddleware
 from housing.schema import (
     EXAMPLE_REQUEST,
     FEATURE_NAMES,
@@ -47,7 +49,6 @@ from housing.schema import (
     TARGET_UNIT_DOLLARS,
 )
 from housing.serving import LoadedModel, MicroBatcher, ModelService, ModelUnavailable
-from housing.store import FeedbackResult, PredictionLog, prediction_rows
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ async def follow_registry(services: Services) -> None:
     while True:
         try:
             await asyncio.to_thread(services.refresh_model)
-        except Exception:  # noqa: BLE001 - the loop must survive anything
+        except Exception:
             logger.exception("registry check crashed")
         await asyncio.sleep(services.settings.reload_interval)
 
@@ -464,7 +465,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             outcome = await asyncio.to_thread(services.prediction_log.record_feedback, body.request_id, body.actual)
         except SQLAlchemyError as error:
-            return problem(503, f"the prediction log is unreachable ({str(error).splitlines()[0][:200]})")
+            return problem(503, f"the prediction log is unreachable ({first_line(error, 200)})")
         services.metrics.feedback.labels(outcome).inc()
         if outcome == FeedbackResult.UNKNOWN_REQUEST:
             return problem(404, f"no logged prediction has request_id {body.request_id!r}")

@@ -8,7 +8,6 @@ good artifact untouched.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -60,12 +59,3 @@ def save_json(obj: Any, path: Path) -> None:
 def load_json(path: Path) -> Any:
     """Read a JSON file."""
     return json.loads(path.read_text())
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

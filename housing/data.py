@@ -17,10 +17,10 @@ from housing.artifacts import (
     load_pickle,
     save_json,
     save_pickle,
-    sha256_file,
     write_atomic,
 )
-from housing.errors import UserError
+from housing.digests import file_sha256
+from housing.errors import UserError, first_line
 from housing.schema import FEATURE_NAMES, TARGET, ContractError, validate_frame
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ def _read_csv(target: str | Path, *, what: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataSourceError(f"data source {what} is empty") from None
     except pd.errors.ParserError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise DataSourceError(f"data source {what} is not a readable CSV ({reason})") from None
+        raise DataSourceError(f"data source {what} is not a readable CSV ({first_line(error)})") from None
     except UnicodeDecodeError:
         raise DataSourceError(f"data source {what} is not a text CSV file") from None
     except (urllib.error.URLError, OSError) as error:
@@ -108,7 +107,7 @@ def load_and_store(source: str | None, dataset_path: Path, manifest_path: Path) 
     manifest = DatasetManifest(
         source=described,
         rows=len(frame),
-        sha256=sha256_file(dataset_path),
+        sha256=file_sha256(dataset_path),
         source_sha256=_local_file_sha256(source),
         written_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -120,7 +119,7 @@ def load_and_store(source: str | None, dataset_path: Path, manifest_path: Path) 
 def _local_file_sha256(source: str | None) -> str | None:
     if source is None or urlparse(source).scheme in URL_SCHEMES:
         return None
-    return sha256_file(Path(source).expanduser())
+    return file_sha256(Path(source).expanduser())
 
 
 def read_dataset(dataset_path: Path) -> pd.DataFrame:
@@ -180,9 +179,3 @@ def load_split(split_dir: Path) -> Split:
         raise UserError(f"no train/test split in {split_dir} (missing {', '.join(missing)}); run preprocess.py first")
     parts = [load_pickle(split_dir / name) for name in Split.FILES]
     return Split(*parts)
-
-
-def read_split_provenance(split_dir: Path) -> dict[str, object]:
-    """The provenance preprocess recorded with the split (seed, sizes, dataset sha256)."""
-    path = split_dir / "split.json"
-    return load_json(path) if path.exists() else {}

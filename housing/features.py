@@ -17,12 +17,12 @@ import pandas as pd
 from numba import njit
 from scipy.spatial import cKDTree
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from housing.schema import FEATURE_NAMES, FEATURES
+from housing.scoring import kfold_indices
 
 CLIPPED_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in FEATURES if spec.clip_outliers)
 
@@ -171,8 +171,7 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
         self.fit(X, y)
         values = validate_data(self, X, dtype=np.float64, reset=False)
         encoded = np.empty((len(values), values.shape[1] + self._n_outputs()), dtype=np.float64)
-        splitter = KFold(n_splits=self.folds, shuffle=True, random_state=self.random_state)
-        for fold_train, fold_rows in splitter.split(values):
+        for fold_train, fold_rows in kfold_indices(len(values), self.folds, self.random_state):
             tree = cKDTree(self.positions_[fold_train])
             encoded[fold_rows] = self._encode(values[fold_rows], tree, self.targets_[fold_train], self.incomes_[fold_train])
         return encoded

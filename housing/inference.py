@@ -45,7 +45,7 @@ def _predict_step(step: object) -> Predict:
     try:
         from lightgbm import LGBMRegressor
     except ImportError:  # pragma: no cover - lightgbm is a pinned dependency
-        LGBMRegressor = None  # noqa: N806
+        LGBMRegressor = None
     if LGBMRegressor is not None and isinstance(step, LGBMRegressor):
         from housing.trees import flatten_lightgbm
 
@@ -97,6 +97,6 @@ def fast_predict_or_default(pipeline: Pipeline, reference: pd.DataFrame | None =
             if np.allclose(single, expected[:1], rtol=0, atol=1e-9):
                 return compiled, True
         logger.warning("compiled predict path differs from pipeline.predict; serving with pipeline.predict")
-    except Exception:  # noqa: BLE001 - any surprise means: use the pipeline as it is
+    except Exception:
         logger.warning("could not compile the pipeline; serving with pipeline.predict", exc_info=True)
     return default, False

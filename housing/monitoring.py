@@ -22,6 +22,7 @@ import pandas as pd
 
 from housing.artifacts import atomic_path, save_json
 from housing.config import Settings
+from housing.errors import first_line
 from housing.schema import FEATURE_NAMES, TARGET
 
 if TYPE_CHECKING:
@@ -292,9 +293,9 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
     """
     from housing import tracking
     from housing.data import load_split, read_manifest
+    from housing.prediction_log import make_engine, read_window
     from housing.registry import load_model
     from housing.retraining import retrain
-    from housing.store import make_engine, read_window
 
     engine = make_engine(settings.prediction_log)
     try:
@@ -317,9 +318,9 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
         labelled = current[current[TARGET.name].notna()]
         try:
             outcome.retrained = retrain(settings, split, labelled, base_source=read_manifest(settings.manifest_path).source)
-        except Exception as error:  # noqa: BLE001 - reported as one sentence by monitor.py
+        except Exception as error:
             tracking.connect(settings).set_tag(run_id, "retrain_failed", f"{type(error).__name__}: {error}"[:4000])
-            raise RetrainFailed(f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}") from error
+            raise RetrainFailed(f"{type(error).__name__}: {first_line(error)}") from error
         promotion = outcome.retrained.promotion
         client = tracking.connect(settings)
         client.set_tag(run_id, "retrain_training_run_id", outcome.retrained.training.parent_run_id)

@@ -7,7 +7,6 @@ the current production on the same evaluation data, scored from the models thems
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import tempfile
@@ -20,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from housing.config import Settings
+from housing.digests import frame_sha256
 from housing.errors import UserError
-from housing.models import SKOPS_TRUSTED_TYPES, regression_metrics
 from housing.schema import FEATURE_NAMES
+from housing.scoring import rank_key, regression_metrics
+from housing.serialization import load_skops_model
 from housing.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE, quiet_mlflow
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def resolve_model_uri(client: MlflowClient, model_uri: str) -> ModelVersion:
 def load_version(client: MlflowClient, version: ModelVersion) -> Pipeline:
     """Load a registered version's pipeline with skops (read in place from a local store, else downloaded).
 
-    Only :data:`housing.models.SKOPS_TRUSTED_TYPES` are trusted. That list comes from this code, not from
+    Only :data:`housing.serialization.SKOPS_TRUSTED_TYPES` are trusted. That list comes from this code, not from
     the model's own MLmodel file, so a tampered model can't widen it (and no pickle is ever loaded).
     """
     import mlflow
@@ -76,10 +77,10 @@ def load_version(client: MlflowClient, version: ModelVersion) -> Pipeline:
     location = client.get_model_version_download_uri(version.name, str(version.version))
     local = _local_path(location)
     if local is not None:  # a local artifact store: read in place, no copy
-        return _load_skops_model(local, f"{version.name} version {version.version}")
+        return load_skops_model(local, f"{version.name} version {version.version}")
     with tempfile.TemporaryDirectory(prefix="housing-model-") as tmp:
         local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri))
-        return _load_skops_model(local_dir, f"{version.name} version {version.version}")
+        return load_skops_model(local_dir, f"{version.name} version {version.version}")
 
 
 def _local_path(location: str) -> Path | None:
@@ -89,16 +90,6 @@ def _local_path(location: str) -> Path | None:
         if (path / "MLmodel").is_file():
             return path
     return None
-
-
-def _load_skops_model(model_dir: Path, described: str) -> Pipeline:
-    import skops.io
-    from mlflow.models import Model
-
-    flavor = Model.load(model_dir / "MLmodel").flavors.get("sklearn")
-    if flavor is None or flavor.get("serialization_format") != "skops":
-        raise UserError(f"model {described} is not a skops-serialized scikit-learn model")
-    return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
 
 
 def load_model(model_uri: str, tracking_uri: str) -> Pipeline:
@@ -132,11 +123,7 @@ class EvaluationData:
     @property
     def digest(self) -> str:
         """Short content hash, recorded on each version with its scores."""
-        hashed = pd.util.hash_pandas_object(self.x.assign(_y=self.y.to_numpy()), index=False).to_numpy()
-        digest = hashlib.sha256(hashed.tobytes())
-        if self.sample_weight is not None:
-            digest.update(np.asarray(self.sample_weight, dtype=float).tobytes())
-        return digest.hexdigest()[:16]
+        return frame_sha256(self.x, self.y, self.sample_weight)[:16]
 
 
 @dataclass(frozen=True)
@@ -150,7 +137,7 @@ class Score:
 
     def beats(self, other: Score) -> bool:
         """Higher R2 wins; equal R2, lower RMSE wins."""
-        return (self.r2, -self.rmse) > (other.r2, -other.rmse)
+        return rank_key(self.r2, self.rmse) < rank_key(other.r2, other.rmse)
 
 
 @dataclass
@@ -233,7 +220,7 @@ def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData
         }.items():
             if version.tags.get(key) != value:
                 client.set_model_version_tag(name, version.version, key, value)
-    ranked = sorted(report.scores, key=lambda s: (-s.r2, s.rmse))
+    ranked = sorted(report.scores, key=lambda s: rank_key(s.r2, s.rmse))
     passed_staging = [s for s in ranked if s.r2 > settings.staging_r2_threshold]
 
     # Staging: the best candidate past the staging gate.

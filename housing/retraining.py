@@ -10,7 +10,6 @@ the recent labels are the truth, and a few thousand of them must be able to outw
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from housing.artifacts import save_json, save_pickle
+from housing.candidates import load_candidate_specs
 from housing.config import Settings
 from housing.data import Split
+from housing.digests import frame_sha256
 from housing.errors import UserError
-from housing.models import load_candidate_specs
 from housing.registry import EvaluationData, PromotionReport, promote
 from housing.schema import FEATURE_NAMES, TARGET
 from housing.training import TrainingData, TrainingOutcome, train_and_register
@@ -39,14 +39,6 @@ class RetrainingSets:
     training: TrainingData
     evaluation: EvaluationData
     manifest: dict[str, object]
-
-
-def frame_sha256(x: pd.DataFrame, y: pd.Series, weights: np.ndarray | None = None) -> str:
-    """Content hash of a training set (features, target, weights)."""
-    digest = hashlib.sha256(pd.util.hash_pandas_object(x.assign(**{TARGET.name: y.to_numpy()}), index=False).to_numpy().tobytes())
-    if weights is not None:
-        digest.update(np.asarray(weights, dtype=np.float64).tobytes())
-    return digest.hexdigest()
 
 
 def _share_weight(share: float, base_weight: float, rows: int) -> float:

@@ -23,6 +23,7 @@ import pandas as pd
 import sklearn
 
 from housing.config import Settings
+from housing.errors import first_line
 from housing.inference import fast_predict_or_default
 from housing.registry import get_version_by_alias, load_version, registry_client
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
@@ -119,7 +120,7 @@ class ModelService:
         except Exception as error:  # noqa: BLE001 - an unreachable registry must not stop serving
             self.status.reachable = False
             self.status.failed_checks += 1
-            self.status.last_error = _short(error)
+            self.status.last_error = first_line(error)
             logger.warning("registry check failed, serving %s: %s", self._describe(), self.status.last_error)
             return False
         self.status.reachable = True
@@ -136,7 +137,7 @@ class ModelService:
         try:
             loaded = self._load(client, version, alias)
         except Exception as error:  # noqa: BLE001 - a broken version must not replace a working one
-            self.status.last_error = f"could not load {name} version {version.version}: {_short(error)}"
+            self.status.last_error = f"could not load {name} version {version.version}: {first_line(error)}"
             logger.error("%s; still serving %s", self.status.last_error, self._describe())
             return False
         previous = self._current
@@ -177,11 +178,6 @@ class ModelService:
 
     def _describe(self) -> str:
         return f"version {self._current.version}" if self._current else "no model"
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 class MicroBatcher:

@@ -8,16 +8,16 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
 from housing.config import PROJECT_DIR, Settings
-from housing.errors import UserError
-from housing.models import SKOPS_TRUSTED_TYPES
+from housing.errors import UserError, first_line
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
+from housing.serialization import SKOPS_TRUSTED_TYPES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -50,7 +50,7 @@ def connect(settings: Settings) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"could not reach the MLflow tracking store at {settings.tracking_uri} ({_first_line(error)})") from None
+        raise UserError(f"could not reach the MLflow tracking store at {settings.tracking_uri} ({first_line(error)})") from None
     return client
 
 
@@ -65,11 +65,6 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -206,10 +201,3 @@ def log_model(pipeline: Pipeline, *, registered_model_name: str, predictions: np
     )
     client = mlflow.MlflowClient()
     return client.get_model_version(registered_model_name, str(info.registered_model_version))
-
-
-def log_dict_artifact(data: dict[str, Any], artifact_file: str) -> None:
-    """Log a small dict as a JSON artifact of the active run."""
-    import mlflow
-
-    mlflow.log_dict(data, artifact_file)

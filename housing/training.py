@@ -10,14 +10,11 @@ import numpy as np
 import pandas as pd
 
 from housing import tracking
+from housing.candidates import CandidateSpec
 from housing.config import Settings
-from housing.models import (
-    CandidateSpec,
-    FittedCandidate,
-    fit_candidates,
-    regression_metrics,
-)
+from housing.fitting import FittedCandidate, fit_candidates
 from housing.schema import TARGET
+from housing.scoring import best_first, regression_metrics
 from housing.tracking import CANDIDATE_RUN_TYPE, RUN_TYPE_TAG, TRAINING_RUN_TYPE
 
 if TYPE_CHECKING:
@@ -114,7 +111,7 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
         for candidate in fitted:
             child_tags = {**common_tags, RUN_TYPE_TAG: CANDIDATE_RUN_TYPE, "candidate": candidate.spec.name}
             results.append(_log_candidate(settings, candidate, data, datasets, parent.info, child_tags))
-        results.sort(key=lambda result: (-result.metrics["r2"], result.metrics["rmse"]))
+        results.sort(key=lambda result: best_first(result.metrics))
         comparison = pd.DataFrame(
             [{"model": r.name, "version": r.version, **r.metrics, "fit_seconds": r.fit_seconds} for r in results]
         )

@@ -20,13 +20,13 @@ import pandas as pd
 import yaml
 from sklearn.base import clone
 from sklearn.metrics import r2_score
-from sklearn.model_selection import KFold
 
 from housing import tracking
 from housing.artifacts import write_atomic
+from housing.candidates import CandidateSpec, build_pipeline
 from housing.config import Settings
 from housing.errors import UserError
-from housing.models import CandidateSpec, build_pipeline
+from housing.scoring import kfold_indices
 from housing.tracking import RUN_TYPE_TAG
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def cv_r2(spec: CandidateSpec, x: pd.DataFrame, y: pd.Series, settings: Settings
     pipeline = build_pipeline(spec, outlier_quantiles=settings.outlier_quantiles, estimator_scale=settings.estimator_scale,
                               random_state=settings.random_state)
     scores = []
-    for train_rows, held_out in KFold(settings.cv_folds, shuffle=True, random_state=settings.random_state).split(x):
+    for train_rows, held_out in kfold_indices(len(x), settings.cv_folds, settings.random_state):
         fitted = clone(pipeline).fit(x.iloc[train_rows], y.iloc[train_rows])
         scores.append(r2_score(y.iloc[held_out], fitted.predict(x.iloc[held_out])))
     return float(np.mean(scores))

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from housing.team import Postgres, create_database, database_url, start_mlflow_server
+from localteam.services import Postgres, create_database, database_url, start_mlflow_server
 from tests.server import free_port
 
 BACKENDS = ("sqlite", "postgres")

@@ -122,7 +122,7 @@ def test_training_rows_never_see_their_own_target():
 def test_encoder_refuses_too_few_rows_and_survives_a_round_trip():
     import skops.io
 
-    from housing.models import SKOPS_TRUSTED_TYPES
+    from housing.serialization import SKOPS_TRUSTED_TYPES
 
     train, targets = random_districts(400, seed=4)
     with pytest.raises(ValueError, match="needs at least"):

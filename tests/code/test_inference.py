@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from housing.candidates import build_pipeline, load_candidate_specs
 from housing.config import get_settings
 from housing.features import SpatialFeatures
 from housing.inference import compile_pipeline, fast_predict_or_default, probe_rows
-from housing.models import build_pipeline, load_candidate_specs
 from housing.schema import FEATURE_NAMES
 from tests.code.test_data import tiny_dataset
 

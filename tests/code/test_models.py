@@ -5,14 +5,12 @@ import math
 import numpy as np
 import pytest
 
+from housing.candidates import CandidateSpec, build_pipeline, load_candidate_specs
 from housing.config import get_settings
 from housing.errors import UserError
-from housing.models import (
-    CandidateSpec,
-    build_pipeline,
-    load_candidate_specs,
-    regression_metrics,
-)
+from housing.scoring import regression_metrics
+from housing.serialization import untrusted_types
+from tests.code.test_data import tiny_dataset
 
 
 def test_metrics_match_their_definitions():
@@ -65,9 +63,6 @@ def test_bad_candidate_files_are_one_sentence(tmp_path):
 
 def test_every_candidate_holds_only_trusted_types():
     """A logged model must load back with SKOPS_TRUSTED_TYPES; this catches a new estimator kind early."""
-    from housing.models import untrusted_types
-    from tests.code.test_data import tiny_dataset
-
     frame = tiny_dataset(300)
     frame["Latitude"] = np.linspace(33, 41, 300)
     x, y = frame.drop(columns="MedHouseVal"), frame["MedHouseVal"]

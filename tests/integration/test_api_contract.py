@@ -12,9 +12,9 @@ from sqlalchemy import text
 
 from housing.api import create_app
 from housing.artifacts import load_pickle
+from housing.prediction_log import make_engine
 from housing.registry import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
-from housing.store import make_engine
 
 TOKEN = "test-admin-token"
 

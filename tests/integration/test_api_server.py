@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 from sqlalchemy import text
 
 from housing.artifacts import load_pickle
+from housing.prediction_log import count_rows, make_engine
 from housing.schema import EXAMPLE_REQUEST
-from housing.store import count_rows, make_engine
 from tests.server import GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 

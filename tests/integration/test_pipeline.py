@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from housing.models import load_candidate_specs
+from housing.candidates import load_candidate_specs
 from housing.registry import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from tests.conftest import run_stage

@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy import create_engine, text
 
+from housing.prediction_log import count_rows
 from housing.schema import EXAMPLE_REQUEST
-from housing.store import count_rows
-from housing.team import start_mlflow_server
+from localteam.services import start_mlflow_server
 from tests.conftest import run_stage
 from tests.server import ApiServer, LoadGenerator, free_port, server_env
 

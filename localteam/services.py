@@ -1,19 +1,14 @@
-"""The team setup on one machine, without Docker: PostgreSQL from the system's packages, an MLflow tracking
+"""The local team setup's moving parts, without Docker: a private PostgreSQL cluster, an MLflow tracking
 server on it that also serves the artifacts, and the API with several worker processes.
 
-    python -m housing.team up [--workers 2]    # start everything; writes .team/env with the URLs
-    python -m housing.team env                 # print the exports for the other stages
-    python -m housing.team status | down
-
-Every stage then runs unchanged with ``MLFLOW_TRACKING_URI=http://127.0.0.1:5000`` and
-``HOUSING_PREDICTION_LOG_URL=postgresql+psycopg://...`` (``eval "$(python -m housing.team env)"``).
-The tests use the same functions to run the integration tests against PostgreSQL and a tracking server.
+Developer tooling, not part of the ``housing`` core package: ``python -m localteam`` (the command line in
+``__main__.py``) and the integration tests' PostgreSQL backend use these functions.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -25,35 +20,56 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from housing.config import PROJECT_DIR
 from housing.errors import UserError
 
 TEAM_DIR = PROJECT_DIR / ".team"
+"""State of the team setup: the cluster's data, the tracking server's artifacts, logs, pid files."""
 POSTGRES_USER = "housing"
 
 
 def postgres_bin_dir() -> Path:
-    """The PostgreSQL server binaries (Debian: /usr/lib/postgresql/<version>/bin)."""
+    """The PostgreSQL server binaries: the system's (Debian: /usr/lib/postgresql/<version>/bin, or initdb on
+    PATH), else the ones the ``pgserver`` wheel ships (a test dependency, so that a machine without
+    PostgreSQL installed still runs the PostgreSQL tests; its module is located, not imported)."""
     for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
         if (Path(candidate) / "initdb").exists():
             return Path(candidate)
     found = shutil.which("initdb")
     if found:
         return Path(found).parent
-    raise UserError("PostgreSQL is not installed: apt-get install postgresql (the server binaries, initdb and pg_ctl)")
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.submodule_search_locations:
+        wheel_bin = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        if (wheel_bin / "initdb").exists():
+            return wheel_bin
+    raise UserError("PostgreSQL is not installed: apt-get install postgresql, or pip install pgserver (it ships the server binaries)")
+
+
+def server_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, its tools run as the system's ``postgres`` user when it
+    exists (Debian's package creates it), else as ``nobody``; otherwise as the current user (None)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "nobody"
+    return "postgres"
 
 
 def _as_server_user(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the system's postgres user then."""
-    if os.geteuid() != 0:
-        return command
-    return ["runuser", "-u", "postgres", "--", *command]
+    user = server_user()
+    return command if user is None else ["runuser", "-u", user, "--", *command]
 
 
 def _chown_for_server(*paths: Path) -> None:
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
+    user_name = server_user()
+    if user_name is not None:
+        user = pwd.getpwnam(user_name)
         for path in paths:
             for root, dirs, files in os.walk(path):
                 for name in [root, *(Path(root) / d for d in dirs), *(Path(root) / f for f in files)]:
@@ -107,8 +123,6 @@ class Postgres:
 
 def create_database(admin_url: str, name: str) -> None:
     """CREATE DATABASE ``name`` unless it exists."""
-    from sqlalchemy import create_engine, text
-
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
@@ -121,8 +135,6 @@ def create_database(admin_url: str, name: str) -> None:
 
 def database_url(admin_url: str, name: str) -> str:
     """``admin_url`` pointing at database ``name``."""
-    from sqlalchemy.engine import make_url
-
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
@@ -188,72 +200,3 @@ def stop_process(pid_file: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-# --- the command line ---------------------------------------------------------------------------------
-def team_env(pg_port: int, mlflow_port: int) -> dict[str, str]:
-    postgres = Postgres(TEAM_DIR / "pgdata", pg_port)
-    return {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "HOUSING_PREDICTION_LOG_URL": postgres.url("predictions")}
-
-
-def up(args: argparse.Namespace) -> None:
-    TEAM_DIR.mkdir(exist_ok=True)
-    postgres = Postgres(TEAM_DIR / "pgdata", args.pg_port).start()
-    print(f"PostgreSQL on 127.0.0.1:{args.pg_port} (data in {postgres.data_dir})")
-    for name in ("mlflow", "predictions"):
-        create_database(postgres.admin_url, name)
-    env = team_env(args.pg_port, args.mlflow_port)
-    if not (TEAM_DIR / "mlflow.pid").exists():
-        server = start_mlflow_server(postgres.url("mlflow"), TEAM_DIR / "mlartifacts", args.mlflow_port, TEAM_DIR / "mlflow.log")
-        (TEAM_DIR / "mlflow.pid").write_text(str(server.pid))
-    print(f"MLflow tracking server on {env['MLFLOW_TRACKING_URI']} (backend PostgreSQL, artifacts served from {TEAM_DIR / 'mlartifacts'})")
-    (TEAM_DIR / "env").write_text("".join(f"export {key}={value}\n" for key, value in env.items()))
-    if not args.no_api and not (TEAM_DIR / "api.pid").exists():
-        api = start_api({**os.environ, **env}, args.workers, args.api_port, TEAM_DIR / "api.log", TEAM_DIR / "prometheus")
-        (TEAM_DIR / "api.pid").write_text(str(api.pid))
-        print(f"API on http://127.0.0.1:{args.api_port} with {args.workers} workers (log {TEAM_DIR / 'api.log'})")
-    print(f"\nfor the other stages:  eval \"$(python -m housing.team env)\"   (or: source {TEAM_DIR / 'env'})")
-
-
-def down(args: argparse.Namespace) -> None:
-    stop_process(TEAM_DIR / "api.pid")
-    stop_process(TEAM_DIR / "mlflow.pid")
-    Postgres(TEAM_DIR / "pgdata", args.pg_port).stop()
-    print("team setup stopped (data kept in .team/; delete the folder to start from scratch)")
-
-
-def status(args: argparse.Namespace) -> None:
-    env = team_env(args.pg_port, args.mlflow_port)
-    checks = {"PostgreSQL": Postgres(TEAM_DIR / "pgdata", args.pg_port).running() if (TEAM_DIR / "pgdata").exists() else False}
-    for name, url in (("MLflow", f"{env['MLFLOW_TRACKING_URI']}/health"), ("API", f"http://127.0.0.1:{args.api_port}/ready")):
-        try:
-            checks[name] = httpx.get(url, timeout=3).status_code == 200
-        except httpx.HTTPError:
-            checks[name] = False
-    for name, ok in checks.items():
-        print(f"{name:<11} {'up' if ok else 'down'}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "env", "status"])
-    parser.add_argument("--workers", type=int, default=2, help="API worker processes [default 2]")
-    parser.add_argument("--pg-port", type=int, default=5433)
-    parser.add_argument("--mlflow-port", type=int, default=5000)
-    parser.add_argument("--api-port", type=int, default=8000)
-    parser.add_argument("--no-api", action="store_true", help="Start PostgreSQL and MLflow only.")
-    args = parser.parse_args()
-    try:
-        if args.command == "env":
-            print("".join(f"export {key}={value}\n" for key, value in team_env(args.pg_port, args.mlflow_port).items()), end="")
-        else:
-            {"up": up, "down": down, "status": status}[args.command](args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except subprocess.CalledProcessError as error:
-        output = (error.stderr or b"").decode(errors="replace").strip().splitlines()
-        print(f"error: {' '.join(error.cmd[:3])} failed: {output[-1] if output else error}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from housing.metrics import Metrics
+from housing.prometheus import Metrics
 
 
 def histogram_lines(metrics: Metrics) -> dict[str, float]:

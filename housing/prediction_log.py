@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from housing.errors import UserError
+from housing.errors import UserError, first_line
 from housing.schema import FEATURE_NAMES, TARGET
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def create_tables(engine: Engine) -> None:
         pass
     except SQLAlchemyError as error:
         raise UserError(f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
-                        f"({str(error).splitlines()[0]})") from None
+                        f"({first_line(error)})") from None
 
 
 class FeedbackResult:
@@ -228,7 +228,7 @@ class PredictionLog:
                 with self._lock:
                     self._buffer[:0] = batch
                 self.failed_flushes += 1
-                self.last_error = str(error).splitlines()[0][:300]
+                self.last_error = first_line(error)
                 logger.warning("prediction log: flush of %d row(s) failed, will retry (%s)", len(batch), self.last_error)
                 return False
             self.written_rows += len(batch)

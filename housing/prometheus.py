@@ -128,9 +128,3 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             self.metrics.observe_request(scope["path"], scope["method"], status, time.perf_counter() - started)
-
-
-def mark_process_dead(pid: int) -> None:
-    """Gunicorn hook: drop the live gauges of a worker that exited."""
-    if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)
