@@ -164,8 +164,8 @@ def main(args: argparse.Namespace) -> int:
     rmse = float(np.sqrt(np.mean(outcome.squared_errors))) if outcome.squared_errors else float("nan")
     print(f"scenario {args.scenario}: {outcome.ok}/{outcome.sent} predictions ok ({outcome.failed} failed) in {seconds:.1f} s, "
           f"{outcome.labelled} labels sent ({outcome.label_failures} failed); RMSE against the true labels {rmse:.4f}")
-    for error in outcome.errors[:3]:
-        print(f"  e.g. {error}", file=sys.stderr)
+    for failure in outcome.errors[:3]:
+        print(f"  e.g. {failure}", file=sys.stderr)
     return 0 if outcome.failed == 0 and outcome.label_failures == 0 else 1
 
 

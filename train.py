@@ -14,9 +14,10 @@ from pathlib import Path
 
 from housing import cli
 from housing.candidates import load_candidate_specs
-from housing.config import PROJECT_DIR
-from housing.data import load_split, read_manifest
+from housing.config import PROJECT_DIR, Settings
+from housing.data import Split, load_split, read_manifest
 from housing.training import TrainingData, train_and_register
+from housing.tuning import tune
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,9 +46,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def tune_candidate(args: argparse.Namespace, settings: object, split: object) -> int:
-    from housing.tuning import tune
-
+def tune_candidate(args: argparse.Namespace, settings: Settings, split: Split) -> int:
+    """``--tune N``: search the hyperparameters of one LightGBM candidate and write a proposal."""
     spec = load_candidate_specs(settings.candidates_path, [args.tune_candidate])[0]
     output = args.tune_output or PROJECT_DIR / "housing" / "tuned" / f"{spec.name}.yaml"
     result = tune(settings, spec, split.x_train, split.y_train, trials=args.tune, proposal_path=output)

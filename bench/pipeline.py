@@ -17,6 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from housing.artifacts import load_pickle
+from housing.inference import fast_predict_or_default
+from housing.registry import load_model
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 STAGES = ("load_data.py", "preprocess.py", "train.py", "promote.py")
@@ -71,12 +77,6 @@ def main() -> int:
 def predict_latency(env: dict[str, str], repeats: int = 2000) -> str:
     """p50/p99 of in-process single-row predict of the production pipeline, on real test rows: through
     ``pipeline.predict`` on a one-row DataFrame, and through the compiled path the API serves with."""
-    import numpy as np
-
-    from housing.artifacts import load_pickle
-    from housing.inference import fast_predict_or_default
-    from housing.registry import load_model
-
     model = load_model("models:/CaliforniaHousing@production", env["MLFLOW_TRACKING_URI"])
     x_test = load_pickle(Path(env["HOUSING_ARTIFACTS_DIR"]) / "split" / "X_test.pkl")
     compiled, verified = fast_predict_or_default(model)

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -32,8 +34,6 @@ def main() -> int:
     parser.add_argument("--candidates", nargs="+", default=["lightgbm_spatial"])
     parser.add_argument("--source", default=os.environ.get("HOUSING_DATA_SOURCE") or str(PROJECT_DIR.parent / "shared/data/california_housing.csv"))
     args = parser.parse_args()
-    from mlflow import MlflowClient
-
     rows: dict[str, list[tuple[int, float, float, float]]] = {name: [] for name in args.candidates}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOUSING_", "MLFLOW_"))}
@@ -44,6 +44,7 @@ def main() -> int:
             run("preprocess.py", "--random-state", str(seed), env=env)
             run("train.py", "--random-state", str(seed), "--candidates", *args.candidates, env=env)
             experiment = client.get_experiment_by_name("California-Housing-Regression")
+            assert experiment is not None, "train.py created no experiment"
             parent = client.search_runs([experiment.experiment_id], "tags.`housing.run_type` = 'training'",
                                         order_by=["attributes.start_time DESC"], max_results=1)[0]
             for child in client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"):

@@ -19,20 +19,25 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+import orjson
 
 from housing.config import get_settings
+from housing.data import read_source
 from housing.prediction_log import count_rows
 from housing.schema import EXAMPLE_REQUEST
+from localteam.services import Postgres, create_database, database_url
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 ROW = ",".join(f'"{k}":{v}' for k, v in EXAMPLE_REQUEST.items())
 WRK_SCRIPT = """wrk.method = "POST"
@@ -42,8 +47,6 @@ wrk.headers["Content-Type"] = "application/json"
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -71,26 +74,28 @@ def run_wrk(url: str, body: str, duration: int, connections: int, work_dir: Path
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout
+    def found(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, out)
+        if match is None:
+            raise SystemExit(f"unexpected wrk output (no {pattern!r}):\n{out}")
+        return match
+
     def latency(label: str) -> float:
-        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
+        value, unit = found(rf"{label}\s+([\d.]+)(us|ms|s)").groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "rps": float(found(r"Requests/sec:\s+([\d.]+)").group(1)),
         "p50": latency("50%"),
         "p99": latency("99%"),
         "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "requests": int(found(r"(\d+) requests in").group(1)),
     }
 
 
 def batch_request_ms(url: str, settings: object, repeats: int = 7) -> list[float]:
     """Seconds from sending a 10,000-row request (real rows, JSON ready) to having the whole response."""
-    import orjson
-
-    from housing.data import read_source
-
     frame = read_source(os.environ.get("HOUSING_DATA_SOURCE") or str(PROJECT_DIR.parent / "shared/data/california_housing.csv"))
     rows = frame.drop(columns="MedHouseVal").sample(10_000, random_state=0).to_dict(orient="records")
     body = orjson.dumps(rows)
@@ -105,12 +110,8 @@ def batch_request_ms(url: str, settings: object, repeats: int = 7) -> list[float
     return timings
 
 
-def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[object | None, str]:
+def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[Postgres | None, str]:
     """A fresh PostgreSQL database for the prediction log: on --postgres-url, else on a private cluster."""
-    import uuid
-
-    from localteam.services import Postgres, create_database, database_url
-
     cluster = None
     if admin_url is None:
         base = Path(tempfile.mkdtemp(prefix="bench-serve-pg-"))
@@ -197,7 +198,8 @@ def main() -> int:
         mlflow_env = {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
                       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
         mlflow_serve = start(
-            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)],
             mlflow_env, work_dir / "mlflow.log",
         )
         try:
@@ -217,7 +219,8 @@ def main() -> int:
     finally:
         stop(bare)
 
-    print(f"# bench/serve.py — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} -d{args.duration}s, single-row POSTs, {model_uri} (version {version})")
+    print(f"# bench/serve.py — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} -d{args.duration}s, single-row POSTs, "
+          f"{model_uri} (version {version})")
     print(f"\n{'server':<42} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, r in results.items():
         print(f"{name:<42} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>7.0f}")

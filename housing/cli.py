@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -23,7 +23,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
         env = "MLFLOW_TRACKING_URI" if name == "tracking_uri" else f"HOUSING_{name.upper()}"
         description = field.description or name.replace("_", " ").capitalize()
         default = field.get_default(call_default_factory=True)
-        kwargs: dict[str, object] = {"dest": name, "default": None, "metavar": name.upper()}
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "metavar": name.upper()}
         if name == "candidates":
             kwargs.update(nargs="+", metavar="NAME")
         elif isinstance(default, bool):

@@ -11,6 +11,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
+from sklearn.datasets import fetch_california_housing
+from sklearn.model_selection import train_test_split
 
 from housing.artifacts import (
     load_json,
@@ -63,8 +65,6 @@ def _read_csv(target: str | Path, *, what: str) -> pd.DataFrame:
 
 
 def _fetch_from_sklearn() -> pd.DataFrame:
-    from sklearn.datasets import fetch_california_housing
-
     try:
         return fetch_california_housing(as_frame=True).frame
     except (urllib.error.URLError, OSError, TimeoutError) as error:
@@ -140,8 +140,6 @@ def split_dataset(
     frame: pd.DataFrame, *, test_size: float, random_state: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
     """Split features and target into train and test parts (the seed's ``train_test_split`` call)."""
-    from sklearn.model_selection import train_test_split
-
     features = frame.loc[:, list(FEATURE_NAMES)]
     target = frame[TARGET.name]
     x_train, x_test, y_train, y_test = train_test_split(

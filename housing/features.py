@@ -54,7 +54,7 @@ class OutlierClipper(TransformerMixin, BaseEstimator):
         values[:, idx] = np.clip(values[:, idx], self.lower_bounds_, self.upper_bounds_)
         return values
 
-    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
         check_is_fitted(self, "lower_bounds_")
         return np.asarray(self.feature_names_in_, dtype=object)
 
@@ -96,7 +96,7 @@ def _positions_km(values: np.ndarray) -> np.ndarray:
     )
 
 
-def _input_names(estimator: BaseEstimator, input_features: object) -> list[str]:
+def _input_names(estimator: BaseEstimator, input_features: Sequence[str] | None) -> list[str]:
     if input_features is not None:
         return [str(name) for name in input_features]
     if hasattr(estimator, "feature_names_in_"):
@@ -127,7 +127,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         _spatial_kernel(np.ascontiguousarray(values), np.cos(theta), np.sin(theta), CITY_LATITUDES, CITY_LONGITUDES, out)
         return out
 
-    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
         check_is_fitted(self, "n_outputs_")
         names = _input_names(self, input_features)
         for angle in self.angles:
@@ -156,7 +156,7 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> NeighborTargetEncoder:
         values = validate_data(self, X, dtype=np.float64, reset=True)
-        needed = max(max(self.ks), self.spread_k) * self.folds // (self.folds - 1) + 1
+        needed = max(*self.ks, self.spread_k) * self.folds // (self.folds - 1) + 1
         if len(values) < needed:
             raise ValueError(f"NeighborTargetEncoder needs at least {needed} training rows, got {len(values)}")
         self.positions_ = _positions_km(values)
@@ -208,7 +208,7 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
         _neighbour_kernel(np.ascontiguousarray(values), distances, neighbours, targets, incomes, ks, self.spread_k, out)
         return out
 
-    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
         check_is_fitted(self, "tree_")
         names = _input_names(self, input_features)
         for k in self.ks:
@@ -224,7 +224,7 @@ _POPULATION, _OCCUPANCY = FEATURE_INDEX["Population"], FEATURE_INDEX["AveOccup"]
 
 
 @njit(cache=True, nogil=True)
-def _spatial_kernel(values, cos_t, sin_t, city_lat, city_lon, out):  # type: ignore[no-untyped-def]
+def _spatial_kernel(values, cos_t, sin_t, city_lat, city_lon, out):
     n_rows, n_in = values.shape
     for r in range(n_rows):
         for j in range(n_in):
@@ -245,7 +245,7 @@ def _spatial_kernel(values, cos_t, sin_t, city_lat, city_lon, out):  # type: ign
 
 
 @njit(cache=True, nogil=True)
-def _neighbour_kernel(values, distances, neighbours, targets, incomes, ks, spread_k, out):  # type: ignore[no-untyped-def]
+def _neighbour_kernel(values, distances, neighbours, targets, incomes, ks, spread_k, out):
     n_rows, n_in = values.shape
     for r in range(n_rows):
         for j in range(n_in):

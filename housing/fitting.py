@@ -112,7 +112,7 @@ def _collect(
     for index, fold, pipeline, fit_seconds, score in results:
         if fold is None:
             fitted[index] = (pipeline, fit_seconds)
-        else:
+        elif score is not None:
             scores[index].append(score)
         if index in fitted and len(scores[index]) == cv_folds:
             pipeline, seconds = fitted.pop(index)

@@ -12,45 +12,39 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from lightgbm import LGBMRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
+from housing.features import NeighborTargetEncoder, OutlierClipper, SpatialFeatures
 from housing.schema import FEATURE_NAMES, FEATURES
-
-if TYPE_CHECKING:
-    from sklearn.pipeline import Pipeline
+from housing.trees import flatten_lightgbm
 
 logger = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
-def _transform_step(step: object) -> Callable[[np.ndarray], np.ndarray]:
-    from sklearn.preprocessing import StandardScaler
-
-    from housing.features import NeighborTargetEncoder, OutlierClipper, SpatialFeatures
-
+def _transform_step(step: Any) -> Callable[[np.ndarray], np.ndarray]:
     if isinstance(step, StandardScaler):
         mean = step.mean_ if step.with_mean else 0.0
         scale = step.scale_ if step.with_std else 1.0
         return lambda values: (values - mean) / scale
     if isinstance(step, (OutlierClipper, SpatialFeatures, NeighborTargetEncoder)):
         return step.transform_array
-    return step.transform  # type: ignore[attr-defined]
+    transform: Callable[[np.ndarray], np.ndarray] = step.transform
+    return transform
 
 
-def _predict_step(step: object) -> Predict:
-    try:
-        from lightgbm import LGBMRegressor
-    except ImportError:  # pragma: no cover - lightgbm is a pinned dependency
-        LGBMRegressor = None
-    if LGBMRegressor is not None and isinstance(step, LGBMRegressor):
-        from housing.trees import flatten_lightgbm
-
+def _predict_step(step: Any) -> Predict:
+    if isinstance(step, LGBMRegressor):
         return flatten_lightgbm(step.booster_).predict
-    return step.predict  # type: ignore[attr-defined]
+    predict: Predict = step.predict
+    return predict
 
 
 def compile_pipeline(pipeline: Pipeline) -> Predict:

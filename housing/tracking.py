@@ -1,4 +1,4 @@
-"""MLflow plumbing: connecting to the tracking store, experiments, datasets, plots and skops model logging."""
+"""MLflow plumbing: connecting to the tracking store, experiments, datasets and skops model logging."""
 
 from __future__ import annotations
 
@@ -8,24 +8,25 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.pandas_dataset import PandasDataset, from_pandas
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import infer_signature
+from sklearn.pipeline import Pipeline
 
 from housing.config import PROJECT_DIR, Settings
 from housing.errors import UserError, first_line
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 from housing.serialization import SKOPS_TRUSTED_TYPES
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-    from mlflow import MlflowClient
-    from mlflow.data.dataset_source import DatasetSource
-    from mlflow.data.pandas_dataset import PandasDataset
-    from mlflow.entities.model_registry import ModelVersion
-    from sklearn.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,6 @@ MODEL_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "scipy", "ligh
 
 def connect(settings: Settings) -> MlflowClient:
     """Point MLflow at the tracking store of ``settings`` and check it answers; one sentence if not."""
-    import mlflow
-    from mlflow import MlflowClient
-
     quiet_mlflow()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
@@ -99,17 +97,11 @@ def model_requirements() -> list[str]:
 
 def make_dataset(frame: pd.DataFrame, *, name: str, source: str) -> PandasDataset:
     """An MLflow dataset of a feature+target frame (MLflow computes its digest and schema once, here)."""
-    import mlflow
-
-    return mlflow.data.from_pandas(frame, source=dataset_source(source), name=name, targets=TARGET.name)
+    return from_pandas(frame, source=dataset_source(source), name=name, targets=TARGET.name)
 
 
 def dataset_source(source: str) -> DatasetSource:
     """The MLflow dataset source of a data source string: an HTTP URL, a local file, or a description."""
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
-
     scheme = urlparse(source).scheme
     if scheme in ("http", "https"):
         return HTTPDatasetSource(source)
@@ -123,69 +115,11 @@ def dataset_source(source: str) -> DatasetSource:
         return resolve_dataset_source(uri)
 
 
-def plot_predicted_vs_actual(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
-    """Scatter of predicted against actual values with the identity line."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 6))
-    axes = figure.subplots()
-    axes.scatter(y_true, y_pred, s=4, alpha=0.3)
-    low, high = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
-    axes.plot([low, high], [low, high], color="crimson", linewidth=1)
-    axes.set_xlabel(f"actual {TARGET.name}")
-    axes.set_ylabel(f"predicted {TARGET.name}")
-    axes.set_title(title)
-    return figure
-
-
-def plot_residuals(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Figure:
-    """Residuals against predictions, and their histogram."""
-    from matplotlib.figure import Figure
-
-    residuals = y_true - y_pred
-    figure = Figure(figsize=(11, 4.5))
-    scatter, histogram = figure.subplots(1, 2)
-    scatter.scatter(y_pred, residuals, s=4, alpha=0.3)
-    scatter.axhline(0, color="crimson", linewidth=1)
-    scatter.set_xlabel(f"predicted {TARGET.name}")
-    scatter.set_ylabel("residual (actual - predicted)")
-    histogram.hist(residuals, bins=60, color="slategray")
-    histogram.set_xlabel("residual")
-    figure.suptitle(title)
-    return figure
-
-
-def plot_importances(importances: pd.Series, title: str) -> Figure:
-    """Horizontal bar chart of feature importances."""
-    from matplotlib.figure import Figure
-
-    ordered = importances.sort_values()
-    figure = Figure(figsize=(7, max(3.0, 0.3 * len(ordered))))
-    axes = figure.subplots()
-    axes.barh(ordered.index, ordered.to_numpy(), color="darkorange")
-    axes.set_title(title)
-    figure.tight_layout()
-    return figure
-
-
-def feature_importances(pipeline: Pipeline) -> pd.Series | None:
-    """The estimator's feature importances by input name of its step, or None if it has none."""
-    estimator = pipeline.steps[-1][1]
-    values = getattr(estimator, "feature_importances_", None)
-    if values is None:
-        return None
-    names = pipeline[:-1].get_feature_names_out(list(FEATURE_NAMES))
-    return pd.Series(np.asarray(values, dtype=float), index=[str(name) for name in names])
-
-
 def log_model(pipeline: Pipeline, *, registered_model_name: str, predictions: np.ndarray, x_sample: pd.DataFrame) -> ModelVersion:
     """Log ``pipeline`` in the active run with skops and the explicit trusted-types list, and register it.
 
     (tests/code/test_models.py checks that every candidate holds only trusted types, so it loads back.)
     """
-    import mlflow
-    from mlflow.models import infer_signature
-
     input_example = pd.DataFrame([EXAMPLE_REQUEST], columns=list(FEATURE_NAMES))
     signature = infer_signature(x_sample, predictions)
     info = mlflow.sklearn.log_model(

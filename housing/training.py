@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.data.pandas_dataset import PandasDataset
+from mlflow.entities import RunInfo
 
-from housing import tracking
+from housing import plots, tracking
 from housing.candidates import CandidateSpec
 from housing.config import Settings
 from housing.fitting import FittedCandidate, fit_candidates
 from housing.schema import TARGET
 from housing.scoring import best_first, regression_metrics
 from housing.tracking import CANDIDATE_RUN_TYPE, RUN_TYPE_TAG, TRAINING_RUN_TYPE
-
-if TYPE_CHECKING:
-    from mlflow.data.pandas_dataset import PandasDataset
-    from mlflow.entities import RunInfo
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +64,6 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
 
     The fits start first; connecting to MLflow and logging each finished candidate overlap with them.
     """
-    import mlflow
-
     fitted = fit_candidates(
         specs,
         data.x_train,
@@ -128,8 +124,6 @@ def _log_candidate(
     parent: RunInfo,
     tags: dict[str, str],
 ) -> CandidateResult:
-    import mlflow
-
     spec = candidate.spec
     y_pred = candidate.pipeline.predict(data.x_test)
     metrics = regression_metrics(data.y_test, y_pred, sample_weight=data.test_weight)
@@ -142,12 +136,12 @@ def _log_candidate(
         for context, dataset in datasets.items():
             mlflow.log_input(dataset, context=context)
         y_true = data.y_test.to_numpy()
-        mlflow.log_figure(tracking.plot_predicted_vs_actual(y_true, y_pred, title), "plots/predicted_vs_actual.png")
-        mlflow.log_figure(tracking.plot_residuals(y_true, y_pred, title), "plots/residuals.png")
-        importances = tracking.feature_importances(candidate.pipeline)
+        mlflow.log_figure(plots.plot_predicted_vs_actual(y_true, y_pred, title), "plots/predicted_vs_actual.png")
+        mlflow.log_figure(plots.plot_residuals(y_true, y_pred, title), "plots/residuals.png")
+        importances = plots.feature_importances(candidate.pipeline)
         if importances is not None:
             mlflow.log_dict(importances.sort_values(ascending=False).to_dict(), "feature_importances.json")
-            mlflow.log_figure(tracking.plot_importances(importances, f"{spec.name} feature importances"), "plots/feature_importances.png")
+            mlflow.log_figure(plots.plot_importances(importances, f"{spec.name} feature importances"), "plots/feature_importances.png")
         version = tracking.log_model(
             candidate.pipeline,
             registered_model_name=settings.model_name,

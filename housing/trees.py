@@ -116,7 +116,7 @@ def flatten_lightgbm(booster: object) -> FlatForest:
 
 
 @njit(nogil=True, cache=True)
-def _predict_blocks(values, nodes, leaf_value, roots, depth, start, stop, out):  # type: ignore[no-untyped-def]
+def _predict_blocks(values, nodes, leaf_value, roots, depth, start, stop, out):
     position = np.empty(BLOCK_ROWS, dtype=np.int64)
     for block in range(start, stop, BLOCK_ROWS):
         size = min(BLOCK_ROWS, stop - block)
@@ -131,7 +131,7 @@ def _predict_blocks(values, nodes, leaf_value, roots, depth, start, stop, out): 
 
 
 @njit(nogil=True, cache=True)
-def _predict_rows(values, nodes, leaf_value, roots, out):  # type: ignore[no-untyped-def]
+def _predict_rows(values, nodes, leaf_value, roots, out):
     for r in range(values.shape[0]):
         total = 0.0
         for t in range(roots.shape[0]):
@@ -144,7 +144,7 @@ def _predict_rows(values, nodes, leaf_value, roots, out):  # type: ignore[no-unt
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _predict_parallel(values, nodes, leaf_value, roots, depth, out):  # type: ignore[no-untyped-def]
+def _predict_parallel(values, nodes, leaf_value, roots, depth, out):
     n_blocks = (values.shape[0] + BLOCK_ROWS - 1) // BLOCK_ROWS
     for b in prange(n_blocks):
         start = b * BLOCK_ROWS
@@ -152,7 +152,7 @@ def _predict_parallel(values, nodes, leaf_value, roots, depth, out):  # type: ig
 
 
 @njit(nogil=True, cache=True)
-def _predict_with_missing(values, nodes, leaf_value, roots, missing, default_left, out):  # type: ignore[no-untyped-def]
+def _predict_with_missing(values, nodes, leaf_value, roots, missing, default_left, out):
     for r in range(values.shape[0]):
         total = 0.0
         for t in range(roots.shape[0]):

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import yaml
@@ -71,8 +72,7 @@ def cv_r2(spec: CandidateSpec, x: pd.DataFrame, y: pd.Series, settings: Settings
 def tune(settings: Settings, spec: CandidateSpec, x_train: pd.DataFrame, y_train: pd.Series, *, trials: int,
          proposal_path: Path) -> TuningResult:
     """Search ``spec``'s hyperparameters; every trial is a nested MLflow run; write the best as a proposal."""
-    import mlflow
-    import optuna
+    import optuna  # optional and slow to import: only `train.py --tune` needs it
 
     if spec.estimator != "LGBMRegressor":
         raise UserError(f"--tune searches LightGBM candidates; {spec.name} is a {spec.estimator}")

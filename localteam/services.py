@@ -72,7 +72,7 @@ def _chown_for_server(*paths: Path) -> None:
         user = pwd.getpwnam(user_name)
         for path in paths:
             for root, dirs, files in os.walk(path):
-                for name in [root, *(Path(root) / d for d in dirs), *(Path(root) / f for f in files)]:
+                for name in [Path(root), *(Path(root) / d for d in dirs), *(Path(root) / f for f in files)]:
                     os.chown(name, user.pw_uid, user.pw_gid)
 
 
