@@ -1,17 +1,26 @@
-"""Contract tests of every route with TestClient, against the registry the real pipeline filled."""
+"""Contract tests of every route with TestClient, against the registry the real pipeline filled.
+
+POST /predict is answered by the fast path (housing.api.fast_path) in the default app; the documented route
+answers it when the app is built with fast_path=False, and the two must answer every request alike.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from housing.api import create_app
+from housing.api.fast_path import PredictFastPath
 from housing.artifacts import load_pickle
+from housing.config import Settings
 from housing.prediction_log import make_engine
 from housing.registry import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
@@ -42,6 +51,17 @@ def served(pipeline_run):
 @pytest.fixture(scope="module")
 def client(served):
     return served[0]
+
+
+@pytest.fixture(scope="module")
+def routed_client(pipeline_run):
+    """The same app as ``client`` (same model, settings and limits) built without the fast path."""
+    settings = pipeline_run.settings(
+        prediction_log_url=pipeline_run.backend.new_log_url("routed"), admin_token=TOKEN, max_batch_rows=50, reload_interval=0.5
+    )
+    with TestClient(create_app(settings, fast_path=False)) as routed:
+        wait_ready(routed)
+        yield routed
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +138,8 @@ def test_single_row_validation(client, body, status, field, words):
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_numbers_are_refused_by_field(client, literal):
-    raw = '{"MedInc": %s, "HouseAge": 28, "AveRooms": 5.0, "AveBedrms": 1.04, "Population": 1500, "AveOccup": 3.0, "Latitude": 34.2, "Longitude": -118.3}' % literal
+    others = '"HouseAge": 28, "AveRooms": 5.0, "AveBedrms": 1.04, "Population": 1500, "AveOccup": 3.0, "Latitude": 34.2, "Longitude": -118.3'
+    raw = f'{{"MedInc": {literal}, {others}}}'
     response = client.post("/predict", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code == 422
     assert "field MedInc" in response.json()["detail"] and "finite" in response.json()["detail"]
@@ -248,13 +269,12 @@ def test_admin_disabled_without_a_token(pipeline_run):
         assert response.status_code == 403 and "HOUSING_ADMIN_TOKEN" in response.json()["detail"]
 
 
-def test_fresh_registry_starts_and_answers_503(tmp_path):
-    from housing.config import Settings
-
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "route"])
+def test_fresh_registry_starts_and_answers_503(tmp_path, fast_path):
     settings = Settings(
         artifacts_dir=tmp_path / "artifacts", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", reload_interval=0.2
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, fast_path=fast_path)) as client:
         deadline = time.monotonic() + 30
         while client.get("/ready").json()["registry"]["last_check"] is None and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -262,6 +282,60 @@ def test_fresh_registry_starts_and_answers_503(tmp_path):
         assert ready.status_code == 503 and "run the pipeline" in ready.json()["reason"]
         predict = client.post("/predict", json=EXAMPLE_REQUEST)
         assert predict.status_code == 503 and "run the pipeline" in predict.json()["detail"]
+        assert predict.headers["retry-after"] == "0" and predict.headers["content-type"] == "application/json"
+        model = client.get("/model")
+        assert model.headers["retry-after"] == "0" and model.json()["detail"] == predict.json()["detail"]
         assert client.post("/predict", json=[EXAMPLE_REQUEST]).status_code == 503
         assert client.get("/model").status_code == 503
         assert client.get("/health").status_code == 200
+
+
+# --- the fast path and the documented route answer alike -------------------------------------------------
+def without_request_ids(body: Any) -> Any:
+    """A response body with every request_id value (random) replaced by its length."""
+    if isinstance(body, dict):
+        return {key: len(value) if key == "request_id" else without_request_ids(value) for key, value in body.items()}
+    if isinstance(body, list):
+        return [without_request_ids(item) for item in body]
+    return body
+
+
+def comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], Any]:
+    """Status, every header (content-type, content-length, retry-after...) and the body without its request ids."""
+    return response.status_code, sorted(response.headers.multi_items()), without_request_ids(response.json())
+
+
+SAME_ANSWER_BODIES = {
+    "single row": json.dumps(EXAMPLE_REQUEST),
+    "integers": json.dumps({**EXAMPLE_REQUEST, "HouseAge": 28, "Population": 1500}),
+    "batch": json.dumps([EXAMPLE_REQUEST, {**EXAMPLE_REQUEST, "MedInc": 8.3, "Latitude": 37.88, "Longitude": -122.23}]),
+    "batch at the limit": json.dumps([EXAMPLE_REQUEST] * 50),
+    "malformed JSON": '{"MedInc": 3.5,',
+    "not UTF-8": b"\xff\xfe{}",
+    "empty body": "",
+    "blank body": "  \n",
+    "unknown field": json.dumps(bad(medinc=3.5)),
+    "missing field": json.dumps(bad(MedInc=...)),
+    "out of range": json.dumps(bad(Latitude=45.0)),
+    "string number": json.dumps(bad(HouseAge="28")),
+    "NaN literal": json.dumps(EXAMPLE_REQUEST).replace("3.5", "NaN"),
+    "not an object": "42",
+    "empty batch": "[]",
+    "bad row in a batch": json.dumps([EXAMPLE_REQUEST, bad(Latitude=10.0, medinc=1.0)]),
+    "over the batch limit": json.dumps([EXAMPLE_REQUEST] * 51),
+}
+
+
+def test_the_fast_path_and_the_documented_route_are_different_code_paths(client, routed_client):
+    assert any(middleware.cls is PredictFastPath for middleware in client.app.user_middleware)
+    assert not any(middleware.cls is PredictFastPath for middleware in routed_client.app.user_middleware)
+
+
+@pytest.mark.parametrize("raw", list(SAME_ANSWER_BODIES.values()), ids=list(SAME_ANSWER_BODIES))
+def test_the_fast_path_and_the_documented_route_answer_alike(client, routed_client, raw):
+    headers = {"Content-Type": "application/json"}
+    fast = client.post("/predict", content=raw, headers=headers)
+    routed = routed_client.post("/predict", content=raw, headers=headers)
+    assert comparable(fast) == comparable(routed)
+    assert fast.headers["content-type"] == "application/json"
+    assert fast.status_code in (200, 400, 413, 422), fast.text

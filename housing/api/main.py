@@ -1,0 +1,49 @@
+"""The app factory: settings, services, middleware, error handlers and routers; no I/O."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from housing.api.fast_path import PredictFastPath
+from housing.api.lifespan import lifespan
+from housing.api.openapi import install_openapi
+from housing.api.problems import install_exception_handlers
+from housing.api.routes import admin, feedback, operations, predict
+from housing.api.services import Services
+from housing.config import Settings, get_settings
+from housing.prometheus import MetricsMiddleware
+
+DESCRIPTION = (
+    "Serves the version of the `CaliforniaHousing` model that the MLflow registry's `production` alias "
+    "names, and switches without a restart when the alias moves. Every prediction is logged with a "
+    "`request_id`; send the true value to `/feedback` when it is known. Units: `MedHouseVal` is in "
+    "$100,000 (1990 dollars); `price_usd` is the same value in dollars."
+)
+
+
+def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> FastAPI:
+    """Build the API (no I/O here: the lifespan starts the log writer and the registry follower).
+
+    ``fast_path`` puts :class:`PredictFastPath` in front of the router to answer POST /predict; without
+    it the documented route answers, with the same handler.
+    """
+    settings = settings or get_settings()
+    services = Services(settings)
+    app = FastAPI(
+        title="California housing price API",
+        version="1.0",
+        summary="Predicts the median house value of a California district and logs every prediction.",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    if fast_path:
+        app.add_middleware(PredictFastPath, services=services)  # inner: answers POST /predict without the router
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)  # outer: counts every request
+    install_exception_handlers(app)
+    app.include_router(predict.create_router(settings.max_batch_rows))
+    app.include_router(feedback.router)
+    app.include_router(operations.router)
+    app.include_router(admin.router)
+    install_openapi(app)
+    return app

@@ -1,0 +1,61 @@
+"""What operators and probes read: GET /health (liveness), /ready (readiness), /model and /metrics (Prometheus).
+
+Each endpoint's docstring is its description in OpenAPI (/docs).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from housing.api.deps import ServicesDep
+from housing.api.responses import json_response
+
+router = APIRouter()
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> dict[str, str]:
+    """Always `{"status": "ok"}` while the process answers; for liveness probes."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: a production model is loaded", responses={503: {"description": "Not ready, with the reason."}})
+async def ready(services: ServicesDep) -> Response:
+    """200 when a production model is loaded, else 503 with the reason; both describe the model, registry and prediction log."""
+    services.update_gauges()
+    model = services.model_service.current
+    status = services.model_service.status
+    log = services.prediction_log.status()
+    details = {
+        "model": {"name": model.name, "version": model.version, "loaded_at": model.loaded_at.isoformat()} if model else None,
+        "registry": {
+            "uri": services.settings.tracking_uri,
+            "reachable": status.reachable,
+            "last_check": status.last_check.isoformat() if status.last_check else None,
+            "last_error": status.last_error,
+        },
+        "prediction_log": {"pending_rows": log.pending_rows, "written_rows": log.written_rows, "last_error": log.last_error},
+    }
+    if model is None:
+        return json_response({"status": "not ready", "reason": services.model_service.unavailable_reason(), **details}, 503)
+    return json_response({"status": "ready", **details})
+
+
+@router.get("/model", summary="The served model: name, version, alias, run, training metrics, loaded-at")
+async def model_info(services: ServicesDep) -> Response:
+    """The served model's name, version, alias, run, training metrics and recent switches; 503 while none is loaded."""
+    model = services.model_service.require()
+    return json_response({
+        "name": model.name, "version": model.version, "alias": model.alias, "candidate": model.candidate,
+        "run_id": model.run_id, "metrics": model.metrics, "loaded_at": model.loaded_at.isoformat(),
+        "compiled_predict": model.fast_predict is not None, "history": list(services.model_service.status.history),
+    })
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(services: ServicesDep) -> Response:
+    """Every metric in the Prometheus text format (aggregated over the workers when there are several)."""
+    services.update_gauges()
+    content, content_type = services.metrics.exposition()
+    return Response(content, media_type=content_type)

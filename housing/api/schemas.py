@@ -1,0 +1,71 @@
+"""Request and response models of the API; the feature model is built from the feature contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, create_model
+
+from housing.schema import EXAMPLE_REQUEST, FEATURES, TARGET, ColumnSpec
+
+EXAMPLE_FEATURES: dict[str, JsonValue] = {**EXAMPLE_REQUEST}
+"""The contract's example request, typed as JSON for the schemas' examples."""
+
+
+def feature_field(spec: ColumnSpec) -> tuple[type[float], Any]:
+    """The pydantic field of one contract column: a float within its range, described with its unit."""
+    bound: dict[str, Any] = {"gt" if spec.exclusive_minimum else "ge": spec.minimum, "le": spec.maximum}
+    return float, Field(description=f"{spec.description}, in {spec.unit}. Valid: {spec.rule()}.", examples=[spec.example], **bound)
+
+
+FEATURE_FIELDS: dict[str, Any] = {spec.name: feature_field(spec) for spec in FEATURES}
+HousingFeatures: type[BaseModel] = create_model(
+    "HousingFeatures",
+    __config__=ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [EXAMPLE_FEATURES]},
+    ),
+    __doc__="The 8 features of one district. Numbers only (no strings), finite, within the ranges shown; "
+    "unknown fields are refused so that a misspelt field never silently goes missing.",
+    **FEATURE_FIELDS,
+)
+one_row_adapter: TypeAdapter[Any] = TypeAdapter(HousingFeatures)
+"""Validates the body of a single-row request."""
+many_rows_adapter: TypeAdapter[list[Any]] = TypeAdapter(list[HousingFeatures])
+"""Validates the body of a batch request."""
+
+
+class Prediction(BaseModel):
+    request_id: str = Field(description="Id of this prediction in the log; send it back to /feedback with the true value.")
+    MedHouseVal: float = Field(description=f"Predicted median house value, in {TARGET.unit}.")
+    price_usd: float = Field(description="The same prediction in US dollars (1990 values).")
+
+
+class SinglePrediction(Prediction):
+    model_name: str
+    model_version: str
+
+
+class BatchPrediction(BaseModel):
+    model_name: str
+    model_version: str
+    predictions: list[Prediction] = Field(description="One prediction per input row, in the same order.")
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False,
+                              json_schema_extra={"examples": [{"request_id": "3f2c9a1e0b7d4c5e8f6a2b1c0d9e8f7a", "actual": 2.1}]})
+    request_id: str = Field(min_length=1, max_length=32, description="The request_id /predict returned.")
+    actual: float = Field(gt=TARGET.minimum, le=TARGET.maximum, description=f"The true {TARGET.name}, in {TARGET.unit}.")
+
+
+class FeedbackAccepted(BaseModel):
+    request_id: str
+    status: str = Field(description="'recorded', or 'unchanged' when the same label was already stored.")
+
+
+class ProblemDetail(BaseModel):
+    detail: str = Field(description="One sentence saying what is wrong.")
+    errors: list[dict[str, Any]] | None = Field(None, description="Every validation error: row, field, rule, message.")
