@@ -28,6 +28,7 @@ EXIT_RETRAIN_FAILED = 1
 
 
 def report(outcome: MonitorOutcome, settings: Settings) -> None:
+    """Print what the round measured, decided and (if it retrained) what promotion did."""
     figures, decision = outcome.figures, outcome.decision
     print(f"window: {figures.window_rows:,} logged predictions, {figures.labelled_rows:,} labelled")
     scores = ", ".join(f"{name} {score:.3f}{'*' if figures.drifted.get(name) else ''}" for name, score in figures.drift_scores.items())
@@ -48,11 +49,12 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
         print(f"retrained: training run {outcome.retrained.training.parent_run_id}, data in {outcome.retrained.data_dir}")
         for message in promotion.messages:
             print(f"  {message}")
-        print("  production moved to version " + promotion.production_after if promotion.production_changed
+        print(f"  production moved to version {promotion.production_after}" if promotion.production_changed
               else "  production stays where it was")
 
 
 def monitor_once(args: argparse.Namespace, settings: Settings) -> int:
+    """One monitoring round; its exit code (0 decided, 1 the retrain failed)."""
     since = datetime.now(UTC) - timedelta(minutes=args.since_minutes) if args.since_minutes else None
     try:
         outcome = run_monitor(settings, since=since, dry_run=args.dry_run)
@@ -65,6 +67,7 @@ def monitor_once(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    """One round, or with --watch a round every SECONDS until interrupted."""
     settings = cli.settings_from_args(args)
     if args.watch is None:
         return monitor_once(args, settings)
@@ -79,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: window, dry run, watch interval and the monitor's settings."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--window", dest="monitor_window", type=int, default=None, metavar="N",
                         help="Monitor the last N logged predictions [env HOUSING_MONITOR_WINDOW; default 2000]")

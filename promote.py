@@ -17,6 +17,7 @@ from housing.registry import EvaluationData, promote
 
 
 def main(args: argparse.Namespace) -> int:
+    """Promote the latest training run's candidates on the test split and print every version's status."""
     settings = cli.settings_from_args(args)
     split = load_split(settings.split_dir)
     client = tracking.connect(settings)
@@ -32,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: the promotion gates and where the artifacts and the tracking store are."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_setting_flags(parser, "staging_r2_threshold", "production_r2_threshold", "artifacts_dir", "tracking_uri")
     return parser

@@ -21,22 +21,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-
 from housing.config import Settings, get_settings
 from housing.data import load_split
+from housing.drift_report import PREDICTION, WindowFigures, evaluate_window, reference_frame
 from housing.inference import fast_predict_or_default
-from housing.monitoring import decide, evaluate_window, reference_frame
 from housing.prediction_log import PredictionLog, prediction_rows
 from housing.registry import load_model
+from housing.retrain_policy import RetrainThresholds, decide
 from housing.schema import TARGET
 from simulate_traffic import SCENARIOS, scenario_rows
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def fill_log(url: str, features: pd.DataFrame, labels: pd.Series, predictions: np.ndarray, labelled_share: float) -> None:
@@ -63,14 +65,17 @@ def fill_log(url: str, features: pd.DataFrame, labels: pd.Series, predictions: n
     log.close()
 
 
-def window_figures(reference: pd.DataFrame, features: pd.DataFrame, labels: pd.Series, predict, settings: Settings):
+def window_figures(reference: pd.DataFrame, features: pd.DataFrame, labels: pd.Series, predict: Callable[[np.ndarray], np.ndarray],
+                   settings: Settings) -> WindowFigures:
+    """The monitor's figures for one window of served-looking rows, predicted by ``predict``."""
     current = features.reset_index(drop=True).copy()
-    current["prediction"] = predict(current.to_numpy(dtype=np.float64))
+    current[PREDICTION] = predict(current.to_numpy(dtype=np.float64))
     current[TARGET.name] = labels.to_numpy()
     return evaluate_window(reference, current, settings)[1]
 
 
 def main() -> int:
+    """Wall time per log size, detection per scenario, false alarms; 0 on success, 1 if a monitor run failed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--artifacts-dir", default=None)
@@ -100,7 +105,7 @@ def main() -> int:
                        HOUSING_PREDICTION_LOG_URL=f"sqlite:///{tmp}/log.db")
             started = time.perf_counter()
             result = subprocess.run([sys.executable, str(PROJECT_DIR / "monitor.py"), "--window", str(size), "--dry-run"],
-                                    env=env, capture_output=True, text=True)
+                                    check=False, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - started
             if result.returncode != 0:
                 print(result.stdout, result.stderr)
@@ -109,6 +114,7 @@ def main() -> int:
 
     # 2. detection per scenario
     reference = reference_frame(split.x_train, split.y_train, model)
+    thresholds = RetrainThresholds.from_settings(settings)
     print(f"\n{'scenario':<18} {'flagged after':>14}   reasons at that point (every request labelled at once, step {args.step})")
     for scenario in SCENARIOS:
         features, labels = scenario_rows(split.x_test, split.y_test, scenario, count=args.max_requests, seed=7)
@@ -116,7 +122,7 @@ def main() -> int:
         for served in range(args.step, args.max_requests + 1, args.step):
             window = slice(max(0, served - settings.monitor_window), served)
             figures = window_figures(reference, features.iloc[window], labels.iloc[window], predict, settings)
-            decision = decide(figures, settings)
+            decision = decide(figures, thresholds)
             if decision.retrain:
                 flagged = (served, "; ".join(decision.reasons))
                 break
@@ -131,7 +137,7 @@ def main() -> int:
     alarms = 0
     for seed in range(20):
         features, labels = scenario_rows(split.x_test, split.y_test, "baseline", count=settings.monitor_window, seed=1000 + seed)
-        alarms += decide(window_figures(reference, features, labels, predict, settings), settings).retrain
+        alarms += decide(window_figures(reference, features, labels, predict, settings), thresholds).retrain
     print(f"\nfalse alarms: {alarms} of 20 baseline windows of {settings.monitor_window:,} requests")
     return 0
 

@@ -1,8 +1,10 @@
-"""The model registry: loading versions safely, finding the latest candidates, and the promotion gates.
+"""The model registry: loading versions safely, finding the latest candidates, scoring them, moving aliases.
 
 Aliases, not deprecated stages: ``staging`` names the best candidate of the latest training run that
 passed the staging gate; ``production`` names the served version and moves only when a candidate beats
-the current production on the same evaluation data, scored from the models themselves.
+the current production on the same evaluation data, scored from the models themselves. Which version
+gets which alias is decided by the pure policy in :mod:`housing.promotion`; :func:`promote` reads the
+registry, scores, calls that policy and applies its decision.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import pandas as pd
 from housing.config import Settings
 from housing.digests import frame_sha256
 from housing.errors import UserError
+from housing.promotion import PromotionDecision, Score, decide_promotion, passes_staging_gate, production_score_needed
 from housing.schema import FEATURE_NAMES
-from housing.scoring import rank_key, regression_metrics
+from housing.scoring import regression_metrics
 from housing.serialization import load_skops_model
 from housing.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE, quiet_mlflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
     from sklearn.pipeline import Pipeline
 
@@ -38,7 +42,7 @@ STAGING_GATE_TAG = "staging_gate"
 
 def get_version_by_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
     """The version an alias points to, or None when the model or the alias does not exist."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow costs ~2 s to import: paid on first use, not on import
 
     try:
         return client.get_model_version_by_alias(model_name, alias)
@@ -71,7 +75,7 @@ def load_version(client: MlflowClient, version: ModelVersion) -> Pipeline:
     Only :data:`housing.serialization.SKOPS_TRUSTED_TYPES` are trusted. That list comes from this code, not from
     the model's own MLmodel file, so a tampered model can't widen it (and no pickle is ever loaded).
     """
-    import mlflow
+    import mlflow  # mlflow costs ~2 s to import: paid on first use, not on import
 
     quiet_mlflow()
     location = client.get_model_version_download_uri(version.name, str(version.version))
@@ -105,7 +109,7 @@ def load_model_version(client: MlflowClient, model_name: str, version: str) -> P
 
 def registry_client(tracking_uri: str) -> MlflowClient:
     """A client whose tracking store and model registry are both ``tracking_uri``."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # mlflow costs ~2 s to import: paid on first use, not on import
 
     quiet_mlflow()
     return MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -126,20 +130,6 @@ class EvaluationData:
         return frame_sha256(self.x, self.y, self.sample_weight)[:16]
 
 
-@dataclass(frozen=True)
-class Score:
-    """A version scored on the evaluation data."""
-
-    version: str
-    candidate: str
-    r2: float
-    rmse: float
-
-    def beats(self, other: Score) -> bool:
-        """Higher R2 wins; equal R2, lower RMSE wins."""
-        return rank_key(self.r2, self.rmse) < rank_key(other.r2, other.rmse)
-
-
 @dataclass
 class PromotionReport:
     """What promotion decided and why, and the resulting state of every version."""
@@ -154,13 +144,14 @@ class PromotionReport:
 
     @property
     def production_changed(self) -> bool:
+        """Whether promotion moved the production alias."""
         return self.production_before != self.production_after
 
 
 def latest_training_run_id(client: MlflowClient, experiment_name: str) -> str:
     """The id of the newest finished training (parent) run; a clear error if there is none."""
     experiment = client.get_experiment_by_name(experiment_name)
-    runs = []
+    runs: list[Run] = []
     if experiment is not None:
         runs = client.search_runs(
             [experiment.experiment_id],
@@ -186,86 +177,78 @@ def score_version(pipeline: Pipeline, evaluation: EvaluationData) -> tuple[float
     return metrics["r2"], metrics["rmse"]
 
 
-def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData, training_run_id: str | None = None) -> PromotionReport:
-    """Apply the staging and production gates to the candidates of the latest (or given) training run.
+def score_model_version(client: MlflowClient, version: ModelVersion, evaluation: EvaluationData) -> Score:
+    """Load one registered version and score it on the evaluation data."""
+    r2, rmse = score_version(load_model_version(client, version.name, version.version), evaluation)
+    return Score(str(version.version), version.tags.get("candidate", "?"), r2, rmse)
 
-    Idempotent: re-running on the same registry and data changes nothing.
-    """
-    name = settings.model_name
-    run_id = training_run_id or latest_training_run_id(client, settings.experiment_name)
-    versions = all_versions(client, name)
-    candidates = [version for version in versions if version.tags.get("training_run_id") == run_id]
-    if not candidates:
-        raise UserError(f"training run {run_id} registered no version of {name}; run train.py first")
-    production = get_version_by_alias(client, name, settings.production_alias)
-    report = PromotionReport(
-        training_run_id=run_id,
-        scores=[],
-        staging_version=None,
-        production_before=str(production.version) if production else None,
-        production_after=str(production.version) if production else None,
-    )
-    say = report.messages.append
-    say(f"scoring {len(candidates)} candidate(s) of training run {run_id} on {evaluation.description} ({len(evaluation.y):,} rows)")
+
+def score_candidates(client: MlflowClient, candidates: list[ModelVersion], evaluation: EvaluationData,
+                     staging_r2_threshold: float) -> list[Score]:
+    """Score every candidate and record on each version its scores, the evaluation data and its staging gate."""
+    scores = []
     for version in candidates:
-        r2, rmse = score_version(load_model_version(client, name, version.version), evaluation)
-        score = Score(str(version.version), version.tags.get("candidate", "?"), r2, rmse)
-        report.scores.append(score)
-        passed = r2 > settings.staging_r2_threshold
+        score = score_model_version(client, version, evaluation)
+        scores.append(score)
         for key, value in {
-            STAGING_GATE_TAG: "passed" if passed else "failed",
-            "eval_r2": f"{r2:.4f}",
-            "eval_rmse": f"{rmse:.4f}",
+            STAGING_GATE_TAG: "passed" if passes_staging_gate(score.r2, staging_r2_threshold) else "failed",
+            "eval_r2": f"{score.r2:.4f}",
+            "eval_rmse": f"{score.rmse:.4f}",
             "eval_data": evaluation.digest,
         }.items():
             if version.tags.get(key) != value:
-                client.set_model_version_tag(name, version.version, key, value)
-    ranked = sorted(report.scores, key=lambda s: rank_key(s.r2, s.rmse))
-    passed_staging = [s for s in ranked if s.r2 > settings.staging_r2_threshold]
+                client.set_model_version_tag(version.name, version.version, key, value)
+    return scores
 
-    # Staging: the best candidate past the staging gate.
-    current_staging = get_version_by_alias(client, name, settings.staging_alias)
-    if passed_staging:
-        best_staging = passed_staging[0]
-        report.staging_version = best_staging.version
-        moved = current_staging is None or str(current_staging.version) != best_staging.version
-        if moved:
-            client.set_registered_model_alias(name, settings.staging_alias, best_staging.version)
-        say(f"{len(passed_staging)} candidate(s) passed the staging gate (R2 > {settings.staging_r2_threshold}); "
-            f"'{settings.staging_alias}' {'->' if moved else 'stays at'} version {best_staging.version} ({best_staging.candidate})")
-    else:
-        report.staging_version = str(current_staging.version) if current_staging else None
-        say(f"no candidate passed the staging gate (R2 > {settings.staging_r2_threshold}); '{settings.staging_alias}' unchanged")
 
-    # Production: the best candidate past the production gate, only if it beats the current production.
-    best = ranked[0]
-    if best.r2 <= settings.production_r2_threshold:
-        say(f"production unchanged: the best candidate, version {best.version} ({best.candidate}), has R2 {best.r2:.4f}, "
-            f"not above the production gate {settings.production_r2_threshold}")
-    elif production is None:
-        client.set_registered_model_alias(name, settings.production_alias, best.version)
-        report.production_after = best.version
-        say(f"'{settings.production_alias}' -> version {best.version} ({best.candidate}, R2 {best.r2:.4f}, RMSE {best.rmse:.4f}); there was no production model")
-    elif str(production.version) == best.version:
-        say(f"production unchanged: version {best.version} ({best.candidate}) is already production and still the best")
-    else:
-        current = next((s for s in report.scores if s.version == str(production.version)), None)
-        if current is None:
-            pipeline = load_model_version(client, name, production.version)
-            r2, rmse = score_version(pipeline, evaluation)
-            current = Score(str(production.version), production.tags.get("candidate", "?"), r2, rmse)
-        if best.beats(current):
-            client.set_registered_model_alias(name, settings.production_alias, best.version)
-            report.production_after = best.version
-            say(f"'{settings.production_alias}' -> version {best.version} ({best.candidate}, R2 {best.r2:.4f}, RMSE {best.rmse:.4f}); "
-                f"it beats version {current.version} ({current.candidate}, R2 {current.r2:.4f}, RMSE {current.rmse:.4f}) on the same data")
-        else:
-            say(f"production unchanged: the best candidate, version {best.version} ({best.candidate}, R2 {best.r2:.4f}, "
-                f"RMSE {best.rmse:.4f}), does not beat production version {current.version} ({current.candidate}, "
-                f"R2 {current.r2:.4f}, RMSE {current.rmse:.4f}) on the same data")
+def apply_promotion(client: MlflowClient, settings: Settings, decision: PromotionDecision) -> None:
+    """Point the aliases where the decision says; an alias that does not move is not touched."""
+    if decision.move_staging and decision.staging_version is not None:
+        client.set_registered_model_alias(settings.model_name, settings.staging_alias, decision.staging_version)
+    if decision.move_production and decision.production_version is not None:
+        client.set_registered_model_alias(settings.model_name, settings.production_alias, decision.production_version)
 
-    report.versions = version_status(client, settings)
-    return report
+
+def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData, training_run_id: str | None = None) -> PromotionReport:
+    """Apply the staging and production gates to the candidates of the latest (or given) training run.
+
+    Reads the registry, scores the candidates, lets :func:`housing.promotion.decide_promotion` decide,
+    applies the decision. Idempotent: re-running on the same registry and data changes nothing.
+    """
+    name = settings.model_name
+    run_id = training_run_id or latest_training_run_id(client, settings.experiment_name)
+    candidates = [version for version in all_versions(client, name) if version.tags.get("training_run_id") == run_id]
+    if not candidates:
+        raise UserError(f"training run {run_id} registered no version of {name}; run train.py first")
+    production = get_version_by_alias(client, name, settings.production_alias)
+    production_version = str(production.version) if production else None
+    scoring = (f"scoring {len(candidates)} candidate(s) of training run {run_id} on {evaluation.description} "
+               f"({len(evaluation.y):,} rows)")
+    scores = score_candidates(client, candidates, evaluation, settings.staging_r2_threshold)
+    staging = get_version_by_alias(client, name, settings.staging_alias)
+    production_score = None
+    if production is not None and production_score_needed(scores, production_version, settings.production_r2_threshold):
+        production_score = score_model_version(client, production, evaluation)
+    decision = decide_promotion(
+        scores,
+        production_version=production_version,
+        current_staging=str(staging.version) if staging else None,
+        staging_r2_threshold=settings.staging_r2_threshold,
+        production_r2_threshold=settings.production_r2_threshold,
+        staging_alias=settings.staging_alias,
+        production_alias=settings.production_alias,
+        production=production_score,
+    )
+    apply_promotion(client, settings, decision)
+    return PromotionReport(
+        training_run_id=run_id,
+        scores=scores,
+        staging_version=decision.staging_version,
+        production_before=production_version,
+        production_after=decision.production_version,
+        messages=[scoring, *decision.messages],
+        versions=version_status(client, settings),
+    )
 
 
 def version_status(client: MlflowClient, settings: Settings) -> list[dict[str, str]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from housing import tracking
 from housing.artifacts import save_json, save_pickle
 from housing.candidates import load_candidate_specs
 from housing.config import Settings
@@ -104,6 +105,8 @@ def build_retraining_sets(split: Split, labelled: pd.DataFrame, settings: Settin
 
 @dataclass
 class RetrainOutcome:
+    """A finished retraining: the comparison run, what promotion decided, and where the data was saved."""
+
     training: TrainingOutcome
     promotion: PromotionReport
     data_dir: Path
@@ -111,8 +114,6 @@ class RetrainOutcome:
 
 def retrain(settings: Settings, split: Split, labelled: pd.DataFrame, *, base_source: str) -> RetrainOutcome:
     """Train every candidate on the new data, register them, and run promote's gates on the new evaluation data."""
-    from housing import tracking
-
     sets = build_retraining_sets(split, labelled, settings, base_source=base_source)
     data_dir = settings.artifacts_dir / "retraining" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name, part in {"X_train": sets.training.x_train, "y_train": sets.training.y_train, "X_eval": sets.training.x_test,
@@ -120,7 +121,7 @@ def retrain(settings: Settings, split: Split, labelled: pd.DataFrame, *, base_so
         save_pickle(part, data_dir / f"{name}.pkl")
     save_pickle(sets.training.train_weight, data_dir / "train_weight.pkl")
     save_json(sets.manifest, data_dir / "manifest.json")
-    logger.info("retraining on %s (sha256 %s)", sets.manifest["provenance"]["training_data"], str(sets.manifest["sha256"])[:12])
+    logger.info("retraining on %s (sha256 %s)", sets.training.provenance["training_data"], sets.training.data_sha256[:12])
     specs = load_candidate_specs(settings.candidates_path, settings.candidates)
     outcome = train_and_register(settings, sets.training, specs)
     client = tracking.connect(settings)

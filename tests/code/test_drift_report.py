@@ -1,22 +1,19 @@
-"""The monitor's drift measurement and decision on in-memory frames."""
+"""The Evidently drift and quality report on synthetic in-memory frames, and what the retrain policy makes of it."""
 
 from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from housing.config import Settings
-from housing.monitoring import (
-    INSUFFICIENT_DATA,
-    NO_ACTION,
-    PREDICTION,
-    RETRAIN,
-    WindowFigures,
-    decide,
-    evaluate_window,
-)
-from housing.schema import FEATURE_NAMES, TARGET
+from housing.drift_report import PREDICTION, evaluate_window, save_report
+from housing.monitoring import decision_record
+from housing.retrain_policy import INSUFFICIENT_DATA, NO_ACTION, RETRAIN, RetrainThresholds, decide
+from housing.schema import TARGET
 
 
 def districts(rows: int, seed: int, *, noise: float = 0.3, labelled: float = 1.0) -> pd.DataFrame:
@@ -38,6 +35,7 @@ def reference() -> pd.DataFrame:
 
 
 SETTINGS = Settings(monitor_min_window=500, monitor_min_labels=200)
+THRESHOLDS = RetrainThresholds.from_settings(SETTINGS)
 
 
 def test_no_drift_no_retrain(reference):
@@ -45,7 +43,7 @@ def test_no_drift_no_retrain(reference):
     assert figures.drift_share == 0.0 and not figures.prediction_drifted
     assert figures.rmse == pytest.approx(0.3, abs=0.03) and figures.labelled_rows == 2000
     assert figures.reference_rmse == pytest.approx(0.3, abs=0.03)
-    decision = decide(figures, SETTINGS)
+    decision = decide(figures, THRESHOLDS)
     assert decision.action == NO_ACTION and decision.reasons == []
     assert snapshot is not None
 
@@ -58,14 +56,14 @@ def test_clear_drift_retrains(reference):
     _, figures = evaluate_window(reference, current, SETTINGS)
     assert set(figures.drifted_features) == {"MedInc", "AveRooms", "Population"}
     assert figures.drift_share == pytest.approx(3 / 8)
-    decision = decide(figures, SETTINGS)
+    decision = decide(figures, THRESHOLDS)
     assert decision.action == RETRAIN and "38% of the features drifted (MedInc, AveRooms, Population)" in decision.reasons[0]
 
 
 def test_error_above_threshold_retrains_without_drift(reference):
     _, figures = evaluate_window(reference, districts(2000, seed=3, noise=0.8), SETTINGS)
-    assert figures.drift_share == 0.0 and figures.rmse > 0.5
-    decision = decide(figures, SETTINGS)
+    assert figures.drift_share == 0.0 and figures.rmse is not None and figures.rmse > 0.5
+    decision = decide(figures, THRESHOLDS)
     assert decision.action == RETRAIN and any(reason.startswith("RMSE") for reason in decision.reasons)
     assert any(reason.startswith("R2") for reason in decision.reasons)  # 1 - 0.8^2 / var < 0.6 too
 
@@ -73,8 +71,8 @@ def test_error_above_threshold_retrains_without_drift(reference):
 def test_too_few_labels_decides_on_drift_alone(reference):
     current = districts(2000, seed=4, noise=0.8, labelled=0.05)  # ~100 labels, a large error on them
     _, figures = evaluate_window(reference, current, SETTINGS)
-    assert figures.labelled_rows < 200 and figures.rmse > 0.5
-    decision = decide(figures, SETTINGS)
+    assert figures.labelled_rows < 200 and figures.rmse is not None and figures.rmse > 0.5
+    decision = decide(figures, THRESHOLDS)
     assert decision.action == NO_ACTION
     assert any("decision on drift alone" in note for note in decision.notes)
 
@@ -86,16 +84,29 @@ def test_unlabelled_window_still_measures_drift(reference):
     _, figures = evaluate_window(reference, current, SETTINGS)
     assert figures.labelled_rows == 0 and figures.rmse is None
     assert set(figures.drifted_features) == {"HouseAge", "Latitude"}
-    assert decide(figures, SETTINGS).action == RETRAIN
-
-
-def test_small_window_is_not_judged():
-    figures = WindowFigures(window_rows=120, labelled_rows=120, drift_scores={"MedInc": 0.9}, drifted={name: True for name in FEATURE_NAMES},
-                            drift_method="wasserstein", rmse=2.0, r2=-1.0)
-    decision = decide(figures, SETTINGS)
-    assert decision.action == INSUFFICIENT_DATA and "500 are needed" in decision.notes[0]
+    assert decide(figures, THRESHOLDS).action == RETRAIN
 
 
 def test_empty_window(reference):
     snapshot, figures = evaluate_window(reference, districts(10, seed=6).iloc[0:0], SETTINGS)
-    assert snapshot is None and decide(figures, SETTINGS).action == INSUFFICIENT_DATA
+    assert snapshot is None and decide(figures, THRESHOLDS).action == INSUFFICIENT_DATA
+
+
+def test_reports_are_saved_timestamped_and_as_latest(reference, tmp_path):
+    snapshot, figures = evaluate_window(reference, districts(600, seed=7), SETTINGS)
+    assert snapshot is not None
+    when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    decision = decide(figures, THRESHOLDS)
+    record = decision_record(figures, decision, when)
+    saved = save_report(snapshot, record, tmp_path / "reports", when)
+    assert (saved.html_path.name, saved.json_path.name, saved.decision_path.name) == (
+        "monitor_20240506T070809Z.html", "monitor_20240506T070809Z.json", "decision_20240506T070809Z.json")
+    for path in (saved.html_path, saved.json_path, saved.decision_path):
+        latest = path.with_name(path.name.replace("20240506T070809Z", "latest"))
+        assert latest.read_bytes() == path.read_bytes() and path.stat().st_size > 0
+    assert "<html" in saved.html_path.read_text().lower() and json.loads(saved.json_path.read_text())["metrics"]
+    written = json.loads(saved.decision_path.read_text())
+    assert written["at"] == "2024-05-06T07:08:09+00:00" and written["decision"] == decision.action == NO_ACTION
+    assert set(written) == {"at", "decision", "reasons", "notes", "drift_share", "drifted_features", "window_rows", "labelled_rows",
+                            "drift_scores", "drift_method", "rmse", "r2", "mae", "reference_rmse", "reference_r2", "reference_mae"}
+    assert written["window_rows"] == 600 and written["drift_scores"].keys() == figures.drift_scores.keys()

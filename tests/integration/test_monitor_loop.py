@@ -20,7 +20,9 @@ def simulate(env: dict[str, str], url: str, scenario: str, seed: int, inflation:
     result = run_stage("simulate_traffic.py", "--url", url, "--scenario", scenario, "--requests", WINDOW,
                        "--concurrency", "8", "--seed", str(seed), "--inflation", str(inflation), "--quiet", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    return float(re.search(r"RMSE against the true labels ([\d.]+)", result.stdout).group(1))
+    match = re.search(r"RMSE against the true labels ([\d.]+)", result.stdout)
+    assert match is not None, result.stdout
+    return float(match.group(1))
 
 
 def monitor(env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -77,6 +79,7 @@ def test_baseline_keeps_and_market_inflation_retrains_and_the_api_follows(loop_e
     assert inflated_rmse_after < inflated_rmse_before - 0.05, (inflated_rmse_before, inflated_rmse_after)
 
     experiment = client.get_experiment_by_name("monitoring")
+    assert experiment is not None
     decisions = [run.data.tags["decision"] for run in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])]
     assert decisions == ["no retrain", "retrain"]
 

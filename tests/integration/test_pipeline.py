@@ -110,6 +110,7 @@ def test_tune_logs_nested_trials_and_writes_a_deterministic_proposal(pipeline_ru
     assert outputs[0]["estimator"] == "LGBMRegressor" and outputs[0]["features"] == "spatial"
     client = MlflowClient(pipeline_run.tracking_uri)
     experiment = client.get_experiment_by_name("California-Housing-Regression")
+    assert experiment is not None
     tuning = client.search_runs([experiment.experiment_id], "tags.`housing.run_type` = 'tuning'")
     assert len(tuning) == 2
     trials = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{tuning[0].info.run_id}'")

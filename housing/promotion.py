@@ -1,0 +1,135 @@
+"""The promotion policy: which version gets ``staging`` and which gets ``production``, from scores alone.
+
+Pure: scores and thresholds in, a :class:`PromotionDecision` out (no MLflow, no I/O).
+:func:`housing.registry.promote` reads the registry, scores the versions, calls :func:`decide_promotion`
+and applies the decision.
+
+- ``staging``: the best candidate whose R2 is above the staging gate.
+- ``production``: the best candidate, if its R2 is above the production gate and it beats the current
+  production on the same evaluation data (higher R2; at equal R2, lower RMSE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from housing.scoring import rank_key
+
+
+@dataclass(frozen=True)
+class Score:
+    """A version scored on the evaluation data."""
+
+    version: str
+    candidate: str
+    r2: float
+    rmse: float
+
+    def beats(self, other: Score) -> bool:
+        """Higher R2 wins; equal R2, lower RMSE wins."""
+        return rank_key(self.r2, self.rmse) < rank_key(other.r2, other.rmse)
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """Where the aliases point after promotion, which of them move now, and why."""
+
+    staging_version: str | None
+    """The version holding ``staging`` afterwards (None: no version holds it)."""
+    production_version: str | None
+    """The version holding ``production`` afterwards (None: no version holds it)."""
+    move_staging: bool
+    move_production: bool
+    messages: tuple[str, ...]
+
+
+def passes_staging_gate(r2: float, staging_r2_threshold: float) -> bool:
+    """The staging gate: R2 strictly above the threshold."""
+    return r2 > staging_r2_threshold
+
+
+def ranked(scores: Sequence[Score]) -> list[Score]:
+    """The scores best first (higher R2; at equal R2, lower RMSE); ties keep their order."""
+    return sorted(scores, key=lambda score: rank_key(score.r2, score.rmse))
+
+
+def production_score_needed(candidates: Sequence[Score], production_version: str | None, production_r2_threshold: float) -> bool:
+    """Whether :func:`decide_promotion` must be given the current production's own score.
+
+    Only when production exists, is not one of the candidates, and the best candidate passes the
+    production gate (otherwise the comparison never happens, so the caller need not load that model).
+    """
+    if production_version is None or not candidates or any(score.version == production_version for score in candidates):
+        return False
+    return ranked(candidates)[0].r2 > production_r2_threshold
+
+
+def decide_promotion(
+    candidates: Sequence[Score],
+    *,
+    production_version: str | None,
+    current_staging: str | None,
+    staging_r2_threshold: float,
+    production_r2_threshold: float,
+    staging_alias: str,
+    production_alias: str,
+    production: Score | None = None,
+) -> PromotionDecision:
+    """Apply the staging and production gates to the scored candidates of one training run.
+
+    ``production_version`` / ``current_staging``: the versions the aliases point to now (None: unset).
+    ``production``: the current production's score, needed only when :func:`production_score_needed`
+    says so (when production is a candidate its score is taken from ``candidates``).
+    """
+    if not candidates:
+        raise ValueError("decide_promotion needs at least one scored candidate")
+    best_first = ranked(candidates)
+    staging_version, move_staging, staging_message = _decide_staging(best_first, current_staging, staging_r2_threshold, staging_alias)
+    if production_version is not None and production is None:
+        production = next((score for score in candidates if score.version == production_version), None)
+    production_after, production_message = _decide_production(
+        best_first[0], production_version, production, production_r2_threshold, production_alias
+    )
+    return PromotionDecision(
+        staging_version=staging_version,
+        production_version=production_after,
+        move_staging=move_staging,
+        move_production=production_after != production_version,
+        messages=(staging_message, production_message),
+    )
+
+
+def _decide_staging(best_first: list[Score], current_staging: str | None, threshold: float, alias: str) -> tuple[str | None, bool, str]:
+    """(version holding staging afterwards, whether the alias moves, message)."""
+    passed = [score for score in best_first if passes_staging_gate(score.r2, threshold)]
+    if not passed:
+        return current_staging, False, f"no candidate passed the staging gate (R2 > {threshold}); '{alias}' unchanged"
+    best = passed[0]
+    moved = current_staging != best.version
+    message = (f"{len(passed)} candidate(s) passed the staging gate (R2 > {threshold}); "
+               f"'{alias}' {'->' if moved else 'stays at'} version {best.version} ({best.candidate})")
+    return best.version, moved, message
+
+
+def _decide_production(best: Score, production_version: str | None, production: Score | None, threshold: float,
+                       alias: str) -> tuple[str | None, str]:
+    """(version holding production afterwards, message)."""
+    if best.r2 <= threshold:
+        return production_version, (f"production unchanged: the best candidate, version {best.version} ({best.candidate}), "
+                                    f"has R2 {best.r2:.4f}, not above the production gate {threshold}")
+    if production_version is None:
+        return best.version, (f"'{alias}' -> version {best.version} ({best.candidate}, R2 {best.r2:.4f}, RMSE {best.rmse:.4f}); "
+                              "there was no production model")
+    if production_version == best.version:
+        return production_version, (f"production unchanged: version {best.version} ({best.candidate}) "
+                                    "is already production and still the best")
+    if production is None:
+        raise ValueError(f"production version {production_version} is not a candidate: its score is needed")
+    if best.beats(production):
+        return best.version, (f"'{alias}' -> version {best.version} ({best.candidate}, R2 {best.r2:.4f}, RMSE {best.rmse:.4f}); "
+                              f"it beats version {production.version} ({production.candidate}, R2 {production.r2:.4f}, "
+                              f"RMSE {production.rmse:.4f}) on the same data")
+    return production_version, (f"production unchanged: the best candidate, version {best.version} ({best.candidate}, "
+                                f"R2 {best.r2:.4f}, RMSE {best.rmse:.4f}), does not beat production version {production.version} "
+                                f"({production.candidate}, R2 {production.r2:.4f}, RMSE {production.rmse:.4f}) on the same data")

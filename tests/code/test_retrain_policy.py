@@ -1,0 +1,102 @@
+"""The retrain policy on hand-made window figures: every branch, no Evidently, no MLflow, no database."""
+
+from __future__ import annotations
+
+import pytest
+
+from housing.config import Settings
+from housing.drift_report import PREDICTION, WindowFigures
+from housing.retrain_policy import INSUFFICIENT_DATA, NO_ACTION, RETRAIN, Decision, RetrainThresholds, decide
+from housing.schema import FEATURE_NAMES
+
+THRESHOLDS = RetrainThresholds(min_window=500, min_labels=200, drift_share_threshold=0.2, rmse_threshold=0.5, r2_threshold=0.6)
+
+
+def window(*, rows: int = 2000, labelled: int = 2000, drifted: tuple[str, ...] = (), prediction_drifted: bool = False,
+           rmse: float | None = 0.3, r2: float | None = 0.8) -> WindowFigures:
+    """Figures of a window: the named features drifted (score 0.5), the others did not (score 0.01)."""
+    columns = (*FEATURE_NAMES, PREDICTION)
+    flags = {name: name in drifted for name in FEATURE_NAMES} | {PREDICTION: prediction_drifted}
+    return WindowFigures(window_rows=rows, labelled_rows=labelled, drift_scores={name: 0.5 if flags[name] else 0.01 for name in columns},
+                         drifted=flags, drift_method="wasserstein", rmse=rmse, r2=r2)
+
+
+def test_thresholds_come_from_the_settings():
+    settings = Settings(monitor_min_window=500, monitor_min_labels=200, drift_share_threshold=0.2, rmse_threshold=0.5, r2_threshold=0.6)
+    assert RetrainThresholds.from_settings(settings) == THRESHOLDS
+
+
+def test_small_window_is_not_judged():
+    figures = WindowFigures(window_rows=120, labelled_rows=120, drift_scores={"MedInc": 0.9}, drifted={name: True for name in FEATURE_NAMES},
+                            drift_method="wasserstein", rmse=2.0, r2=-1.0)
+    decision = decide(figures, THRESHOLDS)
+    assert decision.action == INSUFFICIENT_DATA and "500 are needed" in decision.notes[0]
+    assert decision.reasons == [] and not decision.retrain
+    assert decision.notes == ["only 120 logged predictions in the window; 500 are needed before a decision (small windows raise false alarms)"]
+
+
+def test_a_window_of_exactly_the_minimum_is_judged():
+    assert decide(window(rows=499, labelled=499), THRESHOLDS).action == INSUFFICIENT_DATA
+    assert decide(window(rows=500, labelled=500), THRESHOLDS).action == NO_ACTION
+
+
+def test_a_healthy_window_keeps_the_model():
+    decision = decide(window(drifted=("MedInc",)), THRESHOLDS)  # 1 of 8 = 12.5 %, not above 20 %
+    assert decision == Decision(NO_ACTION, [], [])
+    assert not decision.retrain
+
+
+def test_drift_share_above_the_threshold_retrains():
+    decision = decide(window(drifted=("MedInc", "AveRooms", "Population")), THRESHOLDS)
+    assert decision.action == RETRAIN and decision.retrain
+    assert decision.reasons == ["38% of the features drifted (MedInc, AveRooms, Population), above 20%"]
+
+
+def test_drift_share_at_the_threshold_does_not_retrain():
+    policy = RetrainThresholds(min_window=500, min_labels=200, drift_share_threshold=0.25, rmse_threshold=0.5, r2_threshold=0.6)
+    assert decide(window(drifted=("MedInc", "AveRooms")), policy).action == NO_ACTION  # 2 of 8 = 25 %: not above
+    assert decide(window(drifted=("MedInc", "AveRooms", "Latitude")), policy).action == RETRAIN
+
+
+def test_rmse_above_the_threshold_retrains():
+    decision = decide(window(rmse=0.61, r2=0.7), THRESHOLDS)
+    assert decision.action == RETRAIN
+    assert decision.reasons == ["RMSE 0.610 on 2,000 labelled predictions is above 0.5"]
+
+
+def test_r2_below_the_threshold_retrains():
+    decision = decide(window(rmse=0.4, r2=0.55), THRESHOLDS)
+    assert decision.action == RETRAIN
+    assert decision.reasons == ["R2 0.550 on 2,000 labelled predictions is below 0.6"]
+
+
+def test_every_reason_is_given():
+    decision = decide(window(drifted=("HouseAge", "Latitude"), rmse=0.9, r2=0.1), THRESHOLDS)
+    assert [reason.split()[0] for reason in decision.reasons] == ["25%", "RMSE", "R2"]
+
+
+def test_too_few_labels_decides_on_drift_alone():
+    decision = decide(window(labelled=199, rmse=2.0, r2=-1.0), THRESHOLDS)  # a huge error, but on too few labels
+    assert decision.action == NO_ACTION and decision.reasons == []
+    assert decision.notes == ["only 199 labelled predictions (fewer than 200): error not judged, decision on drift alone"]
+    judged = decide(window(labelled=200, rmse=2.0, r2=-1.0), THRESHOLDS)  # exactly the minimum: the error counts
+    assert judged.action == RETRAIN and len(judged.reasons) == 2 and judged.notes == []
+    drifted = decide(window(labelled=0, rmse=None, r2=None, drifted=("HouseAge", "Latitude")), THRESHOLDS)
+    assert drifted.action == RETRAIN and len(drifted.reasons) == 1
+    assert any("decision on drift alone" in note for note in drifted.notes)
+
+
+def test_enough_labels_without_quality_figures_judge_drift_only():
+    decision = decide(window(rmse=None, r2=None), THRESHOLDS)
+    assert decision == Decision(NO_ACTION, [], [])
+
+
+def test_prediction_drift_is_a_note_not_a_reason():
+    decision = decide(window(prediction_drifted=True), THRESHOLDS)
+    assert decision.action == NO_ACTION and decision.reasons == []
+    assert decision.notes == ["the prediction's distribution drifted (score 0.500)"]
+
+
+@pytest.mark.parametrize("action", [NO_ACTION, INSUFFICIENT_DATA])
+def test_only_a_retrain_verdict_retrains(action):
+    assert Decision(RETRAIN).retrain and not Decision(action).retrain
