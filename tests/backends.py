@@ -1,9 +1,12 @@
 """The two backends every integration test runs against: the embedded default (SQLite files) and the team
 setup (an MLflow tracking server on PostgreSQL serving the artifacts, and the prediction log on PostgreSQL).
 
-PostgreSQL comes from HOUSING_TEST_POSTGRES_URL (CI starts Debian's cluster and sets it) or, when that is
-unset, from a private cluster this session starts with the system's binaries (housing.team.Postgres).
-Without PostgreSQL installed the PostgreSQL half fails with a sentence saying how to install it.
+PostgreSQL comes from HOUSING_TEST_POSTGRES_URL (an admin SQLAlchemy URL; CI starts Debian's cluster and
+sets it) or, when that is unset, from a private cluster this session starts (localteam.services.Postgres)
+with the system's binaries or, without PostgreSQL installed, those of the ``pgserver`` wheel
+(requirements.txt). The PostgreSQL half of the tests carries the ``postgres`` marker: when none of these is
+available it is skipped with one line saying how to run it, and with HOUSING_REQUIRE_POSTGRES=1 (CI) it
+fails instead (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localteam.services import Postgres, create_database, database_url, start_mlflow_server
+from housing.errors import UserError
+from localteam.services import Postgres, create_database, database_url, postgres_bin_dir, start_mlflow_server
 from tests.server import free_port
 
 BACKENDS = ("sqlite", "postgres")
@@ -38,6 +42,7 @@ class Backend:
         """A fresh, empty prediction log database."""
         if self.name == "sqlite":
             return f"sqlite:///{self.work_dir / f'{label}-{uuid.uuid4().hex[:8]}.db'}"
+        assert self.admin_url is not None, "a PostgreSQL backend has an admin URL"
         name = f"log_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
         create_database(self.admin_url, name)
         return database_url(self.admin_url, name)
@@ -49,6 +54,18 @@ class Backend:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def postgres_unavailable() -> str | None:
+    """Why the PostgreSQL tests cannot run on this machine, with how to make them run; None when they can."""
+    if os.environ.get("HOUSING_TEST_POSTGRES_URL"):
+        return None
+    try:
+        postgres_bin_dir()
+    except UserError:
+        return ("no PostgreSQL found; to run them: apt-get install postgresql, or pip install pgserver, "
+                "or set HOUSING_TEST_POSTGRES_URL to an admin SQLAlchemy URL")
+    return None
 
 
 class PostgresProvider:

@@ -1,7 +1,15 @@
-"""Shared fixtures: the real dataset, subprocess helpers, and one real pipeline run per test session.
+"""What the tiers share: the stage-script helpers and the session fixtures more than one tier uses.
 
-The data source is the real California housing CSV: HOUSING_DATA_SOURCE if set, else
-../shared/data/california_housing.csv beside the project. A missing file fails the tests; it never skips them.
+Nothing here runs unless a test asks for it, so ``tests/code`` needs nothing: no dataset, no store, no
+server, no network. Each other tier says what it needs in its own conftest.py:
+
+- ``tests/data``: the real dataset (``real_frame``);
+- ``tests/model``: the real dataset and one real pipeline run on the embedded SQLite store (``pipeline_run``);
+- ``tests/integration``: the real dataset and pipeline runs on both backends (``pipeline_run``,
+  ``mutable_run``); the PostgreSQL half carries the ``postgres`` marker (see tests/backends.py).
+
+The real dataset is HOUSING_DATA_SOURCE if set, else ../shared/data/california_housing.csv beside the
+project. Without it the tiers that need it fail with one sentence; they never skip.
 """
 
 from __future__ import annotations
@@ -9,31 +17,50 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pytest
 
-from tests.backends import BACKENDS, Backend, PostgresProvider, make_backend
+from tests.backends import BACKENDS, Backend, PostgresProvider, make_backend, postgres_unavailable
+
+if TYPE_CHECKING:
+    from housing.config import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DATA_SOURCE = Path(os.environ.get("HOUSING_DATA_SOURCE") or PROJECT_DIR.parent / "shared" / "data" / "california_housing.csv")
+"""Where the real dataset is expected; only the tiers that need it look there."""
 TEST_ESTIMATOR_SCALE = "0.3"
 """Tests train with 30 % of the configured trees; the README run uses the full configuration."""
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if not DATA_SOURCE.exists():
-        raise pytest.UsageError(f"the real dataset is needed at {DATA_SOURCE}; set HOUSING_DATA_SOURCE")
+REQUIRE_POSTGRES = os.environ.get("HOUSING_REQUIRE_POSTGRES") == "1"
+"""CI sets HOUSING_REQUIRE_POSTGRES=1: the PostgreSQL tests then fail instead of skipping."""
 
 
 @pytest.fixture(scope="session")
-def real_frame() -> pd.DataFrame:
-    """The real dataset, read the way load_data reads it."""
-    from housing.data import read_source
+def dataset_path() -> Path:
+    """The real dataset's path. Its absence fails every test that asks for it, with one sentence, never a skip."""
+    if not DATA_SOURCE.is_file():
+        pytest.fail(
+            f"this test tier needs the real California housing CSV at {DATA_SOURCE}: set HOUSING_DATA_SOURCE to its path",
+            pytrace=False,
+        )
+    return DATA_SOURCE
 
-    return read_source(str(DATA_SOURCE))
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``postgres`` skip (one line, saying how to run them) when no PostgreSQL is available,
+    or fail when HOUSING_REQUIRE_POSTGRES=1."""
+    if item.get_closest_marker("postgres") is None:
+        return
+    reason = postgres_unavailable()
+    if reason is None:
+        return
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"HOUSING_REQUIRE_POSTGRES=1 but {reason}", pytrace=False)
+    pytest.skip(f"PostgreSQL tests skipped: {reason}")
 
 
 def stage_env(work_dir: Path, **extra: str) -> dict[str, str]:
@@ -79,20 +106,14 @@ class PipelineRun:
     def artifacts_dir(self) -> Path:
         return Path(self.env["HOUSING_ARTIFACTS_DIR"])
 
-    def settings(self, **overrides: object):
+    def settings(self, **overrides: Any) -> Settings:
         from housing.config import Settings
 
         return Settings(artifacts_dir=self.artifacts_dir, tracking_uri=self.tracking_uri, **overrides)
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory):
-    provider = PostgresProvider(tmp_path_factory.mktemp("postgres"))
-    yield provider
-    provider.close()
-
-
-def _run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider):
+def run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider) -> PipelineRun:
+    """The four stage scripts, for real, with the real data, in a fresh temp dir on a fresh backend."""
     work_dir = tmp_path_factory.mktemp(f"{label}-{backend_name}")
     backend = make_backend(backend_name, work_dir, postgres, label)
     env = stage_env(work_dir, MLFLOW_TRACKING_URI=backend.tracking_uri)
@@ -104,22 +125,25 @@ def _run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPa
     return PipelineRun(work_dir, env, outputs, backend)
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+@pytest.fixture(scope="session", params=[pytest.param(name, marks=pytest.mark.postgres) if name == "postgres" else name for name in BACKENDS])
 def backend_name(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn; the PostgreSQL one carries the ``postgres`` marker."""
     return request.param
 
 
 @pytest.fixture(scope="session")
-def pipeline_run(backend_name, tmp_path_factory, postgres):
-    """The four stage scripts run once, for real, with the real data, on each backend. Read-only for tests."""
-    run = _run_pipeline(backend_name, "pipeline", tmp_path_factory, postgres)
-    yield run
-    run.backend.close()
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProvider]:
+    """The session's PostgreSQL, started (or connected to) on first use only."""
+    provider = PostgresProvider(tmp_path_factory.mktemp("postgres"))
+    yield provider
+    provider.close()
 
 
 @pytest.fixture(scope="session")
-def mutable_run(backend_name, tmp_path_factory, postgres):
-    """A second, separate pipeline run per backend, for the tests that move aliases and retrain."""
-    run = _run_pipeline(backend_name, "mutable", tmp_path_factory, postgres)
+def pipeline_run(
+    backend_name: str, dataset_path: Path, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider
+) -> Iterator[PipelineRun]:
+    """The four stage scripts run once, for real, with the real data, on each backend. Read-only for tests."""
+    run = run_pipeline(backend_name, "pipeline", tmp_path_factory, postgres)
     yield run
     run.backend.close()

@@ -1,5 +1,6 @@
-"""The one settings object: defaults, environment and flag overrides."""
+"""The one settings object: defaults, environment and flag overrides (no dataset, no store: nothing is read)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,10 @@ from housing.config import PROJECT_DIR, get_settings
 
 
 def test_defaults(monkeypatch):
-    for name in ("MLFLOW_TRACKING_URI", "HOUSING_ARTIFACTS_DIR"):
+    for name in [name for name in os.environ if name.startswith("HOUSING_")] + ["MLFLOW_TRACKING_URI"]:
         monkeypatch.delenv(name, raising=False)
     settings = get_settings()
+    assert settings.data_source is None  # scikit-learn's downloader; nothing is downloaded or read here
     assert settings.tracking_uri == f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
     assert settings.model_name == "CaliforniaHousing"
     assert settings.experiment_name == "California-Housing-Regression"

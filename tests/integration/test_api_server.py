@@ -70,7 +70,7 @@ def test_graceful_restart_keeps_every_logged_prediction(pipeline_run, tmp_path):
             batch = http.post("/predict", json=[EXAMPLE_REQUEST] * 10).json()["predictions"]
             request_ids += [p["request_id"] for p in batch]
         # the flush interval is 30 s: everything is still buffered when the shutdown starts
-    assert server.process.returncode in GRACEFUL_EXIT
+    assert server.process is not None and server.process.returncode in GRACEFUL_EXIT
     assert count_rows(log_url)[0] == 50
 
     with ApiServer(env, tmp_path / "server2.log") as server:

@@ -60,7 +60,7 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
     assert count_rows(log_url)[0] == load.rows
 
 
-@pytest.mark.parametrize("backend_name", ["postgres"], indirect=True)
+@pytest.mark.parametrize("backend_name", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
     """Tracking server killed, then the log database refusing connections: the API keeps answering with the
     model it has, says so in /ready and /metrics, stages fail with one sentence, and all recovers."""

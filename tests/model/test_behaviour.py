@@ -10,6 +10,9 @@ from mlflow import MlflowClient
 from housing.artifacts import load_pickle
 from housing.registry import load_model
 
+pytestmark = pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
+"""The trained model's behaviour doesn't depend on the store it is registered in: the SQLite run only."""
+
 
 @pytest.fixture(scope="module")
 def production(pipeline_run):
@@ -17,20 +20,20 @@ def production(pipeline_run):
 
 
 @pytest.fixture(scope="module")
-def test_split(pipeline_run) -> tuple[pd.DataFrame, pd.Series]:
+def held_out_split(pipeline_run) -> tuple[pd.DataFrame, pd.Series]:
     split_dir = pipeline_run.artifacts_dir / "split"
     return load_pickle(split_dir / "X_test.pkl"), load_pickle(split_dir / "y_test.pkl")
 
 
-def test_predictions_are_plausible_for_every_test_row(production, test_split):
-    x_test, _ = test_split
+def test_predictions_are_plausible_for_every_test_row(production, held_out_split):
+    x_test, _ = held_out_split
     predictions = production.predict(x_test)
     assert np.isfinite(predictions).all()
     assert predictions.min() > 0.0 and predictions.max() < 7.0  # $0 - $700k for 1990 districts (target capped at 5)
 
 
-def test_higher_income_never_lowers_the_average_prediction(production, test_split):
-    x_test, _ = test_split
+def test_higher_income_never_lowers_the_average_prediction(production, held_out_split):
+    x_test, _ = held_out_split
     districts = x_test.sample(500, random_state=0)
     averages = []
     for factor in (0.6, 0.8, 1.0, 1.2, 1.5, 2.0):
@@ -40,8 +43,8 @@ def test_higher_income_never_lowers_the_average_prediction(production, test_spli
     assert averages[-1] > averages[0] + 0.5  # and it matters
 
 
-def test_tiny_feature_noise_changes_predictions_only_a_little(production, test_split):
-    x_test, _ = test_split
+def test_tiny_feature_noise_changes_predictions_only_a_little(production, held_out_split):
+    x_test, _ = held_out_split
     rng = np.random.default_rng(0)
     noisy = x_test.copy()
     for column in ("MedInc", "HouseAge", "AveRooms", "AveBedrms", "Population", "AveOccup"):
