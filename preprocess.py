@@ -1,9 +1,10 @@
 """Stage 2: explore the stored dataset, split it 80/20, fit the outlier rule and the scaler on train only.
 
 Prints the EDA summary, writes the three EDA plots under artifacts/plots/, and writes X_train.pkl,
-X_test.pkl, y_train.pkl, y_test.pkl (raw features, names kept), outliers.pkl and scaler.pkl under
-artifacts/split/. The fitted outlier rule and scaler are the ones every logged model pipeline refits on the
-same training rows, so serving applies exactly these.
+X_test.pkl, y_train.pkl, y_test.pkl (raw features, names kept) under artifacts/split/; train and promote
+read those. outliers.pkl and scaler.pkl beside them are for inspection only (nothing reads them): every
+logged model pipeline holds its own outlier rule and scaler, refitted on the same training rows, so they
+equal these and serving applies exactly what was trained.
 """
 
 from __future__ import annotations
