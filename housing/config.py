@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(10_000, ge=1, description="Most rows one /predict request may carry.")
     reload_interval: float = Field(10.0, gt=0, description="Seconds between checks of the production alias.")
     admin_token: SecretStr | None = Field(None, description="Bearer token of POST /admin/reload; unset disables it.")
+    feedback_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of POST /feedback (the labellers' credential); unset means the token generated "
+        "in <artifacts>/secrets/feedback_token (owner-only), shared by make serve and make simulate.",
+    )
+    unsafe_open_feedback: bool = Field(
+        False,
+        description="UNSAFE: accept labels on POST /feedback without a token, from anyone who can reach the API "
+        "(label poisoning). Only for a private demo.",
+    )
     log_flush_interval: float = Field(0.2, gt=0, description="Seconds between batched writes of the prediction log.")
 
     # --- monitoring and retraining ---------------------------------------------------------------
@@ -81,7 +91,26 @@ class Settings(BaseSettings):
     rmse_threshold: float = Field(0.5, gt=0, description="Retrain when RMSE on labelled traffic is above this.")
     r2_threshold: float = Field(0.6, description="Retrain when R2 on labelled traffic is below this.")
     retrain_traffic_weight: float = Field(
-        0.5, gt=0, lt=1, description="Share of the training weight given to labelled traffic when retraining."
+        0.9, gt=0, lt=1,
+        description="Most of the weight labelled traffic can carry in retraining and in the gate's evaluation; "
+        "its share grows with its effective size (see retrain_traffic_ramp_rows).",
+    )
+    retrain_traffic_ramp_rows: float = Field(
+        200.0, gt=0,
+        description="Effective number of labelled traffic rows at which traffic gets half of retrain_traffic_weight.",
+    )
+    retrain_traffic_half_life_days: float = Field(
+        30.0, gt=0, description="Age at which a remembered labelled traffic row counts half in retraining.",
+    )
+    gate_min_labelled_rows: int = Field(
+        100, ge=1, description="Fewer labelled traffic rows in the gate's evaluation: the gate judges on the test split alone.",
+    )
+    gate_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="Confidence of the paired bootstrap interval a challenger must clear to replace production.",
+    )
+    gate_bootstrap_samples: int = Field(1_000, ge=100, description="Bootstrap resamples of the promotion gate.")
+    monitor_lock_seconds: float = Field(
+        3_600.0, gt=0, description="Lease of the retraining lock; a holder that died frees it after this long.",
     )
     retrain_holdout_share: float = Field(
         0.3, gt=0, lt=1, description="Newest share of the labelled traffic kept out of training to evaluate on."
@@ -123,6 +152,15 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.artifacts_dir / "reports"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.artifacts_dir / "secrets"
+
+    @property
+    def feedback_token_path(self) -> Path:
+        """Where the generated feedback token is kept (owner-only) when HOUSING_FEEDBACK_TOKEN is unset."""
+        return self.secrets_dir / "feedback_token"
 
     @property
     def prediction_log(self) -> str:
