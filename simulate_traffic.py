@@ -2,7 +2,10 @@
 
 A client, not part of production: it reads the dataset, takes the held-out (test) rows of the same
 split preprocess makes, shapes them by scenario, POSTs them to /predict, then after --label-delay
-seconds POSTs the true value of a --label-fraction of them to /feedback. Scenarios:
+seconds POSTs the true value of a --label-fraction of them to /feedback, with the labellers' bearer token:
+--feedback-token, else HOUSING_FEEDBACK_TOKEN, else the token the API generated in
+<artifacts>/secrets/feedback_token on its first start (so `make serve` then `make simulate` needs nothing).
+Scenarios:
 
   baseline          held-out rows as they are (no drift)
   income-shift      MedInc x 1.2 (the seed's simulated drift), true labels
@@ -25,6 +28,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from housing import cli
+from housing.config import Settings
+from housing.credentials import resolve_feedback_token
 from housing.data import read_source, split_dataset
 from housing.errors import UserError
 from housing.schema import SPECS_BY_NAME, validate_frame
@@ -66,7 +71,21 @@ class Outcome:
     squared_errors: list[float] = field(default_factory=list)
 
 
-async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Series) -> Outcome:
+def feedback_headers(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
+    """The headers of every /feedback: ``Authorization: Bearer`` with --feedback-token, else the token the API
+    uses (HOUSING_FEEDBACK_TOKEN or the kept file); none when no labels are sent or feedback is (unsafely) open."""
+    token = args.feedback_token or resolve_feedback_token(settings)
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if args.label_fraction == 0 or settings.unsafe_open_feedback:
+        return {}
+    raise UserError(
+        f"no feedback token to send labels with: start the API once (`make serve` writes one to {settings.feedback_token_path}), "
+        "or set HOUSING_FEEDBACK_TOKEN or --feedback-token to the API's token (--label-fraction 0 sends no labels)"
+    )
+
+
+async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Series, label_headers: dict[str, str]) -> Outcome:
     outcome = Outcome()
     rng = random.Random(args.seed)
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -82,7 +101,7 @@ async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Ser
     # flight, so a burst of labels never starves the predictions of connections.
     labels_in_flight = asyncio.Semaphore(args.concurrency)
     async with httpx.AsyncClient(base_url=args.url, timeout=30) as client, \
-            httpx.AsyncClient(base_url=args.url, timeout=30) as label_client:
+            httpx.AsyncClient(base_url=args.url, timeout=30, headers=label_headers) as label_client:
 
         async def send_label(request_id: str, actual: float) -> None:
             """POST the label; retried on a 5xx or a transport error (the endpoint is idempotent), not on 4xx."""
@@ -149,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"unknown scenario {args.scenario!r}; choose one of {', '.join(SCENARIOS)}")
     if not 0.0 <= args.label_fraction <= 1.0:
         raise UserError("--label-fraction must be between 0 and 1")
+    label_headers = feedback_headers(args, settings)
     frame = validate_frame(read_source(settings.data_source))
     _, x_test, _, y_test = split_dataset(frame, test_size=settings.test_size, random_state=settings.random_state)
     features, labels = scenario_rows(
@@ -159,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
     except httpx.HTTPError as error:
         raise UserError(f"the API at {args.url} does not answer ({error}); start it with `make serve`") from None
     started = time.monotonic()
-    outcome = asyncio.run(drive(args, features, labels))
+    outcome = asyncio.run(drive(args, features, labels, label_headers))
     seconds = time.monotonic() - started
     rmse = float(np.sqrt(np.mean(outcome.squared_errors))) if outcome.squared_errors else float("nan")
     print(f"scenario {args.scenario}: {outcome.ok}/{outcome.sent} predictions ok ({outcome.failed} failed) in {seconds:.1f} s, "
@@ -182,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inflation", type=float, default=1.3, help="Label multiplier of market-inflation [default 1.3]")
     parser.add_argument("--seed", type=int, default=0, help="Which rows are sampled [default 0]")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
-    cli.add_setting_flags(parser, "random_state", "test_size")
+    parser.add_argument("--feedback-token", default=None, metavar="TOKEN",
+                        help="Bearer token of /feedback [env HOUSING_FEEDBACK_TOKEN; default: the API's generated "
+                        "<artifacts>/secrets/feedback_token]; the environment keeps it out of the process list")
+    cli.add_setting_flags(parser, "random_state", "test_size", "artifacts_dir")
     parser.add_argument("--source", dest="data_source", default=None, metavar="PATH_OR_URL",
                         help="The dataset [env HOUSING_DATA_SOURCE; default: scikit-learn's downloader]")
     return parser

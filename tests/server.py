@@ -16,6 +16,11 @@ import httpx
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
+FEEDBACK_TOKEN = "test-feedback-token-0123456789abcdef"
+"""The labellers' bearer token of every test server (HOUSING_FEEDBACK_TOKEN) unless a test sets its own."""
+FEEDBACK_HEADERS = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
+"""The header a labeller sends with POST /feedback."""
+
 GRACEFUL_EXIT = (0, -signal.SIGTERM)
 """uvicorn re-raises the signal after its graceful shutdown, so a clean stop by SIGTERM exits with -15."""
 
@@ -87,8 +92,11 @@ class ApiServer:
 
 
 def server_env(base_env: dict[str, str], **extra: str) -> dict[str, str]:
+    """Environment of a test server: ``base_env`` with ``extra`` on top, the project importable, and the
+    known feedback token :data:`FEEDBACK_TOKEN` unless one is set (simulate_traffic.py reads it from there too)."""
     env = dict(base_env)
     env.update(extra)
+    env.setdefault("HOUSING_FEEDBACK_TOKEN", FEEDBACK_TOKEN)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH", "")]))
     return env
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from housing.api.services import Services
 from housing.config import Settings
@@ -43,3 +44,31 @@ def require_admin(settings: SettingsDep, authorization: Annotated[str | None, He
 
 AdminDep = Depends(require_admin)
 """Put in a route's ``dependencies=[AdminDep]`` to guard it with the admin token."""
+
+
+feedback_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="FeedbackToken",
+    description="The labellers' token: HOUSING_FEEDBACK_TOKEN, else the one the API generated in <artifacts>/secrets/feedback_token.",
+)
+"""Reads ``Authorization: Bearer <token>`` and documents the scheme in OpenAPI; the check is :func:`require_feedback_token`."""
+
+
+def require_feedback_token(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(feedback_bearer)]
+) -> None:
+    """Let a label through only with ``Authorization: Bearer <feedback token>``: 401 without bearer credentials,
+    403 with a wrong token; anyone's when HOUSING_UNSAFE_OPEN_FEEDBACK is set (the lifespan warns)."""
+    if services.settings.unsafe_open_feedback:
+        return
+    if credentials is None:
+        raise HTTPException(401, "missing feedback token: send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+    expected = services.feedback_token
+    if expected is None:
+        raise HTTPException(503, "the feedback token is not loaded yet; try again in a moment")
+    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(403, "wrong feedback token")
+
+
+FeedbackTokenDep = Depends(require_feedback_token)
+"""Put in a route's ``dependencies=[FeedbackTokenDep]`` to accept only the labellers' token."""

@@ -1,4 +1,5 @@
-"""What runs beside the requests: the prediction-log writer and the registry follower, and the final flush."""
+"""What runs beside the requests: the prediction-log writer and the registry follower, and the final flush;
+and, once at startup, the labellers' token that POST /feedback checks."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from housing.api.services import Services, follow_registry
+from housing.credentials import ensure_feedback_token
 
 logger = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start the log writer and the registry follower; on shutdown stop following and flush every buffered row."""
+    """Load the feedback token, start the log writer and the registry follower; on shutdown stop following
+    and flush every buffered row."""
     services: Services = app.state.services
     if not logging.getLogger().handlers:  # under uvicorn: our progress lines beside its own
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    await load_feedback_token(services)
     await asyncio.to_thread(services.prediction_log.start)
     follower = asyncio.create_task(follow_registry(services), name="follow-registry")
     try:
@@ -30,3 +34,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await follower
         await asyncio.to_thread(services.prediction_log.close)
         logger.info("prediction log flushed: %d row(s) written", services.prediction_log.written_rows)
+
+
+async def load_feedback_token(services: Services) -> None:
+    """Keep the labellers' token on ``services`` (HOUSING_FEEDBACK_TOKEN, else the generated file), or warn
+    loudly when HOUSING_UNSAFE_OPEN_FEEDBACK lets anyone send labels."""
+    if services.settings.unsafe_open_feedback:
+        logger.warning("HOUSING_UNSAFE_OPEN_FEEDBACK is set: POST /feedback labels are open to anyone who can reach "
+                       "the API, and labels steer retraining (label poisoning); never run this way outside a private demo")
+        return
+    try:
+        services.feedback_token = await asyncio.to_thread(ensure_feedback_token, services.settings)
+    except OSError as error:
+        raise RuntimeError(f"cannot keep the feedback token in {services.settings.feedback_token_path} ({error.strerror}): "
+                           "set HOUSING_FEEDBACK_TOKEN, or make that directory writable") from None

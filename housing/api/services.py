@@ -1,5 +1,5 @@
 """Everything the routes share, created once per app: settings, Prometheus metrics, the model service,
-the micro-batcher and the prediction log; and the task that follows the registry's production alias."""
+the micro-batcher, the prediction log and the labellers' token; and the task that follows the registry's production alias."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class Services:
         self.model_service = ModelService(settings)
         self.batcher = MicroBatcher(self.model_service, on_batch=self.metrics.batch_rows.observe)
         self.prediction_log = PredictionLog(settings.prediction_log, flush_interval=settings.log_flush_interval)
+        self.feedback_token: str | None = None  # set by the lifespan (housing.credentials); None refuses every label
         self._logged_rows = 0
         self._failed_flushes = 0
 

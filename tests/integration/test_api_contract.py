@@ -24,6 +24,7 @@ from housing.config import Settings
 from housing.prediction_log import make_engine
 from housing.registry import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN
 
 TOKEN = "test-admin-token"
 
@@ -41,7 +42,8 @@ def wait_ready(client: TestClient, timeout: float = 60) -> dict:
 @pytest.fixture(scope="module")
 def served(pipeline_run):
     settings = pipeline_run.settings(
-        prediction_log_url=pipeline_run.backend.new_log_url("contract"), admin_token=TOKEN, max_batch_rows=50, reload_interval=0.5
+        prediction_log_url=pipeline_run.backend.new_log_url("contract"), admin_token=TOKEN, feedback_token=FEEDBACK_TOKEN,
+        max_batch_rows=50, reload_interval=0.5,
     )
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
@@ -57,7 +59,8 @@ def client(served):
 def routed_client(pipeline_run):
     """The same app as ``client`` (same model, settings and limits) built without the fast path."""
     settings = pipeline_run.settings(
-        prediction_log_url=pipeline_run.backend.new_log_url("routed"), admin_token=TOKEN, max_batch_rows=50, reload_interval=0.5
+        prediction_log_url=pipeline_run.backend.new_log_url("routed"), admin_token=TOKEN, feedback_token=FEEDBACK_TOKEN,
+        max_batch_rows=50, reload_interval=0.5,
     )
     with TestClient(create_app(settings, fast_path=False)) as routed:
         wait_ready(routed)
@@ -177,13 +180,13 @@ def test_batch_over_the_limit(client, served):
 
 def test_feedback_lifecycle(client):
     request_id = client.post("/predict", json=EXAMPLE_REQUEST).json()["request_id"]
-    first = client.post("/feedback", json={"request_id": request_id, "actual": 2.5})
+    first = client.post("/feedback", json={"request_id": request_id, "actual": 2.5}, headers=FEEDBACK_HEADERS)
     assert first.status_code == 201 and first.json() == {"request_id": request_id, "status": "recorded"}
-    again = client.post("/feedback", json={"request_id": request_id, "actual": 2.5})
+    again = client.post("/feedback", json={"request_id": request_id, "actual": 2.5}, headers=FEEDBACK_HEADERS)
     assert again.status_code == 200 and again.json()["status"] == "unchanged"
-    conflict = client.post("/feedback", json={"request_id": request_id, "actual": 3.0})
+    conflict = client.post("/feedback", json={"request_id": request_id, "actual": 3.0}, headers=FEEDBACK_HEADERS)
     assert conflict.status_code == 409 and "already has a different label" in conflict.json()["detail"]
-    unknown = client.post("/feedback", json={"request_id": "0" * 32, "actual": 2.0})
+    unknown = client.post("/feedback", json={"request_id": "0" * 32, "actual": 2.0}, headers=FEEDBACK_HEADERS)
     assert unknown.status_code == 404
 
 
@@ -192,17 +195,19 @@ def test_feedback_lifecycle(client):
     [
         ({"request_id": "abc"}, "field actual: Field required"),
         ({"request_id": "abc", "actual": -1.0}, "greater than 0"),
+        ({"request_id": "abc", "actual": 0.0}, "greater than 0"),
+        ({"request_id": "abc", "actual": 101.0}, "less than or equal to 100"),
         ({"request_id": "abc", "actual": "2.0"}, "not a string"),
         ({"request_id": "abc", "actual": 2.0, "extra": 1}, "unknown field (expected only request_id, actual)"),
     ],
 )
 def test_feedback_validation(client, body, words):
-    response = client.post("/feedback", json=body)
+    response = client.post("/feedback", json=body, headers=FEEDBACK_HEADERS)
     assert response.status_code == 422 and words in response.json()["detail"]
 
 
 def test_feedback_malformed_json(client):
-    response = client.post("/feedback", content="{nope", headers={"Content-Type": "application/json"})
+    response = client.post("/feedback", content="{nope", headers={**FEEDBACK_HEADERS, "Content-Type": "application/json"})
     assert response.status_code == 400
 
 
@@ -263,7 +268,7 @@ def test_every_prediction_is_logged(served, test_rows):
 
 
 def test_admin_disabled_without_a_token(pipeline_run):
-    settings = pipeline_run.settings(prediction_log_url=pipeline_run.backend.new_log_url("admin"))
+    settings = pipeline_run.settings(prediction_log_url=pipeline_run.backend.new_log_url("admin"), feedback_token=FEEDBACK_TOKEN)
     with TestClient(create_app(settings)) as client:
         response = client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
         assert response.status_code == 403 and "HOUSING_ADMIN_TOKEN" in response.json()["detail"]
@@ -272,7 +277,8 @@ def test_admin_disabled_without_a_token(pipeline_run):
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "route"])
 def test_fresh_registry_starts_and_answers_503(tmp_path, fast_path):
     settings = Settings(
-        artifacts_dir=tmp_path / "artifacts", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", reload_interval=0.2
+        artifacts_dir=tmp_path / "artifacts", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", reload_interval=0.2,
+        feedback_token=FEEDBACK_TOKEN,
     )
     with TestClient(create_app(settings, fast_path=fast_path)) as client:
         deadline = time.monotonic() + 30

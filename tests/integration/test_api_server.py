@@ -13,7 +13,7 @@ from sqlalchemy import text
 from housing.artifacts import load_pickle
 from housing.prediction_log import count_rows, make_engine
 from housing.schema import EXAMPLE_REQUEST
-from tests.server import GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
+from tests.server import FEEDBACK_HEADERS, GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 
 def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tmp_path):
@@ -33,7 +33,7 @@ def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tm
             assert single.status_code == 200 and single.json()["model_version"] == str(old.version)
             batch = http.post("/predict", json=rows)
             assert batch.status_code == 200 and len(batch.json()["predictions"]) == 25
-            feedback = http.post("/feedback", json={"request_id": single.json()["request_id"], "actual": 2.0})
+            feedback = http.post("/feedback", json={"request_id": single.json()["request_id"], "actual": 2.0}, headers=FEEDBACK_HEADERS)
             assert feedback.status_code == 201
             predicted += 26
 
@@ -75,7 +75,7 @@ def test_graceful_restart_keeps_every_logged_prediction(pipeline_run, tmp_path):
 
     with ApiServer(env, tmp_path / "server2.log") as server:
         server.wait_ready()
-        response = httpx.post(f"{server.url}/feedback", json={"request_id": request_ids[7], "actual": 1.9})
+        response = httpx.post(f"{server.url}/feedback", json={"request_id": request_ids[7], "actual": 1.9}, headers=FEEDBACK_HEADERS)
         assert response.status_code == 201
     engine = make_engine(log_url)
     with engine.connect() as connection:

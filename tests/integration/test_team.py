@@ -14,7 +14,7 @@ from housing.prediction_log import count_rows
 from housing.schema import EXAMPLE_REQUEST
 from localteam.services import start_mlflow_server
 from tests.conftest import run_stage
-from tests.server import ApiServer, LoadGenerator, free_port, server_env
+from tests.server import FEEDBACK_HEADERS, ApiServer, LoadGenerator, free_port, server_env
 
 
 def served_versions(url: str) -> dict[str, str]:
@@ -115,7 +115,7 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
             time.sleep(0.2)
         log_status = http.get("/ready").json()["prediction_log"]
         assert log_status["last_error"] and log_status["pending_rows"] > 0
-        assert http.post("/feedback", json={"request_id": "0" * 32, "actual": 2.0}).status_code == 503
+        assert http.post("/feedback", json={"request_id": "0" * 32, "actual": 2.0}, headers=FEEDBACK_HEADERS).status_code == 503
         with admin.connect() as connection:
             connection.execute(text(f'ALTER DATABASE "{log_database}" ALLOW_CONNECTIONS true'))
         deadline = time.monotonic() + 30

@@ -1,4 +1,5 @@
-"""POST /feedback: the true value of a logged prediction, recorded once (labels are immutable)."""
+"""POST /feedback: the true value of a logged prediction, recorded once (labels are immutable), from a
+labeller holding the feedback token (labels steer retraining, so an open endpoint invites label poisoning)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from housing.api.deps import ServicesDep
+from housing.api.deps import FeedbackTokenDep, ServicesDep
 from housing.api.problems import problem_response
 from housing.api.responses import json_response
 from housing.api.schemas import Feedback, FeedbackAccepted, ProblemDetail
@@ -22,18 +23,22 @@ router = APIRouter()
     "/feedback",
     response_model=FeedbackAccepted,
     status_code=201,
+    dependencies=[FeedbackTokenDep],
     responses={
         200: {"model": FeedbackAccepted, "description": "The same label was already stored (idempotent retry)."},
+        401: {"model": ProblemDetail, "description": "No bearer token (`WWW-Authenticate: Bearer`)."},
+        403: {"model": ProblemDetail, "description": "Wrong feedback token."},
         404: {"model": ProblemDetail, "description": "No logged prediction has this request_id."},
         409: {"model": ProblemDetail, "description": "This request_id already has a different label."},
         422: {"model": ProblemDetail, "description": "Invalid body."},
-        503: {"model": ProblemDetail, "description": "The prediction log is unreachable."},
+        503: {"model": ProblemDetail, "description": "The prediction log is unreachable, or the token is not loaded yet."},
     },
     summary="Record the true value of a logged prediction",
 )
 async def feedback(body: Feedback, services: ServicesDep) -> Response:
-    """Labels arrive later in real life. Sending the same label again is accepted (200, unchanged);
-    a different label for an id that already has one is refused with 409: labels are immutable."""
+    """Needs `Authorization: Bearer <feedback token>` (HOUSING_FEEDBACK_TOKEN, else the token the API generated in
+    `<artifacts>/secrets/feedback_token`). Labels arrive later in real life. Sending the same label again is accepted
+    (200, unchanged); a different label for an id that already has one is refused with 409: labels are immutable."""
     try:
         outcome = await asyncio.to_thread(services.prediction_log.record_feedback, body.request_id, body.actual)
     except SQLAlchemyError as error:
