@@ -5,6 +5,14 @@ staging gate are tagged staging_gate=passed and the best of them holds the alias
 candidate above the production gate gets the alias `production` only if it beats the current production
 version on the same data; otherwise production stays where it is and this says why. Idempotent.
 Prints the final status of every version.
+
+One retrain or promotion at a time: promotion holds the `retrain` lock in the prediction log's database;
+when another process holds it, this says who and since when, and exits 0 without promoting.
+
+--history prints the production ledger (every move of `production`: when, from which version to which,
+by which command, why, on what evidence). --rollback moves `production` back to the version before it
+per the ledger (itself a ledger entry); it exits 2 when a retrain is in progress or there is nothing to
+roll back to.
 """
 
 from __future__ import annotations
@@ -12,13 +20,40 @@ from __future__ import annotations
 import argparse
 
 from housing import cli, tracking
+from housing.config import Settings
 from housing.data import load_split
+from housing.ledger import read_history, summarise_evidence
+from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
+from housing.prediction_log import make_engine
+from housing.production import rollback
 from housing.registry import EvaluationData, promote
 
 
 def main(args: argparse.Namespace) -> int:
-    """Promote the latest training run's candidates on the test split and print every version's status."""
+    """Print the ledger, roll back, or (by default) promote the latest training run's candidates under the lock."""
     settings = cli.settings_from_args(args)
+    if args.history:
+        print_history(settings)
+        return 0
+    if args.rollback:
+        before, after = rollback(tracking.connect(settings), settings, command="promote.py --rollback")
+        print(f"'{settings.production_alias}' of {settings.model_name} rolled back from version {before} to version {after}")
+        return 0
+    engine = make_engine(settings.prediction_log)
+    try:
+        with held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
+            if lock is None:
+                holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
+                print(f"another retrain or promotion is running on {holder}; not promoting")
+                return 0
+            promote_and_report(settings)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def promote_and_report(settings: Settings) -> None:
+    """Promote on the test split and print the decisions and every version's status."""
     split = load_split(settings.split_dir)
     client = tracking.connect(settings)
     evaluation = EvaluationData(split.x_test, split.y_test, description="the test split")
@@ -29,13 +64,31 @@ def main(args: argparse.Namespace) -> int:
     for row in report.versions:
         print(f"{row['version']:>7}  {row['candidate']:<24} {row['aliases']:<20} {row['staging_gate']:<12} "
               f"{row['eval_r2']:>8} {row['eval_rmse']:>9}  {row['training_run']}")
-    return 0
+
+
+def print_history(settings: Settings) -> None:
+    """Print the production ledger of the model, oldest first, one line per move."""
+    engine = make_engine(settings.prediction_log)
+    try:
+        entries = read_history(engine, settings.model_name)
+    finally:
+        engine.dispose()
+    if not entries:
+        print(f"the production ledger of {settings.model_name} is empty")
+        return
+    for entry in entries:
+        print(f"{entry.at:%Y-%m-%d %H:%M:%S} UTC  {entry.from_version or '-':>4} -> {entry.to_version:<4}  {entry.command}  "
+              f"{entry.reason}  [{summarise_evidence(entry.evidence)}]")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: the promotion gates and where the artifacts and the tracking store are."""
+    """The command line: the promotion gates, where the stores are, and the ledger's --history and --rollback."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_setting_flags(parser, "staging_r2_threshold", "production_r2_threshold", "artifacts_dir", "tracking_uri")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--history", action="store_true", help="Print the production ledger and exit.")
+    action.add_argument("--rollback", action="store_true", help="Move production back to the version before it (per the ledger) and exit.")
+    cli.add_setting_flags(parser, "staging_r2_threshold", "production_r2_threshold", "artifacts_dir", "tracking_uri",
+                          "prediction_log_url", "monitor_lock_seconds")
     return parser
 
 

@@ -1,0 +1,180 @@
+"""The lease lock on real SQLite files in a temp dir, with real processes racing for it: exactly one wins,
+an expired lease is taken over, only its owner releases a lease, and the ``with`` form always releases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, insert, select
+
+from housing.locks import (
+    RETRAIN_LOCK,
+    acquire_lock,
+    create_lock_table,
+    current_owner,
+    describe_holder,
+    held_lock,
+    locks_table,
+    read_lock,
+    release_lock,
+    renew_lock,
+)
+from housing.prediction_log import make_engine
+
+RACER = """
+import sys, time
+from pathlib import Path
+from housing.locks import acquire_lock
+from housing.prediction_log import make_engine
+ready_dir, index, targets = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+engines = [(make_engine(url), name) for url, name in zip(targets[::2], targets[1::2])]
+(ready_dir / f"ready-{index}").touch()
+while not (ready_dir / "go").exists():
+    time.sleep(0.005)
+for engine, name in engines:
+    print("won" if acquire_lock(engine, name, owner=f"racer-{index}", lease_seconds=60) else "lost")
+"""
+
+
+def race_for_locks(targets: list[tuple[str, str]], racers: int, work_dir: Path) -> list[dict[str, str]]:
+    """``racers`` processes try at the same moment to take each (database URL, lock name) of ``targets``;
+    per target, each process's answer ("won" or "lost") by owner."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    arguments = [part for target in targets for part in target]
+    processes = {
+        f"racer-{index}": subprocess.Popen([sys.executable, "-c", RACER, str(work_dir), str(index), *arguments],
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(racers)
+    }
+    deadline = time.monotonic() + 60
+    while len(list(work_dir.glob("ready-*"))) < racers:
+        assert time.monotonic() < deadline, "the racing processes did not start"
+        assert all(process.poll() is None for process in processes.values()), "a racing process died before the race"
+        time.sleep(0.01)
+    (work_dir / "go").touch()
+    answers: list[dict[str, str]] = [{} for _ in targets]
+    for owner, process in processes.items():
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+        for target_answers, answer in zip(answers, stdout.split(), strict=True):
+            target_answers[owner] = answer
+    return answers
+
+
+def the_winner(answers: dict[str, str]) -> str:
+    """The one owner that won a race (fails unless exactly one did)."""
+    winners = [owner for owner, answer in answers.items() if answer == "won"]
+    assert len(winners) == 1 and set(answers.values()) == {"won", "lost"}, answers
+    return winners[0]
+
+
+@pytest.fixture
+def log_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'log' / 'predictions.db'}"
+
+
+@pytest.fixture
+def engine(log_url: str):
+    opened = make_engine(log_url)
+    yield opened
+    opened.dispose()
+
+
+def expired_lease(engine: Engine, name: str, owner: str) -> None:
+    """A lease of ``name`` by ``owner`` that expired a minute ago (a holder that died)."""
+    create_lock_table(engine)
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        connection.execute(insert(locks_table).values(name=name, owner=owner, acquired_at=now - timedelta(hours=2),
+                                                      expires_at=now - timedelta(minutes=1)))
+
+
+def test_processes_racing_for_a_lock_exactly_one_wins_on_a_fresh_database_and_over_an_expired_lease(tmp_path):
+    fresh_url, expired_url = (f"sqlite:///{tmp_path / name / 'predictions.db'}" for name in ("fresh", "expired"))
+    expired_engine = make_engine(expired_url)
+    try:
+        expired_lease(expired_engine, RETRAIN_LOCK, "dead-host:1:monitor.py")
+        fresh, expired = race_for_locks([(fresh_url, RETRAIN_LOCK), (expired_url, RETRAIN_LOCK)], racers=3, work_dir=tmp_path / "race")
+        holders = {}
+        for url, answers in ((fresh_url, fresh), (expired_url, expired)):
+            engine = make_engine(url)
+            holders[url] = read_lock(engine, RETRAIN_LOCK)
+            with engine.connect() as connection:
+                assert connection.execute(select(locks_table.c.owner)).scalars().all() == [the_winner(answers)]  # the dead lease is gone
+            engine.dispose()
+    finally:
+        expired_engine.dispose()
+    fresh_holder, expired_holder = holders[fresh_url], holders[expired_url]
+    assert fresh_holder is not None and fresh_holder.owner == the_winner(fresh)
+    assert expired_holder is not None and expired_holder.owner == the_winner(expired)
+
+
+def test_a_held_lock_is_refused_to_another_owner_and_named_in_the_message(engine):
+    lock = acquire_lock(engine, "retrain", owner="host-a:10:monitor.py", lease_seconds=60)
+    assert lock is not None and lock.expires_at - lock.acquired_at == timedelta(seconds=60)
+    assert acquire_lock(engine, "retrain", owner="host-b:20:promote.py", lease_seconds=60) is None
+    assert acquire_lock(engine, "retrain", owner="host-a:10:monitor.py", lease_seconds=60) is None  # not re-entrant
+    assert acquire_lock(engine, "other", owner="host-b:20:promote.py", lease_seconds=60) is not None  # names are independent
+    description = describe_holder(engine, "retrain")
+    assert description == f"host-a:10:monitor.py since {lock.acquired_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_owner_can_no_longer_release_or_renew_it(engine):
+    old = acquire_lock(engine, "retrain", owner="host-a:10:monitor.py", lease_seconds=0.2)
+    assert old is not None
+    assert acquire_lock(engine, "retrain", owner="host-b:20:promote.py", lease_seconds=60) is None
+    time.sleep(0.3)
+    assert describe_holder(engine, "retrain") is None  # expired: nobody holds it
+    new = acquire_lock(engine, "retrain", owner="host-b:20:promote.py", lease_seconds=60)
+    assert new is not None
+    assert release_lock(engine, old) is False
+    assert renew_lock(engine, old, 60) is None
+    holder = read_lock(engine, "retrain")
+    assert holder is not None and holder.owner == "host-b:20:promote.py"
+
+
+def test_only_the_owner_of_a_lease_releases_it(engine):
+    lock = acquire_lock(engine, "retrain", owner="host-a:10:monitor.py", lease_seconds=60)
+    assert lock is not None
+    impostor = type(lock)(lock.name, "host-b:20:promote.py", lock.acquired_at, lock.expires_at)
+    assert release_lock(engine, impostor) is False
+    assert describe_holder(engine, "retrain") is not None
+    assert release_lock(engine, lock) is True
+    assert describe_holder(engine, "retrain") is None
+    assert acquire_lock(engine, "retrain", owner="host-b:20:promote.py", lease_seconds=60) is not None
+
+
+def test_renewing_a_lease_keeps_it_past_its_first_expiry(engine):
+    lock = acquire_lock(engine, "retrain", owner="host-a:10:monitor.py", lease_seconds=0.3)
+    assert lock is not None
+    renewed = renew_lock(engine, lock, 60)
+    assert renewed is not None and renewed.expires_at > lock.expires_at
+    time.sleep(0.4)
+    assert acquire_lock(engine, "retrain", owner="host-b:20:promote.py", lease_seconds=60) is None
+    assert release_lock(engine, renewed) is True
+
+
+def test_held_lock_yields_none_when_held_and_always_releases_its_own_lease(log_url, engine):
+    with held_lock(log_url, "retrain", lease_seconds=60, owner="host-a:10:monitor.py") as lock:
+        assert lock is not None
+        with held_lock(engine, "retrain", lease_seconds=60, owner="host-b:20:promote.py") as other:
+            assert other is None
+        assert read_lock(engine, "retrain") == lock  # the refused attempt released nothing
+    assert describe_holder(engine, "retrain") is None
+    with pytest.raises(RuntimeError), held_lock(engine, "retrain", lease_seconds=60) as lock:
+        assert lock is not None
+        raise RuntimeError("the retrain failed")
+    assert describe_holder(engine, "retrain") is None
+
+
+def test_the_owner_names_host_process_and_script_but_never_the_arguments(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/work/main/promote.py", "--tracking-uri", "postgresql://user:secret@db/mlflow"])
+    host, pid, command = current_owner().split(":")
+    assert (pid, command) == (str(os.getpid()), "promote.py")
+    assert host and "secret" not in current_owner()
