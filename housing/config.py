@@ -81,6 +81,22 @@ class Settings(BaseSettings):
     )
     log_flush_interval: float = Field(0.2, gt=0, description="Seconds between batched writes of the prediction log.")
 
+    # --- hardening: limits on what a client controls, outages ------------------------------------
+    max_body_bytes: int = Field(65_536, ge=1_024, description="Largest request body of every route but POST /predict (413 above).")
+    max_json_depth: int = Field(8, ge=2, description="Deepest nesting of arrays/objects a JSON body may have (a valid one has 2).")
+    max_json_keys: int = Field(64, ge=8, description="Most keys one JSON object of a body may have (a valid one has 8).")
+    max_number_chars: int = Field(40, ge=8, description="Longest number literal a JSON body may hold.")
+    max_string_chars: int = Field(256, ge=16, description="Longest string a JSON body may hold.")
+    max_listed_errors: int = Field(20, ge=1, description="Validation errors listed in a 4xx body (the count of the rest is given).")
+    body_read_timeout: float = Field(10.0, gt=0, description="Seconds a client may take to send a whole request body (408 after).")
+    log_buffer_max_rows: int = Field(
+        100_000, ge=1_000, description="Prediction-log rows kept in memory; past it (or while the database is down) rows spill to disk.",
+    )
+    db_connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to the prediction-log database before giving up.")
+    db_statement_timeout: float = Field(5.0, gt=0, description="Seconds one statement on the prediction-log database may take.")
+    download_timeout: float = Field(30.0, gt=0, description="Seconds load_data waits on an http(s) data source.")
+    download_max_bytes: int = Field(200_000_000, ge=1_000, description="Largest data source load_data reads (bytes).")
+
     # --- monitoring and retraining ---------------------------------------------------------------
     monitor_window: int = Field(2_000, ge=1, description="Monitor the last N logged predictions.")
     monitor_min_window: int = Field(500, ge=1, description="Fewer logged predictions than this: no decision.")
@@ -152,6 +168,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.artifacts_dir / "reports"
+
+    @property
+    def spill_dir(self) -> Path:
+        """Where prediction-log rows wait on disk while the database is down or the memory buffer is full."""
+        return self.artifacts_dir / "prediction_log_spill"
 
     @property
     def secrets_dir(self) -> Path:
