@@ -13,7 +13,7 @@ SCENARIO ?= baseline
 REQUESTS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pipeline load preprocess train promote serve simulate monitor test test-code lint bench mlflow-ui team-up team-down team-status clean
+.PHONY: help setup pipeline load preprocess train promote serve simulate monitor history rollback test test-code lint bench mlflow-ui team-up team-down team-status clean
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,8 +47,14 @@ serve: setup  ## the prediction API on $(PORT)
 simulate: setup  ## real held-out rows to the running API, labels back: make simulate SCENARIO=market-inflation
 	$(PY) simulate_traffic.py --url http://127.0.0.1:$(PORT) --scenario $(SCENARIO) --requests $(REQUESTS)
 
-monitor: setup  ## drift and error on the logged traffic; retrains when the thresholds say so
+monitor: setup  ## drift and error on the served traffic; retrains when the thresholds and the evidence say so
 	$(PY) monitor.py
+
+history: setup  ## the production ledger: every move of the production alias, when, why
+	$(PY) promote.py --history
+
+rollback: setup  ## move production back to the version before it (a ledger entry; the API follows)
+	$(PY) promote.py --rollback
 
 test: setup  ## the whole test suite (real data: HOUSING_DATA_SOURCE or ../shared/data/california_housing.csv)
 	$(PY) -m pytest -q

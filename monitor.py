@@ -1,14 +1,18 @@
 """Stage 6: watch the served traffic, decide whether to retrain, and retrain through promote's gate.
 
-Reads the last --window logged predictions (or those of the last --since-minutes) from the prediction
-log, compares them with the training split (Evidently: drift on the 8 features and the prediction;
-RMSE / R2 / MAE on the labelled part), and decides with the thresholds from the settings: retrain when
-more than 20 % of the features drifted, or RMSE > 0.5, or R2 < 0.6 (the last two need labels). Reports
-go to artifacts/reports/ (timestamped and *_latest) and every decision is an MLflow run in the
-"monitoring" experiment. A retrain trains on the training split plus the labelled traffic and only
-promote's gate can move `production`; the API picks the new version up by itself.
+Reads the last --window predictions the production version served (or those of the last
+--since-minutes) from the prediction log, compares them with the data that version was trained on
+(Evidently: drift on the 8 features and the prediction; RMSE / R2 / MAE on the labelled part), and
+judges with the thresholds from the settings: something is wrong when more than 20 % of the features
+drifted, or RMSE > 0.5, or R2 < 0.6 (the last two need labels). It retrains only with evidence: at least
+--monitor-min-labels labelled districts no model has learnt from; otherwise it alerts and says how many
+more are needed. Reports go to artifacts/reports/ (timestamped and *_latest) and every decision is an
+MLflow run in the "monitoring" experiment. A retrain holds the retrain lock (a second monitor says so
+and does not retrain), trains on what production learnt from plus the new labels, and only promote's
+gate, with evidence beyond noise, can move `production`; the API picks the new version up by itself.
 
-Exit codes: 0 decided (and retrained if needed), 1 the retrain failed (production untouched), 2 bad input.
+Exit codes: 0 decided (and retrained if needed, or another process was retraining), 1 the retrain failed
+(production untouched), 2 bad input.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ EXIT_RETRAIN_FAILED = 1
 def report(outcome: MonitorOutcome, settings: Settings) -> None:
     """Print what the round measured, decided and (if it retrained) what promotion did."""
     figures, decision = outcome.figures, outcome.decision
-    print(f"window: {figures.window_rows:,} logged predictions, {figures.labelled_rows:,} labelled")
+    evidence = outcome.evidence
+    print(f"window: {figures.window_rows:,} predictions served by production version {outcome.production_version}, "
+          f"{figures.labelled_rows:,} labelled")
+    print(f"evidence: {evidence.districts:,} labelled districts no model has learnt from "
+          f"({evidence.already_used:,} labelled rows already used, {evidence.repeats:,} repeats of a district)")
     scores = ", ".join(f"{name} {score:.3f}{'*' if figures.drifted.get(name) else ''}" for name, score in figures.drift_scores.items())
     print(f"drift ({figures.drift_method}, threshold {settings.drift_threshold}; * = drifted): {scores}")
     print(f"drifted features: {figures.drift_share:.0%} ({', '.join(figures.drifted_features) or 'none'})")
@@ -42,6 +50,8 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
         print(f"  because {reason}")
     for note in decision.notes:
         print(f"  note: {note}")
+    if outcome.not_retrained is not None:
+        print(f"not retrained: {outcome.not_retrained}")
     if outcome.saved is not None:
         print(f"report: {outcome.saved.html_path} (latest: {outcome.saved.html_path.with_name('monitor_latest.html')})")
     if outcome.retrained is not None:

@@ -6,7 +6,11 @@
 2. Detection: traffic of each simulate_traffic.py scenario (the same row shaping) is appended in steps
    of --step requests, predicted by the production model, labelled at once; after each step the monitor's
    own decision function judges the last `monitor_window` rows. Prints the first request count flagged.
-3. False alarms: 20 independent baseline windows of `monitor_window` rows, judged the same way.
+3. False alarms: 20 baseline windows of `monitor_window` rows, judged the same way ("flagged": drift or
+   error past a threshold, whether the decision is a retrain or, without evidence, an alert).
+4. The loop's integrity, in process with the monitor's own functions (evidence, decision, retraining set,
+   a real fit of the promoted candidate, the paired-bootstrap gate): label-poisoning attempts that moved
+   production, and retrains a persistent shift caused after the first.
 
 Needs a trained registry on a local SQLite store (`make pipeline`): --tracking-uri / --artifacts-dir
 default to the settings.
@@ -27,26 +31,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.pipeline import Pipeline
+from sqlalchemy import insert
 
+from housing.candidates import build_pipeline, load_candidate_specs
 from housing.config import Settings, get_settings
-from housing.data import load_split
+from housing.data import Split, load_split
+from housing.digests import row_digests
 from housing.drift_report import PREDICTION, WindowFigures, evaluate_window, reference_frame
+from housing.evidence import base_districts, new_evidence
 from housing.inference import fast_predict_or_default
-from housing.prediction_log import PredictionLog, prediction_rows
-from housing.registry import load_model
+from housing.prediction_log import PredictionLog, feedback_table, prediction_rows
+from housing.promotion import paired_bootstrap
+from housing.registry import get_version_by_alias, load_version, registry_client
 from housing.retrain_policy import RetrainThresholds, decide
-from housing.schema import TARGET
+from housing.retraining import RetrainingSets, build_retraining_sets
+from housing.schema import FEATURE_NAMES, TARGET
 from simulate_traffic import SCENARIOS, scenario_rows
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-def fill_log(url: str, features: pd.DataFrame, labels: pd.Series, predictions: np.ndarray, labelled_share: float) -> None:
+def fill_log(url: str, features: pd.DataFrame, labels: pd.Series, predictions: np.ndarray, labelled_share: float, version: str) -> None:
     """Write served-looking rows (and labels for a share of them) straight into a prediction log."""
-    from sqlalchemy import insert
-
-    from housing.prediction_log import feedback_table
-
     log = PredictionLog(url, max_batch_rows=50_000)
     log.start()
     start = datetime.now(UTC) - timedelta(seconds=len(features) / 1000)
@@ -56,7 +63,7 @@ def fill_log(url: str, features: pd.DataFrame, labels: pd.Series, predictions: n
         stop = min(chunk + 50_000, len(features))
         stamp = log.timestamp(start + timedelta(seconds=chunk / 1000))
         log.append(prediction_rows(ids[chunk:stop], values[chunk:stop], predictions[chunk:stop].tolist(), model_name="CaliforniaHousing",
-                                   model_version="bench", latency_ms=1.0, created_at=stamp))
+                                   model_version=version, latency_ms=1.0, created_at=stamp))
         log.flush()
     rng = np.random.default_rng(0)
     chosen = np.flatnonzero(rng.random(len(features)) < labelled_share)
@@ -85,7 +92,12 @@ def main() -> int:
     args = parser.parse_args()
     settings = get_settings(tracking_uri=args.tracking_uri, artifacts_dir=args.artifacts_dir)
     split = load_split(settings.split_dir)
-    model = load_model(f"models:/{settings.model_name}@{settings.production_alias}", settings.tracking_uri)
+    client = registry_client(settings.tracking_uri)
+    production = get_version_by_alias(client, settings.model_name, settings.production_alias)
+    if production is None:
+        raise SystemExit("no production model: run make pipeline first")
+    version = str(production.version)
+    model = load_version(client, production)
     predict, _ = fast_predict_or_default(model)
     print(f"# bench/monitor.py — {os.cpu_count()} CPUs, reference = training split ({len(split.x_train):,} rows), "
           f"window {settings.monitor_window:,}, drift {settings.drift_method} > {settings.drift_threshold}")
@@ -95,7 +107,7 @@ def main() -> int:
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
             features, labels = scenario_rows(split.x_test, split.y_test, "baseline", count=size, seed=size)
-            fill_log(f"sqlite:///{tmp}/log.db", features, labels, predict(features.to_numpy(dtype=np.float64)), 0.5)
+            fill_log(f"sqlite:///{tmp}/log.db", features, labels, predict(features.to_numpy(dtype=np.float64)), 0.5, version)
             # the monitor reads a copy of the registry and of the split, so its runs and reports stay in tmp
             shutil.copy(settings.tracking_uri.removeprefix("sqlite:///"), f"{tmp}/mlflow.db")
             shutil.copytree(settings.split_dir, f"{tmp}/artifacts/split")
@@ -123,7 +135,7 @@ def main() -> int:
             window = slice(max(0, served - settings.monitor_window), served)
             figures = window_figures(reference, features.iloc[window], labels.iloc[window], predict, settings)
             decision = decide(figures, thresholds)
-            if decision.retrain:
+            if decision.reasons:  # flagged: a retrain or, without evidence, an alert
                 flagged = (served, "; ".join(decision.reasons))
                 break
         if flagged:
@@ -137,9 +149,75 @@ def main() -> int:
     alarms = 0
     for seed in range(20):
         features, labels = scenario_rows(split.x_test, split.y_test, "baseline", count=settings.monitor_window, seed=1000 + seed)
-        alarms += decide(window_figures(reference, features, labels, predict, settings), thresholds).retrain
+        alarms += bool(decide(window_figures(reference, features, labels, predict, settings), thresholds).reasons)
     print(f"\nfalse alarms: {alarms} of 20 baseline windows of {settings.monitor_window:,} requests")
+
+    # 4. the loop's integrity
+    integrity(settings, split, model, predict, reference, thresholds)
     return 0
+
+
+def labelled_window(features: pd.DataFrame, labels: pd.Series, predict: Callable[[np.ndarray], np.ndarray], start: int) -> pd.DataFrame:
+    """Served-looking rows with their labels, request ids and times, as the monitor reads them from the log."""
+    window = features.reset_index(drop=True).copy()
+    window[PREDICTION] = predict(window.to_numpy(dtype=np.float64))
+    window[TARGET.name] = labels.to_numpy()
+    window["request_id"] = [f"{start + i:032x}" for i in range(len(window))]
+    window["created_at"] = datetime.now(UTC)
+    return window
+
+
+def retrain_and_gate(settings: Settings, split: Split, model: Pipeline, evidence_rows: pd.DataFrame) -> tuple[bool, RetrainingSets]:
+    """Build the retraining set, fit the promoted candidate on it, judge it against production with the gate."""
+    sets = build_retraining_sets(split, evidence_rows.iloc[0:0], evidence_rows, settings, base_source="bench", now=datetime.now(UTC))
+    spec = load_candidate_specs(settings.candidates_path, ["lightgbm_spatial"])[0]
+    challenger = build_pipeline(spec, outlier_quantiles=settings.outlier_quantiles, estimator_scale=settings.estimator_scale)
+    challenger.fit(sets.training.x_train, sets.training.y_train, model__sample_weight=sets.training.train_weight)
+    evaluation = sets.evaluation
+    truth = evaluation.y.to_numpy()
+    gate = paired_bootstrap((truth - model.predict(evaluation.x)) ** 2, (truth - challenger.predict(evaluation.x)) ** 2,
+                            evaluation.sample_weight, samples=settings.gate_bootstrap_samples, confidence=settings.gate_confidence)
+    return gate.beyond_noise, sets
+
+
+def integrity(settings: Settings, split: Split, model: Pipeline, predict: Callable[[np.ndarray], np.ndarray],
+              reference: pd.DataFrame, thresholds: RetrainThresholds) -> None:
+    """Poisoning attempts that moved production, and retrains a persistent shift caused after the first."""
+    base = base_districts(split.x_train)
+    rng = np.random.default_rng(5)
+    moved = attempts = 0
+    for attempt in range(10):  # 1,500 copies of one district, 50 labels of 5.0; then 50 distinct districts labelled 5.0
+        district = split.x_test.iloc[[int(rng.integers(len(split.x_test)))]]
+        copies = pd.concat([district] * settings.monitor_window, ignore_index=True)
+        distinct = split.x_test.sample(50, random_state=attempt)
+        for features, labelled in ((copies, 50), (pd.concat([distinct, copies.iloc[50:]], ignore_index=True), 50)):
+            labels = pd.Series([5.0] * labelled + [np.nan] * (len(features) - labelled))
+            window = labelled_window(features, labels, predict, attempt * 10_000)
+            evidence = new_evidence(window[window[TARGET.name].notna()], base)
+            decision = decide(window_figures(reference, features, labels, predict, settings), thresholds, evidence.districts)
+            attempts += 1
+            if decision.retrain:
+                moved += retrain_and_gate(settings, split, model, evidence.rows)[0]
+    print(f"\npoisoning attempts that moved production: {moved} of {attempts} (1,500 copies of one district with 50 labels of 5.0, "
+          "or 50 distinct districts labelled 5.0; a valid token assumed)")
+    used: set[str] = set()
+    retrains, promoted_first = [], None
+    for round_number in range(4):  # the same bay-area shift, 2,000 fresh labelled requests a round
+        features, labels = scenario_rows(split.x_test, split.y_test, "subpopulation", count=2000, seed=100 + round_number,
+                                         subpopulation="bay-area")
+        window = labelled_window(features, labels, predict, 1_000_000 * (round_number + 1)).iloc[-settings.monitor_window:]
+        evidence = new_evidence(window, base | used)
+        decision = decide(window_figures(reference, window[list(FEATURE_NAMES)], window[TARGET.name], predict, settings), thresholds,
+                          evidence.districts)
+        if decision.retrain:
+            promoted, sets = retrain_and_gate(settings, split, model, evidence.rows)
+            used |= set(row_digests(sets.train_traffic)) | set(row_digests(sets.eval_traffic))
+            retrains.append(round_number)
+            promoted_first = promoted if promoted_first is None else promoted_first
+    after_first = max(0, len(retrains) - 1)
+    print(f"persistent bay-area shift, 4 rounds of 2,000 labelled requests: retrains in rounds {retrains or 'none'}, "
+          f"{after_first} after the first (the first challenger {'was' if promoted_first else 'was not'} promoted; the reference "
+          "stays the original training split here, so later rounds still see drift: only the evidence rule stops them)")
 
 
 if __name__ == "__main__":

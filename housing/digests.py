@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from housing.schema import TARGET
+from housing.schema import FEATURE_NAMES, TARGET
 
 
 def file_sha256(path: Path) -> str:
@@ -27,3 +27,9 @@ def frame_sha256(x: pd.DataFrame, y: pd.Series, weights: np.ndarray | None = Non
     if weights is not None:
         digest.update(np.asarray(weights, dtype=np.float64).tobytes())
     return digest.hexdigest()
+
+
+def row_digests(features: pd.DataFrame) -> pd.Series:
+    """One 16-hex-digit digest per row of the 8 features: identical feature rows (the same district) get the same one."""
+    hashed = pd.util.hash_pandas_object(features.loc[:, list(FEATURE_NAMES)].astype(np.float64), index=False)
+    return pd.Series([f"{value:016x}" for value in hashed.to_numpy()], index=features.index, dtype=object)

@@ -1,10 +1,14 @@
-"""The monitor's orchestration: logged traffic against the training reference, a retrain decision, its record.
+"""The monitor's orchestration: the serving model's traffic against its own training data, a decision, its record.
 
-The current window is read from the prediction log (the last N served predictions, or those since a
-time), never simulated here. :mod:`housing.drift_report` measures it against the training split with the
-production model's predictions (Evidently 0.7), :mod:`housing.retrain_policy` decides, and this module
-records the decision (reports on disk, one MLflow run in the monitoring experiment) and, when the decision
-is to retrain, retrains through promote's gate (:mod:`housing.retraining`).
+It judges the model that is serving: the window holds only predictions the current production version
+served (the last N, or those since a time; read from the prediction log, never simulated here), and the
+drift reference is the data that version was trained on (the training split plus, for a retrained
+version, the labelled traffic it learnt from, weighted as it was), so after a retrain on a shift the
+same shift is no longer drift. :mod:`housing.drift_report` measures (Evidently 0.7),
+:mod:`housing.evidence` counts the labelled districts no model has learnt from, :mod:`housing.retrain_policy`
+decides, and this module records the decision (reports on disk, one MLflow run in the monitoring
+experiment) and, on a retrain decision, retrains through promote's gate (:mod:`housing.retraining`) while
+holding the retrain lock, so two monitors never retrain at once.
 """
 
 from __future__ import annotations
@@ -16,18 +20,25 @@ from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
 import mlflow
+import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from sklearn.pipeline import Pipeline
+from sqlalchemy import Engine
 
 from housing import tracking
 from housing.config import Settings
 from housing.data import Split, load_split, read_manifest
 from housing.drift_report import SavedReport, WindowFigures, evaluate_window, reference_frame, save_report
-from housing.errors import first_line
+from housing.errors import UserError, first_line
+from housing.evidence import Evidence, base_districts, new_evidence, trained_rows, used_districts
+from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.prediction_log import make_engine, read_window
-from housing.registry import load_model
+from housing.registry import get_version_by_alias, load_version
 from housing.retrain_policy import Decision, RetrainThresholds, decide
-from housing.retraining import RetrainOutcome, retrain
-from housing.schema import TARGET
+from housing.retraining import RetrainOutcome, age_weights, effective_rows, retrain, scale_to_share, traffic_share
+from housing.schema import FEATURE_NAMES, TARGET
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +55,26 @@ class MonitorOutcome:
     decision: Decision
     saved: SavedReport | None
     monitoring_run_id: str | None
+    production_version: str
+    evidence: Evidence
     retrained: RetrainOutcome | None = None
     """The RetrainOutcome when the monitor retrained."""
+    not_retrained: str | None = None
+    """Why a retrain decision did not retrain (another process holds the lock, or the evidence was used meanwhile)."""
 
 
-def decision_record(figures: WindowFigures, decision: Decision, when: datetime) -> dict[str, Any]:
+def decision_record(figures: WindowFigures, decision: Decision, when: datetime, *, production_version: str,
+                    evidence: Evidence) -> dict[str, Any]:
     """The decision, its reasons and every figure, as saved and logged."""
     return {
         "at": when.isoformat(timespec="seconds"),
         "decision": decision.action,
         "reasons": decision.reasons,
         "notes": decision.notes,
+        "production_version": production_version,
+        "new_labelled_districts": evidence.districts,
+        "labelled_rows_already_used": evidence.already_used,
+        "evidence_needed": decision.evidence_needed,
         "drift_share": figures.drift_share,
         "drifted_features": figures.drifted_features,
         **{key: value for key, value in asdict(figures).items() if key not in ("drifted",)},
@@ -66,7 +86,7 @@ def finite(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 
-def monitoring_metrics(figures: WindowFigures, decision: Decision) -> dict[str, float]:
+def monitoring_metrics(figures: WindowFigures, decision: Decision, evidence: Evidence) -> dict[str, float]:
     """The figures of one round as MLflow metrics (missing or non-finite ones left out)."""
     quality = {"rmse": figures.rmse, "r2": figures.r2, "mae": figures.mae, "reference_rmse": figures.reference_rmse,
                "reference_r2": figures.reference_r2, "reference_mae": figures.reference_mae}
@@ -76,17 +96,20 @@ def monitoring_metrics(figures: WindowFigures, decision: Decision) -> dict[str, 
         "drift_share": figures.drift_share,
         "drifted_features": len(figures.drifted_features),
         "retrain": 1.0 if decision.retrain else 0.0,
+        "new_labelled_districts": evidence.districts,
+        "evidence_needed": decision.evidence_needed,
         **{f"drift_score_{name}": score for name, score in figures.drift_scores.items() if finite(score)},
         **{name: value for name, value in quality.items() if finite(value)},
     }
 
 
-def log_monitoring_run(settings: Settings, figures: WindowFigures, decision: Decision, saved: SavedReport | None,
+def log_monitoring_run(settings: Settings, figures: WindowFigures, decision: Decision, evidence: Evidence, saved: SavedReport | None,
                        extra_tags: dict[str, str] | None = None) -> str:
     """One MLflow run in the monitoring experiment, so the trend shows in the MLflow UI."""
     client = tracking.connect(settings)
     experiment_id = tracking.ensure_experiment(client, settings.monitoring_experiment_name, settings.mlflow_artifact_location)
-    tags = {"decision": decision.action, "reasons": "; ".join(decision.reasons)[:4000] or "-", **(extra_tags or {})}
+    tags = {"decision": decision.action, "reasons": "; ".join(decision.reasons)[:4000] or "-",
+            "notes": "; ".join(decision.notes)[:4000] or "-", **(extra_tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor {datetime.now(UTC):%Y-%m-%d %H:%M:%S}", tags=tags) as run:
         mlflow.log_params({
             "window": settings.monitor_window, "min_window": settings.monitor_min_window, "min_labels": settings.monitor_min_labels,
@@ -94,38 +117,78 @@ def log_monitoring_run(settings: Settings, figures: WindowFigures, decision: Dec
             "drift_share_threshold": settings.drift_share_threshold, "rmse_threshold": settings.rmse_threshold,
             "r2_threshold": settings.r2_threshold,
         })
-        mlflow.log_metrics(monitoring_metrics(figures, decision))
+        mlflow.log_metrics(monitoring_metrics(figures, decision, evidence))
         if saved is not None:
             for path in (saved.html_path, saved.json_path, saved.decision_path):
                 mlflow.log_artifact(str(path), artifact_path="report")
     return run.info.run_id
 
 
-def read_current_window(settings: Settings, since: datetime | None) -> pd.DataFrame:
-    """The logged predictions to judge: those since ``since``, else the last ``monitor_window``."""
-    engine = make_engine(settings.prediction_log)
-    try:
-        return read_window(engine, last_n=settings.monitor_window if since is None else None, since=since)
-    finally:
-        engine.dispose()
+def serving_version(client: MlflowClient, settings: Settings) -> ModelVersion:
+    """The version the production alias names; one sentence when there is none."""
+    version = get_version_by_alias(client, settings.model_name, settings.production_alias)
+    if version is None:
+        raise UserError(f"no version of {settings.model_name} has the alias '{settings.production_alias}'; run the pipeline first")
+    return version
 
 
-def production_reference(settings: Settings, split: Split) -> pd.DataFrame:
-    """The training split with the current production model's predictions on it."""
-    tracking.connect(settings)
-    production = load_model(f"models:/{settings.model_name}@{settings.production_alias}", settings.tracking_uri)
-    return reference_frame(split.x_train, split.y_train, production)
+def production_reference(split: Split, remembered: pd.DataFrame, model: Pipeline, settings: Settings, price_index: float) -> pd.DataFrame:
+    """The data the production version was trained on, with its predictions: the training split (at the price
+    index it was trained with), plus the labelled traffic a retrained version learnt from, drawn in proportion
+    to the weight it had in training."""
+    if remembered.empty:
+        return reference_frame(split.x_train, split.y_train * price_index, model)
+    raw = age_weights(remembered["created_at"], datetime.now(UTC), settings.retrain_traffic_half_life_days)
+    share = traffic_share(effective_rows(raw), settings.retrain_traffic_weight, settings.retrain_traffic_ramp_rows)
+    weights = np.concatenate([np.ones(len(split.x_train)), scale_to_share(raw, share, len(split.x_train))])
+    x = pd.concat([split.x_train[list(FEATURE_NAMES)], remembered[list(FEATURE_NAMES)]], ignore_index=True)
+    y = pd.concat([split.y_train * price_index, remembered[TARGET.name]], ignore_index=True).astype(float)
+    picks = np.random.default_rng(settings.random_state).choice(len(x), size=len(split.x_train), p=weights / weights.sum())
+    return reference_frame(x.iloc[picks], y.iloc[picks], model)
 
 
-def retrain_from_window(settings: Settings, split: Split, current: pd.DataFrame, monitoring_run_id: str) -> RetrainOutcome:
-    """Retrain on the window's labelled rows and tag the monitoring run with the outcome.
+@dataclass
+class MonitorInputs:
+    """What one round reads: the serving version, its window, its training data and the evidence."""
+
+    version: ModelVersion
+    window: pd.DataFrame
+    split: Split
+    remembered: pd.DataFrame
+    reference: pd.DataFrame
+    evidence: Evidence
+    price_index: float
+    """The price index the serving version was trained with (1.0 for the original model)."""
+
+
+def read_inputs(settings: Settings, engine: Engine, since: datetime | None) -> MonitorInputs:
+    """Read the serving version, the predictions it served, the data it learnt from, and the new evidence."""
+    client = tracking.connect(settings)
+    version = serving_version(client, settings)
+    window = read_window(engine, last_n=settings.monitor_window if since is None else None, since=since,
+                         model_version=str(version.version))
+    split = load_split(settings.split_dir)
+    remembered = trained_rows(engine, version.tags.get("training_run_id", ""))
+    index = float(client.get_run(version.run_id).data.tags.get("price_index", "1")) if version.run_id else 1.0
+    reference = production_reference(split, remembered, load_version(client, version), settings, index)
+    return MonitorInputs(version, window, split, remembered, reference, current_evidence(engine, window, split), index)
+
+
+def current_evidence(engine: Engine, window: pd.DataFrame, split: Split) -> Evidence:
+    """The window's labelled districts that neither the training split nor any retraining run has used."""
+    labelled = window[window[TARGET.name].notna()]
+    return new_evidence(labelled, used_districts(engine) | base_districts(split.x_train))
+
+
+def retrain_with_evidence(settings: Settings, engine: Engine, inputs: MonitorInputs, monitoring_run_id: str) -> RetrainOutcome:
+    """Retrain on the new evidence plus what production learnt from, and tag the monitoring run with the outcome.
 
     A failure is tagged on the run and raised as :class:`RetrainFailed`; production is untouched then,
     because only promote moves the alias, last.
     """
-    labelled = current[current[TARGET.name].notna()]
     try:
-        outcome = retrain(settings, split, labelled, base_source=read_manifest(settings.manifest_path).source)
+        outcome = retrain(settings, inputs.split, inputs.remembered, inputs.evidence.rows,
+                          base_source=read_manifest(settings.manifest_path).source, base_index=inputs.price_index)
     except Exception as error:
         tracking.connect(settings).set_tag(monitoring_run_id, "retrain_failed", f"{type(error).__name__}: {error}"[:4000])
         raise RetrainFailed(f"{type(error).__name__}: {first_line(error)}") from error
@@ -136,23 +199,43 @@ def retrain_from_window(settings: Settings, split: Split, current: pd.DataFrame,
     return outcome
 
 
+def retrain_once(settings: Settings, engine: Engine, inputs: MonitorInputs, outcome: MonitorOutcome) -> None:
+    """Retrain under the retrain lock, unless another process holds it or used the evidence meanwhile."""
+    with held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
+        if lock is None:
+            holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
+            outcome.not_retrained = f"another retrain or promotion is running ({holder}); this monitor does not retrain"
+            return
+        inputs.evidence = current_evidence(engine, inputs.window, inputs.split)  # a retrain may have finished meanwhile
+        if inputs.evidence.districts < settings.monitor_min_labels:
+            outcome.not_retrained = (f"a retrain that finished meanwhile used this evidence (now {inputs.evidence.districts:,} new "
+                                     "labelled districts); this monitor does not retrain")
+            return
+        outcome.retrained = retrain_with_evidence(settings, engine, inputs, outcome.monitoring_run_id or "")
+
+
 def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: bool = False) -> MonitorOutcome:
     """Read the window, compare it with the reference, decide, record the decision, retrain if needed.
 
     A retrain that fails raises :class:`RetrainFailed`; production is untouched because only promote
     moves the alias, last.
     """
-    current = read_current_window(settings, since)
-    split = load_split(settings.split_dir)
-    reference = production_reference(settings, split)
-    when = datetime.now(UTC)
-    snapshot, figures = evaluate_window(reference, current, settings)
-    decision = decide(figures, RetrainThresholds.from_settings(settings))
-    saved = save_report(snapshot, decision_record(figures, decision, when), settings.reports_dir, when) if snapshot is not None else None
-    if dry_run and decision.retrain:
-        decision.notes.append("--dry-run: not retraining")
-    run_id = log_monitoring_run(settings, figures, decision, saved, {"dry_run": str(dry_run).lower()})
-    outcome = MonitorOutcome(figures, decision, saved, run_id)
-    if decision.retrain and not dry_run:
-        outcome.retrained = retrain_from_window(settings, split, current, run_id)
-    return outcome
+    engine = make_engine(settings.prediction_log)
+    try:
+        inputs = read_inputs(settings, engine, since)
+        when = datetime.now(UTC)
+        snapshot, figures = evaluate_window(inputs.reference, inputs.window, settings)
+        decision = decide(figures, RetrainThresholds.from_settings(settings), inputs.evidence.districts)
+        if dry_run and decision.retrain:
+            decision.notes.append("--dry-run: not retraining")
+        version = str(inputs.version.version)
+        record = decision_record(figures, decision, when, production_version=version, evidence=inputs.evidence)
+        saved = save_report(snapshot, record, settings.reports_dir, when) if snapshot is not None else None
+        run_id = log_monitoring_run(settings, figures, decision, inputs.evidence, saved,
+                                    {"dry_run": str(dry_run).lower(), "production_version": version})
+        outcome = MonitorOutcome(figures, decision, saved, run_id, version, inputs.evidence)
+        if decision.retrain and not dry_run:
+            retrain_once(settings, engine, inputs, outcome)
+        return outcome
+    finally:
+        engine.dispose()

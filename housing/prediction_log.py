@@ -289,9 +289,11 @@ class PredictionLog:
         return found is not None
 
 
-def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | None = None) -> pd.DataFrame:
-    """The most recent logged predictions (newest ``last_n`` rows and/or rows since ``since``), oldest first,
-    with their feedback label in ``MedHouseVal`` (NaN when none has arrived)."""
+def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | None = None,
+                model_version: str | None = None) -> pd.DataFrame:
+    """The most recent logged predictions (newest ``last_n`` rows and/or rows since ``since``; only those
+    ``model_version`` served, when given), oldest first, with their feedback label in ``MedHouseVal`` (NaN
+    when none has arrived)."""
     joined = predictions_table.outerjoin(feedback_table, predictions_table.c.request_id == feedback_table.c.request_id)
     query = select(
         predictions_table.c.request_id,
@@ -303,6 +305,8 @@ def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | 
     ).select_from(joined)
     if since is not None:
         query = query.where(predictions_table.c.created_at >= since)
+    if model_version is not None:
+        query = query.where(predictions_table.c.model_version == model_version)
     query = query.order_by(predictions_table.c.created_at.desc())  # the indexed column only: no sort of the table
     if last_n is not None:
         query = query.limit(last_n)

@@ -5,14 +5,20 @@ Pure: scores and thresholds in, a :class:`PromotionDecision` out (no MLflow, no 
 and applies the decision.
 
 - ``staging``: the best candidate whose R2 is above the staging gate.
-- ``production``: the best candidate, if its R2 is above the production gate and it beats the current
-  production on the same evaluation data (higher R2; at equal R2, lower RMSE).
+- ``production``: the best candidate, if its R2 is above the production gate, it beats the current
+  production on the same evaluation data (higher R2; at equal R2, lower RMSE), and it does so beyond
+  noise: the paired bootstrap interval of its gain in (weighted) squared error per row, at
+  ``gate_confidence``, lies above zero (:func:`paired_bootstrap`). Paired, because both models are judged
+  on the same rows, so the rows' own difficulty cancels; weighted, so labelled traffic counts as much as
+  the evaluation data says (little when it is a handful of rows, most of it after a market move).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from housing.scoring import rank_key
 
@@ -25,10 +31,55 @@ class Score:
     candidate: str
     r2: float
     rmse: float
+    squared_errors: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """Per-row squared errors on the evaluation data (for the paired comparison)."""
 
     def beats(self, other: Score) -> bool:
         """Higher R2 wins; equal R2, lower RMSE wins."""
         return rank_key(self.r2, self.rmse) < rank_key(other.r2, other.rmse)
+
+
+@dataclass(frozen=True)
+class GateEvidence:
+    """A challenger's gain over the champion on the same rows: the weighted mean of (champion's squared
+    error - challenger's squared error) per row, with its paired bootstrap interval."""
+
+    rows: int
+    mean_gain: float
+    low: float
+    high: float
+    confidence: float
+
+    @property
+    def beyond_noise(self) -> bool:
+        """Whether the whole interval is above zero: the challenger is better by more than noise."""
+        return self.low > 0
+
+    def describe(self) -> str:
+        """One line: the gain and its interval."""
+        return (f"gain in squared error per row {self.mean_gain:+.4f}, {self.confidence:.0%} paired bootstrap interval "
+                f"[{self.low:+.4f}, {self.high:+.4f}] on {self.rows:,} rows")
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The figures, for the ledger and the logs."""
+        return {"rows": self.rows, "mean_gain": self.mean_gain, "low": self.low, "high": self.high, "confidence": self.confidence}
+
+
+def paired_bootstrap(champion_se: np.ndarray, challenger_se: np.ndarray, weights: np.ndarray | None, *, samples: int,
+                     confidence: float, seed: int = 0, chunk: int = 100) -> GateEvidence:
+    """The weighted mean gain (champion's minus challenger's squared error) and its percentile bootstrap
+    interval: rows resampled with replacement ``samples`` times, the same rows for both models."""
+    gain = np.asarray(champion_se, dtype=np.float64) - np.asarray(challenger_se, dtype=np.float64)
+    w = np.ones_like(gain) if weights is None else np.asarray(weights, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means: list[np.ndarray] = []
+    for start in range(0, samples, chunk):
+        picks = rng.integers(0, len(gain), size=(min(chunk, samples - start), len(gain)))
+        means.append((w[picks] * gain[picks]).sum(axis=1) / w[picks].sum(axis=1))
+    resampled = np.concatenate(means)
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(resampled, [tail, 1.0 - tail])
+    return GateEvidence(len(gain), float(np.average(gain, weights=w)), float(low), float(high), confidence)
 
 
 @dataclass(frozen=True)
@@ -75,6 +126,7 @@ def decide_promotion(
     staging_alias: str,
     production_alias: str,
     production: Score | None = None,
+    evidence: GateEvidence | None = None,
 ) -> PromotionDecision:
     """Apply the staging and production gates to the scored candidates of one training run.
 
@@ -89,7 +141,7 @@ def decide_promotion(
     if production_version is not None and production is None:
         production = next((score for score in candidates if score.version == production_version), None)
     production_after, production_message = _decide_production(
-        best_first[0], production_version, production, production_r2_threshold, production_alias
+        best_first[0], production_version, production, production_r2_threshold, production_alias, evidence
     )
     return PromotionDecision(
         staging_version=staging_version,
@@ -113,7 +165,7 @@ def _decide_staging(best_first: list[Score], current_staging: str | None, thresh
 
 
 def _decide_production(best: Score, production_version: str | None, production: Score | None, threshold: float,
-                       alias: str) -> tuple[str | None, str]:
+                       alias: str, evidence: GateEvidence | None) -> tuple[str | None, str]:
     """(version holding production afterwards, message)."""
     if best.r2 <= threshold:
         return production_version, (f"production unchanged: the best candidate, version {best.version} ({best.candidate}), "
@@ -126,10 +178,15 @@ def _decide_production(best: Score, production_version: str | None, production: 
                                     "is already production and still the best")
     if production is None:
         raise ValueError(f"production version {production_version} is not a candidate: its score is needed")
-    if best.beats(production):
+    if best.beats(production) and evidence is not None and evidence.beyond_noise:
         return best.version, (f"'{alias}' -> version {best.version} ({best.candidate}, R2 {best.r2:.4f}, RMSE {best.rmse:.4f}); "
                               f"it beats version {production.version} ({production.candidate}, R2 {production.r2:.4f}, "
-                              f"RMSE {production.rmse:.4f}) on the same data")
+                              f"RMSE {production.rmse:.4f}) on the same data beyond noise ({evidence.describe()})")
+    if best.beats(production):
+        return production_version, (f"production unchanged: the best candidate, version {best.version} ({best.candidate}, "
+                                    f"R2 {best.r2:.4f}, RMSE {best.rmse:.4f}), beats production version {production.version} "
+                                    f"(R2 {production.r2:.4f}, RMSE {production.rmse:.4f}) but not beyond noise ("
+                                    + (evidence.describe() if evidence is not None else "no paired evidence") + ")")
     return production_version, (f"production unchanged: the best candidate, version {best.version} ({best.candidate}, "
                                 f"R2 {best.r2:.4f}, RMSE {best.rmse:.4f}), does not beat production version {production.version} "
                                 f"({production.candidate}, R2 {production.r2:.4f}, RMSE {production.rmse:.4f}) on the same data")

@@ -23,7 +23,17 @@ import pandas as pd
 from housing.config import Settings
 from housing.digests import frame_sha256
 from housing.errors import UserError
-from housing.promotion import PromotionDecision, Score, decide_promotion, passes_staging_gate, production_score_needed
+from housing.production import move_production
+from housing.promotion import (
+    GateEvidence,
+    PromotionDecision,
+    Score,
+    decide_promotion,
+    paired_bootstrap,
+    passes_staging_gate,
+    production_score_needed,
+    ranked,
+)
 from housing.schema import FEATURE_NAMES
 from housing.scoring import regression_metrics
 from housing.serialization import load_skops_model
@@ -170,17 +180,24 @@ def all_versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
     return sorted(versions, key=lambda version: int(version.version))
 
 
-def score_version(pipeline: Pipeline, evaluation: EvaluationData) -> tuple[float, float]:
-    """R2 and RMSE of a loaded pipeline on the evaluation data."""
-    predictions = pipeline.predict(evaluation.x.loc[:, list(FEATURE_NAMES)])
-    metrics = regression_metrics(evaluation.y, predictions, sample_weight=evaluation.sample_weight)
-    return metrics["r2"], metrics["rmse"]
-
-
 def score_model_version(client: MlflowClient, version: ModelVersion, evaluation: EvaluationData) -> Score:
-    """Load one registered version and score it on the evaluation data."""
-    r2, rmse = score_version(load_model_version(client, version.name, version.version), evaluation)
-    return Score(str(version.version), version.tags.get("candidate", "?"), r2, rmse)
+    """Load one registered version and score it on the evaluation data (with its per-row squared errors)."""
+    pipeline = load_model_version(client, version.name, version.version)
+    predictions = np.asarray(pipeline.predict(evaluation.x.loc[:, list(FEATURE_NAMES)]), dtype=np.float64)
+    metrics = regression_metrics(evaluation.y, predictions, sample_weight=evaluation.sample_weight)
+    squared_errors = np.square(evaluation.y.to_numpy(dtype=np.float64) - predictions)
+    return Score(str(version.version), version.tags.get("candidate", "?"), metrics["r2"], metrics["rmse"], squared_errors)
+
+
+def gate_evidence(scores: list[Score], production: Score | None, evaluation: EvaluationData, settings: Settings) -> GateEvidence | None:
+    """The paired evidence of the best candidate against production on the evaluation rows (None when
+    there is no production to compare with, or the best candidate is production)."""
+    best = ranked(scores)[0]
+    if production is None or production.version == best.version or production.squared_errors is None or best.squared_errors is None:
+        return None
+    return paired_bootstrap(production.squared_errors, best.squared_errors, evaluation.sample_weight,
+                            samples=settings.gate_bootstrap_samples, confidence=settings.gate_confidence,
+                            seed=settings.random_state)
 
 
 def score_candidates(client: MlflowClient, candidates: list[ModelVersion], evaluation: EvaluationData,
@@ -201,15 +218,19 @@ def score_candidates(client: MlflowClient, candidates: list[ModelVersion], evalu
     return scores
 
 
-def apply_promotion(client: MlflowClient, settings: Settings, decision: PromotionDecision) -> None:
-    """Point the aliases where the decision says; an alias that does not move is not touched."""
+def apply_promotion(client: MlflowClient, settings: Settings, decision: PromotionDecision, *, expected_production: str | None,
+                    command: str, evidence: GateEvidence | None) -> None:
+    """Point the aliases where the decision says; an alias that does not move is not touched. Production
+    moves by compare-and-set against ``expected_production`` and is recorded in the production ledger."""
     if decision.move_staging and decision.staging_version is not None:
         client.set_registered_model_alias(settings.model_name, settings.staging_alias, decision.staging_version)
     if decision.move_production and decision.production_version is not None:
-        client.set_registered_model_alias(settings.model_name, settings.production_alias, decision.production_version)
+        move_production(client, settings, expected=expected_production, to_version=decision.production_version, command=command,
+                        reason=decision.messages[-1], evidence={"gate": evidence.as_dict() if evidence else None})
 
 
-def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData, training_run_id: str | None = None) -> PromotionReport:
+def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData, training_run_id: str | None = None, *,
+            command: str = "promote.py") -> PromotionReport:
     """Apply the staging and production gates to the candidates of the latest (or given) training run.
 
     Reads the registry, scores the candidates, lets :func:`housing.promotion.decide_promotion` decide,
@@ -226,9 +247,10 @@ def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData
                f"({len(evaluation.y):,} rows)")
     scores = score_candidates(client, candidates, evaluation, settings.staging_r2_threshold)
     staging = get_version_by_alias(client, name, settings.staging_alias)
-    production_score = None
+    production_score = next((score for score in scores if score.version == production_version), None)
     if production is not None and production_score_needed(scores, production_version, settings.production_r2_threshold):
         production_score = score_model_version(client, production, evaluation)
+    evidence = gate_evidence(scores, production_score, evaluation, settings)
     decision = decide_promotion(
         scores,
         production_version=production_version,
@@ -238,8 +260,9 @@ def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData
         staging_alias=settings.staging_alias,
         production_alias=settings.production_alias,
         production=production_score,
+        evidence=evidence,
     )
-    apply_promotion(client, settings, decision)
+    apply_promotion(client, settings, decision, expected_production=production_version, command=command, evidence=evidence)
     return PromotionReport(
         training_run_id=run_id,
         scores=scores,

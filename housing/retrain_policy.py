@@ -1,10 +1,12 @@
 """The retrain policy: whether one window's figures call for retraining, and why.
 
-Pure: :class:`~housing.drift_report.WindowFigures` and thresholds in, a :class:`Decision` out (no
-Evidently, no MLflow, no database). Retrain when more than ``drift_share_threshold`` of the features
-drifted, or, with at least ``min_labels`` labelled predictions, when RMSE is above ``rmse_threshold``
-or R2 below ``r2_threshold``. With too few labels it says so and decides on drift alone; with fewer
-than ``min_window`` predictions it makes no decision (small windows raise false alarms).
+Pure: :class:`~housing.drift_report.WindowFigures`, thresholds and the count of new evidence in, a
+:class:`Decision` out (no Evidently, no MLflow, no database). Something is wrong when more than
+``drift_share_threshold`` of the features drifted, or, with at least ``min_labels`` labelled predictions,
+when RMSE is above ``rmse_threshold`` or R2 below ``r2_threshold``. Then it retrains only with evidence:
+at least ``min_labels`` labelled districts that no model has learnt from (:mod:`housing.evidence`);
+without it the decision is an alert that says how many more are needed, never a retrain. With fewer than
+``min_window`` predictions it makes no decision (small windows raise false alarms).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from housing.config import Settings
 from housing.drift_report import PREDICTION, WindowFigures
 
-RETRAIN, NO_ACTION, INSUFFICIENT_DATA = "retrain", "no retrain", "insufficient data"
+RETRAIN, NO_ACTION, INSUFFICIENT_DATA, ALERT = "retrain", "no retrain", "insufficient data", "alert, no retrain"
 
 
 @dataclass
@@ -24,6 +26,8 @@ class Decision:
     action: str
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    evidence_needed: int = 0
+    """New labelled districts still needed before a retrain (an alert's count; 0 otherwise)."""
 
     @property
     def retrain(self) -> bool:
@@ -53,12 +57,30 @@ class RetrainThresholds:
         )
 
 
-def decide(figures: WindowFigures, thresholds: RetrainThresholds) -> Decision:
-    """Apply the thresholds: drift share, and RMSE / R2 when there are enough labels."""
+def decide(figures: WindowFigures, thresholds: RetrainThresholds, new_districts: int | None = None) -> Decision:
+    """Apply the thresholds (drift share; RMSE / R2 when there are enough labels), then the evidence rule.
+
+    ``new_districts``: labelled districts no model has learnt from; None counts every labelled row as new
+    (for callers that track no evidence, such as the benchmark's synthetic windows).
+    """
     if figures.window_rows < thresholds.min_window:
         return Decision(INSUFFICIENT_DATA, notes=[
             f"only {figures.window_rows:,} logged predictions in the window; {thresholds.min_window:,} are needed "
             "before a decision (small windows raise false alarms)"])
+    reasons, notes = _reasons(figures, thresholds)
+    if not reasons:
+        return Decision(NO_ACTION, reasons, notes)
+    evidence = figures.labelled_rows if new_districts is None else new_districts
+    if evidence >= thresholds.min_labels:
+        return Decision(RETRAIN, reasons, notes)
+    needed = thresholds.min_labels - evidence
+    notes.insert(0, f"not retraining: only {evidence:,} labelled districts that no model has learnt from; "
+                    f"{needed:,} more are needed before a retrain")
+    return Decision(ALERT, reasons, notes, evidence_needed=needed)
+
+
+def _reasons(figures: WindowFigures, thresholds: RetrainThresholds) -> tuple[list[str], list[str]]:
+    """What is wrong with the window (reasons) and what could not be judged (notes)."""
     reasons, notes = [], []
     if figures.drift_share > thresholds.drift_share_threshold:
         reasons.append(f"{figures.drift_share:.0%} of the features drifted ({', '.join(figures.drifted_features)}), "
@@ -73,4 +95,4 @@ def decide(figures: WindowFigures, thresholds: RetrainThresholds) -> Decision:
             reasons.append(f"RMSE {figures.rmse:.3f} on {figures.labelled_rows:,} labelled predictions is above {thresholds.rmse_threshold}")
         if figures.r2 is not None and figures.r2 < thresholds.r2_threshold:
             reasons.append(f"R2 {figures.r2:.3f} on {figures.labelled_rows:,} labelled predictions is below {thresholds.r2_threshold}")
-    return Decision(RETRAIN if reasons else NO_ACTION, reasons, notes)
+    return reasons, notes

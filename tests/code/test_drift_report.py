@@ -11,8 +11,9 @@ import pytest
 
 from housing.config import Settings
 from housing.drift_report import PREDICTION, evaluate_window, save_report
+from housing.evidence import new_evidence
 from housing.monitoring import decision_record
-from housing.retrain_policy import INSUFFICIENT_DATA, NO_ACTION, RETRAIN, RetrainThresholds, decide
+from housing.retrain_policy import ALERT, INSUFFICIENT_DATA, NO_ACTION, RETRAIN, RetrainThresholds, decide
 from housing.schema import TARGET
 
 
@@ -84,7 +85,8 @@ def test_unlabelled_window_still_measures_drift(reference):
     _, figures = evaluate_window(reference, current, SETTINGS)
     assert figures.labelled_rows == 0 and figures.rmse is None
     assert set(figures.drifted_features) == {"HouseAge", "Latitude"}
-    assert decide(figures, THRESHOLDS).action == RETRAIN
+    assert decide(figures, THRESHOLDS).action == ALERT  # drift, but no label to learn from
+    assert decide(figures, THRESHOLDS, new_districts=500).action == RETRAIN
 
 
 def test_empty_window(reference):
@@ -93,11 +95,13 @@ def test_empty_window(reference):
 
 
 def test_reports_are_saved_timestamped_and_as_latest(reference, tmp_path):
-    snapshot, figures = evaluate_window(reference, districts(600, seed=7), SETTINGS)
+    current = districts(600, seed=7)
+    snapshot, figures = evaluate_window(reference, current, SETTINGS)
     assert snapshot is not None
     when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
     decision = decide(figures, THRESHOLDS)
-    record = decision_record(figures, decision, when)
+    evidence = new_evidence(current[current[TARGET.name].notna()].assign(request_id="r", created_at=when), set())
+    record = decision_record(figures, decision, when, production_version="3", evidence=evidence)
     saved = save_report(snapshot, record, tmp_path / "reports", when)
     assert (saved.html_path.name, saved.json_path.name, saved.decision_path.name) == (
         "monitor_20240506T070809Z.html", "monitor_20240506T070809Z.json", "decision_20240506T070809Z.json")
@@ -108,5 +112,7 @@ def test_reports_are_saved_timestamped_and_as_latest(reference, tmp_path):
     written = json.loads(saved.decision_path.read_text())
     assert written["at"] == "2024-05-06T07:08:09+00:00" and written["decision"] == decision.action == NO_ACTION
     assert set(written) == {"at", "decision", "reasons", "notes", "drift_share", "drifted_features", "window_rows", "labelled_rows",
-                            "drift_scores", "drift_method", "rmse", "r2", "mae", "reference_rmse", "reference_r2", "reference_mae"}
+                            "drift_scores", "drift_method", "rmse", "r2", "mae", "reference_rmse", "reference_r2", "reference_mae",
+                            "production_version", "new_labelled_districts", "labelled_rows_already_used", "evidence_needed"}
+    assert written["production_version"] == "3" and written["new_labelled_districts"] == 600
     assert written["window_rows"] == 600 and written["drift_scores"].keys() == figures.drift_scores.keys()

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from housing.promotion import PromotionDecision, Score, decide_promotion, passes_staging_gate, production_score_needed, ranked
+from housing.promotion import (
+    GateEvidence,
+    PromotionDecision,
+    Score,
+    decide_promotion,
+    paired_bootstrap,
+    passes_staging_gate,
+    production_score_needed,
+    ranked,
+)
 
 STAGING_GATE, PRODUCTION_GATE = 0.7, 0.75
 
 
+CLEAR_GAIN = GateEvidence(rows=4128, mean_gain=0.02, low=0.012, high=0.028, confidence=0.95)
+"""A challenger better beyond noise."""
+NOISE = GateEvidence(rows=4128, mean_gain=0.002, low=-0.004, high=0.008, confidence=0.95)
+"""A challenger better on average, within noise."""
+
+
 def decide(candidates: list[Score], *, production_version: str | None = None, current_staging: str | None = None,
-           production: Score | None = None) -> PromotionDecision:
+           production: Score | None = None, evidence: GateEvidence | None = CLEAR_GAIN) -> PromotionDecision:
     """The policy with the default gates and alias names."""
     return decide_promotion(candidates, production_version=production_version, current_staging=current_staging,
                             staging_r2_threshold=STAGING_GATE, production_r2_threshold=PRODUCTION_GATE,
-                            staging_alias="staging", production_alias="production", production=production)
+                            staging_alias="staging", production_alias="production", production=production, evidence=evidence)
 
 
 LINEAR = Score("1", "linear_regression", 0.60, 0.72)
@@ -97,14 +113,49 @@ def test_a_candidate_that_beats_production_by_r2_takes_it():
     decision = decide([LINEAR, FOREST, BOOSTING], production_version="2")
     assert decision.production_version == "3" and decision.move_production
     assert decision.messages[1] == ("'production' -> version 3 (gradient_boosting, R2 0.8400, RMSE 0.4600); "
-                                    "it beats version 2 (random_forest, R2 0.8000, RMSE 0.5100) on the same data")
+                                    "it beats version 2 (random_forest, R2 0.8000, RMSE 0.5100) on the same data beyond noise "
+                                    "(gain in squared error per row +0.0200, 95% paired bootstrap interval [+0.0120, +0.0280] "
+                                    "on 4,128 rows)")
+
+
+def test_a_better_candidate_within_noise_leaves_production():
+    for evidence, said in ((NOISE, "[-0.0040, +0.0080]"), (None, "no paired evidence")):
+        decision = decide([LINEAR, FOREST, BOOSTING], production_version="2", evidence=evidence)
+        assert decision.production_version == "2" and not decision.move_production
+        assert decision.messages[1].startswith("production unchanged: the best candidate, version 3")
+        assert "but not beyond noise" in decision.messages[1] and said in decision.messages[1]
+
+
+def test_paired_bootstrap_sees_no_gain_between_identical_models():
+    errors = np.random.default_rng(0).gamma(1.0, 0.15, 4000)
+    evidence = paired_bootstrap(errors, errors.copy(), None, samples=300, confidence=0.95)
+    assert evidence.mean_gain == 0 and evidence.low == 0 and evidence.high == 0 and not evidence.beyond_noise
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise():
+    rng = np.random.default_rng(1)
+    champion = rng.gamma(1.0, 0.15, 4000)
+    better = champion * 0.9  # 10 % less squared error on every row
+    noisy = champion + rng.normal(0, 0.05, 4000)  # no gain on average
+    clear = paired_bootstrap(champion, better, None, samples=500, confidence=0.95)
+    assert clear.beyond_noise and clear.low <= clear.mean_gain <= clear.high
+    assert not paired_bootstrap(champion, noisy, None, samples=500, confidence=0.95).beyond_noise
+
+
+def test_paired_bootstrap_follows_the_weights():
+    champion = np.array([1.0] * 50 + [0.1] * 50)
+    challenger = np.array([0.5] * 50 + [0.3] * 50)  # better on the first half, worse on the second
+    first = np.array([10.0] * 50 + [1.0] * 50)
+    second = first[::-1].copy()
+    assert paired_bootstrap(champion, challenger, first, samples=300, confidence=0.95).beyond_noise
+    assert paired_bootstrap(champion, challenger, second, samples=300, confidence=0.95).high < 0
 
 
 def test_equal_r2_is_broken_by_rmse():
     production = Score("2", "random_forest", 0.84, 0.47)
     decision = decide([production, BOOSTING], production_version="2")  # same R2, lower RMSE
     assert decision.production_version == "3" and decision.move_production
-    assert "it beats version 2 (random_forest, R2 0.8400, RMSE 0.4700)" in decision.messages[1]
+    assert "it beats version 2 (random_forest, R2 0.8400, RMSE 0.4700) on the same data beyond noise" in decision.messages[1]
 
 
 def test_a_candidate_that_does_not_beat_production_leaves_it():

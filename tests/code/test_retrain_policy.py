@@ -6,7 +6,7 @@ import pytest
 
 from housing.config import Settings
 from housing.drift_report import PREDICTION, WindowFigures
-from housing.retrain_policy import INSUFFICIENT_DATA, NO_ACTION, RETRAIN, Decision, RetrainThresholds, decide
+from housing.retrain_policy import ALERT, INSUFFICIENT_DATA, NO_ACTION, RETRAIN, Decision, RetrainThresholds, decide
 from housing.schema import FEATURE_NAMES
 
 THRESHOLDS = RetrainThresholds(min_window=500, min_labels=200, drift_share_threshold=0.2, rmse_threshold=0.5, r2_threshold=0.6)
@@ -82,8 +82,29 @@ def test_too_few_labels_decides_on_drift_alone():
     judged = decide(window(labelled=200, rmse=2.0, r2=-1.0), THRESHOLDS)  # exactly the minimum: the error counts
     assert judged.action == RETRAIN and len(judged.reasons) == 2 and judged.notes == []
     drifted = decide(window(labelled=0, rmse=None, r2=None, drifted=("HouseAge", "Latitude")), THRESHOLDS)
-    assert drifted.action == RETRAIN and len(drifted.reasons) == 1
+    assert drifted.action == ALERT and len(drifted.reasons) == 1  # drift without labels: no evidence to learn from
     assert any("decision on drift alone" in note for note in drifted.notes)
+
+
+def test_drift_without_new_evidence_is_an_alert_that_counts_what_is_missing():
+    poisoned = window(labelled=50, rmse=None, r2=None, drifted=("MedInc", "HouseAge", "AveRooms", "Latitude"))
+    decision = decide(poisoned, THRESHOLDS, new_districts=1)  # 50 labels, all for one district
+    assert decision.action == ALERT and not decision.retrain and decision.evidence_needed == 199
+    assert decision.notes[0] == ("not retraining: only 1 labelled districts that no model has learnt from; "
+                                 "199 more are needed before a retrain")
+    assert decide(poisoned, THRESHOLDS, new_districts=199).action == ALERT
+    assert decide(poisoned, THRESHOLDS, new_districts=200).action == RETRAIN
+
+
+def test_an_error_already_learnt_from_is_not_retrained_on_again():
+    bad = window(labelled=2000, rmse=0.9, r2=0.2)
+    assert decide(bad, THRESHOLDS, new_districts=2000).action == RETRAIN
+    repeated = decide(bad, THRESHOLDS, new_districts=0)  # every labelled district was used by an earlier retrain
+    assert repeated.action == ALERT and repeated.evidence_needed == 200 and len(repeated.reasons) == 2
+
+
+def test_no_problem_needs_no_evidence():
+    assert decide(window(), THRESHOLDS, new_districts=0).action == NO_ACTION
 
 
 def test_enough_labels_without_quality_figures_judge_drift_only():

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import run_stage
+from housing.ledger import read_history
+from housing.prediction_log import make_engine
+from tests.conftest import PROJECT_DIR, run_stage
 from tests.server import ApiServer, server_env
 
 WINDOW = "1500"
 
 
-def simulate(env: dict[str, str], url: str, scenario: str, seed: int, inflation: float = 1.3) -> float:
-    result = run_stage("simulate_traffic.py", "--url", url, "--scenario", scenario, "--requests", WINDOW,
+def simulate(env: dict[str, str], url: str, scenario: str, seed: int, inflation: float = 1.3, requests: str = WINDOW) -> float:
+    result = run_stage("simulate_traffic.py", "--url", url, "--scenario", scenario, "--requests", requests,
                        "--concurrency", "8", "--seed", str(seed), "--inflation", str(inflation), "--quiet", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     match = re.search(r"RMSE against the true labels ([\d.]+)", result.stdout)
@@ -44,6 +50,7 @@ def loop_env(mutable_run, tmp_path):
         HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url("loop"),
         HOUSING_RELOAD_INTERVAL="1",
         HOUSING_MONITOR_MIN_WINDOW="1000",
+        HOUSING_CANDIDATES='["lightgbm_spatial", "hist_gradient_boosting"]',
     )
     server = ApiServer(env, tmp_path / "server.log").start()
     server.wait_ready()
@@ -51,37 +58,77 @@ def loop_env(mutable_run, tmp_path):
     server.stop()
 
 
-def test_baseline_keeps_and_market_inflation_retrains_and_the_api_follows(loop_env):
+def monitors_at_once(env: dict[str, str], count: int = 2) -> list[str]:
+    """``count`` monitor.py processes started together; their outputs (each must exit 0)."""
+    command = [sys.executable, str(PROJECT_DIR / "monitor.py"), "--window", WINDOW]
+    processes = [subprocess.Popen(command, env=env, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(count)]
+    outputs = [process.communicate(timeout=900)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    return outputs
+
+
+def wait_until_served(url: str, version: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while served_version(url) != version:
+        assert time.monotonic() < deadline, f"the API did not serve version {version} within {timeout} s"
+        time.sleep(0.5)
+
+
+def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(loop_env):
     env, server = loop_env
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     first_version = served_version(server.url)
+    engine = make_engine(env["HOUSING_PREDICTION_LOG_URL"])
+    ledger_before = len(read_history(engine, "CaliforniaHousing"))
 
     baseline_rmse = simulate(env, server.url, "baseline", seed=1)
     code, out = monitor(env)
     assert code == 0, out
     assert "decision: NO RETRAIN" in out and baseline_rmse < 0.5
 
-    inflated_rmse_before = simulate(env, server.url, "market-inflation", seed=2)
-    code, out = monitor(env)
-    assert code == 0, out
+    simulate(env, server.url, "market-inflation", seed=2)
+    outputs = monitors_at_once(env)  # two monitors on the same evidence: exactly one retrains
+    retrained = [out for out in outputs if "retrained:" in out]
+    assert len(retrained) == 1, outputs
+    other = next(out for out in outputs if "retrained:" not in out)
+    assert "not retrained: " in other and "this monitor does not retrain" in other, other
+    out = retrained[0]
     assert "decision: RETRAIN" in out and "RMSE" in out.split("decision: RETRAIN")[1]
-    assert "production moved to version" in out, out
-    new_version = client.get_model_version_by_alias("CaliforniaHousing", "production").version
+    assert "production moved to version" in out and "beyond noise" in out, out
+    new_version = str(client.get_model_version_by_alias("CaliforniaHousing", "production").version)
     assert new_version != first_version
+    history = read_history(engine, "CaliforniaHousing")
+    assert len(history) == ledger_before + 1 and history[-1].to_version == new_version and history[-1].from_version == first_version
+    assert history[-1].command == "monitor.py (retrain)" and history[-1].evidence["gate"]["low"] > 0
     training_run = client.get_run(client.get_model_version("CaliforniaHousing", new_version).tags["training_run_id"])
-    assert "labelled production rows" in training_run.data.tags["training_data"]
+    assert "new labelled production rows" in training_run.data.tags["training_data"]
+    assert float(training_run.data.tags["price_index"]) == pytest.approx(1.3, rel=0.05)  # the market move, learnt
 
-    deadline = time.monotonic() + 60
-    while served_version(server.url) != str(new_version) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert served_version(server.url) == str(new_version)
-    inflated_rmse_after = simulate(env, server.url, "market-inflation", seed=3)
-    assert inflated_rmse_after < inflated_rmse_before - 0.05, (inflated_rmse_before, inflated_rmse_after)
+    wait_until_served(server.url, new_version, timeout=60)
+    simulate(env, server.url, "market-inflation", seed=3, requests="1000")  # fresh inflated traffic for the new version
+    code, out = monitor(env, "--dry-run", "--window", "1000")
+    assert code == 0, out
+    assert f"served by production version {new_version}" in out
+    rmse = float(re.search(r"labelled traffic: RMSE ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    assert rmse <= 0.55, out
+    latest = json.loads((Path(env["HOUSING_ARTIFACTS_DIR"]) / "reports" / "decision_latest.json").read_text())
+    assert latest["rmse"] == pytest.approx(rmse, abs=1e-4) and latest["labelled_rows"] == 1000
+    assert {"r2", "drift_share", "decision", "new_labelled_districts", "production_version"} <= set(latest)
+
+    shown = run_stage("promote.py", "--history", env=env)
+    assert shown.returncode == 0 and f"{first_version} -> {new_version}" in shown.stdout, shown.stdout + shown.stderr
+    rolled = run_stage("promote.py", "--rollback", env=env)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert str(client.get_model_version_by_alias("CaliforniaHousing", "production").version) == first_version
+    wait_until_served(server.url, first_version, timeout=30)
+    assert read_history(engine, "CaliforniaHousing")[-1].reason == "rollback"
+    engine.dispose()
 
     experiment = client.get_experiment_by_name("monitoring")
     assert experiment is not None
     decisions = [run.data.tags["decision"] for run in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])]
-    assert decisions == ["no retrain", "retrain"]
+    assert decisions[0] == "no retrain" and decisions[1:3] == ["retrain", "retrain"]
 
 
 def test_a_failing_retrain_leaves_production_alone(loop_env, tmp_path):
