@@ -71,17 +71,17 @@ def test_label_poisoning_never_moves_production(loop_env):
         assert served.status_code == 200
         ids = [row["request_id"] for row in served.json()["predictions"]]
         price_before = served.json()["predictions"][0]["MedHouseVal"]
-        for request_id in ids[:50]:  # no credentials: refused, nothing stored
+        for request_id in ids[-50:]:  # no credentials: refused, nothing stored
             assert http.post("/feedback", json={"request_id": request_id, "actual": 5.0}).status_code == 401
             wrong = http.post("/feedback", json={"request_id": request_id, "actual": 5.0}, headers={"Authorization": "Bearer guess"})
             assert wrong.status_code == 403
         out = monitor(env)
-        assert "decision: ALERT, NO RETRAIN" in out and "retrained:" not in out, out
+        assert "decision: ALERT, NO RETRAIN" in out and "retrained: training run" not in out, out
         assert "only 0 labelled districts that no model has learnt from; 200 more are needed" in out, out
-        for request_id in ids[:50]:  # a labeller's valid token: stored, but 50 labels of one district are one district
+        for request_id in ids[-50:]:  # a labeller's valid token: stored, but 50 labels of one district are one district
             assert http.post("/feedback", json={"request_id": request_id, "actual": 5.0}, headers=FEEDBACK_HEADERS).status_code == 201
         out = monitor(env)
-        assert "decision: ALERT, NO RETRAIN" in out and "retrained:" not in out, out
+        assert "decision: ALERT, NO RETRAIN" in out and "retrained: training run" not in out, out
         assert "not retraining: only 1 labelled districts that no model has learnt from; 199 more are needed before a retrain" in out
         assert production(env) == before
         again = http.post("/predict", json=BAY_AREA_DISTRICT).json()
@@ -92,8 +92,8 @@ def test_a_persistent_shift_is_retrained_on_once(loop_env):
     env, server = loop_env
     simulate(env, server.url, "--scenario", "subpopulation", "--subpopulation", "bay-area", "--requests", "2000", "--seed", "11")
     first = monitor(env)
-    assert "decision: RETRAIN" in first and "retrained:" in first, first
+    assert "decision: RETRAIN" in first and "retrained: training run" in first, first
     wait_until_served(server.url, production(env))
     simulate(env, server.url, "--scenario", "subpopulation", "--subpopulation", "bay-area", "--requests", "2000", "--seed", "12")
     second = monitor(env)
-    assert "decision: RETRAIN" not in second and "retrained:" not in second, second
+    assert "decision: RETRAIN" not in second and "retrained: training run" not in second, second

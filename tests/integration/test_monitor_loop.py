@@ -89,9 +89,9 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
 
     simulate(env, server.url, "market-inflation", seed=2)
     outputs = monitors_at_once(env)  # two monitors on the same evidence: exactly one retrains
-    retrained = [out for out in outputs if "retrained:" in out]
+    retrained = [out for out in outputs if "retrained: training run" in out]
     assert len(retrained) == 1, outputs
-    other = next(out for out in outputs if "retrained:" not in out)
+    other = next(out for out in outputs if "retrained: training run" not in out)
     assert "not retrained: " in other and "this monitor does not retrain" in other, other
     out = retrained[0]
     assert "decision: RETRAIN" in out and "RMSE" in out.split("decision: RETRAIN")[1]
