@@ -42,11 +42,12 @@ from housing.drift_report import PREDICTION, WindowFigures, evaluate_window, ref
 from housing.evidence import base_districts, new_evidence
 from housing.inference import fast_predict_or_default
 from housing.prediction_log import PredictionLog, feedback_table, prediction_rows
-from housing.promotion import paired_bootstrap
+from housing.promotion import GateEvidence, paired_bootstrap
 from housing.registry import get_version_by_alias, load_version, registry_client
 from housing.retrain_policy import RetrainThresholds, decide
 from housing.retraining import RetrainingSets, build_retraining_sets
 from housing.schema import FEATURE_NAMES, TARGET
+from housing.scoring import regression_metrics
 from simulate_traffic import SCENARIOS, scenario_rows
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -167,7 +168,8 @@ def labelled_window(features: pd.DataFrame, labels: pd.Series, predict: Callable
     return window
 
 
-def retrain_and_gate(settings: Settings, split: Split, model: Pipeline, evidence_rows: pd.DataFrame) -> tuple[bool, RetrainingSets]:
+def retrain_and_gate(settings: Settings, split: Split, model: Pipeline, evidence_rows: pd.DataFrame
+                     ) -> tuple[bool, RetrainingSets, Pipeline, GateEvidence]:
     """Build the retraining set, fit the promoted candidate on it, judge it against production with the gate."""
     sets = build_retraining_sets(split, evidence_rows.iloc[0:0], evidence_rows, settings, base_source="bench", now=datetime.now(UTC))
     spec = load_candidate_specs(settings.candidates_path, ["lightgbm_spatial"])[0]
@@ -177,7 +179,21 @@ def retrain_and_gate(settings: Settings, split: Split, model: Pipeline, evidence
     truth = evaluation.y.to_numpy()
     gate = paired_bootstrap((truth - model.predict(evaluation.x)) ** 2, (truth - challenger.predict(evaluation.x)) ** 2,
                             evaluation.sample_weight, samples=settings.gate_bootstrap_samples, confidence=settings.gate_confidence)
-    return gate.beyond_noise, sets
+    return gate.beyond_noise, sets, challenger, gate
+
+
+def market_move(settings: Settings, split: Split, model: Pipeline, predict: Callable[[np.ndarray], np.ndarray], base: set[str]) -> None:
+    """1,500 labelled market-inflation requests (prices x 1.3): the gate's evidence, and the retrained model's
+    RMSE on 1,000 fresh inflated requests beside production's."""
+    features, labels = scenario_rows(split.x_test, split.y_test, "market-inflation", count=1500, seed=2)
+    evidence = new_evidence(labelled_window(features, labels, predict, 5_000_000), base)
+    promoted, sets, challenger, gate = retrain_and_gate(settings, split, model, evidence.rows)
+    fresh_x, fresh_y = scenario_rows(split.x_test, split.y_test, "market-inflation", count=1000, seed=3)
+    before = regression_metrics(fresh_y, model.predict(fresh_x))["rmse"]
+    after = regression_metrics(fresh_y, challenger.predict(fresh_x))["rmse"]
+    print(f"market-inflation, 1,500 labelled requests ({evidence.districts:,} new districts): price index step "
+          f"{sets.manifest['price_index_step']:.3f}, gate {gate.describe()} -> {'promoted' if promoted else 'not promoted'}; "
+          f"RMSE on 1,000 fresh inflated requests {before:.3f} (production) -> {after:.3f} (retrained)")
 
 
 def integrity(settings: Settings, split: Split, model: Pipeline, predict: Callable[[np.ndarray], np.ndarray],
@@ -200,6 +216,7 @@ def integrity(settings: Settings, split: Split, model: Pipeline, predict: Callab
                 moved += retrain_and_gate(settings, split, model, evidence.rows)[0]
     print(f"\npoisoning attempts that moved production: {moved} of {attempts} (1,500 copies of one district with 50 labels of 5.0, "
           "or 50 distinct districts labelled 5.0; a valid token assumed)")
+    market_move(settings, split, model, predict, base)
     used: set[str] = set()
     retrains, promoted_first = [], None
     for round_number in range(4):  # the same bay-area shift, 2,000 fresh labelled requests a round
@@ -210,7 +227,7 @@ def integrity(settings: Settings, split: Split, model: Pipeline, predict: Callab
         decision = decide(window_figures(reference, window[list(FEATURE_NAMES)], window[TARGET.name], predict, settings), thresholds,
                           evidence.districts)
         if decision.retrain:
-            promoted, sets = retrain_and_gate(settings, split, model, evidence.rows)
+            promoted, sets, _, _ = retrain_and_gate(settings, split, model, evidence.rows)
             used |= set(row_digests(sets.train_traffic)) | set(row_digests(sets.eval_traffic))
             retrains.append(round_number)
             promoted_first = promoted if promoted_first is None else promoted_first
