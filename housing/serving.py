@@ -23,8 +23,8 @@ import pandas as pd
 import sklearn
 
 from housing.config import Settings
-from housing.errors import first_line
 from housing.inference import fast_predict_or_default
+from housing.redaction import mask_uri, masked_first_line
 from housing.registry import get_version_by_alias, load_version, registry_client
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 
@@ -62,6 +62,16 @@ class LoadedModel:
             return np.asarray(self.pipeline.predict(frame), dtype=float)
 
 
+@dataclass(frozen=True)
+class FailedVersion:
+    """A version the production alias named that could not be loaded: not tried again until the alias moves."""
+
+    version: str
+    reason: str
+    """Why, in one masked line."""
+    failed_at: datetime
+
+
 @dataclass
 class RegistryStatus:
     """What the last look at the registry found."""
@@ -72,10 +82,25 @@ class RegistryStatus:
     reloads: int = 0
     failed_checks: int = 0
     history: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    alias_version: str | None = None
+    """The version the production alias named at the last successful check (None: it named none)."""
+    failed_version: FailedVersion | None = None
+    """The version the alias names that failed to load, remembered so that it is not loaded again and again."""
+
+    @property
+    def alias_missing(self) -> bool:
+        """The registry answered and no version has the production alias."""
+        return self.reachable is True and self.alias_version is None
 
 
 class ModelService:
-    """Loads the version the production alias names, and reloads when the alias moves."""
+    """Loads the version the production alias names, and reloads when the alias moves.
+
+    A version that fails to load is remembered (:attr:`RegistryStatus.failed_version`) and not loaded again
+    until the alias names another version or the process restarts; the current model keeps serving. So does
+    it when the alias is removed: the service keeps the last version it loaded and says so in ``last_error``.
+    Every error sentence has the credentials of the tracking URI masked (:mod:`housing.redaction`).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -98,7 +123,8 @@ class ModelService:
         if self.status.reachable is None:
             return "no model is loaded yet: the first look at the model registry has not finished"
         if self.status.reachable is False:
-            return f"no model is loaded: the model registry at {self.settings.tracking_uri} is unreachable ({self.status.last_error})"
+            return (f"no model is loaded: the model registry at {mask_uri(self.settings.tracking_uri)} is unreachable "
+                    f"({self.status.last_error})")
         return f"no model is loaded: {self.status.last_error}"
 
     def refresh(self) -> bool:
@@ -118,38 +144,76 @@ class ModelService:
             client = registry_client(self.settings.tracking_uri)
             version = get_version_by_alias(client, name, alias)
         except Exception as error:  # noqa: BLE001 - an unreachable registry must not stop serving
-            self.status.reachable = False
-            self.status.failed_checks += 1
-            self.status.last_error = first_line(error)
-            logger.warning("registry check failed, serving %s: %s", self._describe(), self.status.last_error)
+            self._registry_failed(error)
             return False
         self.status.reachable = True
         if version is None:
-            self.status.last_error = f"no version of {name} has the alias '{alias}'" + (
-                f"; still serving version {self._current.version}"
-                if self._current
-                else "; run the pipeline (make pipeline) to train and promote one"
-            )
+            self._alias_missing(name, alias)
             return False
-        if self._current is not None and self._current.version == str(version.version):
-            self.status.last_error = None
+        number = str(version.version)
+        self.status.alias_version = number
+        if self._current is not None and self._current.version == number:
+            self.status.failed_version = self.status.last_error = None  # back on the served version
+            return False
+        failed = self.status.failed_version
+        if failed is not None and failed.version == number:
+            self.status.last_error = self._failure_sentence(failed)  # remembered: not downloaded and loaded again
             return False
         try:
             loaded = self._load(client, version, alias)
         except Exception as error:  # noqa: BLE001 - a broken version must not replace a working one
-            self.status.last_error = f"could not load {name} version {version.version}: {first_line(error)}"
-            logger.error("%s; still serving %s", self.status.last_error, self._describe())
+            self._load_failed(client, number, error)
             return False
+        self._serve(loaded)
+        return True
+
+    def _registry_failed(self, error: Exception) -> None:
+        self.status.reachable = False
+        self.status.failed_checks += 1
+        self.status.last_error = masked_first_line(error, self.settings.tracking_uri)
+        logger.warning("registry check failed, serving %s: %s", self._describe(), self.status.last_error)
+
+    def _alias_missing(self, name: str, alias: str) -> None:
+        if self.status.alias_version is not None or self.status.last_error is None:
+            logger.warning("no version of %s has the alias '%s'; serving %s", name, alias, self._describe())
+        self.status.alias_version = None
+        self.status.failed_version = None
+        self.status.last_error = f"no version of {name} has the alias '{alias}'" + (
+            f"; still serving version {self._current.version}, the last one it named"
+            if self._current
+            else "; run the pipeline (make pipeline) to train and promote one"
+        )
+
+    def _load_failed(self, client: Any, number: str, error: Exception) -> None:
+        """Remember the version that failed, unless the registry went away meanwhile (then it is the outage,
+        not the version, and the next check tries again)."""
+        reason = f"{type(error).__name__}: {masked_first_line(error, self.settings.tracking_uri)}"
+        try:
+            get_version_by_alias(client, self.settings.model_name, self.settings.production_alias)
+        except Exception as registry_error:  # noqa: BLE001 - the registry is down: not the version's fault
+            self._registry_failed(registry_error)
+            return
+        failed = FailedVersion(number, reason, datetime.now(UTC))
+        self.status.failed_version = failed
+        self.status.last_error = self._failure_sentence(failed)
+        logger.error("%s", self.status.last_error)
+
+    def _failure_sentence(self, failed: FailedVersion) -> str:
+        serving = f"still serving {self._describe()}" if self._current else "no other version to serve"
+        return (f"could not load {self.settings.model_name} version {failed.version} ({failed.reason}); {serving}; "
+                f"version {failed.version} is not tried again until "
+                f"the '{self.settings.production_alias}' alias names another version or the service restarts")
+
+    def _serve(self, loaded: LoadedModel) -> None:
         previous = self._current
         self._current = loaded
-        self.status.last_error = None
+        self.status.failed_version = self.status.last_error = None
         self.status.reloads += 1
-        message = f"now serving {name} version {loaded.version} ({loaded.candidate})" + (
+        message = f"now serving {loaded.name} version {loaded.version} ({loaded.candidate})" + (
             f", was version {previous.version}" if previous else ""
         )
         self.status.history.append(f"{loaded.loaded_at.isoformat(timespec='seconds')} {message}")
         logger.info(message)
-        return True
 
     def _load(self, client: Any, version: Any, alias: str) -> LoadedModel:
         pipeline = load_version(client, version)

@@ -24,7 +24,8 @@ from mlflow.models import infer_signature
 from sklearn.pipeline import Pipeline
 
 from housing.config import PROJECT_DIR, Settings
-from housing.errors import UserError, first_line
+from housing.errors import UserError
+from housing.redaction import mask_uri, masked_first_line
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 from housing.serialization import SKOPS_TRUSTED_TYPES
 
@@ -48,7 +49,8 @@ def connect(settings: Settings) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"could not reach the MLflow tracking store at {settings.tracking_uri} ({first_line(error)})") from None
+        raise UserError(f"could not reach the MLflow tracking store at {mask_uri(settings.tracking_uri)} "
+                        f"({masked_first_line(error, settings.tracking_uri)})") from None
     return client
 
 
@@ -101,7 +103,9 @@ def make_dataset(frame: pd.DataFrame, *, name: str, source: str) -> PandasDatase
 
 
 def dataset_source(source: str) -> DatasetSource:
-    """The MLflow dataset source of a data source string: an HTTP URL, a local file, or a description."""
+    """The MLflow dataset source of a data source string: an HTTP URL, a local file, or a description
+    (credentials masked: a tracking store keeps no secret)."""
+    source = mask_uri(source)
     scheme = urlparse(source).scheme
     if scheme in ("http", "https"):
         return HTTPDatasetSource(source)

@@ -15,6 +15,7 @@ from housing import plots, tracking
 from housing.candidates import CandidateSpec
 from housing.config import Settings
 from housing.fitting import FittedCandidate, fit_candidates
+from housing.redaction import mask_uri
 from housing.schema import TARGET
 from housing.scoring import best_first, regression_metrics
 from housing.tracking import CANDIDATE_RUN_TYPE, RUN_TYPE_TAG, TRAINING_RUN_TYPE
@@ -81,7 +82,7 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
         RUN_TYPE_TAG: TRAINING_RUN_TYPE,
         "git_commit": tracking.git_commit(),
         "data_sha256": data.data_sha256,
-        "data_source": data.source,
+        "data_source": mask_uri(data.source),
         **data.provenance,
     }
     datasets = {

@@ -1,11 +1,87 @@
-"""load_data.py as a subprocess: good source, then each kind of bad source leaves the good artifact alone."""
+"""load_data.py as a subprocess: good source, then each kind of bad source leaves the good artifact alone;
+hostile sources (a system file, other URL schemes, an endless or silent server) are refused without
+echoing a line of what they hold."""
 
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.conftest import DATA_SOURCE, run_stage, stage_env
+
+PASSWD = Path("/etc/passwd")
+
+
+class DataServer:
+    """A local http.server thread: ``/data.csv`` is the real CSV, ``/endless`` streams bytes until the client
+    hangs up, ``/to-file`` redirects to ``file:///etc/passwd``; every request's path and Authorization header
+    is recorded in :attr:`requests`."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        requests = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                requests.append((self.path, self.headers.get("Authorization")))
+                route = self.path.split("?", 1)[0]
+                if route == "/data.csv":
+                    body = DATA_SOURCE.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif route == "/endless":
+                    self.send_response(200)
+                    self.end_headers()  # no Content-Length: the body ends when the connection does
+                    with contextlib.suppress(OSError):
+                        while True:
+                            self.wfile.write(b"MedInc,HouseAge\n" + b"1.0,2.0\n" * 8192)
+                elif route == "/to-file":
+                    self.send_response(302)
+                    self.send_header("Location", f"file://{PASSWD}")
+                    self.end_headers()
+                else:
+                    self.send_error(404)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> DataServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A port that accepts connections (the kernel's backlog) and never answers: the URL of a stalled server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/data.csv"
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +157,78 @@ def test_sklearn_fallback_without_network_says_how_to_fix(loaded, tmp_path):
     assert "--source or HOUSING_DATA_SOURCE" in result.stderr
     data_dir = work_dir / "artifacts" / "data"
     assert {path.name: path.read_bytes() for path in data_dir.iterdir()} == files_before
+
+
+def assert_refused(result, message: str, work_dir: Path, files_before: dict[str, bytes]) -> str:
+    """Exit 2 with one ``error:`` sentence holding ``message``, no traceback, the stored artifacts untouched."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    data_dir = work_dir / "artifacts" / "data"
+    assert {path.name: path.read_bytes() for path in data_dir.iterdir()} == files_before
+    return error_lines[0]
+
+
+def passwd_lines() -> list[str]:
+    return [line for line in PASSWD.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("source", [str(PASSWD), f"file://{PASSWD}", f"FILE://localhost{PASSWD}"])
+def test_a_system_file_is_refused_without_echoing_it(loaded, source):
+    env, work_dir, files_before = loaded
+    result = run_stage("load_data.py", "--source", source, env=env)
+    message = "is not a readable CSV" if source == str(PASSWD) else "give a local path or an http(s) URL"
+    assert_refused(result, message, work_dir, files_before)
+    output = result.stdout + result.stderr
+    assert passwd_lines() and not [line for line in passwd_lines() if line in output]
+    assert "root:x" not in output
+
+
+def test_a_file_without_the_contract_header_is_not_quoted(loaded, tmp_path):
+    env, work_dir, files_before = loaded
+    secret = tmp_path / "notes.txt"
+    secret.write_text("SECRET-first-line-4242\nsecond SECRET line\n")
+    result = run_stage("load_data.py", "--source", str(secret), env=env)
+    assert_refused(result, "has none of the columns MedInc", work_dir, files_before)
+    assert "SECRET" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("source", ["ftp://127.0.0.1/data.csv", "s3://bucket/data.csv", "data://text/csv,a"])
+def test_other_url_schemes_are_refused(loaded, source):
+    env, work_dir, files_before = loaded
+    result = run_stage("load_data.py", "--source", source, env=env)
+    assert_refused(result, "is refused: give a local path or an http(s) URL", work_dir, files_before)
+
+
+def test_an_endless_download_is_refused_at_the_size_cap(loaded):
+    env, work_dir, files_before = loaded
+    with DataServer() as server:
+        result = run_stage("load_data.py", "--source", f"{server.url}/endless", env={**env, "HOUSING_DOWNLOAD_MAX_BYTES": "100000"})
+        assert server.requests == [("/endless", None)]
+    assert_refused(result, "is larger than the 100,000-byte limit (HOUSING_DOWNLOAD_MAX_BYTES)", work_dir, files_before)
+
+
+def test_a_declared_size_over_the_cap_is_refused_before_reading(loaded):
+    env, work_dir, files_before = loaded
+    with DataServer() as server:
+        result = run_stage("load_data.py", "--source", f"{server.url}/data.csv", "--download-max-bytes", "100000", env=env)
+    assert_refused(result, "is larger than the 100,000-byte limit", work_dir, files_before)
+
+
+def test_a_redirect_to_a_local_file_is_refused(loaded):
+    env, work_dir, files_before = loaded
+    with DataServer() as server:
+        result = run_stage("load_data.py", "--source", f"{server.url}/to-file", env=env)
+    assert_refused(result, "could not download data source URL", work_dir, files_before)
+    assert not [line for line in passwd_lines() if line in result.stdout + result.stderr]
+
+
+def test_a_server_that_never_answers_times_out(loaded):
+    env, work_dir, files_before = loaded
+    with silent_server() as url:
+        started = time.monotonic()
+        result = run_stage("load_data.py", "--source", url, env={**env, "HOUSING_DOWNLOAD_TIMEOUT": "2"}, timeout=60)
+        elapsed = time.monotonic() - started
+    assert_refused(result, "within 2 s (HOUSING_DOWNLOAD_TIMEOUT)", work_dir, files_before)
+    assert elapsed < 2 + 8, f"took {elapsed:.1f} s with a 2 s timeout"

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from housing.api.deps import ServicesDep
 from housing.api.responses import json_response
+from housing.redaction import mask_text, mask_uri
 
 router = APIRouter()
 
@@ -22,20 +23,29 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", summary="Readiness: a production model is loaded", responses={503: {"description": "Not ready, with the reason."}})
 async def ready(services: ServicesDep) -> Response:
-    """200 when a production model is loaded, else 503 with the reason; both describe the model, registry and prediction log."""
+    """200 when a production model is loaded, else 503 with the reason; both describe the model, the registry (the
+    version the production alias names, `missing` when it names none, and a version that failed to load: it is not
+    tried again until the alias moves) and the prediction log. Credentials in URIs are masked."""
     services.update_gauges()
     model = services.model_service.current
     status = services.model_service.status
     log = services.prediction_log.status()
+    failed = status.failed_version
     details = {
         "model": {"name": model.name, "version": model.version, "loaded_at": model.loaded_at.isoformat()} if model else None,
         "registry": {
-            "uri": services.settings.tracking_uri,
+            "uri": mask_uri(services.settings.tracking_uri),
             "reachable": status.reachable,
             "last_check": status.last_check.isoformat() if status.last_check else None,
             "last_error": status.last_error,
+            "alias": {"name": services.settings.production_alias, "version": status.alias_version, "missing": status.alias_missing},
+            "failed_version": {"version": failed.version, "reason": failed.reason, "failed_at": failed.failed_at.isoformat()}
+            if failed else None,
         },
-        "prediction_log": {"pending_rows": log.pending_rows, "written_rows": log.written_rows, "last_error": log.last_error},
+        "prediction_log": {
+            "pending_rows": log.pending_rows, "written_rows": log.written_rows,
+            "last_error": mask_text(log.last_error, services.settings.prediction_log) if log.last_error else None,
+        },
     }
     if model is None:
         return json_response({"status": "not ready", "reason": services.model_service.unavailable_reason(), **details}, 503)
