@@ -31,10 +31,11 @@ from housing import tracking
 from housing.config import Settings
 from housing.data import Split, load_split, read_manifest
 from housing.drift_report import SavedReport, WindowFigures, evaluate_window, reference_frame, save_report
-from housing.errors import UserError, first_line
+from housing.errors import UserError
 from housing.evidence import Evidence, base_districts, new_evidence, trained_rows, used_districts
 from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.prediction_log import make_engine, read_window
+from housing.redaction import mask_text, masked_first_line
 from housing.registry import get_version_by_alias, load_version
 from housing.retrain_policy import Decision, RetrainThresholds, decide
 from housing.retraining import RetrainOutcome, age_weights, effective_rows, retrain, scale_to_share, traffic_share
@@ -190,8 +191,9 @@ def retrain_with_evidence(settings: Settings, engine: Engine, inputs: MonitorInp
         outcome = retrain(settings, inputs.split, inputs.remembered, inputs.evidence.rows,
                           base_source=read_manifest(settings.manifest_path).source, base_index=inputs.price_index)
     except Exception as error:
-        tracking.connect(settings).set_tag(monitoring_run_id, "retrain_failed", f"{type(error).__name__}: {error}"[:4000])
-        raise RetrainFailed(f"{type(error).__name__}: {first_line(error)}") from error
+        known = (settings.tracking_uri, settings.prediction_log)
+        tracking.connect(settings).set_tag(monitoring_run_id, "retrain_failed", mask_text(f"{type(error).__name__}: {error}", *known)[:4000])
+        raise RetrainFailed(f"{type(error).__name__}: {masked_first_line(error, *known)}") from error
     promotion = outcome.promotion
     client = tracking.connect(settings)
     client.set_tag(monitoring_run_id, "retrain_training_run_id", outcome.training.parent_run_id)
