@@ -1,64 +1,110 @@
-"""The team setup on one machine, without Docker: PostgreSQL from the system's packages, an MLflow tracking
-server on it that also serves the artifacts, and the API with several worker processes.
+"""The team setup on one machine, without Docker: PostgreSQL from the system's packages (password
+authentication), an MLflow tracking server on it with basic authentication that also serves the artifacts,
+and the API with several worker processes.
 
-    python -m localteam up [--workers 2]    # start everything; writes .team/env with the URLs
-    python -m localteam env                 # print the exports for the other stages
+    python -m localteam up [--workers 2]    # start everything; writes .team/env (0600) with URLs and credentials
+    python -m localteam env                 # print the exports for the other stages (they hold the passwords)
     python -m localteam status | down
 
-Every stage then runs unchanged with ``MLFLOW_TRACKING_URI=http://127.0.0.1:5000`` and
-``HOUSING_PREDICTION_LOG_URL=postgresql+psycopg://...`` (``eval "$(python -m localteam env)"``).
-The tests use the same functions to run the integration tests against PostgreSQL and a tracking server.
+Every stage then runs unchanged with ``MLFLOW_TRACKING_URI=http://127.0.0.1:5000``, MLflow's
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` and ``HOUSING_PREDICTION_LOG_URL=postgresql+psycopg://...``
+(``eval "$(python -m localteam env)"``). The passwords are generated on the first ``up`` and kept in
+``.team/secrets/`` (0700, files 0600). The tests use the same functions to run the integration tests against
+PostgreSQL and a tracking server.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 
 import httpx
 
 from housing.errors import UserError
-from localteam.services import TEAM_DIR, Postgres, create_database, start_api, start_mlflow_server, stop_process
+from localteam.services import (
+    TEAM_DIR,
+    Postgres,
+    TrackingAuth,
+    create_database,
+    read_or_create_secret,
+    start_api,
+    start_mlflow_server,
+    stop_process,
+    write_private_file,
+    write_tracking_auth,
+)
+
+SECRETS_DIR = TEAM_DIR / "secrets"
+"""The team setup's generated secrets, owner-only: the folder 0700, each file 0600."""
+ENV_PATH = TEAM_DIR / "env"
+"""The exports ``up`` writes (0600: they hold the passwords) and ``env`` prints."""
 
 
 # --- the command line ---------------------------------------------------------------------------------
-def team_env(pg_port: int, mlflow_port: int) -> dict[str, str]:
-    postgres = Postgres(TEAM_DIR / "pgdata", pg_port)
-    return {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "HOUSING_PREDICTION_LOG_URL": postgres.url("predictions")}
+def team_postgres(pg_port: int) -> Postgres:
+    """The team's cluster with its password; a cluster without one (an earlier version's) is refused."""
+    data_dir = TEAM_DIR / "pgdata"
+    password_path = SECRETS_DIR / "postgres_password"
+    if (data_dir / "PG_VERSION").exists() and not password_path.exists():
+        raise UserError(f"{data_dir} was created by an earlier version without passwords: stop it (python -m localteam down) "
+                        f"and delete {TEAM_DIR} to recreate it")
+    return Postgres(data_dir, pg_port, read_or_create_secret(password_path))
+
+
+def team_auth(postgres: Postgres) -> TrackingAuth:
+    """The tracking server's basic-auth config (auth database ``mlflow_auth`` on the team's cluster)."""
+    return write_tracking_auth(SECRETS_DIR / "mlflow_auth.ini", postgres.url("mlflow_auth"),
+                               read_or_create_secret(SECRETS_DIR / "mlflow_admin_password"),
+                               read_or_create_secret(SECRETS_DIR / "mlflow_flask_secret_key"))
+
+
+def team_env(postgres: Postgres, auth: TrackingAuth, mlflow_port: int) -> dict[str, str]:
+    """What a shell needs to run the stages against the team setup (passwords included)."""
+    return {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", **auth.client_env(),
+            "HOUSING_PREDICTION_LOG_URL": postgres.url("predictions")}
 
 
 def up(args: argparse.Namespace) -> None:
     TEAM_DIR.mkdir(exist_ok=True)
-    postgres = Postgres(TEAM_DIR / "pgdata", args.pg_port).start()
-    print(f"PostgreSQL on 127.0.0.1:{args.pg_port} (data in {postgres.data_dir})")
-    for name in ("mlflow", "predictions"):
+    postgres = team_postgres(args.pg_port).start()
+    print(f"PostgreSQL on 127.0.0.1:{args.pg_port} with password authentication (data in {postgres.data_dir})")
+    for name in ("mlflow", "mlflow_auth", "predictions"):
         create_database(postgres.admin_url, name)
-    env = team_env(args.pg_port, args.mlflow_port)
+    auth = team_auth(postgres)
+    env = team_env(postgres, auth, args.mlflow_port)
     if not (TEAM_DIR / "mlflow.pid").exists():
-        server = start_mlflow_server(postgres.url("mlflow"), TEAM_DIR / "mlartifacts", args.mlflow_port, TEAM_DIR / "mlflow.log")
+        server = start_mlflow_server(postgres.url("mlflow"), TEAM_DIR / "mlartifacts", args.mlflow_port, TEAM_DIR / "mlflow.log", auth)
         (TEAM_DIR / "mlflow.pid").write_text(str(server.pid))
-    print(f"MLflow tracking server on {env['MLFLOW_TRACKING_URI']} (backend PostgreSQL, artifacts served from {TEAM_DIR / 'mlartifacts'})")
-    (TEAM_DIR / "env").write_text("".join(f"export {key}={value}\n" for key, value in env.items()))
+    print(f"MLflow tracking server on {env['MLFLOW_TRACKING_URI']} with basic authentication, user {auth.username} "
+          f"(backend PostgreSQL, artifacts served from {TEAM_DIR / 'mlartifacts'})")
+    write_private_file(ENV_PATH, "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items()))
     if not args.no_api and not (TEAM_DIR / "api.pid").exists():
         api = start_api({**os.environ, **env}, args.workers, args.api_port, TEAM_DIR / "api.log", TEAM_DIR / "prometheus")
         (TEAM_DIR / "api.pid").write_text(str(api.pid))
         print(f"API on http://127.0.0.1:{args.api_port} with {args.workers} workers (log {TEAM_DIR / 'api.log'})")
-    print(f"\nfor the other stages:  eval \"$(python -m localteam env)\"   (or: source {TEAM_DIR / 'env'})")
+    print(f"\nfor the other stages:  eval \"$(python -m localteam env)\"   (or: source {ENV_PATH})")
+
+
+def print_env() -> None:
+    """Print the exports ``up`` wrote (with the ports it was given)."""
+    if not ENV_PATH.exists():
+        raise UserError(f"{ENV_PATH} does not exist: start the team setup first (python -m localteam up)")
+    print(ENV_PATH.read_text(), end="")
 
 
 def down(args: argparse.Namespace) -> None:
     stop_process(TEAM_DIR / "api.pid")
     stop_process(TEAM_DIR / "mlflow.pid")
     Postgres(TEAM_DIR / "pgdata", args.pg_port).stop()
-    print("team setup stopped (data kept in .team/; delete the folder to start from scratch)")
+    print("team setup stopped (data and secrets kept in .team/; delete the folder to start from scratch)")
 
 
 def status(args: argparse.Namespace) -> None:
-    env = team_env(args.pg_port, args.mlflow_port)
     checks = {"PostgreSQL": Postgres(TEAM_DIR / "pgdata", args.pg_port).running() if (TEAM_DIR / "pgdata").exists() else False}
-    for name, url in (("MLflow", f"{env['MLFLOW_TRACKING_URI']}/health"), ("API", f"http://127.0.0.1:{args.api_port}/ready")):
+    for name, url in (("MLflow", f"http://127.0.0.1:{args.mlflow_port}/health"), ("API", f"http://127.0.0.1:{args.api_port}/ready")):
         try:
             checks[name] = httpx.get(url, timeout=3).status_code == 200
         except httpx.HTTPError:
@@ -78,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         if args.command == "env":
-            print("".join(f"export {key}={value}\n" for key, value in team_env(args.pg_port, args.mlflow_port).items()), end="")
+            print_env()
         else:
             {"up": up, "down": down, "status": status}[args.command](args)
     except UserError as error:

@@ -7,6 +7,10 @@ with the system's binaries or, without PostgreSQL installed, those of the ``pgse
 (requirements.txt). The PostgreSQL half of the tests carries the ``postgres`` marker: when none of these is
 available it is skipped with one line saying how to run it, and with HOUSING_REQUIRE_POSTGRES=1 (CI) it
 fails instead (tests/conftest.py).
+
+Like the team setup, the private cluster needs a password and every tracking server runs with MLflow's basic
+authentication: one admin password per session (:attr:`PostgresProvider.tracking_password`), which the stages,
+the API and the test process get as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
 """
 
 from __future__ import annotations
@@ -20,7 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from housing.errors import UserError
-from localteam.services import Postgres, create_database, database_url, postgres_bin_dir, start_mlflow_server
+from localteam.services import (
+    TRACKING_ADMIN_USER,
+    Postgres,
+    TrackingAuth,
+    create_database,
+    database_url,
+    new_secret,
+    postgres_bin_dir,
+    start_mlflow_server,
+    write_tracking_auth,
+)
 from tests.server import free_port
 
 BACKENDS = ("sqlite", "postgres")
@@ -36,7 +50,13 @@ class Backend:
     admin_url: str | None = None
     tracking_db_url: str | None = None
     """The tracking server's PostgreSQL database (PostgreSQL backend only)."""
+    tracking_auth: TrackingAuth | None = None
+    """The tracking server's basic authentication (PostgreSQL backend only)."""
     processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def credentials_env(self) -> dict[str, str]:
+        """MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for the tracking server; nothing for SQLite."""
+        return {} if self.tracking_auth is None else self.tracking_auth.client_env()
 
     def new_log_url(self, label: str) -> str:
         """A fresh, empty prediction log database."""
@@ -75,6 +95,13 @@ class PostgresProvider:
         self.work_dir = work_dir
         self.private: Postgres | None = None
         self._admin_url: str | None = os.environ.get("HOUSING_TEST_POSTGRES_URL") or None
+        self.tracking_password = new_secret()
+        """The tracking servers' admin password, the same for every server of the session."""
+        self.flask_secret_key = new_secret()
+
+    def tracking_credentials_env(self) -> dict[str, str]:
+        """MLflow's credential variables for this session's tracking servers."""
+        return {"MLFLOW_TRACKING_USERNAME": TRACKING_ADMIN_USER, "MLFLOW_TRACKING_PASSWORD": self.tracking_password}
 
     @property
     def admin_url(self) -> str:
@@ -101,5 +128,8 @@ def make_backend(name: str, work_dir: Path, postgres: PostgresProvider, label: s
     create_database(postgres.admin_url, database)
     port = free_port()
     db_url = database_url(postgres.admin_url, database)
-    server = start_mlflow_server(db_url, work_dir / "mlartifacts", port, work_dir / "mlflow-server.log")
-    return Backend(name, work_dir, f"http://127.0.0.1:{port}", admin_url=postgres.admin_url, tracking_db_url=db_url, processes=[server])
+    auth = write_tracking_auth(work_dir / "mlflow-auth.ini", f"sqlite:///{work_dir / 'mlflow-auth.db'}", postgres.tracking_password,
+                               postgres.flask_secret_key)
+    server = start_mlflow_server(db_url, work_dir / "mlartifacts", port, work_dir / "mlflow-server.log", auth)
+    return Backend(name, work_dir, f"http://127.0.0.1:{port}", admin_url=postgres.admin_url, tracking_db_url=db_url, tracking_auth=auth,
+                   processes=[server])

@@ -116,7 +116,7 @@ def run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPat
     """The four stage scripts, for real, with the real data, in a fresh temp dir on a fresh backend."""
     work_dir = tmp_path_factory.mktemp(f"{label}-{backend_name}")
     backend = make_backend(backend_name, work_dir, postgres, label)
-    env = stage_env(work_dir, MLFLOW_TRACKING_URI=backend.tracking_uri)
+    env = stage_env(work_dir, MLFLOW_TRACKING_URI=backend.tracking_uri, **backend.credentials_env())
     outputs = {}
     for script in ("load_data.py", "preprocess.py", "train.py", "promote.py"):
         result = run_stage(script, env=env, cwd=work_dir)
@@ -133,9 +133,14 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProvider]:
-    """The session's PostgreSQL, started (or connected to) on first use only."""
+    """The session's PostgreSQL, started (or connected to) on first use only. The test process itself gets
+    the tracking servers' credentials (MLFLOW_TRACKING_USERNAME / PASSWORD), so that an in-process
+    MlflowClient on a PostgreSQL backend logs in like the stages do; the SQLite backend ignores them."""
     provider = PostgresProvider(tmp_path_factory.mktemp("postgres"))
-    yield provider
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in provider.tracking_credentials_env().items():
+            patch.setenv(key, value)
+        yield provider
     provider.close()
 
 

@@ -1,4 +1,5 @@
-"""The team setup: several API workers on one log, and outages of the tracking server and the log database."""
+"""The team setup: several API workers on one log, outages of the tracking server and the log database, and
+its authentication (the tracking server's basic auth, PostgreSQL's passwords)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import time
 import httpx
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 
 from housing.prediction_log import count_rows
 from housing.schema import EXAMPLE_REQUEST
@@ -65,8 +69,9 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
     """Tracking server killed, then the log database refusing connections: the API keeps answering with the
     model it has, says so in /ready and /metrics, stages fail with one sentence, and all recovers."""
     backend = mutable_run.backend
+    assert backend.tracking_db_url is not None and backend.tracking_auth is not None
     port = free_port()
-    tracking = start_mlflow_server(backend.tracking_db_url, backend.work_dir / "mlartifacts", port, tmp_path / "mlflow.log")
+    tracking = start_mlflow_server(backend.tracking_db_url, backend.work_dir / "mlartifacts", port, tmp_path / "mlflow.log", backend.tracking_auth)
     log_url = backend.new_log_url("outage")
     log_database = log_url.rsplit("/", 1)[1]
     env = server_env(mutable_run.env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", HOUSING_PREDICTION_LOG_URL=log_url,
@@ -96,7 +101,8 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
         assert errors[-1].startswith(f"error: could not reach the MLflow tracking store at http://127.0.0.1:{port}"), promote.stderr
         assert "Traceback" not in promote.stderr
         # ... and comes back on the same address
-        tracking = start_mlflow_server(backend.tracking_db_url, backend.work_dir / "mlartifacts", port, tmp_path / "mlflow.log")
+        tracking = start_mlflow_server(backend.tracking_db_url, backend.work_dir / "mlartifacts", port, tmp_path / "mlflow.log",
+                                       backend.tracking_auth)
         deadline = time.monotonic() + 60
         while http.get("/ready").json()["registry"]["reachable"] is not True and time.monotonic() < deadline:
             time.sleep(0.3)
@@ -125,3 +131,45 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
     tracking.terminate()
     admin.dispose()
     assert count_rows(log_url)[0] == sent
+
+
+@pytest.mark.parametrize("backend_name", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_only_the_credentials_move_the_production_alias_and_open_the_databases(mutable_run, monkeypatch):
+    """The tracking server refuses a client without credentials or with a wrong password (401) and lets the
+    one with the stages' credentials set the alias; PostgreSQL refuses a connection without the password."""
+    backend = mutable_run.backend
+    credentials = backend.credentials_env()
+    assert set(credentials) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    for key, value in credentials.items():
+        assert mutable_run.env[key] == value, f"the stages get {key}"
+        monkeypatch.setenv(key, value)
+    production = MlflowClient(backend.tracking_uri).get_model_version_by_alias("CaliforniaHousing", "production")
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
+        MlflowClient(backend.tracking_uri).set_registered_model_alias("CaliforniaHousing", "production", production.version)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", credentials["MLFLOW_TRACKING_USERNAME"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password-0123456789")
+    with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
+        MlflowClient(backend.tracking_uri).set_registered_model_alias("CaliforniaHousing", "production", production.version)
+    assert httpx.get(f"{backend.tracking_uri}/api/2.0/mlflow/registered-models/get", params={"name": "CaliforniaHousing"}).status_code == 401
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", credentials["MLFLOW_TRACKING_PASSWORD"])
+    client = MlflowClient(backend.tracking_uri)
+    client.set_registered_model_alias("CaliforniaHousing", "production", production.version)
+    assert client.get_model_version_by_alias("CaliforniaHousing", "production").version == production.version
+
+    assert backend.admin_url is not None
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", "/dev/null")
+    admin = make_url(backend.admin_url)
+    for password in (None, "not-the-password"):
+        engine = create_engine(URL.create(admin.drivername, admin.username, password, admin.host, admin.port, admin.database))
+        with pytest.raises(OperationalError, match="password"), engine.connect():
+            pass
+        engine.dispose()
+    engine = create_engine(backend.admin_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+    engine.dispose()
