@@ -1,15 +1,18 @@
 """The prediction log: every served prediction and every feedback label, durably in an SQL database.
 
-SQLite in WAL mode by default, any SQLAlchemy URL by setting (PostgreSQL for teams). The API never writes
-on a request's critical path: rows go to an in-memory buffer that a writer thread flushes in batches, in
-one transaction per batch. A crash loses at most the rows not yet flushed (one flush interval) and never
-corrupts the store; a graceful shutdown flushes everything. Inserts ignore request ids already stored,
-so a batch retried after an unclear failure never duplicates a row. Feedback labels join on request_id.
+SQLite in WAL mode by default, any SQLAlchemy URL by setting (PostgreSQL for teams). The API never writes to the
+database on a request's critical path: rows wait in a capped buffer (housing.log_spill: in memory, or on local disk
+past the cap and while the database is failing) that a writer thread flushes in batches, one transaction per batch.
+A kill -9 loses at most the last flush interval's rows; a graceful shutdown writes everything (or leaves it on disk
+for the next start). Inserts skip request ids already stored, so a batch retried or replayed twice never duplicates
+a row. Database calls have connect and statement timeouts: an outage becomes an error within seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -19,23 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Float,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    event,
-    func,
-    make_url,
-    select,
-)
+from sqlalchemy import Column, DateTime, Engine, Float, MetaData, String, Table, create_engine, event, func, make_url, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from housing.config import Settings
 from housing.errors import UserError, first_line
+from housing.log_spill import SpillingBuffer, row_restorer
 from housing.schema import FEATURE_NAMES, TARGET
 
 logger = logging.getLogger(__name__)
@@ -69,24 +61,44 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 """Order of the values in a buffered prediction row (a tuple: cheap to build on the request path)."""
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, synchronous=NORMAL and a busy timeout for concurrent processes."""
+SQLITE_BUSY_SECONDS = 30.0
+"""How long SQLite waits for another process's write lock when no statement timeout is given."""
+
+
+def make_engine(url: str, *, connect_timeout: float | None = None, statement_timeout: float | None = None) -> Engine:
+    """An engine for ``url``. SQLite gets WAL, synchronous=NORMAL, its folder created on connect, and a busy timeout
+    (``statement_timeout``, else 30 s) for concurrent processes; PostgreSQL gets libpq's ``connect_timeout`` and a
+    server-side ``statement_timeout`` when given. A thread never waits longer than ``connect_timeout`` for a pooled
+    connection."""
+    pool_args: dict[str, Any] = {} if connect_timeout is None else {"pool_timeout": connect_timeout}
     if url.startswith("sqlite"):
+        busy = SQLITE_BUSY_SECONDS if statement_timeout is None else statement_timeout
+        engine = create_engine(url, connect_args={"timeout": busy, "check_same_thread": False}, **pool_args)
         database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        folder = Path(database).parent if database and database != ":memory:" else None
+
+        @event.listens_for(engine, "do_connect")
+        def _create_folder(*_: Any) -> None:  # on every connect: the folder may come back after an outage
+            if folder is not None:
+                with contextlib.suppress(OSError):  # sqlite3 then fails with "unable to open database file"
+                    folder.mkdir(parents=True, exist_ok=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        if connect_timeout is not None:
+            connect_args["connect_timeout"] = max(2, math.ceil(connect_timeout))  # libpq: whole seconds, at least 2
+        if statement_timeout is not None:
+            connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool_args)
 
 
 def _insert_statement(engine: Engine) -> str:
@@ -120,11 +132,23 @@ def create_tables(engine: Engine) -> None:
                         f"({first_line(error)})") from None
 
 
+MAX_BACKOFF_SECONDS = 5.0
+"""Longest pause between attempts to reach a database that is down."""
+
+
+class LogUnavailable(Exception):
+    """The prediction log can take no more rows: its database is unreachable, the memory buffer is full and the spill
+    file cannot be written. The API answers 503 with this sentence and Retry-After, rather than lose rows silently."""
+
+    retry_after = math.ceil(MAX_BACKOFF_SECONDS)  # seconds: the writer's longest pause between attempts
+
+
 class FeedbackResult:
     """Outcomes of recording a label."""
 
     CREATED = "created"
     UNCHANGED = "unchanged"
+    PENDING = "pending"  # in this process's buffer, not yet in the database: ask again shortly (the writer was woken)
     UNKNOWN_REQUEST = "unknown_request"
     CONFLICT = "conflict"
 
@@ -133,52 +157,71 @@ class FeedbackResult:
 class LogStatus:
     """Health of the writer, for /ready and /metrics."""
 
-    pending_rows: int
+    pending_rows: int  # not yet in the database: in memory, in flight, or in this process's spill file
     written_rows: int
     failed_flushes: int
     last_error: str | None
+    spilled_rows: int = 0  # of the pending rows, those in the spill file
+    spill_error: str | None = None
 
 
 class PredictionLog:
-    """Buffered, batched writer of prediction rows plus synchronous feedback writes."""
+    """Buffered, batched writer of prediction rows, spilling to disk when needed, plus synchronous feedback writes.
 
-    def __init__(self, url: str, *, flush_interval: float = 0.2, max_batch_rows: int = 5_000) -> None:
+    ``max_buffer_rows`` caps the memory buffer, ``spill_dir`` is where rows wait on disk (None: no cap / no spill);
+    ``connect_timeout`` and ``statement_timeout`` bound every database call. The API uses :meth:`from_settings`."""
+
+    def __init__(self, url: str, *, flush_interval: float = 0.2, max_batch_rows: int = 5_000, max_buffer_rows: int | None = None,
+                 spill_dir: Path | None = None, connect_timeout: float | None = None, statement_timeout: float | None = None) -> None:
         self.url = url
         self.flush_interval = flush_interval
         self.max_batch_rows = max_batch_rows
-        self.engine = make_engine(url)
-        self._buffer: list[tuple[Any, ...]] = []
-        self._lock = threading.Lock()
+        self.engine = make_engine(url, connect_timeout=connect_timeout, statement_timeout=statement_timeout)
+        self.pending = SpillingBuffer(max_rows=max_buffer_rows, spill_dir=spill_dir, stall_seconds=2 * flush_interval,
+                                      database=self.engine.url.render_as_string(hide_password=True))
+        self._restore = row_restorer(self.engine.dialect.name)
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._insert = _insert_statement(self.engine)
         self._tables_ready = False
-        self.written_rows = 0
-        self.failed_flushes = 0
+        self.written_rows = self.failed_flushes = 0
         self.last_error: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PredictionLog:
+        """The API's log: URL, flush interval, buffer cap, spill folder and database timeouts from ``settings``."""
+        return cls(settings.prediction_log, flush_interval=settings.log_flush_interval, max_buffer_rows=settings.log_buffer_max_rows,
+                   spill_dir=settings.spill_dir, connect_timeout=settings.db_connect_timeout, statement_timeout=settings.db_statement_timeout)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Create the tables (retried by the writer if the database is down) and start the writer thread."""
-        self._ensure_tables()
+        try:
+            self._ensure_tables()
+        except UserError as error:
+            self.last_error = str(error)
+            logger.warning("prediction log: %s; will retry", error)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the writer and flush every buffered row (called on graceful shutdown)."""
+        """Stop the writer and write every pending row (called on graceful shutdown); rows the database does not take
+        in time stay in the spill file, which the next start replays."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         deadline = time.monotonic() + timeout
-        while self.pending_rows and time.monotonic() < deadline:
-            if not self.flush():
-                time.sleep(0.2)
-        if self.pending_rows:
-            logger.error("prediction log: %d row(s) could not be written before shutdown (%s)", self.pending_rows, self.last_error)
+        while not self.flush() and self.pending.memory_rows and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.pending.memory_rows:
+            logger.error("prediction log: %d row(s) could not be written or spilled before shutdown (%s; %s)",
+                         self.pending.memory_rows, self.last_error, self.pending.error)
+        if self.pending.spill is not None:
+            self.pending.spill.close()
         self.engine.dispose()
 
     # --- writes ------------------------------------------------------------------------------------
@@ -187,106 +230,121 @@ class PredictionLog:
         return timestamp_value(self.engine, moment)
 
     def append(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Queue rows (tuples in PREDICTION_COLUMNS order) for the writer; never touches the database."""
-        with self._lock:
-            self._buffer.extend(rows)
-            size = len(self._buffer)
-        if size >= self.max_batch_rows:
+        """Queue rows (tuples in PREDICTION_COLUMNS order) for the writer; never touches the database.
+
+        While the database is failing, or the buffer is full, the rows go to the spill file; if that cannot be written
+        they stay in memory up to the cap, past which :class:`LogUnavailable` is raised (nothing queued)."""
+        if not self.pending.append(rows):
+            raise LogUnavailable(
+                f"the prediction log cannot take more rows: its database is unreachable or stalled ({self.last_error or 'a write is hanging'}), "
+                f"its memory buffer is full ({self.pending.max_rows:,} rows) and its spill file cannot be written ({self.pending.error})"
+            )
+        if self.pending.memory_rows >= self.max_batch_rows:
             self._wake.set()
 
     @property
     def pending_rows(self) -> int:
-        return len(self._buffer)
+        return self.pending.pending_rows
 
-    def _ensure_tables(self) -> bool:
-        if self._tables_ready:
-            return True
-        try:
+    def _ensure_tables(self) -> None:
+        if not self._tables_ready:
             create_tables(self.engine)
-        except UserError as error:
-            self.last_error = str(error)
-            logger.warning("prediction log: %s; will retry", error)
-            return False
-        self._tables_ready = True
-        return True
+            self._tables_ready = True
 
     def flush(self) -> bool:
-        """Write everything buffered so far; on failure keep it buffered for the next attempt."""
-        if not self._ensure_tables():
-            self.failed_flushes += 1
-            return False
+        """Write everything pending: the spill's backlog, in order, then the memory buffer; then, every few seconds,
+        the spill files of processes that are gone. On failure the buffer moves to the spill (or stays in memory when
+        the spill cannot be written) for the next attempt, and False is returned."""
         with self._flush_lock:
-            with self._lock:
-                batch, self._buffer = self._buffer, []
-            if not batch:
-                return True
+            self.pending.busy_since = time.monotonic()
             try:
-                with self.engine.begin() as connection:
-                    for start in range(0, len(batch), self.max_batch_rows):
-                        connection.exec_driver_sql(self._insert, batch[start : start + self.max_batch_rows])
-            except SQLAlchemyError as error:
-                with self._lock:
-                    self._buffer[:0] = batch
+                self._ensure_tables()
+                self.written_rows += self.pending.replay(self._insert_spilled, self.max_batch_rows)
+                self._flush_buffer()
+                self.written_rows += self.pending.replay_orphans(self._insert_spilled, self.max_batch_rows)
+            except (UserError, SQLAlchemyError) as error:
                 self.failed_flushes += 1
                 self.last_error = first_line(error)
-                logger.warning("prediction log: flush of %d row(s) failed, will retry (%s)", len(batch), self.last_error)
+                logger.warning("prediction log: write failed, will retry (%s)", self.last_error)
+                self.pending.divert_memory()
                 return False
-            self.written_rows += len(batch)
+            finally:
+                self.pending.busy_since = None
             self.last_error = None
             return True
 
+    def _insert_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        with self.engine.begin() as connection:
+            for start in range(0, len(rows), self.max_batch_rows):
+                connection.exec_driver_sql(self._insert, rows[start : start + self.max_batch_rows])
+
+    def _insert_spilled(self, rows: list[list[Any]]) -> None:
+        self._insert_rows([self._restore(row) for row in rows])
+
+    def _flush_buffer(self) -> None:
+        batch = self.pending.take_batch()
+        if not batch:
+            return
+        try:
+            self._insert_rows(batch)
+        except SQLAlchemyError:
+            self.pending.batch_failed(batch)
+            raise
+        self.pending.batch_written(batch)
+        self.written_rows += len(batch)
+
     def _run(self) -> None:
-        backoff = self.flush_interval
+        backoff, next_attempt = self.flush_interval, 0.0
         while not self._stop.is_set():
-            self._wake.wait(backoff)
+            self._wake.wait(self.flush_interval)
             self._wake.clear()
+            if self.last_error is not None or self.pending.spilling:  # once per interval: rows durable on disk
+                self.pending.divert_memory()
+                self.pending.sync()
+            if time.monotonic() < next_attempt:
+                continue
             ok = self.flush()
-            backoff = self.flush_interval if ok else min(backoff * 2, 5.0)
+            backoff = self.flush_interval if ok else min(backoff * 2, MAX_BACKOFF_SECONDS)
+            next_attempt = 0.0 if ok else time.monotonic() + backoff
+        self.pending.sync()
 
     def status(self) -> LogStatus:
-        return LogStatus(self.pending_rows, self.written_rows, self.failed_flushes, self.last_error)
+        return LogStatus(self.pending_rows, self.written_rows, self.failed_flushes, self.last_error, self.pending.spilled_rows,
+                         self.pending.error)
 
     # --- feedback ----------------------------------------------------------------------------------
     def record_feedback(self, request_id: str, actual: float) -> str:
-        """Store the true value of a logged prediction; see :class:`FeedbackResult` for the outcomes.
+        """Store the true value of a logged prediction; see :class:`FeedbackResult` for the outcomes. Never waits.
 
-        The same label twice is accepted (idempotent retry); a different label for an id that already has
-        one is a conflict. Buffered predictions are flushed first (waiting for a flush in progress), and an
-        id still unknown is looked up once more after two flush intervals, in case another worker process
-        of the API logged it and has not flushed yet.
-        """
-        with self._lock:
-            buffered = any(row[0] == request_id for row in self._buffer)
-        if buffered:
-            self.flush()
-        else:
-            with self._flush_lock:  # a flush in progress may be committing the row: wait for it
-                pass
+        The same label twice is accepted (idempotent retry, also when both arrive at once); a different label for an
+        id that already has one is a conflict. An id still in this process's buffer is PENDING (the writer is woken);
+        an id the database does not hold is UNKNOWN_REQUEST: another worker process may not have flushed it yet, so
+        callers ask again after a flush interval, without holding a thread."""
+        if self.pending.contains(request_id):
+            self._wake.set()
+            return FeedbackResult.PENDING
         if not self._is_logged(request_id):
-            time.sleep(2 * self.flush_interval)
-            self.flush()
-            if not self._is_logged(request_id):
-                return FeedbackResult.UNKNOWN_REQUEST
-        with self.engine.begin() as connection:
-            existing = connection.execute(
-                select(feedback_table.c.actual).where(feedback_table.c.request_id == request_id)
-            ).first()
-            if existing is not None:
-                return FeedbackResult.UNCHANGED if existing.actual == actual else FeedbackResult.CONFLICT
+            return FeedbackResult.UNKNOWN_REQUEST
+        stored = self._stored_label(request_id)
+        if stored is None:
             try:
-                connection.execute(
-                    feedback_table.insert(), {"request_id": request_id, "actual": actual, "received_at": datetime.now(UTC)}
-                )
-            except IntegrityError:  # a concurrent request stored a label first
-                return FeedbackResult.CONFLICT
-        return FeedbackResult.CREATED
+                with self.engine.begin() as connection:
+                    connection.execute(feedback_table.insert(), {"request_id": request_id, "actual": actual, "received_at": datetime.now(UTC)})
+                return FeedbackResult.CREATED
+            except IntegrityError:  # a concurrent request stored a label first: compare with it
+                stored = self._stored_label(request_id)
+                if stored is None:
+                    raise
+        return FeedbackResult.UNCHANGED if stored == actual else FeedbackResult.CONFLICT
+
+    def _stored_label(self, request_id: str) -> float | None:
+        with self.engine.connect() as connection:
+            return connection.execute(select(feedback_table.c.actual).where(feedback_table.c.request_id == request_id)).scalar_one_or_none()
 
     def _is_logged(self, request_id: str) -> bool:
         with self.engine.connect() as connection:
-            found = connection.execute(
-                select(predictions_table.c.request_id).where(predictions_table.c.request_id == request_id)
-            ).first()
-        return found is not None
+            query = select(predictions_table.c.request_id).where(predictions_table.c.request_id == request_id)
+            return connection.execute(query).first() is not None
 
 
 def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | None = None,
@@ -331,16 +389,8 @@ def count_rows(url: str) -> tuple[int, int]:
     return int(predictions), int(labels)
 
 
-def prediction_rows(
-    request_ids: Sequence[str],
-    features: Any,
-    predictions: Sequence[float],
-    *,
-    model_name: str,
-    model_version: str,
-    latency_ms: float,
-    created_at: Any,
-) -> list[tuple[Any, ...]]:
+def prediction_rows(request_ids: Sequence[str], features: Any, predictions: Sequence[float], *, model_name: str, model_version: str,
+                    latency_ms: float, created_at: Any) -> list[tuple[Any, ...]]:
     """Log rows for a batch of predictions (``features``: an (n, 8) array in contract order)."""
     return [
         (request_id, created_at, *values, prediction, model_name, model_version, latency_ms)

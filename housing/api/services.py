@@ -23,7 +23,7 @@ class Services:
         self.metrics = Metrics()
         self.model_service = ModelService(settings)
         self.batcher = MicroBatcher(self.model_service, on_batch=self.metrics.batch_rows.observe)
-        self.prediction_log = PredictionLog(settings.prediction_log, flush_interval=settings.log_flush_interval)
+        self.prediction_log = PredictionLog.from_settings(settings)
         self.feedback_token: str | None = None  # set by the lifespan (housing.credentials); None refuses every label
         self._logged_rows = 0
         self._failed_flushes = 0

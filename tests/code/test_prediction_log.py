@@ -3,7 +3,15 @@ duplicate a row or lose one, feedback outcomes, and the monitor's read of the wi
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,10 +20,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from housing import prediction_log
-from housing.prediction_log import FeedbackResult, PredictionLog, count_rows, create_tables, prediction_rows, read_window
+from housing.api.routes.feedback import record_when_logged
+from housing.log_spill import SPILL_PREFIX, SPILL_SUFFIX
+from housing.prediction_log import (
+    FeedbackResult,
+    LogUnavailable,
+    PredictionLog,
+    count_rows,
+    create_tables,
+    make_engine,
+    prediction_rows,
+    read_window,
+)
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -149,27 +169,52 @@ def test_feedback_outcomes(log, log_url):
     assert read_window(log.engine)[TARGET.name].tolist()[0] == 2.5  # the first label stays
 
 
-def test_feedback_for_a_buffered_prediction_flushes_it_first(log, log_url):
+def test_feedback_for_a_buffered_prediction_is_pending_until_flushed(log, log_url):
+    """No flush and no wait on the caller's thread: the writer is woken and the caller asks again."""
+    create_tables(log.engine)
     log.append(rows_for(log, ["a", "b"]))
+    assert log.record_feedback("b", 1.25) == FeedbackResult.PENDING
+    assert log._wake.is_set()  # the writer thread flushes now rather than at its next interval
+    assert log.pending_rows == 2 and count_rows(log_url) == (0, 0)
+    assert log.flush()
     assert log.record_feedback("b", 1.25) == FeedbackResult.CREATED
-    assert log.pending_rows == 0
     assert count_rows(log_url) == (2, 1)
 
 
-def test_feedback_waits_for_another_worker_to_flush(log, log_url, monkeypatch):
-    """An id this process never saw may be in another worker's buffer: it is looked up once more after a pause."""
+def test_feedback_for_another_workers_unflushed_prediction_never_sleeps(log, log_url, monkeypatch):
+    """An id this process never saw may be in another worker's buffer: UNKNOWN_REQUEST at once (the route asks
+    again asynchronously), then CREATED once that worker has flushed."""
     create_tables(log.engine)  # as the API's start() does
     other_worker = PredictionLog(log_url)
     other_worker.append(rows_for(other_worker, ["theirs"]))
-    pauses = []
 
-    def pause(seconds: float) -> None:  # the other worker flushes while this one waits
-        pauses.append(seconds)
-        other_worker.flush()
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"record_feedback slept {seconds} s in a shared thread")
 
-    monkeypatch.setattr(prediction_log.time, "sleep", pause)
+    monkeypatch.setattr(prediction_log.time, "sleep", no_sleep)
+    assert log.record_feedback("theirs", 4.0) == FeedbackResult.UNKNOWN_REQUEST
+    other_worker.flush()
     assert log.record_feedback("theirs", 4.0) == FeedbackResult.CREATED
-    assert pauses == [2 * log.flush_interval]
+    other_worker.engine.dispose()
+
+
+def test_the_route_awaits_another_workers_flush_without_holding_a_thread(log, log_url):
+    create_tables(log.engine)
+    log.flush_interval = 0.2
+    other_worker = PredictionLog(log_url)
+    other_worker.append(rows_for(other_worker, ["theirs"]))
+
+    async def label_while_the_other_worker_flushes() -> str:
+        flushed = asyncio.get_running_loop().call_later(0.1, other_worker.flush)  # on the loop: the route must yield it
+        try:
+            return await record_when_logged(log, "theirs", 4.0)
+        finally:
+            flushed.cancel()
+
+    assert asyncio.run(label_while_the_other_worker_flushes()) == FeedbackResult.CREATED
+    started = time.monotonic()
+    assert asyncio.run(record_when_logged(log, "never-logged", 1.0)) == FeedbackResult.UNKNOWN_REQUEST
+    assert 0.4 <= time.monotonic() - started < 2  # asked again for two flush intervals, then gave up
     other_worker.engine.dispose()
 
 
@@ -199,3 +244,278 @@ def test_count_rows_counts_predictions_and_labels(log, log_url):
     for request_id, actual in (("r1", 1.0), ("r4", 2.0), ("r4", 2.0)):
         log.record_feedback(request_id, actual)
     assert count_rows(log_url) == (7, 2)
+
+
+# --- bounded memory, the spill, replay -------------------------------------------------------------------
+@pytest.fixture
+def spill_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spill"
+
+
+@pytest.fixture
+def spilling_log(log_url: str, spill_dir: Path) -> Iterator[PredictionLog]:
+    """A log with a 10-row memory cap and a spill folder, without its writer thread."""
+    opened = PredictionLog(log_url, flush_interval=0.01, max_buffer_rows=10, spill_dir=spill_dir)
+    yield opened
+    opened.close(timeout=0)
+
+
+def spill_files(spill_dir: Path) -> list[Path]:
+    return sorted(spill_dir.glob(f"{SPILL_PREFIX}*{SPILL_SUFFIX}"))
+
+
+def spilled_ids(path: Path) -> list[str]:
+    """Request ids in a spill file, in file order."""
+    return [json.loads(line)[0] for line in path.read_text().splitlines()]
+
+
+def test_past_the_cap_rows_spill_and_memory_stays_within_it(spilling_log, log_url, spill_dir):
+    log = spilling_log
+    create_tables(log.engine)
+    ids = [f"r{i:02d}" for i in range(25)]
+    for start in range(0, 25, 3):
+        log.append(rows_for(log, ids[start : start + 3]))
+        assert log.pending.memory_rows <= 10
+    assert log.pending_rows == 25 and log.status().spilled_rows > 0
+    [spill] = spill_files(spill_dir)
+    assert str(os.getpid()) in spill.name
+    assert spilled_ids(spill) == ids  # everything from the first spill on goes there, in order
+    assert count_rows(log_url) == (0, 0)  # still no database write on append
+    assert log.flush()
+    assert stored_ids(log) == ids
+    assert log.pending_rows == 0 and spill.stat().st_size == 0  # emptied once replayed; kept, locked, for the next outage
+    log.append(rows_for(log, ["after"]))
+    assert log.pending.memory_rows == 1  # back to the memory buffer
+    log.close(timeout=0)
+    assert spill_files(spill_dir) == [] and count_rows(log_url) == (26, 0)
+
+
+def test_an_outage_spills_rows_then_recovery_replays_them_once_in_order(spilling_log, spill_dir):
+    log = spilling_log
+    log.append(rows_for(log, ["a"]))
+    assert log.flush()
+    with log.engine.begin() as connection:
+        connection.execute(text("drop table predictions"))
+    log.append(rows_for(log, ["b", "c"], minutes=1))
+    assert log.flush() is False
+    assert log.pending.memory_rows == 0 and log.status().spilled_rows == 2  # on disk, not in memory
+    log.append(rows_for(log, ["d"], minutes=2))  # while the database fails, rows go straight to the spill
+    log.append(rows_for(log, ["e"], minutes=3))
+    assert log.pending.memory_rows == 0 and log.pending_rows == 4
+    [spill] = spill_files(spill_dir)
+    assert spilled_ids(spill) == ["b", "c", "d", "e"]
+    create_tables(log.engine)
+    assert log.record_feedback("d", 1.0) == FeedbackResult.UNKNOWN_REQUEST  # in the spill, not in memory: not PENDING
+    assert log.flush() is True
+    assert stored_ids(log) == ["b", "c", "d", "e"]
+    assert log.flush() is True and stored_ids(log) == ["b", "c", "d", "e"]  # replayed exactly once
+    assert log.status().spilled_rows == 0 and log.pending_rows == 0 and log.last_error is None
+
+
+def test_an_unreachable_database_spills_until_it_can_be_opened(tmp_path, spill_dir):
+    path = tmp_path / "predictions.db"
+    path.mkdir()  # a directory where the database file should be: SQLite cannot open it
+    log = PredictionLog(f"sqlite:///{path}", max_buffer_rows=10, spill_dir=spill_dir)
+    log.append(rows_for(log, ["a", "b"]))
+    assert log.flush() is False
+    assert log.pending.memory_rows == 0 and spilled_ids(spill_files(spill_dir)[0]) == ["a", "b"]
+    path.rmdir()
+    assert log.flush() is True
+    assert count_rows(f"sqlite:///{path}") == (2, 0)
+    log.close()
+
+
+def test_a_stalled_flush_sends_new_rows_to_the_spill_and_nothing_is_written_twice(spilling_log, spill_dir):
+    """A database that hangs rather than refuses: once the batch in flight is older than two flush intervals, rows
+    (that batch first) go to the spill; the batch then succeeds, and the replay skips its copy."""
+    log = spilling_log
+    create_tables(log.engine)
+    release, inside = threading.Event(), threading.Event()
+    insert = log._insert_rows
+
+    def hanging_insert(rows):
+        inside.set()
+        release.wait(10)
+        insert(rows)
+
+    log._insert_rows = hanging_insert
+    log.append(rows_for(log, ["a", "b"]))
+    flusher = threading.Thread(target=log.flush)
+    flusher.start()
+    assert inside.wait(10)
+    time.sleep(3 * log.flush_interval)
+    log.append(rows_for(log, ["c"], minutes=1))
+    [spill] = spill_files(spill_dir)
+    assert spilled_ids(spill) == ["a", "b", "c"]
+    release.set()
+    flusher.join(10)
+    log._insert_rows = insert
+    assert stored_ids(log) == ["a", "b"]
+    assert log.flush() and stored_ids(log) == ["a", "b", "c"]
+
+
+DEAD_WORKER = """
+import sys, time
+from pathlib import Path
+from housing.prediction_log import PredictionLog
+log = PredictionLog(sys.argv[1], spill_dir=Path(sys.argv[2]), max_buffer_rows=1000)
+log.append([(f"dead{i}", "2024-01-01 00:00:00.000000", *[1.0] * 8, 2.0, "CaliforniaHousing", "3", 1.5) for i in range(5)])
+assert not log.flush()  # the database is down: the rows go to the spill
+print("spilled", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_spill_of_a_killed_process_is_replayed_by_the_next_log(tmp_path, spill_dir):
+    broken = tmp_path / "broken.db"
+    broken.mkdir()
+    worker = subprocess.Popen([sys.executable, "-c", DEAD_WORKER, f"sqlite:///{broken}", str(spill_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "spilled"
+        [orphan] = spill_files(spill_dir)
+        assert f"-{worker.pid}-" in orphan.name
+        broken.rmdir()  # the database is back
+        alive = PredictionLog(f"sqlite:///{broken}", spill_dir=spill_dir)
+        assert alive.flush() and stored_ids(alive) == []  # its owner is alive and holds the lock: left alone
+        alive.close()
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    restarted = PredictionLog(f"sqlite:///{broken}", spill_dir=spill_dir)
+    assert restarted.flush()
+    assert stored_ids(restarted) == [f"dead{i}" for i in range(5)]
+    assert spill_files(spill_dir) == []  # replayed, then deleted
+    restarted.close()
+
+
+def test_a_spill_replayed_twice_writes_no_duplicate(tmp_path, spill_dir):
+    """A process killed after replaying a dead process's spill but before deleting it: the next replay skips every row."""
+    (tmp_path / "down.db").mkdir()
+    log_url = f"sqlite:///{tmp_path / 'down.db'}"
+    first = PredictionLog(log_url, spill_dir=spill_dir)  # a database that cannot open
+    first.append(rows_for(first, ["a", "b", "c"]))
+    assert not first.flush()
+    first.close(timeout=0)  # shut down during the outage: its spill stays for the next start
+    [orphan] = spill_files(spill_dir)
+    kept = orphan.read_bytes()
+    (tmp_path / "down.db").rmdir()  # the database is back
+    replayer = PredictionLog(log_url, spill_dir=spill_dir)
+    assert replayer.flush() and count_rows(log_url) == (3, 0)
+    replayer.close()
+    orphan.write_bytes(kept + b'["d","2024-01-01 00:00:00.000000",1,1,1,1,1,1,34,-118,2.0,"CaliforniaHousing","3",1.5]\n["torn')
+    again = PredictionLog(log_url, spill_dir=spill_dir)
+    assert again.flush()
+    assert stored_ids(again) == ["a", "b", "c", "d"] and spill_files(spill_dir) == []
+    again.close()
+
+
+def test_when_the_spill_cannot_be_written_append_refuses_past_the_cap(log, log_url, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("the spill folder cannot be created here")
+    log = PredictionLog(log_url, max_buffer_rows=5, spill_dir=blocker / "spill")
+    log.append(rows_for(log, ["a"]))
+    assert log.flush()
+    with log.engine.begin() as connection:
+        connection.execute(text("drop table predictions"))
+    log.append(rows_for(log, ["b", "c", "d"], minutes=1))
+    assert log.flush() is False
+    assert log.pending.memory_rows == 3 and log.status().spill_error  # kept in memory, within the cap
+    with pytest.raises(LogUnavailable, match="spill file cannot be written") as refused:
+        log.append(rows_for(log, ["e", "f", "g"], minutes=2))
+    assert "no such table" in str(refused.value) and LogUnavailable.retry_after >= 1
+    assert log.pending_rows == 3  # nothing of the refused request was queued
+    log.append(rows_for(log, ["e", "f"], minutes=2))  # within the cap again
+    blocker.unlink()  # the disk is back: the next append spills memory first, then its rows
+    log.append(rows_for(log, ["g"], minutes=3))
+    assert log.pending.memory_rows == 0 and log.status().spilled_rows == 6
+    create_tables(log.engine)
+    assert log.flush()
+    assert stored_ids(log) == ["b", "c", "d", "e", "f", "g"]
+    log.close()
+
+
+def test_concurrent_identical_labels_are_created_once_and_never_conflict(log, log_url):
+    log.append(rows_for(log, ["a", "b", "c"]))
+    assert log.flush()
+    lookup, together, first_look = log._stored_label, threading.Barrier(8), threading.local()
+
+    def look_together(request_id: str) -> float | None:
+        """Every thread looks for a stored label before any inserts: the insert race happens every time."""
+        stored = lookup(request_id)
+        if not getattr(first_look, "done", False):
+            first_look.done = True
+            together.wait(10)
+        return stored
+
+    log._stored_label = look_together
+    for request_id in ("a", "b", "c"):
+        outcomes: list[str] = []
+        threads = [threading.Thread(target=lambda rid=request_id, out=outcomes: out.append(log.record_feedback(rid, 2.5))) for _ in range(8)]
+        first_look.__dict__.clear()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) == [FeedbackResult.CREATED] + [FeedbackResult.UNCHANGED] * 7, outcomes
+    assert count_rows(log_url) == (3, 3)
+
+
+def test_sqlite_waits_for_locks_no_longer_than_the_statement_timeout(log_url):
+    engine = make_engine(log_url, connect_timeout=1.5, statement_timeout=2.5)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2500
+    assert engine.pool.timeout() == 1.5  # type: ignore[attr-defined]
+    engine.dispose()
+
+
+def test_postgresql_connections_get_connect_and_statement_timeouts():
+    engine = make_engine("postgresql+psycopg://user:secret@127.0.0.1:9/log", connect_timeout=0.5, statement_timeout=2.5)
+    seen: dict[str, Any] = {}
+
+    @event.listens_for(engine, "do_connect")
+    def capture(_dialect, _record, _args, params):
+        seen.update(params)
+        raise ConnectionRefusedError("captured")
+
+    with pytest.raises(ConnectionRefusedError, match="captured"):
+        engine.connect()
+    assert seen["connect_timeout"] == 2  # libpq counts whole seconds, 2 at least
+    assert seen["options"] == "-c statement_timeout=2500"
+    engine.dispose()
+
+
+def test_a_hung_database_fails_within_the_connect_timeout(tmp_path, spill_dir):
+    """A PostgreSQL address that accepts connections and never answers: flushes and label look-ups fail in seconds,
+    and the rows are safe in the spill meanwhile."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"postgresql+psycopg://user:secret@127.0.0.1:{silent.getsockname()[1]}/log"
+        log = PredictionLog(url, max_buffer_rows=10, spill_dir=spill_dir, connect_timeout=2, statement_timeout=2)
+        log.append([("a", START, *[1.0] * 8, 2.0, "CaliforniaHousing", "3", 1.5)])
+        started = time.monotonic()
+        assert log.flush() is False
+        assert time.monotonic() - started < 6
+        assert log.pending.memory_rows == 0 and log.status().spilled_rows == 1
+        started = time.monotonic()
+        with pytest.raises(SQLAlchemyError):
+            log.record_feedback("a", 1.0)
+        assert time.monotonic() - started < 6
+        log.pending.spill.close()  # type: ignore[union-attr]
+        log.engine.dispose()
+
+
+def test_a_spill_only_goes_to_the_database_it_was_logged_for(tmp_path, log_url, spill_dir):
+    (tmp_path / "down.db").mkdir()
+    down_url = f"sqlite:///{tmp_path / 'down.db'}"
+    first = PredictionLog(down_url, spill_dir=spill_dir)
+    first.append(rows_for(first, ["a"]))
+    assert not first.flush()
+    first.close(timeout=0)
+    other_database = PredictionLog(log_url, spill_dir=spill_dir)  # another log sharing the artifacts folder
+    assert other_database.flush() and count_rows(log_url) == (0, 0)
+    other_database.close()
+    (tmp_path / "down.db").rmdir()
+    same_database = PredictionLog(down_url, spill_dir=spill_dir)
+    assert same_database.flush() and count_rows(down_url) == (1, 0) and spill_files(spill_dir) == []
+    same_database.close()

@@ -1,9 +1,19 @@
 """POST /feedback: the true value of a logged prediction, recorded once (labels are immutable), from a
-labeller holding the feedback token (labels steer retraining, so an open endpoint invites label poisoning)."""
+labeller holding the feedback token (labels steer retraining, so an open endpoint invites label poisoning).
+
+A label may arrive before its prediction is in the database: still in this worker's buffer, or in another
+worker's that has not flushed yet. The route then asks again after short ``asyncio.sleep`` pauses (no thread
+is held while waiting; each look-up is one bounded database call in a worker thread), for up to two flush
+intervals. An id still unknown after that is a 404 with ``Retry-After``: the id may be mistyped, or its
+prediction not yet logged. 404 rather than 409 (which here means "already has a different label", final) or
+425 (defined for TLS early data): the truth right now is "no logged prediction has this id", and a client
+that knows it sent a real id retries after the hinted delay.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -14,9 +24,29 @@ from housing.api.problems import problem_response
 from housing.api.responses import json_response
 from housing.api.schemas import Feedback, FeedbackAccepted, ProblemDetail
 from housing.errors import first_line
-from housing.prediction_log import FeedbackResult
+from housing.prediction_log import FeedbackResult, LogUnavailable, PredictionLog
 
 router = APIRouter()
+
+FIRST_PAUSE_SECONDS = 0.01
+"""First pause before asking the log again; pauses double up to one flush interval."""
+MAX_WAIT_SECONDS = 5.0
+"""Longest a label waits for its prediction to reach the database, whatever the flush interval."""
+
+
+async def record_when_logged(log: PredictionLog, request_id: str, actual: float) -> str:
+    """Record the label, asking again while the prediction is not in the database yet (PENDING or UNKNOWN_REQUEST)
+    for up to two flush intervals; the last outcome. Raises SQLAlchemyError when the database cannot be reached."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(2 * log.flush_interval, MAX_WAIT_SECONDS)
+    pause = FIRST_PAUSE_SECONDS
+    while True:
+        outcome = await asyncio.to_thread(log.record_feedback, request_id, actual)
+        left = deadline - loop.time()
+        if outcome not in (FeedbackResult.PENDING, FeedbackResult.UNKNOWN_REQUEST) or left <= 0:
+            return outcome
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 2, log.flush_interval)
 
 
 @router.post(
@@ -25,13 +55,13 @@ router = APIRouter()
     status_code=201,
     dependencies=[FeedbackTokenDep],
     responses={
-        200: {"model": FeedbackAccepted, "description": "The same label was already stored (idempotent retry)."},
+        200: {"model": FeedbackAccepted, "description": "The same label was already stored (idempotent retry, also when sent twice at once)."},
         401: {"model": ProblemDetail, "description": "No bearer token (`WWW-Authenticate: Bearer`)."},
         403: {"model": ProblemDetail, "description": "Wrong feedback token."},
-        404: {"model": ProblemDetail, "description": "No logged prediction has this request_id."},
+        404: {"model": ProblemDetail, "description": "No logged prediction has this request_id (yet: `Retry-After` says when to ask again)."},
         409: {"model": ProblemDetail, "description": "This request_id already has a different label."},
         422: {"model": ProblemDetail, "description": "Invalid body."},
-        503: {"model": ProblemDetail, "description": "The prediction log is unreachable, or the token is not loaded yet."},
+        503: {"model": ProblemDetail, "description": "The prediction log is unreachable or behind (`Retry-After`), or the token is not loaded yet."},
     },
     summary="Record the true value of a logged prediction",
 )
@@ -39,13 +69,21 @@ async def feedback(body: Feedback, services: ServicesDep) -> Response:
     """Needs `Authorization: Bearer <feedback token>` (HOUSING_FEEDBACK_TOKEN, else the token the API generated in
     `<artifacts>/secrets/feedback_token`). Labels arrive later in real life. Sending the same label again is accepted
     (200, unchanged); a different label for an id that already has one is refused with 409: labels are immutable."""
+    log = services.prediction_log
+    busy = {"Retry-After": str(LogUnavailable.retry_after)}
     try:
-        outcome = await asyncio.to_thread(services.prediction_log.record_feedback, body.request_id, body.actual)
+        outcome = await record_when_logged(log, body.request_id, body.actual)
     except SQLAlchemyError as error:
-        return problem_response(503, f"the prediction log is unreachable ({first_line(error, 200)})")
+        services.metrics.feedback.labels("unavailable").inc()
+        return problem_response(503, f"the prediction log is unreachable ({first_line(error, 200)})", headers=busy)
     services.metrics.feedback.labels(outcome).inc()
+    if outcome == FeedbackResult.PENDING:
+        return problem_response(503, f"the prediction of request_id {body.request_id!r} is not in the prediction log's database yet "
+                                f"(the log is behind: {log.last_error or 'writing'}); retry", headers=busy)
     if outcome == FeedbackResult.UNKNOWN_REQUEST:
-        return problem_response(404, f"no logged prediction has request_id {body.request_id!r}")
+        retry = str(max(1, math.ceil(2 * log.flush_interval)))
+        return problem_response(404, f"no logged prediction has request_id {body.request_id!r} (a prediction served in the last "
+                                f"seconds may not be logged yet: retry after {retry} s)", headers={"Retry-After": retry})
     if outcome == FeedbackResult.CONFLICT:
         return problem_response(409, f"request_id {body.request_id!r} already has a different label; labels are immutable")
     status = "recorded" if outcome == FeedbackResult.CREATED else "unchanged"
