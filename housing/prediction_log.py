@@ -26,8 +26,9 @@ from sqlalchemy import Column, DateTime, Engine, Float, MetaData, String, Table,
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from housing.config import Settings
-from housing.errors import UserError, first_line
+from housing.errors import UserError
 from housing.log_spill import SpillingBuffer, row_restorer
+from housing.redaction import masked_first_line
 from housing.schema import FEATURE_NAMES, TARGET
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def create_tables(engine: Engine) -> None:
         pass
     except SQLAlchemyError as error:
         raise UserError(f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
-                        f"({first_line(error)})") from None
+                        f"({masked_first_line(error, str(engine.url))})") from None
 
 
 MAX_BACKOFF_SECONDS = 5.0
@@ -264,7 +265,7 @@ class PredictionLog:
                 self.written_rows += self.pending.replay_orphans(self._insert_spilled, self.max_batch_rows)
             except (UserError, SQLAlchemyError) as error:
                 self.failed_flushes += 1
-                self.last_error = first_line(error)
+                self.last_error = masked_first_line(error, self.url)
                 logger.warning("prediction log: write failed, will retry (%s)", self.last_error)
                 self.pending.divert_memory()
                 return False

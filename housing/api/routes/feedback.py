@@ -23,8 +23,8 @@ from housing.api.deps import FeedbackTokenDep, ServicesDep
 from housing.api.problems import problem_response
 from housing.api.responses import json_response
 from housing.api.schemas import Feedback, FeedbackAccepted, ProblemDetail
-from housing.errors import first_line
 from housing.prediction_log import FeedbackResult, LogUnavailable, PredictionLog
+from housing.redaction import masked_first_line
 
 router = APIRouter()
 
@@ -75,7 +75,8 @@ async def feedback(body: Feedback, services: ServicesDep) -> Response:
         outcome = await record_when_logged(log, body.request_id, body.actual)
     except SQLAlchemyError as error:
         services.metrics.feedback.labels("unavailable").inc()
-        return problem_response(503, f"the prediction log is unreachable ({first_line(error, 200)})", headers=busy)
+        reason = masked_first_line(error, services.settings.prediction_log, limit=200)
+        return problem_response(503, f"the prediction log is unreachable ({reason})", headers=busy)
     services.metrics.feedback.labels(outcome).inc()
     if outcome == FeedbackResult.PENDING:
         return problem_response(503, f"the prediction of request_id {body.request_id!r} is not in the prediction log's database yet "
