@@ -1,15 +1,18 @@
 """POST /predict on a raw body, shared by the fast path (housing.api.fast_path) and the documented route.
 
-Parse the JSON, validate one row or a batch against the feature contract, predict (single rows through
-the micro-batcher; batches inline, or in a worker thread when large), log every prediction, render the
-body. :func:`handle_predict` returns ``(status, body, extra headers)`` and never raises for bad input:
-every client error is rendered by :func:`housing.api.problems.problem_body`.
+Check the body against the JSON limits (housing.api.json_limits), parse it, validate one row or a batch
+against the feature contract, predict (single rows through the micro-batcher; batches inline, or in a
+worker thread when large), log every prediction, render the body. A body over :data:`OFFLOAD_BODY_BYTES`
+is checked, parsed and validated in a worker thread, in steps that each hold the GIL briefly, so that the
+event loop keeps answering other requests; a small one (a single row is ~150 bytes) on the event loop.
+A validation error list holds at most ``max_listed_errors`` entries; the detail counts the rest.
+:func:`handle_predict` returns ``(status, body, extra headers)`` and never raises for bad input: every
+client error is rendered by :func:`housing.api.problems.problem_body`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import operator
 import os
 import time
@@ -21,16 +24,23 @@ from typing import Any
 import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
+from housing.api.json_limits import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits
 from housing.api.problems import InputError, describe_errors, problem_body, retry_after, validation_problem
 from housing.api.schemas import many_rows_adapter, one_row_adapter
 from housing.api.services import Services
-from housing.prediction_log import prediction_rows
+from housing.config import Settings
+from housing.prediction_log import LogUnavailable, prediction_rows
 from housing.schema import FEATURE_NAMES, TARGET_UNIT_DOLLARS
 from housing.serving import LoadedModel, ModelUnavailable
 
 INLINE_BATCH_ROWS = 64
 """Batches up to this size are predicted on the event loop; larger ones in a worker thread."""
+OFFLOAD_BODY_BYTES = 65_536
+"""Bodies larger than this are checked, parsed and validated in a worker thread; smaller ones on the event loop."""
+VALIDATION_CHUNK_ROWS = 500
+"""A batch is validated this many rows at a time (~2 ms each), so a worker thread holds the GIL briefly."""
 
 Headers = list[tuple[bytes, bytes]]
 """Extra raw ASGI headers of a response."""
@@ -38,18 +48,83 @@ Headers = list[tuple[bytes, bytes]]
 _feature_values = operator.attrgetter(*FEATURE_NAMES)
 
 
-def parse_json(body: bytes) -> Any:
-    """Parse a request body; NaN/Infinity literals parse too, so the validator can name their field."""
+def parse_json(body: bytes, limits: JsonLimits = DEFAULT_JSON_LIMITS, max_rows: int | None = None) -> Any:
+    """Parse a request body once it is within ``limits`` (and, when it is an array, ``max_rows`` long at most);
+    NaN/Infinity literals parse too, so the validator can name their field."""
     if not body.strip():
         raise InputError(400, "the request body is empty; send a JSON object with the 8 features, or a list of them")
+    rows = check_json_limits(body, limits)
+    if rows is not None and max_rows is not None and rows > max_rows:
+        raise batch_too_large(rows, max_rows)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return from_json(body, allow_inf_nan=True)
+    except ValueError as error:
         raise InputError(400, f"the request body is not valid JSON ({error})") from None
+
+
+def batch_too_large(rows: int, limit: int) -> InputError:
+    """413 for a batch of more than ``limit`` rows."""
+    return InputError(413, f"the batch has {rows:,} rows; the limit is {limit:,} (HOUSING_MAX_BATCH_ROWS)")
+
+
+def read_rows(body: bytes, settings: Settings) -> BaseModel | list[BaseModel]:
+    """Check, parse and validate a /predict body: one validated row, or the list of a batch's rows."""
+    payload = parse_json(body, JsonLimits.of(settings), settings.max_batch_rows)
+    if isinstance(payload, dict):
+        return validate_row(payload, settings.max_listed_errors)
+    return validate_batch(payload, settings.max_batch_rows, settings.max_listed_errors)
+
+
+def validate_row(payload: dict[str, Any], max_listed: int) -> BaseModel:
+    """One row against the feature contract; 422 naming the field and the rule of each error otherwise."""
+    try:
+        return one_row_adapter.validate_python(payload)
+    except ValidationError as error:
+        raise validation_problem(describe_errors(error.errors()[:max_listed], batch=False), error.error_count()) from None
+
+
+def validate_batch(payload: Any, max_rows: int, max_listed: int) -> list[BaseModel]:
+    """Check the batch's shape and size, then validate it a chunk of rows at a time; 422 listing the first
+    ``max_listed`` errors (row, field, rule) and counting all of them."""
+    if not isinstance(payload, list):
+        raise InputError(422, "the body must be a JSON object with the 8 features, or a list of such objects")
+    if not payload:
+        raise InputError(422, "the batch is empty; send at least one row")
+    if len(payload) > max_rows:
+        raise batch_too_large(len(payload), max_rows)
+    rows: list[BaseModel] = []
+    described: list[dict[str, Any]] = []
+    errors = 0
+    for start in range(0, len(payload), VALIDATION_CHUNK_ROWS):
+        chunk = payload[start : start + VALIDATION_CHUNK_ROWS]
+        try:
+            rows += many_rows_adapter.validate_python(chunk)
+        except ValidationError as error:
+            errors += error.error_count()
+            if len(described) < max_listed:
+                described += describe_rows(chunk, start, max_listed - len(described))
+    if errors:
+        raise validation_problem(described, errors)
+    return rows
+
+
+def describe_rows(chunk: list[Any], first_row: int, wanted: int) -> list[dict[str, Any]]:
+    """Describe the errors of the rows of ``chunk`` (numbered from ``first_row``), row by row, until ``wanted``
+    are described: the entries of the rows after that are never built."""
+    described: list[dict[str, Any]] = []
+    for row, payload in enumerate(chunk, start=first_row):
+        try:
+            one_row_adapter.validate_python(payload)
+        except ValidationError as error:
+            errors = [{**entry, "loc": (row, *entry["loc"])} for entry in error.errors()[: wanted - len(described)]]
+            described += describe_errors(errors, batch=True)
+            if len(described) >= wanted:
+                break
+    return described
 
 
 def features_of(rows: Sequence[BaseModel]) -> np.ndarray:
@@ -82,24 +157,25 @@ async def handle_predict(services: Services, body: bytes) -> tuple[int, bytes, H
     """POST /predict on the raw body: (status, JSON body, extra headers). Never raises for bad input."""
     started = time.perf_counter()
     try:
-        payload = parse_json(body)
-        if isinstance(payload, dict):
-            content = await predict_one(services, payload, started)
+        if len(body) > OFFLOAD_BODY_BYTES:
+            rows = await asyncio.to_thread(read_rows, body, services.settings)
         else:
-            content = await predict_batch(services, payload, started)
+            rows = read_rows(body, services.settings)
+        if isinstance(rows, list):
+            content = await predict_batch(services, rows, started)
+        else:
+            content = await predict_one(services, rows, started)
     except InputError as error:
         return error.status, problem_body(error.detail, error.errors), []
     except ModelUnavailable as error:
         return 503, problem_body(str(error)), [(b"retry-after", retry_after(services.settings).encode())]
+    except LogUnavailable as error:  # no prediction is served that could not be logged
+        return 503, problem_body(str(error)), [(b"retry-after", str(error.retry_after).encode())]
     return 200, content, []
 
 
-async def predict_one(services: Services, payload: dict[str, Any], started: float) -> bytes:
-    """Validate, predict (micro-batched) and log one row; the response body."""
-    try:
-        row = one_row_adapter.validate_python(payload)
-    except ValidationError as error:
-        raise validation_problem(describe_errors(error.errors(), batch=False)) from None
+async def predict_one(services: Services, row: BaseModel, started: float) -> bytes:
+    """Predict (micro-batched) and log one validated row; the response body."""
     features = features_of([row])
     value, model = await services.batcher.predict_one(features[0])
     request_ids = new_request_ids(1)
@@ -110,19 +186,8 @@ async def predict_one(services: Services, payload: dict[str, Any], started: floa
     })
 
 
-async def predict_batch(services: Services, payload: Any, started: float) -> bytes:
-    """Check the batch's shape and size, validate, predict and log every row; the response body."""
-    limit = services.settings.max_batch_rows
-    if not isinstance(payload, list):
-        raise InputError(422, "the body must be a JSON object with the 8 features, or a list of such objects")
-    if not payload:
-        raise InputError(422, "the batch is empty; send at least one row")
-    if len(payload) > limit:
-        raise InputError(413, f"the batch has {len(payload):,} rows; the limit is {limit:,} (HOUSING_MAX_BATCH_ROWS)")
-    try:
-        rows = many_rows_adapter.validate_python(payload)
-    except ValidationError as error:
-        raise validation_problem(describe_errors(error.errors(), batch=True)) from None
+async def predict_batch(services: Services, rows: list[BaseModel], started: float) -> bytes:
+    """Predict and log every validated row of a batch (in a worker thread when large); the response body."""
     features = features_of(rows)
     model = services.model_service.require()
     predicted = model.predict(features) if len(rows) <= INLINE_BATCH_ROWS else await asyncio.to_thread(model.predict, features)

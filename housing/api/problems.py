@@ -1,10 +1,11 @@
 """The one way a client error becomes a response: the documented problem body ``{"detail": ..., "errors": [...]}``.
 
 ``detail`` is one sentence saying what is wrong; ``errors`` (validation errors only) names the row, the
-field and the rule of every error. The predict handler renders its errors with :func:`problem_body`;
-routes raise :class:`InputError` or an ``HTTPException``, or return :func:`problem_response`; the handlers
-:func:`install_exception_handlers` registers turn every raised error (the framework's own validation,
-404/405 and the admin 401/403 included) into the same body.
+field and the rule of each error, the first ``max_listed_errors`` of them (the detail counts the rest, so
+a body with 560,000 bad keys gets a short answer). The predict handler renders its errors with
+:func:`problem_body`; routes raise :class:`InputError` or an ``HTTPException``, or return
+:func:`problem_response`; the handlers :func:`install_exception_handlers` registers turn every raised error
+(the framework's own validation, 404/405 and the admin 401/403 included) into the same body.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from housing.serving import ModelUnavailable
 
 FEEDBACK_FIELDS: tuple[str, ...] = tuple(Feedback.model_fields)
 """The fields a /feedback body may have, named when an unknown one is sent."""
+DEFAULT_MAX_LISTED_ERRORS: int = Settings.model_fields["max_listed_errors"].default
+"""Entries of an error list when no app's settings say otherwise (a request built outside an app)."""
 
 
 class InputError(Exception):
@@ -60,10 +63,15 @@ def describe_errors(
     return described
 
 
-def validation_problem(described: list[dict[str, Any]]) -> InputError:
-    """A 422 whose sentence is the first error's, plus how many more there are."""
-    more = f" (and {len(described) - 1} more error(s))" if len(described) > 1 else ""
-    return InputError(422, described[0]["message"] + more, described)
+def validation_problem(described: list[dict[str, Any]], count: int | None = None) -> InputError:
+    """A 422 listing ``described`` (the first ``count`` errors, all when None); its sentence is the first
+    error's, plus how many more there are and, when not all are listed, how many are."""
+    count = len(described) if count is None else count
+    more = f" (and {count - 1:,} more error(s)" if count > 1 else ""
+    if more and len(described) < count:
+        more += f"; the first {len(described):,} are listed"
+    first = described[0]["message"] if described else "the body is not valid"
+    return InputError(422, first + more + (")" if more else ""), described)
 
 
 def problem_body(detail: str, errors: list[dict[str, Any]] | None = None) -> bytes:
@@ -90,14 +98,21 @@ async def handle_input_error(_: Request, error: Exception) -> Response:
     return problem_response(error.status, error.detail, error.errors)
 
 
-async def handle_request_validation_error(_: Request, error: Exception) -> Response:
+async def handle_request_validation_error(request: Request, error: Exception) -> Response:
     """Render the framework's body validation (of /feedback) like the predict handler's: 400 or 422."""
     assert isinstance(error, RequestValidationError)
     errors = list(error.errors())
     if any(e["type"] == "json_invalid" for e in errors):
         return problem_response(400, "the request body is not valid JSON")
-    problem = validation_problem(describe_errors(errors, batch=False, prefix=("body",), expected=FEEDBACK_FIELDS))
+    listed = describe_errors(errors[: max_listed_errors(request)], batch=False, prefix=("body",), expected=FEEDBACK_FIELDS)
+    problem = validation_problem(listed, len(errors))
     return problem_response(problem.status, problem.detail, problem.errors)
+
+
+def max_listed_errors(request: Request) -> int:
+    """The app's ``max_listed_errors`` (the default for a request built outside an app)."""
+    app = request.scope.get("app")
+    return app.state.services.settings.max_listed_errors if app is not None else DEFAULT_MAX_LISTED_ERRORS
 
 
 async def handle_http_exception(_: Request, error: Exception) -> Response:
