@@ -10,15 +10,14 @@ one district are one row of evidence, and a shift a model already learnt from is
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
 import pandas as pd
 from sqlalchemy import Column, Engine, MetaData, String, Table, delete, insert, select
-from sqlalchemy.exc import IntegrityError
 
 from housing.digests import row_digests
+from housing.locks import create_table
 from housing.prediction_log import feedback_table, predictions_table
 from housing.schema import FEATURE_NAMES, TARGET
 
@@ -39,8 +38,7 @@ used_rows_table = Table(
 
 def ensure_tables(engine: Engine) -> None:
     """Create the table if it does not exist (safe when several processes do it at once)."""
-    with contextlib.suppress(IntegrityError):  # another process created it at the same moment
-        metadata.create_all(engine, checkfirst=True)
+    create_table(engine, used_rows_table)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -142,3 +144,20 @@ class LoadGenerator:
     @property
     def rows(self) -> int:
         return sum(rows for _, _, rows in self.results)
+
+
+def start_loop_server(mutable_run: Any, tmp_path: Path, label: str, candidates: str) -> tuple[dict[str, str], ApiServer]:
+    """An API over the mutable registry with a private copy of its artifacts and a fresh prediction log, as the loop
+    tests need it: reloads every second, decisions from 1,000 predictions, retrains limited to ``candidates`` (JSON)."""
+    shutil.copytree(mutable_run.artifacts_dir, tmp_path / "artifacts")
+    env = server_env(
+        mutable_run.env,
+        HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
+        HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url(label),
+        HOUSING_RELOAD_INTERVAL="1",
+        HOUSING_MONITOR_MIN_WINDOW="1000",
+        HOUSING_CANDIDATES=candidates,
+    )
+    server = ApiServer(env, tmp_path / "server.log").start()
+    server.wait_ready()
+    return env, server

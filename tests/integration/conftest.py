@@ -27,3 +27,4 @@ def mutable_run(backend_name: str, tmp_path_factory: pytest.TempPathFactory, pos
     run = run_pipeline(backend_name, "mutable", tmp_path_factory, postgres)
     yield run
     run.backend.close()
+

@@ -3,7 +3,6 @@ without a token never moves production, and a persistent shift is retrained on o
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import PipelineRun, run_stage
-from tests.server import FEEDBACK_HEADERS, ApiServer, server_env
+from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server
 
 WINDOW = "1500"
 MODEL = "CaliforniaHousing"
@@ -48,17 +47,7 @@ def wait_until_served(url: str, version: str, timeout: float = 30) -> None:
 def loop_env(mutable_run: PipelineRun, tmp_path: Path) -> Iterator[tuple[dict[str, str], ApiServer]]:
     """The mutable registry, a private copy of its artifacts, a fresh prediction log, an API serving it; retrains
     train the promoted candidate only (the gate, the evidence and the lock are what these tests are about)."""
-    shutil.copytree(mutable_run.artifacts_dir, tmp_path / "artifacts")
-    env = server_env(
-        mutable_run.env,
-        HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-        HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url("integrity"),
-        HOUSING_RELOAD_INTERVAL="1",
-        HOUSING_MONITOR_MIN_WINDOW="1000",
-        HOUSING_CANDIDATES='["lightgbm_spatial"]',
-    )
-    server = ApiServer(env, tmp_path / "server.log").start()
-    server.wait_ready()
+    env, server = start_loop_server(mutable_run, tmp_path, "integrity", '["lightgbm_spatial"]')
     yield env, server
     server.stop()
 

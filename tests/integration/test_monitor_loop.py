@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from mlflow import MlflowClient
 from housing.ledger import read_history
 from housing.prediction_log import make_engine
 from tests.conftest import PROJECT_DIR, run_stage
-from tests.server import ApiServer, server_env
+from tests.server import start_loop_server
 
 WINDOW = "1500"
 
@@ -43,17 +42,7 @@ def served_version(url: str) -> str:
 @pytest.fixture
 def loop_env(mutable_run, tmp_path):
     """The mutable registry, a private copy of its artifacts (reports, retraining sets), an API serving it."""
-    shutil.copytree(mutable_run.artifacts_dir, tmp_path / "artifacts")
-    env = server_env(
-        mutable_run.env,
-        HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-        HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url("loop"),
-        HOUSING_RELOAD_INTERVAL="1",
-        HOUSING_MONITOR_MIN_WINDOW="1000",
-        HOUSING_CANDIDATES='["lightgbm_spatial", "hist_gradient_boosting"]',
-    )
-    server = ApiServer(env, tmp_path / "server.log").start()
-    server.wait_ready()
+    env, server = start_loop_server(mutable_run, tmp_path, "loop", '["lightgbm_spatial", "hist_gradient_boosting"]')
     yield env, server
     server.stop()
 
