@@ -10,6 +10,10 @@ more are needed. Reports go to artifacts/reports/ (timestamped and *_latest) and
 MLflow run in the "monitoring" experiment. A retrain holds the retrain lock (a second monitor says so
 and does not retrain), trains on what production learnt from plus the new labels, and only promote's
 gate, with evidence beyond noise, can move `production`; the API picks the new version up by itself.
+While a challenger is in shadow (`staging` names another version than `production`), every run also judges
+it on the labelled requests both models scored (promote.py --from-shadow does the same by hand) and promotes
+or drops it; with HOUSING_PROMOTION_MODE=shadow a retrained winner becomes that challenger instead of
+replacing production at once.
 
 Exit codes: 0 decided (and retrained if needed, or another process was retraining), 1 the retrain failed
 (production untouched), 2 bad input.
@@ -50,6 +54,8 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
         print(f"  because {reason}")
     for note in decision.notes:
         print(f"  note: {note}")
+    if outcome.challenger is not None and outcome.challenger.verdict.action != "none":
+        print(f"challenger: {outcome.challenger.verdict.message}")
     if outcome.not_retrained is not None:
         print(f"not retrained: {outcome.not_retrained}")
     if outcome.saved is not None:

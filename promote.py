@@ -9,6 +9,13 @@ Prints the final status of every version.
 One retrain or promotion at a time: promotion holds the `retrain` lock in the prediction log's database;
 when another process holds it, this says who and since when, and exits 0 without promoting.
 
+--from-shadow judges the challenger (the version `staging` names, shadow-scored by the API on every request
+production answered) against production on the same labelled requests, with the gate's evidence rule: it
+promotes the challenger when it is better beyond noise (a ledger entry with the live evidence), drops it
+(removes `staging`) when it is worse beyond noise or had no verdict within HOUSING_SHADOW_MAX_WAIT_HOURS, and
+otherwise says how many more labelled requests it needs. HOUSING_PROMOTION_MODE=shadow makes the default
+promotion put the winner into `staging` for that, instead of moving `production` directly.
+
 --history prints the production ledger (every move of `production`: when, from which version to which,
 by which command, why, on what evidence). --rollback moves `production` back to the version before it
 per the ledger (itself a ledger entry); it exits 2 when a retrain is in progress or there is nothing to
@@ -23,6 +30,7 @@ from housing import cli, tracking
 from housing.config import Settings
 from housing.data import load_split
 from housing.ledger import read_history, summarise_evidence
+from housing.live_evidence import judge_challenger
 from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.prediction_log import make_engine
 from housing.production import rollback
@@ -46,7 +54,11 @@ def main(args: argparse.Namespace) -> int:
                 holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
                 print(f"another retrain or promotion is running on {holder}; not promoting")
                 return 0
-            promote_and_report(settings)
+            if args.from_shadow:
+                outcome = judge_challenger(tracking.connect(settings), settings, engine, command="promote.py --from-shadow")
+                print(outcome.verdict.message)
+            else:
+                promote_and_report(settings)
     finally:
         engine.dispose()
     return 0
@@ -87,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--history", action="store_true", help="Print the production ledger and exit.")
     action.add_argument("--rollback", action="store_true", help="Move production back to the version before it (per the ledger) and exit.")
+    action.add_argument("--from-shadow", action="store_true",
+                        help="Promote or drop the challenger (staging) from live paired evidence, or say what it still needs.")
     cli.add_setting_flags(parser, "staging_r2_threshold", "production_r2_threshold", "artifacts_dir", "tracking_uri",
-                          "prediction_log_url", "monitor_lock_seconds")
+                          "prediction_log_url", "monitor_lock_seconds", "promotion_mode", "shadow_max_wait_hours")
     return parser
 
 

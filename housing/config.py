@@ -8,7 +8,7 @@ are passed as keyword arguments to :func:`get_settings` and win over the environ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -80,6 +80,22 @@ class Settings(BaseSettings):
         "(label poisoning). Only for a private demo.",
     )
     log_flush_interval: float = Field(0.2, gt=0, description="Seconds between batched writes of the prediction log.")
+
+    # --- champion and challenger -----------------------------------------------------------------
+    canary_percent: float = Field(
+        0.0, ge=0, le=100,
+        description="Share of requests (%) the challenger (the staging alias, when it names another version than "
+        "production) answers for real, chosen by a stable hash of X-Routing-Key (else the request id); 0: shadow only.",
+    )
+    promotion_mode: Literal["direct", "shadow"] = Field(
+        "direct",
+        description="direct: a retrained winner replaces production through the gate; shadow: it becomes the "
+        "challenger (staging) and live paired evidence decides (promote.py --from-shadow, and every monitor run).",
+    )
+    shadow_max_wait_hours: float = Field(
+        72.0, ge=0, description="A challenger without enough live evidence this long after it first scored traffic is dropped.",
+    )
+    shadow_interval: float = Field(0.02, gt=0, le=1, description="Seconds between the shadow scorer's passes.")
 
     # --- hardening: limits on what a client controls, outages ------------------------------------
     max_body_bytes: int = Field(65_536, ge=1_024, description="Largest request body of every route but POST /predict (413 above).")

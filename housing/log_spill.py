@@ -367,15 +367,15 @@ class SpillingBuffer:
             self.error = f"{self.spill_dir}: {error.strerror or error}"
 
 
-def row_restorer(dialect: str) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """Turns a spilled row (JSON values) back into the driver's values: created_at is a datetime again, except on
-    SQLite, whose rows hold it as text."""
-    if dialect == "sqlite":
-        return tuple
+def row_restorer(dialect: str, width: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """Turns a spilled row (JSON values) back into the driver's values: ``width`` values (a row spilled by an older
+    release, before columns were added, gets NULL in them), created_at a datetime again, except on SQLite, whose
+    rows hold it as text."""
 
     def restore(row: Sequence[Any]) -> tuple[Any, ...]:
-        values = list(row)
-        values[1] = datetime.fromisoformat(values[1])
+        values = list(row) + [None] * (width - len(row))
+        if dialect != "sqlite":
+            values[1] = datetime.fromisoformat(values[1])
         return tuple(values)
 
     return restore

@@ -33,6 +33,7 @@ from housing.data import Split, load_split, read_manifest
 from housing.drift_report import SavedReport, WindowFigures, evaluate_window, reference_frame, save_report
 from housing.errors import UserError
 from housing.evidence import Evidence, base_districts, new_evidence, trained_rows, used_districts
+from housing.live_evidence import ChallengerOutcome, judge_challenger
 from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.prediction_log import make_engine, read_window
 from housing.redaction import mask_text, masked_first_line
@@ -62,12 +63,15 @@ class MonitorOutcome:
     """The RetrainOutcome when the monitor retrained."""
     not_retrained: str | None = None
     """Why a retrain decision did not retrain (another process holds the lock, or the evidence was used meanwhile)."""
+    challenger: ChallengerOutcome | None = None
+    """The live verdict on the challenger in shadow (None: another process held the lock)."""
 
 
 def decision_record(figures: WindowFigures, decision: Decision, when: datetime, *, production_version: str,
-                    evidence: Evidence) -> dict[str, Any]:
+                    evidence: Evidence, challenger: ChallengerOutcome | None = None) -> dict[str, Any]:
     """The decision, its reasons and every figure, as saved and logged."""
     return {
+        "challenger": challenger.as_dict() if challenger is not None else None,
         "at": when.isoformat(timespec="seconds"),
         "decision": decision.action,
         "reasons": decision.reasons,
@@ -216,8 +220,20 @@ def retrain_once(settings: Settings, engine: Engine, inputs: MonitorInputs, outc
         outcome.retrained = retrain_with_evidence(settings, engine, inputs, outcome.monitoring_run_id or "")
 
 
+def judge_live(settings: Settings, engine: Engine, *, dry_run: bool) -> ChallengerOutcome | None:
+    """The challenger's live verdict, applied under the retrain lock (only reported with ``dry_run``); None when
+    another process holds the lock."""
+    client = tracking.connect(settings)
+    if dry_run:
+        return judge_challenger(client, settings, engine, command="monitor.py", apply=False)
+    with held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
+        return None if lock is None else judge_challenger(client, settings, engine, command="monitor.py")
+
+
 def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: bool = False) -> MonitorOutcome:
-    """Read the window, compare it with the reference, decide, record the decision, retrain if needed.
+    """Read the window, compare it with the reference, decide, judge the challenger in shadow on live paired
+    evidence, record all of it, and retrain if needed (not in a round that promoted the challenger: the next
+    round judges the new production on its own traffic).
 
     A retrain that fails raises :class:`RetrainFailed`; production is untouched because only promote
     moves the alias, last.
@@ -231,12 +247,16 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
         if dry_run and decision.retrain:
             decision.notes.append("--dry-run: not retraining")
         version = str(inputs.version.version)
-        record = decision_record(figures, decision, when, production_version=version, evidence=inputs.evidence)
+        challenger = judge_live(settings, engine, dry_run=dry_run)
+        record = decision_record(figures, decision, when, production_version=version, evidence=inputs.evidence, challenger=challenger)
         saved = save_report(snapshot, record, settings.reports_dir, when) if snapshot is not None else None
         run_id = log_monitoring_run(settings, figures, decision, inputs.evidence, saved,
                                     {"dry_run": str(dry_run).lower(), "production_version": version})
-        outcome = MonitorOutcome(figures, decision, saved, run_id, version, inputs.evidence)
-        if decision.retrain and not dry_run:
+        outcome = MonitorOutcome(figures, decision, saved, run_id, version, inputs.evidence, challenger=challenger)
+        promoted = challenger is not None and challenger.applied and challenger.verdict.action == "promote"
+        if decision.retrain and promoted:
+            outcome.not_retrained = "the challenger was promoted from live evidence this round; the next round judges it on its own traffic"
+        elif decision.retrain and not dry_run:
             retrain_once(settings, engine, inputs, outcome)
         return outcome
     finally:

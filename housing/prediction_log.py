@@ -10,7 +10,6 @@ a row. Database calls have connect and statement timeouts: an outage becomes an 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -22,116 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Column, DateTime, Engine, Float, MetaData, String, Table, create_engine, event, func, make_url, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from housing.config import Settings
 from housing.errors import UserError
+from housing.log_schema import (  # re-exported: the log's users import the schema from here
+    PREDICTION_COLUMNS,
+    create_tables,
+    feedback_table,
+    insert_statement,
+    make_engine,
+    predictions_table,
+    timestamp_value,
+)
 from housing.log_spill import SpillingBuffer, row_restorer
 from housing.redaction import masked_first_line
 from housing.schema import FEATURE_NAMES, TARGET
 
 logger = logging.getLogger(__name__)
-
-metadata = MetaData()
-
-predictions_table = Table(
-    "predictions",
-    metadata,
-    Column("request_id", String(32), primary_key=True),
-    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
-    *(Column(name, Float, nullable=False) for name in FEATURE_NAMES),
-    Column("prediction", Float, nullable=False),
-    Column("model_name", String(200), nullable=False),
-    Column("model_version", String(20), nullable=False),
-    Column("latency_ms", Float, nullable=False),
-)
-
-feedback_table = Table(
-    "feedback",
-    metadata,
-    Column("request_id", String(32), primary_key=True),
-    Column("actual", Float, nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-)
-
-
-PREDICTION_COLUMNS: tuple[str, ...] = (
-    "request_id", "created_at", *FEATURE_NAMES, "prediction", "model_name", "model_version", "latency_ms",
-)
-"""Order of the values in a buffered prediction row (a tuple: cheap to build on the request path)."""
-
-
-SQLITE_BUSY_SECONDS = 30.0
-"""How long SQLite waits for another process's write lock when no statement timeout is given."""
-
-
-def make_engine(url: str, *, connect_timeout: float | None = None, statement_timeout: float | None = None) -> Engine:
-    """An engine for ``url``. SQLite gets WAL, synchronous=NORMAL, its folder created on connect, and a busy timeout
-    (``statement_timeout``, else 30 s) for concurrent processes; PostgreSQL gets libpq's ``connect_timeout`` and a
-    server-side ``statement_timeout`` when given. A thread never waits longer than ``connect_timeout`` for a pooled
-    connection."""
-    pool_args: dict[str, Any] = {} if connect_timeout is None else {"pool_timeout": connect_timeout}
-    if url.startswith("sqlite"):
-        busy = SQLITE_BUSY_SECONDS if statement_timeout is None else statement_timeout
-        engine = create_engine(url, connect_args={"timeout": busy, "check_same_thread": False}, **pool_args)
-        database = make_url(url).database
-        folder = Path(database).parent if database and database != ":memory:" else None
-
-        @event.listens_for(engine, "do_connect")
-        def _create_folder(*_: Any) -> None:  # on every connect: the folder may come back after an outage
-            if folder is not None:
-                with contextlib.suppress(OSError):  # sqlite3 then fails with "unable to open database file"
-                    folder.mkdir(parents=True, exist_ok=True)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
-            cursor.close()
-
-        return engine
-    connect_args: dict[str, Any] = {}
-    if url.startswith("postgresql"):
-        if connect_timeout is not None:
-            connect_args["connect_timeout"] = max(2, math.ceil(connect_timeout))  # libpq: whole seconds, at least 2
-        if statement_timeout is not None:
-            connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool_args)
-
-
-def _insert_statement(engine: Engine) -> str:
-    """A driver-level INSERT of one prediction row that skips request ids already stored.
-
-    Rows go to the DB-API's executemany as tuples (no per-row work in SQLAlchemy), which keeps the
-    writer thread's share of the GIL small while the API serves thousands of requests a second.
-    """
-    marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-    columns = ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)
-    placeholders = ", ".join([marker] * len(PREDICTION_COLUMNS))
-    conflict = " ON CONFLICT (request_id) DO NOTHING" if engine.dialect.name in ("sqlite", "postgresql") else ""
-    return f"INSERT INTO predictions ({columns}) VALUES ({placeholders}){conflict}"
-
-
-def timestamp_value(engine: Engine, moment: datetime) -> Any:
-    """``moment`` as the driver stores it in the created_at column (SQLAlchemy's SQLite text format)."""
-    if engine.dialect.name == "sqlite":
-        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
-    return moment
-
-
-def create_tables(engine: Engine) -> None:
-    """Create the log's tables if they don't exist (safe to call from several processes)."""
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except IntegrityError:  # another process created them at the same moment
-        pass
-    except SQLAlchemyError as error:
-        raise UserError(f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
-                        f"({masked_first_line(error, str(engine.url))})") from None
-
 
 MAX_BACKOFF_SECONDS = 5.0
 """Longest pause between attempts to reach a database that is down."""
@@ -180,12 +88,12 @@ class PredictionLog:
         self.engine = make_engine(url, connect_timeout=connect_timeout, statement_timeout=statement_timeout)
         self.pending = SpillingBuffer(max_rows=max_buffer_rows, spill_dir=spill_dir, stall_seconds=2 * flush_interval,
                                       database=self.engine.url.render_as_string(hide_password=True))
-        self._restore = row_restorer(self.engine.dialect.name)
+        self._restore = row_restorer(self.engine.dialect.name, len(PREDICTION_COLUMNS))
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._insert = _insert_statement(self.engine)
+        self._insert = insert_statement(self.engine)
         self._tables_ready = False
         self.written_rows = self.failed_flushes = 0
         self.last_error: str | None = None
@@ -391,9 +299,16 @@ def count_rows(url: str) -> tuple[int, int]:
 
 
 def prediction_rows(request_ids: Sequence[str], features: Any, predictions: Sequence[float], *, model_name: str, model_version: str,
-                    latency_ms: float, created_at: Any) -> list[tuple[Any, ...]]:
-    """Log rows for a batch of predictions (``features``: an (n, 8) array in contract order)."""
+                    latency_ms: float, created_at: Any, served_alias: str = "production", shadow: Sequence[float | None] | None = None,
+                    shadow_version: str | None = None) -> list[tuple[Any, ...]]:
+    """Log rows for a batch of predictions (``features``: an (n, 8) array in contract order), in
+    :data:`PREDICTION_COLUMNS` order; ``shadow``: the other model's predictions, when one was scored."""
+    if shadow is None:
+        return [
+            (request_id, created_at, *values, prediction, model_name, model_version, latency_ms, served_alias, None, None)
+            for request_id, values, prediction in zip(request_ids, features.tolist(), predictions, strict=True)
+        ]
     return [
-        (request_id, created_at, *values, prediction, model_name, model_version, latency_ms)
-        for request_id, values, prediction in zip(request_ids, features.tolist(), predictions, strict=True)
+        (request_id, created_at, *values, prediction, model_name, model_version, latency_ms, served_alias, other, shadow_version)
+        for request_id, values, prediction, other in zip(request_ids, features.tolist(), predictions, shadow, strict=True)
     ]

@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
     generate_latest,
     multiprocess,
 )
@@ -59,7 +60,17 @@ class Metrics:
         self.batch_rows = Histogram("housing_microbatch_rows", "Single-row requests merged into one model call.",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.feedback = Counter("housing_feedback_total", "Feedback labels by outcome.", ["outcome"], registry=r)
-        self._served: tuple[str, str, str] | None = None
+        self.answered = Counter("housing_answered_rows_total", "Rows answered, by the alias of the model that answered "
+                                "(staging: the canary share).", ["alias"], registry=r)
+        self.shadow_rows = Counter("housing_shadow_rows_total", "Rows also scored by the model that did not answer (shadow).",
+                                   registry=r)
+        self.shadow_failures = Counter("housing_shadow_failures_total", "Shadow predictions that failed or were skipped "
+                                       "(the rows were logged without them).", ["reason"], registry=r)
+        self.shadow_latency = Histogram("housing_shadow_predict_seconds", "Time of one shadow predict call (a batch of rows).",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.shadow_difference = Summary("housing_shadow_abs_difference", "|answer - shadow prediction| per row; the running "
+                                         "mean is _sum / _count.", registry=r)
+        self._served: dict[str, tuple[str, str, str]] = {}
 
     def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
         route = path if path in ROUTES else "other"
@@ -83,17 +94,33 @@ class Metrics:
                 bucket.inc(count)
         total.inc(float(array.sum()))
 
-    def set_served_model(self, name: str | None, version: str | None, alias: str) -> None:
-        """Point housing_model_info at the served version (and drop the previous one)."""
+    def set_served_model(self, name: str | None, version: str | None, alias: str, *, production: bool = True) -> None:
+        """Point housing_model_info's series of ``alias`` at the version loaded for it (and drop the previous one);
+        ``production``: this alias answers the requests (housing_model_loaded follows it)."""
         served = (name, version, alias) if name and version else None
-        if served == self._served:
-            return
-        if self._served is not None:
-            self.model_info.remove(*self._served)
+        previous = self._served.pop(alias, None)
+        if served != previous:
+            if previous is not None:
+                self.model_info.remove(*previous)
+            if served is not None:
+                self.model_info.labels(*served).set(1)
         if served is not None:
-            self.model_info.labels(*served).set(1)
-        self.model_loaded.set(1 if served else 0)
-        self._served = served
+            self._served[alias] = served
+        if production:
+            self.model_loaded.set(1 if served else 0)
+
+    def observe_shadow(self, answers: np.ndarray, shadow: np.ndarray, seconds: float) -> None:
+        """Count a batch of shadow predictions, the predict call's time and |answer - shadow| of each row."""
+        self.shadow_rows.inc(len(shadow))
+        self.shadow_latency.observe(seconds)
+        differences = np.abs(np.asarray(answers, dtype=np.float64) - shadow)
+        total, count = getattr(self.shadow_difference, "_sum", None), getattr(self.shadow_difference, "_count", None)
+        if total is None or count is None:  # prometheus_client has no bulk observe; this adds what observe() would
+            for value in differences.tolist():
+                self.shadow_difference.observe(value)
+            return
+        total.inc(float(differences.sum()))
+        count.inc(len(differences))
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format of every metric (aggregated over workers in multiprocess mode)."""

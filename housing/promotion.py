@@ -11,12 +11,18 @@ and applies the decision.
   ``gate_confidence``, lies above zero (:func:`paired_bootstrap`). Paired, because both models are judged
   on the same rows, so the rows' own difficulty cancels; weighted, so labelled traffic counts as much as
   the evaluation data says (little when it is a handful of rows, most of it after a market move).
+
+The challenger on live traffic (:func:`decide_challenger`) is judged by the same rule: the paired bootstrap of
+both models' squared errors on the same labelled requests (the one the staging alias names was shadow-scored
+on every request production answered, :mod:`housing.challenger`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -152,6 +158,19 @@ def decide_promotion(
     )
 
 
+def for_shadow_mode(decision: PromotionDecision, production_version: str | None, staging_alias: str) -> PromotionDecision:
+    """The decision in promotion mode ``shadow``: production never moves here (unless there is none yet); the best
+    candidate holds staging, so the API scores it in shadow and live paired evidence decides."""
+    if production_version is None or not decision.move_production:
+        return decision
+    challenger = decision.staging_version
+    message = (f"promotion mode shadow: production stays at version {production_version}; " + (
+        f"the challenger '{staging_alias}' (version {challenger}) is judged on live traffic (promote.py --from-shadow, or the monitor)"
+        if challenger is not None and challenger != production_version else f"no challenger in '{staging_alias}'"
+    ) + f" [the direct gate would have said: {decision.messages[-1]}]")
+    return PromotionDecision(decision.staging_version, production_version, decision.move_staging, False, (*decision.messages[:-1], message))
+
+
 def _decide_staging(best_first: list[Score], current_staging: str | None, threshold: float, alias: str) -> tuple[str | None, bool, str]:
     """(version holding staging afterwards, whether the alias moves, message)."""
     passed = [score for score in best_first if passes_staging_gate(score.r2, threshold)]
@@ -190,3 +209,63 @@ def _decide_production(best: Score, production_version: str | None, production: 
     return production_version, (f"production unchanged: the best candidate, version {best.version} ({best.candidate}, "
                                 f"R2 {best.r2:.4f}, RMSE {best.rmse:.4f}), does not beat production version {production.version} "
                                 f"({production.candidate}, R2 {production.r2:.4f}, RMSE {production.rmse:.4f}) on the same data")
+
+
+@dataclass(frozen=True)
+class ChallengerVerdict:
+    """What the live paired evidence says about the challenger: ``promote``, ``reject`` (worse beyond noise),
+    ``expire`` (no verdict within the wait) or ``wait``; one sentence why; how many more labelled requests
+    a verdict would need at the current difference (None: no number of them would tell the two apart)."""
+
+    action: str
+    message: str
+    evidence: GateEvidence | None = None
+    more_needed: int | None = None
+
+
+def labels_needed(gain: np.ndarray, confidence: float, min_rows: int) -> int | None:
+    """Labelled requests still needed before the interval of the mean gain clears zero, if the mean and spread of
+    the gain per request stay as observed (normal approximation); at least what ``min_rows`` asks for."""
+    rows = len(gain)
+    floor = max(min_rows - rows, 0)
+    if rows < 2:
+        return floor or None
+    mean, spread = float(np.mean(gain)), float(np.std(gain, ddof=1))
+    if mean == 0 or not np.isfinite(spread):
+        return floor or None
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    return max(floor, math.ceil((z * spread / abs(mean)) ** 2) - rows, 1)
+
+
+def decide_challenger(champion_se: np.ndarray, challenger_se: np.ndarray, *, champion: str, challenger: str, min_rows: int,
+                      confidence: float, samples: int, seed: int, waited_hours: float | None, max_wait_hours: float) -> ChallengerVerdict:
+    """The gate's evidence rule on live traffic: both models' squared errors on the same labelled requests, paired.
+
+    Promote when the challenger's gain's interval lies above zero, reject when it lies below, on at least
+    ``min_rows`` requests; otherwise wait, until ``waited_hours`` (since the challenger first scored traffic;
+    None: it has not yet) passes ``max_wait_hours``, then expire.
+    """
+    gain = np.asarray(champion_se, dtype=np.float64) - np.asarray(challenger_se, dtype=np.float64)
+    expired = waited_hours is not None and waited_hours > max_wait_hours
+    who = f"challenger version {challenger} against production version {champion}"
+    if len(gain) < min_rows:
+        needed = min_rows - len(gain)
+        if expired:
+            return ChallengerVerdict("expire", f"{who}: only {len(gain):,} paired labelled requests after {waited_hours:.1f} h "
+                                     f"(the wait is {max_wait_hours:g} h, the rule needs {min_rows:,}); the challenger is dropped", None, needed)
+        started = "it has not scored any request yet" if waited_hours is None else f"{len(gain):,} so far"
+        return ChallengerVerdict("wait", f"{who}: needs {needed:,} more labelled requests before live evidence can decide "
+                                 f"(the rule needs {min_rows:,}; {started})", None, needed)
+    evidence = paired_bootstrap(champion_se, challenger_se, None, samples=samples, confidence=confidence, seed=seed)
+    if evidence.beyond_noise:
+        return ChallengerVerdict("promote", f"{who}: better beyond noise on live traffic ({evidence.describe()}); promoted", evidence)
+    if evidence.high < 0:
+        return ChallengerVerdict("reject", f"{who}: worse beyond noise on live traffic ({evidence.describe()}); the challenger is dropped",
+                                 evidence)
+    more_needed = labels_needed(gain, confidence, min_rows)
+    more = "no number of labelled requests would tell them apart at the current difference" if more_needed is None else \
+        f"needs about {more_needed:,} more labelled requests at the current difference"
+    if expired:
+        return ChallengerVerdict("expire", f"{who}: no verdict after {waited_hours:.1f} h (the wait is {max_wait_hours:g} h; "
+                                 f"{evidence.describe()}; it {more}); the challenger is dropped", evidence, more_needed)
+    return ChallengerVerdict("wait", f"{who}: not yet distinguishable ({evidence.describe()}); it {more}", evidence, more_needed)

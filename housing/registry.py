@@ -29,6 +29,7 @@ from housing.promotion import (
     PromotionDecision,
     Score,
     decide_promotion,
+    for_shadow_mode,
     paired_bootstrap,
     passes_staging_gate,
     production_score_needed,
@@ -262,6 +263,8 @@ def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData
         production=production_score,
         evidence=evidence,
     )
+    if settings.promotion_mode == "shadow":
+        decision = for_shadow_mode(decision, production_version, settings.staging_alias)
     apply_promotion(client, settings, decision, expected_production=production_version, command=command, evidence=evidence)
     return PromotionReport(
         training_run_id=run_id,

@@ -10,6 +10,7 @@ and the requests that arrive while a batch is computed form the next batch (no a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -94,16 +95,23 @@ class RegistryStatus:
 
 
 class ModelService:
-    """Loads the version the production alias names, and reloads when the alias moves.
+    """Loads the version an alias names (``production`` unless told otherwise), and reloads when the alias moves.
 
     A version that fails to load is remembered (:attr:`RegistryStatus.failed_version`) and not loaded again
     until the alias names another version or the process restarts; the current model keeps serving. So does
-    it when the alias is removed: the service keeps the last version it loaded and says so in ``last_error``.
+    it when the production alias is removed: the service keeps the last version it loaded and says so in
+    ``last_error``. An *optional* alias (the challenger's ``staging``) is different: when it is removed, the
+    service unloads its model. A version ``peer`` (the other alias's service) has loaded is shared, not loaded
+    twice, so promoting the challenger swaps in the very model that was shadow-scored, at once.
     Every error sentence has the credentials of the tracking URI masked (:mod:`housing.redaction`).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, alias: str | None = None, *, optional: bool = False,
+                 peer: ModelService | None = None) -> None:
         self.settings = settings
+        self.alias = alias or settings.production_alias
+        self.optional = optional
+        self.peer = peer
         self._current: LoadedModel | None = None
         self._refresh_lock = threading.Lock()
         self.status = RegistryStatus()
@@ -139,7 +147,7 @@ class ModelService:
                 self.status.last_check = datetime.now(UTC)
 
     def _refresh(self) -> bool:
-        name, alias = self.settings.model_name, self.settings.production_alias
+        name, alias = self.settings.model_name, self.alias
         try:
             client = registry_client(self.settings.tracking_uri)
             version = get_version_by_alias(client, name, alias)
@@ -160,12 +168,19 @@ class ModelService:
             self.status.last_error = self._failure_sentence(failed)  # remembered: not downloaded and loaded again
             return False
         try:
-            loaded = self._load(client, version, alias)
+            loaded = self._shared(number) or self._load(client, version, alias)
         except Exception as error:  # noqa: BLE001 - a broken version must not replace a working one
             self._load_failed(client, number, error)
             return False
         self._serve(loaded)
         return True
+
+    def _shared(self, number: str) -> LoadedModel | None:
+        """The peer's model when it is this version (same pipeline and compiled path, this service's alias)."""
+        theirs = self.peer.current if self.peer is not None else None
+        if theirs is None or theirs.version != number:
+            return None
+        return dataclasses.replace(theirs, alias=self.alias, loaded_at=datetime.now(UTC))
 
     def _registry_failed(self, error: Exception) -> None:
         self.status.reachable = False
@@ -174,6 +189,13 @@ class ModelService:
         logger.warning("registry check failed, serving %s: %s", self._describe(), self.status.last_error)
 
     def _alias_missing(self, name: str, alias: str) -> None:
+        if self.optional:  # no challenger: nothing is wrong
+            if self._current is not None:
+                logger.info("the '%s' alias of %s was removed: version %s unloaded", alias, name, self._current.version)
+                self.status.history.append(f"{datetime.now(UTC).isoformat(timespec='seconds')} unloaded version {self._current.version}")
+            self._current = None
+            self.status.alias_version = self.status.failed_version = self.status.last_error = None
+            return
         if self.status.alias_version is not None or self.status.last_error is None:
             logger.warning("no version of %s has the alias '%s'; serving %s", name, alias, self._describe())
         self.status.alias_version = None
@@ -189,7 +211,7 @@ class ModelService:
         not the version, and the next check tries again)."""
         reason = f"{type(error).__name__}: {masked_first_line(error, self.settings.tracking_uri)}"
         try:
-            get_version_by_alias(client, self.settings.model_name, self.settings.production_alias)
+            get_version_by_alias(client, self.settings.model_name, self.alias)
         except Exception as registry_error:  # noqa: BLE001 - the registry is down: not the version's fault
             self._registry_failed(registry_error)
             return
@@ -202,14 +224,15 @@ class ModelService:
         serving = f"still serving {self._describe()}" if self._current else "no other version to serve"
         return (f"could not load {self.settings.model_name} version {failed.version} ({failed.reason}); {serving}; "
                 f"version {failed.version} is not tried again until "
-                f"the '{self.settings.production_alias}' alias names another version or the service restarts")
+                f"the '{self.alias}' alias names another version or the service restarts")
 
     def _serve(self, loaded: LoadedModel) -> None:
         previous = self._current
         self._current = loaded
         self.status.failed_version = self.status.last_error = None
         self.status.reloads += 1
-        message = f"now serving {loaded.name} version {loaded.version} ({loaded.candidate})" + (
+        role = f"'{self.alias}' (challenger) is now" if self.optional else "now serving"
+        message = f"{role} {loaded.name} version {loaded.version} ({loaded.candidate})" + (
             f", was version {previous.version}" if previous else ""
         )
         self.status.history.append(f"{loaded.loaded_at.isoformat(timespec='seconds')} {message}")

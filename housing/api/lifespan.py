@@ -1,5 +1,5 @@
-"""What runs beside the requests: the prediction-log writer and the registry follower, and the final flush;
-and, once at startup, the labellers' token that POST /feedback checks."""
+"""What runs beside the requests: the prediction-log writer, the shadow scorer and the registry follower, and the
+final flush; and, once at startup, the labellers' token that POST /feedback checks."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ logger = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the feedback token, start the log writer and the registry follower; on shutdown stop following
-    and flush every buffered row."""
+    """Load the feedback token, start the log writer, the shadow scorer and the registry follower; on shutdown stop
+    following, score and hand over the shadow backlog, and flush every buffered row."""
     services: Services = app.state.services
     if not logging.getLogger().handlers:  # under uvicorn: our progress lines beside its own
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     await load_feedback_token(services)
     await asyncio.to_thread(services.prediction_log.start)
+    services.shadow.start()
     follower = asyncio.create_task(follow_registry(services), name="follow-registry")
     try:
         yield
@@ -32,6 +33,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
+        await asyncio.to_thread(services.shadow.close)  # its rows go to the log's buffer before the log's final flush
         await asyncio.to_thread(services.prediction_log.close)
         logger.info("prediction log flushed: %d row(s) written", services.prediction_log.written_rows)
 

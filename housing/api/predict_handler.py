@@ -30,6 +30,7 @@ from housing.api.json_limits import DEFAULT_JSON_LIMITS, JsonLimits, check_json_
 from housing.api.problems import InputError, describe_errors, problem_body, retry_after, validation_problem
 from housing.api.schemas import many_rows_adapter, one_row_adapter
 from housing.api.services import Services
+from housing.challenger import ServedBatch
 from housing.config import Settings
 from housing.prediction_log import LogUnavailable, prediction_rows
 from housing.schema import FEATURE_NAMES, TARGET_UNIT_DOLLARS
@@ -143,18 +144,26 @@ def new_request_ids(count: int) -> list[str]:
 
 def log_predictions(services: Services, request_ids: list[str], features: np.ndarray, values: list[float], model: LoadedModel,
                     started: float) -> None:
-    """Buffer the predictions for the prediction log and count them in the Prometheus metrics."""
+    """Buffer the predictions for the prediction log (through the shadow scorer while a challenger is loaded) and
+    count them in the Prometheus metrics. The model's alias says which one answered (staging: a canary request)."""
+    served_alias = model.alias
     latency_ms = (time.perf_counter() - started) * 1000
-    services.prediction_log.append(
-        prediction_rows(request_ids, features, values, model_name=model.name, model_version=model.version,
-                        latency_ms=latency_ms, created_at=services.prediction_log.timestamp(datetime.now(UTC)))
-    )
+    created_at = services.prediction_log.timestamp(datetime.now(UTC))
+    if services.challenger() is None or not services.shadow.submit(
+        ServedBatch(request_ids, features, values, model, served_alias, latency_ms, created_at)
+    ):
+        services.prediction_log.append(
+            prediction_rows(request_ids, features, values, model_name=model.name, model_version=model.version,
+                            latency_ms=latency_ms, created_at=created_at, served_alias=served_alias)
+        )
     services.metrics.predictions.labels(model.version).inc(len(request_ids))
+    services.metrics.answered.labels(served_alias).inc(len(request_ids))
     services.metrics.observe_predictions(values)
 
 
-async def handle_predict(services: Services, body: bytes) -> tuple[int, bytes, Headers]:
-    """POST /predict on the raw body: (status, JSON body, extra headers). Never raises for bad input."""
+async def handle_predict(services: Services, body: bytes, routing_key: bytes | None = None) -> tuple[int, bytes, Headers]:
+    """POST /predict on the raw body: (status, JSON body, extra headers). Never raises for bad input.
+    ``routing_key``: the client's X-Routing-Key, which keeps its canary routing stable."""
     started = time.perf_counter()
     try:
         if len(body) > OFFLOAD_BODY_BYTES:
@@ -162,9 +171,9 @@ async def handle_predict(services: Services, body: bytes) -> tuple[int, bytes, H
         else:
             rows = read_rows(body, services.settings)
         if isinstance(rows, list):
-            content = await predict_batch(services, rows, started)
+            content = await predict_batch(services, rows, started, routing_key)
         else:
-            content = await predict_one(services, rows, started)
+            content = await predict_one(services, rows, started, routing_key)
     except InputError as error:
         return error.status, problem_body(error.detail, error.errors), []
     except ModelUnavailable as error:
@@ -174,11 +183,17 @@ async def handle_predict(services: Services, body: bytes) -> tuple[int, bytes, H
     return 200, content, []
 
 
-async def predict_one(services: Services, row: BaseModel, started: float) -> bytes:
-    """Predict (micro-batched) and log one validated row; the response body."""
+async def predict_one(services: Services, row: BaseModel, started: float, routing_key: bytes | None) -> bytes:
+    """Predict (micro-batched, by the model the routing picks) and log one validated row; the response body."""
     features = features_of([row])
-    value, model = await services.batcher.predict_one(features[0])
     request_ids = new_request_ids(1)
+    batcher = services.route(routing_key, request_ids[0])
+    try:
+        value, model = await batcher.predict_one(features[0])
+    except ModelUnavailable:
+        if batcher is services.batcher:
+            raise
+        value, model = await services.batcher.predict_one(features[0])  # the challenger was unloaded meanwhile
     log_predictions(services, request_ids, features, [value], model, started)
     return orjson.dumps({
         "request_id": request_ids[0], "MedHouseVal": value, "price_usd": round(value * TARGET_UNIT_DOLLARS, 2),
@@ -186,13 +201,15 @@ async def predict_one(services: Services, row: BaseModel, started: float) -> byt
     })
 
 
-async def predict_batch(services: Services, rows: list[BaseModel], started: float) -> bytes:
-    """Predict and log every validated row of a batch (in a worker thread when large); the response body."""
+async def predict_batch(services: Services, rows: list[BaseModel], started: float, routing_key: bytes | None) -> bytes:
+    """Predict and log every validated row of a batch (in a worker thread when large), the whole batch by the model
+    the routing picks (keyed by X-Routing-Key, else the first request id); the response body."""
     features = features_of(rows)
-    model = services.model_service.require()
+    request_ids = new_request_ids(len(rows))
+    canary = services.route(routing_key, request_ids[0]) is services.canary_batcher
+    model = (canary and services.challenger()) or services.model_service.require()
     predicted = model.predict(features) if len(rows) <= INLINE_BATCH_ROWS else await asyncio.to_thread(model.predict, features)
     values = predicted.tolist()
-    request_ids = new_request_ids(len(rows))
     log_predictions(services, request_ids, features, values, model, started)
     return orjson.dumps({
         "model_name": model.name,

@@ -1,5 +1,6 @@
-"""Everything the routes share, created once per app: settings, Prometheus metrics, the model service,
-the micro-batcher, the prediction log and the labellers' token; and the task that follows the registry's production alias."""
+"""Everything the routes share, created once per app: settings, Prometheus metrics, the champion's and the
+challenger's model services and micro-batchers, the prediction log, the shadow scorer and the labellers' token;
+and the task that follows the registry's production and staging aliases."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import asyncio
 import gc
 import logging
 
+from housing.challenger import ShadowScorer, routes_to_challenger
 from housing.config import Settings
 from housing.prediction_log import PredictionLog
 from housing.prometheus import Metrics
-from housing.serving import MicroBatcher, ModelService
+from housing.serving import LoadedModel, MicroBatcher, ModelService
 
 logger = logging.getLogger(__name__)
 
@@ -22,18 +24,45 @@ class Services:
         self.settings = settings
         self.metrics = Metrics()
         self.model_service = ModelService(settings)
+        self.challenger_service = ModelService(settings, settings.staging_alias, optional=True, peer=self.model_service)
+        self.model_service.peer = self.challenger_service  # promoting the challenger reuses its loaded model
         self.batcher = MicroBatcher(self.model_service, on_batch=self.metrics.batch_rows.observe)
+        self.canary_batcher = MicroBatcher(self.challenger_service, on_batch=self.metrics.batch_rows.observe)
         self.prediction_log = PredictionLog.from_settings(settings)
+        self.shadow = ShadowScorer(self.prediction_log, self.metrics, self.other_model, interval=settings.shadow_interval)
         self.feedback_token: str | None = None  # set by the lifespan (housing.credentials); None refuses every label
         self._logged_rows = 0
         self._failed_flushes = 0
 
+    def challenger(self) -> LoadedModel | None:
+        """The challenger: the staging alias's model when it is loaded and is not the served production version."""
+        challenger, champion = self.challenger_service.current, self.model_service.current
+        if challenger is None or champion is None or challenger.version == champion.version:
+            return None
+        return challenger
+
+    def other_model(self, served_alias: str) -> LoadedModel | None:
+        """The model that did not answer a request ``served_alias`` answered (its shadow), if there is one."""
+        if served_alias == self.settings.production_alias:
+            return self.challenger()
+        return self.model_service.current
+
+    def route(self, key: bytes | None, request_id: str) -> MicroBatcher:
+        """The batcher that answers a request: the challenger's for the canary share (stable in ``key``, else in the
+        request id) when a challenger is loaded, production's otherwise."""
+        percent = self.settings.canary_percent
+        if percent and self.challenger() is not None and routes_to_challenger(key or request_id.encode(), percent):
+            return self.canary_batcher
+        return self.batcher
+
     def refresh_model(self) -> bool:
-        """Check the production alias and load its version if it moved; True when the served model changed."""
+        """Check the production and staging aliases and load their versions if they moved; True when the served
+        model changed."""
         changed = self.model_service.refresh()
+        challenger_changed = self.challenger_service.refresh()
         self.update_gauges()
-        if changed:
-            self.metrics.reloads.inc()
+        if changed or challenger_changed:
+            self.metrics.reloads.inc(int(changed))
             # Move the long-lived objects (libraries, the model) out of the collector's reach, so that
             # garbage collection under load scans only request garbage and never pauses for ~100 ms.
             gc.collect()
@@ -44,6 +73,9 @@ class Services:
         """Bring the served-model, registry and prediction-log metrics up to date."""
         model = self.model_service.current
         self.metrics.set_served_model(model.name if model else None, model.version if model else None, self.settings.production_alias)
+        challenger = self.challenger()
+        self.metrics.set_served_model(challenger.name if challenger else None, challenger.version if challenger else None,
+                                      self.settings.staging_alias, production=False)
         reachable = self.model_service.status.reachable
         self.metrics.registry_up.set(1 if reachable else 0)
         status = self.prediction_log.status()

@@ -52,14 +52,27 @@ async def ready(services: ServicesDep) -> Response:
     return json_response({"status": "ready", **details})
 
 
-@router.get("/model", summary="The served model: name, version, alias, run, training metrics, loaded-at")
+@router.get("/model", summary="The served model and its challenger: versions, alias, run, training metrics, loaded-at")
 async def model_info(services: ServicesDep) -> Response:
-    """The served model's name, version, alias, run, training metrics and recent switches; 503 while none is loaded."""
+    """The served model's name, version, alias, run, training metrics and recent switches; under `challenger`, the
+    version the staging alias names when it is loaded beside production (scored in shadow on every request, and
+    answering `canary_percent` % of them), else null; 503 while no production model is loaded."""
     model = services.model_service.require()
+    challenger = services.challenger()
+    settings = services.settings
     return json_response({
         "name": model.name, "version": model.version, "alias": model.alias, "candidate": model.candidate,
         "run_id": model.run_id, "metrics": model.metrics, "loaded_at": model.loaded_at.isoformat(),
         "compiled_predict": model.fast_predict is not None, "history": list(services.model_service.status.history),
+        "challenger": {
+            "version": challenger.version, "alias": challenger.alias, "candidate": challenger.candidate, "run_id": challenger.run_id,
+            "loaded_at": challenger.loaded_at.isoformat(), "compiled_predict": challenger.fast_predict is not None,
+            "mode": "shadow + canary" if settings.canary_percent else "shadow", "canary_percent": settings.canary_percent,
+            "shadow_backlog_rows": services.shadow.backlog_rows,
+        } if challenger else None,
+        "challenger_status": {"alias": settings.staging_alias, "alias_version": services.challenger_service.status.alias_version,
+                              "last_error": services.challenger_service.status.last_error,
+                              "history": list(services.challenger_service.status.history)},
     })
 
 

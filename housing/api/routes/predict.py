@@ -30,6 +30,10 @@ def request_body(max_batch_rows: int) -> dict[str, Any]:
     """The OpenAPI requestBody: one HousingFeatures object or a list of 1 to ``max_batch_rows``, with examples."""
     feature_ref = {"$ref": "#/components/schemas/HousingFeatures"}
     return {
+        "parameters": [{
+            "name": "X-Routing-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 256},
+            "description": "Keeps a client on the same model while a canary runs (a stable hash of it picks the model).",
+        }],
         "requestBody": {
             "required": True,
             "content": {
@@ -51,8 +55,13 @@ def request_body(max_batch_rows: int) -> dict[str, Any]:
 
 
 async def predict(request: Request, services: ServicesDep) -> Response:
-    """Send one JSON object with the 8 features, or a list of up to `max_batch_rows` of them."""
-    status, content, headers = await handle_predict(services, await request.body())
+    """Send one JSON object with the 8 features, or a list of up to `max_batch_rows` of them.
+
+    While a challenger (the `staging` alias) is loaded and `HOUSING_CANARY_PERCENT` is above 0, that share of
+    requests is answered by the challenger (`model_version` says which answered); the optional `X-Routing-Key`
+    header keeps a client on the same model (a stable hash of it picks the model; without it, of the request id)."""
+    key = request.headers.get("x-routing-key")
+    status, content, headers = await handle_predict(services, await request.body(), key.encode("latin-1") if key is not None else None)
     return Response(content, status_code=status, media_type="application/json", headers={k.decode(): v.decode() for k, v in headers})
 
 
