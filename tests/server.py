@@ -146,9 +146,10 @@ class LoadGenerator:
         return sum(rows for _, _, rows in self.results)
 
 
-def start_loop_server(mutable_run: Any, tmp_path: Path, label: str, candidates: str) -> tuple[dict[str, str], ApiServer]:
+def start_loop_server(mutable_run: Any, tmp_path: Path, label: str, candidates: str, **extra: str) -> tuple[dict[str, str], ApiServer]:
     """An API over the mutable registry with a private copy of its artifacts and a fresh prediction log, as the loop
-    tests need it: reloads every second, decisions from 1,000 predictions, retrains limited to ``candidates`` (JSON)."""
+    tests need it: reloads every second, decisions from 1,000 predictions, retrains limited to ``candidates`` (JSON);
+    ``extra``: more environment variables."""
     shutil.copytree(mutable_run.artifacts_dir, tmp_path / "artifacts")
     env = server_env(
         mutable_run.env,
@@ -157,6 +158,7 @@ def start_loop_server(mutable_run: Any, tmp_path: Path, label: str, candidates: 
         HOUSING_RELOAD_INTERVAL="1",
         HOUSING_MONITOR_MIN_WINDOW="1000",
         HOUSING_CANDIDATES=candidates,
+        **extra,
     )
     server = ApiServer(env, tmp_path / "server.log").start()
     server.wait_ready()

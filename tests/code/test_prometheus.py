@@ -37,3 +37,27 @@ def test_served_model_info_follows_the_version():
     assert 'housing_model_info{alias="production",name="M",version="4"} 1.0' in text
     assert 'version="3"' not in text
     assert "housing_model_loaded 1.0" in text
+
+
+def test_the_challenger_has_its_own_info_series_and_never_marks_a_model_loaded():
+    metrics = Metrics()
+    metrics.set_served_model("M", "3", "production")
+    metrics.set_served_model("M", "7", "staging", production=False)
+    text = generate_latest(metrics.registry).decode()
+    assert 'housing_model_info{alias="production",name="M",version="3"} 1.0' in text
+    assert 'housing_model_info{alias="staging",name="M",version="7"} 1.0' in text
+    metrics.set_served_model(None, None, "staging", production=False)  # the challenger is dropped
+    text = generate_latest(metrics.registry).decode()
+    assert 'alias="staging"' not in text
+    assert "housing_model_loaded 1.0" in text  # production is still loaded
+
+
+def test_shadow_differences_are_summed_in_bulk_like_single_observations():
+    bulk, single = Metrics(), Metrics()
+    answers, shadow = np.linspace(0.5, 5.0, 500), np.linspace(5.0, 0.5, 500)
+    bulk.observe_shadow(answers, shadow, 0.002)
+    for value in np.abs(answers - shadow):
+        single.shadow_difference.observe(value)
+    assert bulk.shadow_difference._sum.get() == pytest.approx(single.shadow_difference._sum.get())
+    assert bulk.shadow_difference._count.get() == 500
+    assert bulk.shadow_rows._value.get() == 500
