@@ -6,11 +6,13 @@ models:/CaliforniaHousing@production, (c) bench/bare_app.py returning a constant
 (one client thread, 16 connections, single-row requests) and the script prints rps, p50, p99 and errors,
 the ratios, a check that the prediction log holds exactly one row per prediction the API made, and the
 end-to-end time of a 10,000-row batch request. (a2) repeats (a) with 2 worker processes logging to
-PostgreSQL (the team setup), same load, same run.
+PostgreSQL (the team setup), same load, same run. (a3) repeats (a) with a challenger in shadow: the `staging`
+alias is pointed at the --challenger candidate's version for the run (and put back after), so every request is
+also scored by it; it checks that every logged row carries the challenger's prediction.
 
 Needs a production model in the registry (`make pipeline`) and wrk (`apt-get install wrk`).
 
-    python bench/serve.py [--duration 20] [--connections 16] [--tracking-uri URI]
+    python bench/serve.py [--duration 20] [--connections 16] [--tracking-uri URI] [--challenger gradient_boosting]
 """
 
 from __future__ import annotations
@@ -26,14 +28,17 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import orjson
+from mlflow import MlflowClient
+from sqlalchemy import text
 
-from housing.config import get_settings
+from housing.config import Settings, get_settings
 from housing.data import read_source
-from housing.prediction_log import count_rows
+from housing.prediction_log import count_rows, make_engine
 from housing.schema import EXAMPLE_REQUEST
 from localteam.services import Postgres, create_database, database_url
 
@@ -123,6 +128,34 @@ def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[Postgres | None
     return cluster, database_url(admin_url, name)
 
 
+def set_challenger(settings: Settings, candidate: str) -> Callable[[], None]:
+    """Point staging at ``candidate``'s newest version; returns what puts staging back as it was."""
+    client = MlflowClient(settings.tracking_uri)
+    versions = [v for v in client.search_model_versions(f"name = '{settings.model_name}'") if v.tags.get("candidate") == candidate]
+    if not versions:
+        raise SystemExit(f"no registered version of candidate {candidate}")
+    before = client.get_registered_model(settings.model_name).aliases.get(settings.staging_alias)
+    client.set_registered_model_alias(settings.model_name, settings.staging_alias, str(max(int(v.version) for v in versions)))
+
+    def restore() -> None:
+        if before is None:
+            client.delete_registered_model_alias(settings.model_name, settings.staging_alias)
+        else:
+            client.set_registered_model_alias(settings.model_name, settings.staging_alias, str(before))
+
+    return restore
+
+
+def shadow_rows(log_url: str) -> int:
+    """Logged rows that carry a shadow prediction."""
+    engine = make_engine(log_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("select count(*) from predictions where shadow_prediction is not null")).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
 
@@ -143,6 +176,7 @@ def main() -> int:
     parser.add_argument("--artifacts-dir", default=None)
     parser.add_argument("--skip-mlflow", action="store_true", help="Skip (b), e.g. for a quick run.")
     parser.add_argument("--skip-postgres", action="store_true", help="Skip (a2), the 2-worker PostgreSQL run.")
+    parser.add_argument("--challenger", default="gradient_boosting", help="Candidate scored in shadow in (a3); 'none' skips (a3).")
     parser.add_argument("--postgres-url", default=None,
                         help="Admin SQLAlchemy URL of a PostgreSQL server for (a2); default: a private cluster from the system's binaries.")
     args = parser.parse_args()
@@ -159,13 +193,15 @@ def main() -> int:
     # (a) this API, with prediction logging on: 1 worker on SQLite, then 2 workers on PostgreSQL
     log_checks: list[str] = []
     batch_ms: list[float] = []
-    runs = [("(a) this API, 1 worker, SQLite log", 1, f"sqlite:///{work_dir / 'prediction_log.db'}")]
+    runs: list[tuple[str, int, str, str | None]] = [("(a) this API, 1 worker, SQLite log", 1, f"sqlite:///{work_dir / 'prediction_log.db'}", None)]
     postgres = None
     if not args.skip_postgres:
         postgres, postgres_url = postgres_log(args.postgres_url, work_dir)
-        runs.append(("(a2) this API, 2 workers, PostgreSQL log", 2, postgres_url))
+        runs.append(("(a2) this API, 2 workers, PostgreSQL log", 2, postgres_url, None))
+    if args.challenger != "none":
+        runs.append((f"(a3) = (a) + {args.challenger} in shadow", 1, f"sqlite:///{work_dir / 'shadow_log.db'}", args.challenger))
     version = "?"
-    for label, workers, log_url in runs:
+    for label, workers, log_url, challenger in runs:
         port = free_port()
         api_env = {**env, "HOUSING_PREDICTION_LOG_URL": log_url}
         command = [*uvicorn, "--port", str(port), "--workers", str(workers), "app:app"]
@@ -173,11 +209,15 @@ def main() -> int:
             multiproc = work_dir / f"prometheus-{port}"
             multiproc.mkdir()
             api_env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+        restore = set_challenger(settings, challenger) if challenger else None
         api = start(command, api_env, work_dir / f"api-{port}.log")
         try:
             wait_for(f"http://127.0.0.1:{port}/ready", api)
-            time.sleep(3 if workers > 1 else 0)  # every worker loads the model
-            version = httpx.get(f"http://127.0.0.1:{port}/model").json()["version"]
+            time.sleep(3 if workers > 1 or challenger else 0)  # every worker loads the model (and the challenger)
+            described = httpx.get(f"http://127.0.0.1:{port}/model").json()
+            if challenger and described["challenger"] is None:
+                raise SystemExit(f"{label}: the API did not load the challenger")
+            version = described["version"] if not challenger else version
             results[label] = run_wrk(f"http://127.0.0.1:{port}/predict", "{" + ROW + "}", args.duration, args.connections, work_dir)
             if workers == 1:
                 batch_ms = batch_request_ms(f"http://127.0.0.1:{port}/predict", settings)
@@ -185,9 +225,13 @@ def main() -> int:
             served_rows = sum(float(v) for v in re.findall(r'^housing_predictions_total\{[^}]*\} ([\d.e+]+)$', metrics, re.M))
         finally:
             stop(api)
+            if restore is not None:
+                restore()
         logged = count_rows(log_url)[0]
         log_checks.append(f"{label}: prediction log holds {logged:,} rows, the API predicted {served_rows:,.0f} "
                           f"({'complete' if logged == served_rows else 'MISMATCH'}); wrk counted {results[label]['requests']:,} responses")
+        if challenger:
+            log_checks.append(f"{label}: {shadow_rows(log_url):,} of the {logged:,} logged rows carry the challenger's prediction")
     if postgres is not None:
         postgres.stop()
 
@@ -225,6 +269,10 @@ def main() -> int:
     for name, r in results.items():
         print(f"{name:<42} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>7.0f}")
     ours = results["(a) this API, 1 worker, SQLite log"]["rps"]
+    shadowed = next((r for name, r in results.items() if name.startswith("(a3)")), None)
+    if shadowed is not None:
+        print(f"\nwith a challenger in shadow / without: {shadowed['rps'] / ours:.0%} of the throughput   (target >= 85%), "
+              f"p99 {shadowed['p99']:.1f} ms   (target <= 10 ms)")
     if "(b) mlflow models serve" in results:
         print(f"\nthis API / mlflow models serve: {ours / results['(b) mlflow models serve']['rps']:.1f}x   (target >= 10x)")
     print(f"this API / bare endpoint:       {ours / results['(c) bare FastAPI constant']['rps']:.0%}   (target >= 50%)")

@@ -109,8 +109,7 @@ def judge_challenger(client: MlflowClient, settings: Settings, engine: Engine, *
     waited = None if started is None else (datetime.now(UTC) - started).total_seconds() / 3600
     verdict = decide_challenger(np.square(pairs["actual"] - pairs["champion"]), np.square(pairs["actual"] - pairs["challenger"]),
                                 champion=champion, challenger=challenger, min_rows=settings.gate_min_labelled_rows,
-                                confidence=settings.gate_confidence, samples=settings.gate_bootstrap_samples, seed=settings.random_state,
-                                waited_hours=waited, max_wait_hours=settings.shadow_max_wait_hours)
+                                confidence=settings.gate_confidence, waited_hours=waited, max_wait_hours=settings.shadow_max_wait_hours)
     outcome = ChallengerOutcome(champion, challenger, verdict, len(pairs), applied=apply and verdict.action != "wait")
     if apply:
         apply_verdict(client, settings, outcome, pairs, command)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
@@ -55,6 +54,8 @@ class GateEvidence:
     low: float
     high: float
     confidence: float
+    method: str = "paired bootstrap"
+    """How the interval was made: a paired bootstrap (one look), or a time-uniform confidence sequence (many)."""
 
     @property
     def beyond_noise(self) -> bool:
@@ -63,12 +64,13 @@ class GateEvidence:
 
     def describe(self) -> str:
         """One line: the gain and its interval."""
-        return (f"gain in squared error per row {self.mean_gain:+.4f}, {self.confidence:.0%} paired bootstrap interval "
+        return (f"gain in squared error per row {self.mean_gain:+.4f}, {self.confidence:.0%} {self.method} interval "
                 f"[{self.low:+.4f}, {self.high:+.4f}] on {self.rows:,} rows")
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | str]:
         """The figures, for the ledger and the logs."""
-        return {"rows": self.rows, "mean_gain": self.mean_gain, "low": self.low, "high": self.high, "confidence": self.confidence}
+        return {"rows": self.rows, "mean_gain": self.mean_gain, "low": self.low, "high": self.high, "confidence": self.confidence,
+                "method": self.method}
 
 
 def paired_bootstrap(champion_se: np.ndarray, challenger_se: np.ndarray, weights: np.ndarray | None, *, samples: int,
@@ -223,23 +225,57 @@ class ChallengerVerdict:
     more_needed: int | None = None
 
 
+SEQUENCE_TARGET_ROWS = 500
+"""Labelled requests at which the live confidence sequence is tightest (it is valid at every count)."""
+TIME_UNIFORM = "time-uniform paired"
+
+
+def sequence_radius(rows: int, spread: float, confidence: float, target_rows: int = SEQUENCE_TARGET_ROWS) -> float:
+    """Half-width of the two-sided asymptotic confidence sequence for a mean after ``rows`` observations of standard
+    deviation ``spread`` (Robbins' normal mixture, tuned to be tightest at ``target_rows``; Waudby-Smith et al.,
+    "Time-uniform central limit theory and asymptotic confidence sequences", 2024): with probability ``confidence``
+    the interval holds the true mean at *every* count at once, so looking again after each batch of labels does not
+    inflate the error rate the way re-checking a fixed-sample interval does."""
+    alpha = 1.0 - confidence
+    rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / target_rows
+    return spread * math.sqrt(2 * (rows * rho2 + 1) / (rows**2 * rho2) * math.log(math.sqrt(rows * rho2 + 1) / alpha))
+
+
+def confidence_sequence(champion_se: np.ndarray, challenger_se: np.ndarray, confidence: float) -> GateEvidence:
+    """The mean gain (champion's minus challenger's squared error per request) with its time-uniform interval."""
+    gain = np.asarray(champion_se, dtype=np.float64) - np.asarray(challenger_se, dtype=np.float64)
+    mean = float(np.mean(gain))
+    radius = sequence_radius(len(gain), float(np.std(gain, ddof=1)), confidence) if len(gain) > 1 else math.inf
+    return GateEvidence(len(gain), mean, mean - radius, mean + radius, confidence, method=TIME_UNIFORM)
+
+
 def labels_needed(gain: np.ndarray, confidence: float, min_rows: int) -> int | None:
-    """Labelled requests still needed before the interval of the mean gain clears zero, if the mean and spread of
-    the gain per request stay as observed (normal approximation); at least what ``min_rows`` asks for."""
+    """Labelled requests still needed before the time-uniform interval of the mean gain clears zero, if the mean and
+    spread of the gain per request stay as observed; at least what ``min_rows`` asks for. None: never (no difference)."""
     rows = len(gain)
     floor = max(min_rows - rows, 0)
     if rows < 2:
         return floor or None
-    mean, spread = float(np.mean(gain)), float(np.std(gain, ddof=1))
+    mean, spread = abs(float(np.mean(gain))), float(np.std(gain, ddof=1))
     if mean == 0 or not np.isfinite(spread):
         return floor or None
-    z = NormalDist().inv_cdf((1 + confidence) / 2)
-    return max(floor, math.ceil((z * spread / abs(mean)) ** 2) - rows, 1)
+    low, high = rows, rows
+    while sequence_radius(high, spread, confidence) >= mean:  # the radius shrinks like sqrt(log n / n)
+        low, high = high, high * 2
+        if high > 10**9:
+            return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if sequence_radius(middle, spread, confidence) >= mean else (low, middle)
+    return max(floor, high - rows, 1)
 
 
 def decide_challenger(champion_se: np.ndarray, challenger_se: np.ndarray, *, champion: str, challenger: str, min_rows: int,
-                      confidence: float, samples: int, seed: int, waited_hours: float | None, max_wait_hours: float) -> ChallengerVerdict:
-    """The gate's evidence rule on live traffic: both models' squared errors on the same labelled requests, paired.
+                      confidence: float, waited_hours: float | None, max_wait_hours: float) -> ChallengerVerdict:
+    """The gate's evidence rule on live traffic: both models' squared errors on the same labelled requests, paired,
+    with the interval made time-uniform (:func:`confidence_sequence`), because the monitor judges again whenever
+    labels arrive (re-checking a fixed-sample interval at every look promotes an equal challenger far more often
+    than 1 - ``confidence``: bench/live.py).
 
     Promote when the challenger's gain's interval lies above zero, reject when it lies below, on at least
     ``min_rows`` requests; otherwise wait, until ``waited_hours`` (since the challenger first scored traffic;
@@ -256,7 +292,7 @@ def decide_challenger(champion_se: np.ndarray, challenger_se: np.ndarray, *, cha
         started = "it has not scored any request yet" if waited_hours is None else f"{len(gain):,} so far"
         return ChallengerVerdict("wait", f"{who}: needs {needed:,} more labelled requests before live evidence can decide "
                                  f"(the rule needs {min_rows:,}; {started})", None, needed)
-    evidence = paired_bootstrap(champion_se, challenger_se, None, samples=samples, confidence=confidence, seed=seed)
+    evidence = confidence_sequence(champion_se, challenger_se, confidence)
     if evidence.beyond_noise:
         return ChallengerVerdict("promote", f"{who}: better beyond noise on live traffic ({evidence.describe()}); promoted", evidence)
     if evidence.high < 0:

@@ -20,7 +20,14 @@ from housing.live_evidence import first_scored, paired_requests
 from housing.log_spill import row_restorer
 from housing.prediction_log import PREDICTION_COLUMNS, PredictionLog, create_tables, make_engine, prediction_rows
 from housing.prometheus import Metrics
-from housing.promotion import PromotionDecision, decide_challenger, for_shadow_mode, labels_needed
+from housing.promotion import (
+    PromotionDecision,
+    confidence_sequence,
+    decide_challenger,
+    for_shadow_mode,
+    labels_needed,
+    sequence_radius,
+)
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.serving import LoadedModel
 
@@ -227,7 +234,7 @@ def test_paired_requests_reads_both_arms_once_per_district(log):
 
 
 # --- the live verdict -------------------------------------------------------------------------------------------------
-RULE: dict[str, Any] = {"champion": "3", "challenger": "7", "min_rows": 100, "confidence": 0.95, "samples": 500, "seed": 0, "max_wait_hours": 72.0}
+RULE: dict[str, Any] = {"champion": "3", "challenger": "7", "min_rows": 100, "confidence": 0.95, "max_wait_hours": 72.0}
 
 
 def errors(rng: np.random.Generator, rows: int, challenger_scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -265,13 +272,25 @@ def test_an_indistinguishable_challenger_waits_with_an_estimate_then_expires():
     assert identical.action == "wait" and identical.more_needed is None and "no number of labelled requests" in identical.message
 
 
-def test_labels_needed_follows_the_normal_approximation():
-    gain = np.array([0.1, 0.3] * 50)  # mean 0.2, sd ~0.1005
-    assert labels_needed(gain, 0.95, 100) == 1  # already far past: at least one more
-    noisy = np.array([1.0, -0.9] * 50)  # mean 0.05, sd ~0.955: ~1,400 rows in all
+def test_labels_needed_is_the_first_count_whose_time_uniform_interval_clears_zero():
+    gain = np.array([0.1, 0.3] * 50)  # mean 0.2, sd ~0.1005: already clear
+    assert labels_needed(gain, 0.95, 100) == 1  # at least one more
+    noisy = np.array([1.0, -0.9] * 50)  # mean 0.05, sd ~0.955
     needed = labels_needed(noisy, 0.95, 100)
-    assert needed is not None and 1_300 < needed + len(noisy) < 1_500
+    assert needed is not None
+    spread = float(np.std(noisy, ddof=1))
+    total = len(noisy) + needed
+    assert sequence_radius(total, spread, 0.95) < 0.05 <= sequence_radius(total - 1, spread, 0.95)
+    assert total > (1.96 * spread / 0.05) ** 2  # wider than the one-look interval, which would need ~1,400
     assert labels_needed(np.array([0.1]), 0.95, 100) == 99
+
+
+def test_the_time_uniform_interval_is_wider_than_one_look_and_shrinks():
+    assert sequence_radius(500, 1.0, 0.95) > 1.96 / np.sqrt(500)
+    radii = [sequence_radius(n, 1.0, 0.95) for n in (100, 1_000, 10_000, 100_000)]
+    assert radii == sorted(radii, reverse=True) and radii[-1] < 0.02
+    evidence = confidence_sequence(np.full(200, 0.5), np.full(200, 0.5), 0.95)  # identical models
+    assert (evidence.mean_gain, evidence.low, evidence.high) == (0.0, 0.0, 0.0) and not evidence.beyond_noise
 
 
 def test_shadow_mode_keeps_production_and_leaves_the_winner_in_staging():
