@@ -20,6 +20,7 @@ import asyncio
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
@@ -69,6 +70,8 @@ class Outcome:
     label_failures: int = 0
     errors: list[str] = field(default_factory=list)
     squared_errors: list[float] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
+    """Responses by the model version that answered (two while a canary runs)."""
 
 
 def feedback_headers(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
@@ -136,8 +139,9 @@ async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Ser
                 if interval:
                     await asyncio.sleep(max(0.0, started + index * interval - time.monotonic()))
                 outcome.sent += 1
+                headers = {"X-Routing-Key": f"client-{index % args.clients}"} if args.clients else None
                 try:
-                    response = await client.post("/predict", json=records[index])
+                    response = await client.post("/predict", json=records[index], headers=headers)
                 except httpx.HTTPError as error:
                     outcome.failed += 1
                     outcome.errors.append(repr(error))
@@ -149,6 +153,7 @@ async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Ser
                 else:
                     outcome.ok += 1
                     body = response.json()
+                    outcome.versions[body["model_version"]] += 1
                     actual = float(labels.iloc[index])
                     outcome.squared_errors.append((body["MedHouseVal"] - actual) ** 2)
                     if rng.random() < args.label_fraction:
@@ -184,9 +189,23 @@ def main(args: argparse.Namespace) -> int:
     rmse = float(np.sqrt(np.mean(outcome.squared_errors))) if outcome.squared_errors else float("nan")
     print(f"scenario {args.scenario}: {outcome.ok}/{outcome.sent} predictions ok ({outcome.failed} failed) in {seconds:.1f} s, "
           f"{outcome.labelled} labels sent ({outcome.label_failures} failed); RMSE against the true labels {rmse:.4f}")
+    print(f"answered by model version: {', '.join(f'{v} ({n:,})' for v, n in sorted(outcome.versions.items())) or 'none'}")
+    describe_challenger(args.url)
     for failure in outcome.errors[:3]:
         print(f"  e.g. {failure}", file=sys.stderr)
     return 0 if outcome.failed == 0 and outcome.label_failures == 0 else 1
+
+
+def describe_challenger(url: str) -> None:
+    """Say whether a challenger was scored in shadow (and answered a canary share), and what judges it."""
+    try:
+        challenger = httpx.get(f"{url}/model", timeout=5).json().get("challenger")
+    except (httpx.HTTPError, ValueError):
+        return
+    if challenger:
+        print(f"challenger: version {challenger['version']} ({challenger['candidate']}) scored every request in shadow"
+              + (f" and answered {challenger['canary_percent']:g} % of them (canary)" if challenger["canary_percent"] else "")
+              + "; once labels are back, `promote.py --from-shadow` (or the next monitor run) promotes or drops it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subpopulation", choices=sorted(SUBPOPULATIONS), default="high-income")
     parser.add_argument("--inflation", type=float, default=1.3, help="Label multiplier of market-inflation [default 1.3]")
     parser.add_argument("--seed", type=int, default=0, help="Which rows are sampled [default 0]")
+    parser.add_argument("--clients", type=int, default=0,
+                        help="Simulated clients: request i carries X-Routing-Key client-(i mod N), so a canary keeps each "
+                        "client on one model; 0 sends no key [default 0]")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
     parser.add_argument("--feedback-token", default=None, metavar="TOKEN",
                         help="Bearer token of /feedback [env HOUSING_FEEDBACK_TOKEN; default: the API's generated "
