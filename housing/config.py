@@ -144,11 +144,18 @@ class Settings(BaseSettings):
     monitor_lock_seconds: float = Field(
         3_600.0, gt=0, description="Lease of the retraining lock; a holder that died frees it after this long.",
     )
+    evidently_workspace: Path | None = Field(
+        None, description="Local Evidently workspace every monitor run adds its snapshot to; unset means <artifacts>/evidently.",
+    )
+    evidently_url: str | None = Field(
+        None, description="URL of a remote Evidently UI service to add snapshots to instead of the local workspace (teams).",
+    )
+    monitor_ui_port: int = Field(8002, ge=1, le=65535, description="Port of make monitor-ui (Evidently's UI on the workspace).")
     retrain_holdout_share: float = Field(
         0.3, gt=0, lt=1, description="Newest share of the labelled traffic kept out of training to evaluate on."
     )
 
-    @field_validator("data_source", "prediction_log_url", mode="before")
+    @field_validator("data_source", "prediction_log_url", "evidently_url", mode="before")
     @classmethod
     def _empty_source_means_default(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -184,6 +191,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.artifacts_dir / "reports"
+
+    @property
+    def evidently_workspace_dir(self) -> Path:
+        """The local Evidently workspace (monitoring history for `make monitor-ui`)."""
+        return self.evidently_workspace or self.artifacts_dir / "evidently"
 
     @property
     def spill_dir(self) -> Path:

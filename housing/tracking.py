@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 from housing.config import PROJECT_DIR, Settings
 from housing.errors import UserError
 from housing.redaction import mask_uri, masked_first_line
-from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
+from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, FEATURES, TARGET, TARGET_UNIT_DOLLARS
 from housing.serialization import SKOPS_TRUSTED_TYPES
 
 logger = logging.getLogger(__name__)
@@ -67,12 +67,42 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment of this kind on its runs (untagged ones open on the GenAI overview)."""
+
+
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """Return the id of experiment ``name``, creating it (with its artifact root) if needed."""
+    """Return the id of experiment ``name``, creating it (with its artifact root) if needed, and marked as a
+    model-training experiment (an existing one is marked too: the tag is set once, idempotently)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
+
+
+def model_description() -> str:
+    """The registered model's description: what it predicts, in which unit, from which features."""
+    features = "\n".join(f"- `{spec.name}`: {spec.description} ({spec.unit})" for spec in FEATURES)
+    return (f"Predicts `{TARGET.name}`, the {TARGET.description.lower()} of a California district (1990 census block "
+            f"group), in {TARGET.unit} (x {TARGET_UNIT_DOLLARS:,} = US dollars; the API also returns `price_usd`), from 8 "
+            f"features:\n{features}\n\nAliases: `production` is served by the API; `staging` is the challenger the API "
+            "scores in shadow (see the project's README). Every version says which candidate it is and what data it learnt from.")
+
+
+def version_description(candidate: str, candidate_description: str, data_sha256: str, training_run_id: str) -> str:
+    """A version's description: the candidate, the target and its unit, the features, the training data's sha256."""
+    return (f"{candidate}: {candidate_description}. Predicts {TARGET.name} ({TARGET.unit}) from "
+            f"{', '.join(FEATURE_NAMES)}. Trained on data sha256 {data_sha256} (training run {training_run_id}).")
+
+
+def describe_registered_model(client: MlflowClient, name: str) -> None:
+    """Set the registered model's description when it differs (idempotent)."""
+    description = model_description()
+    if (client.get_registered_model(name).description or "") != description:
+        client.update_registered_model(name, description=description)
 
 
 def git_commit() -> str:

@@ -152,6 +152,8 @@ def _log_candidate(
         client = mlflow.MlflowClient()
         for key, value in {"candidate": spec.name, "training_run_id": parent.run_id, "data_sha256": data.data_sha256}.items():
             client.set_model_version_tag(settings.model_name, version.version, key, value)
-        client.update_model_version(settings.model_name, version.version, description=f"{spec.name}: {spec.description}")
+        client.update_model_version(settings.model_name, version.version,
+                                    description=tracking.version_description(spec.name, spec.description, data.data_sha256, parent.run_id))
+        tracking.describe_registered_model(client, settings.model_name)
     logger.info("%s: R2 %.4f RMSE %.4f, registered as version %s", spec.name, metrics["r2"], metrics["rmse"], version.version)
     return CandidateResult(spec.name, str(version.version), run.info.run_id, metrics, candidate.fit_seconds)

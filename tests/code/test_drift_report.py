@@ -113,6 +113,37 @@ def test_reports_are_saved_timestamped_and_as_latest(reference, tmp_path):
     assert written["at"] == "2024-05-06T07:08:09+00:00" and written["decision"] == decision.action == NO_ACTION
     assert set(written) == {"at", "decision", "reasons", "notes", "drift_share", "drifted_features", "window_rows", "labelled_rows",
                             "drift_scores", "drift_method", "rmse", "r2", "mae", "reference_rmse", "reference_r2", "reference_mae",
-                            "production_version", "new_labelled_districts", "labelled_rows_already_used", "evidence_needed"}
+                            "production_version", "new_labelled_districts", "labelled_rows_already_used", "evidence_needed", "challenger"}
     assert written["production_version"] == "3" and written["new_labelled_districts"] == 600
     assert written["window_rows"] == 600 and written["drift_scores"].keys() == figures.drift_scores.keys()
+
+
+def report_tests(snapshot) -> dict[str, tuple[str, str]]:
+    """The report's tests: {metric type: (status, description)} of the drift-share, RMSE, R2 and MAE tests."""
+    result = snapshot.dict()
+    types = {metric["id"]: metric["config"]["type"].rsplit(":", 1)[-1] for metric in result["metrics"]}
+    return {types[test["metric_config"]["metric_id"]]: (str(test["status"]), test["description"]) for test in result["tests"]
+            if types.get(test["metric_config"]["metric_id"]) in ("DriftedColumnsCount", "RMSE", "R2Score", "MAE")}
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_the_report_shows_the_decisions_thresholds_and_agrees_with_it(reference, shifted):
+    current = districts(2000, seed=4, noise=0.8 if shifted else 0.3)
+    if shifted:
+        current["MedInc"] *= 1.6
+        current["Population"] *= 2.0
+    snapshot, figures = evaluate_window(reference, current, SETTINGS)
+    decision = decide(figures, THRESHOLDS)
+    tests = report_tests(snapshot)
+    assert "MAE" not in tests  # the decision does not judge MAE: no threshold is shown for it
+    share_status, share_text = tests["DriftedColumnsCount"]
+    rmse_status, rmse_text = tests["RMSE"]
+    r2_status, r2_text = tests["R2Score"]
+    assert str(SETTINGS.drift_share_threshold) in share_text and str(SETTINGS.rmse_threshold) in rmse_text
+    assert str(SETTINGS.r2_threshold) in r2_text
+    drift_reason = any("features drifted" in reason for reason in decision.reasons)
+    assert share_status.endswith("FAIL") == drift_reason == shifted
+    assert rmse_status.endswith("FAIL") == any(reason.startswith("RMSE") for reason in decision.reasons) == shifted
+    assert r2_status.endswith("FAIL") == any(reason.startswith("R2") for reason in decision.reasons) == shifted
+    html = snapshot.get_html_str(as_iframe=False)
+    assert f"Dataset drift detection threshold is {SETTINGS.drift_share_threshold}" in html and "threshold is 0.5" not in html
