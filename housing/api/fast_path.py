@@ -42,6 +42,6 @@ class PredictFastPath:
         if body is None:  # answered 413 or 408, or the client is gone
             return
         key = routing_key(scope["headers"]) if self.services.settings.canary_percent else None
-        status, content, headers = await handle_predict(self.services, body, key)
+        status, content, headers = await handle_predict(self.services, body, key, scope.get("query_string", b""))
         await send_json(send, status, content, headers)
 

@@ -28,6 +28,7 @@ from pydantic_core import from_json
 
 from housing.api.json_limits import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits
 from housing.api.problems import InputError, describe_errors, problem_body, retry_after, validation_problem
+from housing.api.query_params import query_payload
 from housing.api.schemas import many_rows_adapter, one_row_adapter
 from housing.api.services import Services
 from housing.challenger import ServedBatch
@@ -161,12 +162,16 @@ def log_predictions(services: Services, request_ids: list[str], features: np.nda
     services.metrics.observe_predictions(values)
 
 
-async def handle_predict(services: Services, body: bytes, routing_key: bytes | None = None) -> tuple[int, bytes, Headers]:
+async def handle_predict(services: Services, body: bytes, routing_key: bytes | None = None, query: bytes = b"") -> tuple[int, bytes, Headers]:
     """POST /predict on the raw body: (status, JSON body, extra headers). Never raises for bad input.
-    ``routing_key``: the client's X-Routing-Key, which keeps its canary routing stable."""
+    ``routing_key``: the client's X-Routing-Key, which keeps its canary routing stable. ``query``: the raw query
+    string; when there is one, it carries the 8 features and the body must be empty (the original report's form)."""
     started = time.perf_counter()
     try:
-        if len(body) > OFFLOAD_BODY_BYTES:
+        if query:
+            rows: BaseModel | list[BaseModel] = validate_row(query_payload(query, body, services.settings.max_body_bytes),
+                                                             services.settings.max_listed_errors)
+        elif len(body) > OFFLOAD_BODY_BYTES:
             rows = await asyncio.to_thread(read_rows, body, services.settings)
         else:
             rows = read_rows(body, services.settings)

@@ -345,3 +345,61 @@ def test_the_fast_path_and_the_documented_route_answer_alike(client, routed_clie
     assert comparable(fast) == comparable(routed)
     assert fast.headers["content-type"] == "application/json"
     assert fast.status_code in (200, 400, 413, 422), fast.text
+
+
+SEED_QUERY = "MedInc=3.5&HouseAge=28&AveRooms=5.0&AveBedrms=1.04&Population=1500&AveOccup=3.0&Latitude=34.2&Longitude=-118.3"
+"""The original report's documented request: the 8 features as query parameters, an empty body."""
+
+SAME_ANSWER_QUERIES = {
+    "the seed's request": (SEED_QUERY, ""),
+    "query and body": (SEED_QUERY, json.dumps(EXAMPLE_REQUEST)),
+    "not a number": (SEED_QUERY.replace("HouseAge=28", "HouseAge=28y"), ""),
+    "decimal comma": (SEED_QUERY.replace("MedInc=3.5", "MedInc=3,5"), ""),
+    "nan": (SEED_QUERY.replace("MedInc=3.5", "MedInc=nan"), ""),
+    "overflow": (SEED_QUERY.replace("MedInc=3.5", "MedInc=1e999"), ""),
+    "out of range": (SEED_QUERY.replace("Latitude=34.2", "Latitude=45"), ""),
+    "missing field": (SEED_QUERY.replace("&Longitude=-118.3", ""), ""),
+    "unknown field": (SEED_QUERY + "&medinc=3.5", ""),
+    "given twice": (SEED_QUERY + "&MedInc=4", ""),
+    "not name=value": ("MedInc", ""),
+}
+
+
+@pytest.mark.parametrize(("query", "raw"), list(SAME_ANSWER_QUERIES.values()), ids=list(SAME_ANSWER_QUERIES))
+def test_query_parameters_answer_alike_on_both_paths(client, routed_client, query, raw):
+    fast = client.post(f"/predict?{query}", content=raw)
+    routed = routed_client.post(f"/predict?{query}", content=raw)
+    assert comparable(fast) == comparable(routed)
+    assert fast.status_code in (200, 400, 422), fast.text
+
+
+def test_the_seeds_query_request_predicts_like_the_json_body(client):
+    by_query = client.post(f"/predict?{SEED_QUERY}", content=b"", headers={"accept": "application/json"})
+    by_body = client.post("/predict", json=EXAMPLE_REQUEST)
+    assert by_query.status_code == 200, by_query.text
+    assert by_query.json()["MedHouseVal"] == by_body.json()["MedHouseVal"]
+    assert by_query.json()["model_version"] == by_body.json()["model_version"]
+
+
+@pytest.mark.parametrize(
+    ("query", "raw", "status", "words"),
+    [
+        (SEED_QUERY, json.dumps(EXAMPLE_REQUEST), 400, "either as query parameters with an empty body or as a JSON body, not both"),
+        (SEED_QUERY.replace("HouseAge=28", "HouseAge=28y"), "", 422, "query parameter HouseAge: '28y' is not a number"),
+        (SEED_QUERY.replace("MedInc=3.5", "MedInc=nan"), "", 422, "query parameter MedInc: 'nan' is not a number"),
+        (SEED_QUERY.replace("Latitude=34.2", "Latitude=45"), "", 422, "field Latitude"),
+        (SEED_QUERY.replace("&Longitude=-118.3", ""), "", 422, "field Longitude: Field required"),
+        (SEED_QUERY + "&medinc=3.5", "", 422, "field medinc: unknown field"),
+        (SEED_QUERY + "&MedInc=4", "", 422, "query parameter MedInc: given twice"),
+    ],
+)
+def test_query_parameter_errors_name_the_field(client, query, raw, status, words):
+    response = client.post(f"/predict?{query}", content=raw)
+    assert response.status_code == status and words in response.json()["detail"], response.text
+
+
+def test_docs_describe_the_query_parameters(client):
+    parameters = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["parameters"]
+    query = {p["name"] for p in parameters if p["in"] == "query"}
+    assert query == set(FEATURE_NAMES)
+    assert any(p["name"] == "X-Routing-Key" and p["in"] == "header" for p in parameters)

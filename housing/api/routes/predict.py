@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from housing.api.deps import ServicesDep
 from housing.api.predict_handler import handle_predict
 from housing.api.schemas import BatchPrediction, ProblemDetail, SinglePrediction
-from housing.schema import EXAMPLE_REQUEST
+from housing.schema import EXAMPLE_REQUEST, FEATURES
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ProblemDetail, "description": "Malformed JSON."},
@@ -33,9 +33,12 @@ def request_body(max_batch_rows: int) -> dict[str, Any]:
         "parameters": [{
             "name": "X-Routing-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 256},
             "description": "Keeps a client on the same model while a canary runs (a stable hash of it picks the model).",
-        }],
+        }, *({
+            "name": spec.name, "in": "query", "required": False, "schema": {"type": "number", "example": spec.example},
+            "description": f"{spec.description} ({spec.unit}; {spec.rule()}). Only with an empty body: all 8 or none.",
+        } for spec in FEATURES)],
         "requestBody": {
-            "required": True,
+            "required": False,
             "content": {
                 "application/json": {
                     "schema": {
@@ -55,13 +58,17 @@ def request_body(max_batch_rows: int) -> dict[str, Any]:
 
 
 async def predict(request: Request, services: ServicesDep) -> Response:
-    """Send one JSON object with the 8 features, or a list of up to `max_batch_rows` of them.
+    """Send one JSON object with the 8 features, or a list of up to `max_batch_rows` of them; or, as the original
+    report did, the 8 features as query parameters with an empty body
+    (`POST /predict?MedInc=3.5&HouseAge=28&...&Longitude=-118.3`, same validation; a query string and a body
+    together are a 400).
 
     While a challenger (the `staging` alias) is loaded and `HOUSING_CANARY_PERCENT` is above 0, that share of
     requests is answered by the challenger (`model_version` says which answered); the optional `X-Routing-Key`
     header keeps a client on the same model (a stable hash of it picks the model; without it, of the request id)."""
     key = request.headers.get("x-routing-key")
-    status, content, headers = await handle_predict(services, await request.body(), key.encode("latin-1") if key is not None else None)
+    status, content, headers = await handle_predict(services, await request.body(), key.encode("latin-1") if key is not None else None,
+                                                    request.scope.get("query_string", b""))
     return Response(content, status_code=status, media_type="application/json", headers={k.decode(): v.decode() for k, v in headers})
 
 
