@@ -185,6 +185,8 @@ def test_live_evidence_drops_a_worse_challenger_promotes_a_better_one_and_expire
     label_all(server.url, predict_all(server.url, rows), labels, FEEDBACK_HEADERS)
     monitor = run_stage("monitor.py", "--window", "400", env=env, timeout=600)
     assert monitor.returncode == 0, monitor.stderr
+    kind = registry.client.get_experiment_by_name("monitoring").tags.get("mlflow.experimentKind")
+    assert kind == "custom_model_development"  # the MLflow UI opens the monitoring experiment on its runs
     assert f"challenger version {better} against production version {champion}: better beyond noise" in monitor.stdout
     assert registry.aliases()["production"] == better
     engine = make_engine(env["HOUSING_PREDICTION_LOG_URL"])

@@ -59,6 +59,21 @@ def test_every_candidate_is_a_child_run_with_metrics_signature_and_version(pipel
     assert "comparison.json" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 
+def test_the_mlflow_ui_opens_on_runs_and_the_registry_describes_the_model(pipeline_run, client):
+    """Through the tracking API (an MLflow tracking server on the PostgreSQL backend): the experiment is marked as
+    model training, so MLflow 3's UI opens it on its runs, and the registered model and each version say what they are."""
+    settings = pipeline_run.settings()
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    model = client.get_registered_model(settings.model_name)
+    assert "MedHouseVal" in model.description and "hundreds of thousands of US dollars" in model.description
+    assert all(f"`{name}`" in model.description for name in FEATURE_NAMES)
+    parent = client.search_runs([experiment.experiment_id], "tags.`housing.run_type` = 'training'")[0]
+    for version in client.search_model_versions(f"name = '{settings.model_name}'"):
+        assert version.description.startswith(f"{version.tags['candidate']}: ")
+        assert f"data sha256 {parent.data.tags['data_sha256']}" in version.description and "MedHouseVal" in version.description
+
+
 def test_train_prints_a_summary_table(pipeline_run):
     out = pipeline_run.outputs["train.py"].stdout
     assert "model" in out and "R2" in out and "RMSE" in out and "fit s" in out and "version" in out
