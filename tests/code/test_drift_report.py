@@ -133,6 +133,7 @@ def test_the_report_shows_the_decisions_thresholds_and_agrees_with_it(reference,
         current["MedInc"] *= 1.6
         current["Population"] *= 2.0
     snapshot, figures = evaluate_window(reference, current, SETTINGS)
+    assert snapshot is not None
     decision = decide(figures, THRESHOLDS)
     tests = report_tests(snapshot)
     assert "MAE" not in tests  # the decision does not judge MAE: no threshold is shown for it
