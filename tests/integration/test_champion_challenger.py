@@ -1,5 +1,5 @@
 """Champion and challenger on live traffic, with a real server, real districts and real labels: a challenger in shadow
-changes no response and is logged beside every one (both backends); the canary's share and stickiness; promotion
+changes no response and is logged beside every one; the canary's share and stickiness; promotion
 from live paired evidence: a clearly worse challenger dropped, a better one promoted by the monitor (ledger entry,
 API switch), one without evidence dropped after the wait."""
 
@@ -94,6 +94,7 @@ def registry(mutable_run: PipelineRun) -> Iterator[Registry]:
     found.restore()
 
 
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 def test_a_challenger_in_shadow_changes_no_response_and_is_logged_beside_every_one(mutable_run, registry, tmp_path):
     rows = districts(mutable_run, 1000)
     registry.client.delete_registered_model_alias(MODEL, "staging")
