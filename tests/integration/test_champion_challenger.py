@@ -142,6 +142,16 @@ def test_the_canary_answers_its_share_and_a_key_keeps_its_model(mutable_run, reg
     assert 0.08 <= np.mean(by_challenger) <= 0.12, np.mean(by_challenger)
     again = predict_all(server.url, rows[:500], keys[:500])
     assert [r["model_version"] for r in again] == [r["model_version"] for r in answers[:500]]  # the same key, the same model
+    answered_by_challenger = sum(by_challenger) + sum(r["model_version"] == linear for r in again)
+    deadline = time.monotonic() + 10
+    while (metrics := prometheus(server.url)).get("housing_shadow_rows_total", 0) < 5500:  # the shadow thread catches up
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.2)
+    assert metrics['housing_answered_rows_total{alias="staging"}'] == answered_by_challenger
+    assert metrics['housing_answered_rows_total{alias="production"}'] == 5500 - answered_by_challenger
+    assert metrics["housing_shadow_rows_total"] == 5500 and metrics.get('housing_shadow_failures_total{reason="error"}', 0) == 0
+    assert metrics["housing_shadow_abs_difference_count"] == 5500 and metrics["housing_shadow_abs_difference_sum"] > 0
+    assert metrics["housing_shadow_predict_seconds_count"] >= 1
     server.stop()
     log = logged(env["HOUSING_PREDICTION_LOG_URL"], [r["request_id"] for r in answers])
     production = registry.found["production"]
@@ -150,6 +160,12 @@ def test_the_canary_answers_its_share_and_a_key_keeps_its_model(mutable_run, reg
         assert prediction == answer["MedHouseVal"] and version == answer["model_version"]
         assert (alias, shadow_version) == (("staging", production) if version == linear else ("production", linear))
         assert shadow is not None
+
+
+def prometheus(url: str) -> dict[str, float]:
+    """The /metrics samples by name (with labels), this worker's (one worker)."""
+    lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and not line.startswith("#")}
 
 
 def label_all(url: str, answers: list[dict[str, Any]], truth: list[float], token_headers: dict[str, str]) -> None:
