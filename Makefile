@@ -13,7 +13,7 @@ SCENARIO ?= baseline
 REQUESTS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pipeline load preprocess train promote serve simulate monitor history rollback test test-code lint bench mlflow-ui team-up team-down team-status clean
+.PHONY: help setup pipeline load preprocess train promote serve simulate monitor history rollback test test-code lint bench mlflow-ui monitor-ui team-up team-down team-status clean
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,9 @@ bench: setup  ## stage timings (bench/pipeline.py), accuracy over split seeds, s
 	$(PY) bench/pipeline.py
 	$(PY) bench/quality.py
 	$(PY) bench/serve.py
+
+monitor-ui: setup  ## the monitor's history in Evidently's UI at http://127.0.0.1:8002 (HOUSING_MONITOR_UI_PORT)
+	$(PY) -m housing.evidently_ui
 
 mlflow-ui: setup  ## browse runs and the registry at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db

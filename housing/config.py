@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     evidently_url: str | None = Field(
         None, description="URL of a remote Evidently UI service to add snapshots to instead of the local workspace (teams).",
     )
+    evidently_secret: SecretStr | None = Field(
+        None, description="Write secret of the remote Evidently UI service (its --secret), when it has one.",
+    )
     monitor_ui_port: int = Field(8002, ge=1, le=65535, description="Port of make monitor-ui (Evidently's UI on the workspace).")
     retrain_holdout_share: float = Field(
         0.3, gt=0, lt=1, description="Newest share of the labelled traffic kept out of training to evaluate on."

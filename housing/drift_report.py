@@ -85,7 +85,7 @@ def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Se
         return None, WindowFigures(0, 0, {}, {}, settings.drift_method)
     # Evidently is imported here, not at the top: its import takes ~5 s and only the monitor needs it
     # (the API, the stages and the pure policies import this package without paying for it).
-    with _quiet_third_party_warnings():
+    with quiet_third_party_warnings():
         from evidently import DataDefinition, Dataset, Regression, Report  # expensive (~5 s), monitor only: see above
         from evidently.core.report import ReferenceMetricNotFound  # expensive (~5 s), monitor only: see above
         from evidently.metrics import MAE, RMSE, R2Score, ValueDrift  # expensive (~5 s), monitor only: see above
@@ -108,7 +108,7 @@ def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Se
         metrics += [RMSE(error_distr=False, tests=[lte(settings.rmse_threshold)]), R2Score(tests=[gte(settings.r2_threshold)]),
                     MAE(error_distr=False, mean_tests=[], std_tests=[])]
     current = current.loc[:, columns].astype(float)
-    with _quiet_third_party_warnings():
+    with quiet_third_party_warnings():
         snapshot = Report(metrics, include_tests=True).run(
             current_data=Dataset.from_pandas(current, data_definition=definition),
             reference_data=Dataset.from_pandas(reference.loc[:, columns], data_definition=definition),
@@ -149,7 +149,7 @@ def _scalar(value: Any) -> float:
 
 
 @contextlib.contextmanager
-def _quiet_third_party_warnings() -> Iterator[None]:
+def quiet_third_party_warnings() -> Iterator[None]:
     """Evidently's import triggers deprecation warnings inside numpy and litestar, and its internal binned
     statistics warn on tiny bins (R2 of one sample, 0/0 share of infinities); they are not ours to fix."""
     with warnings.catch_warnings():

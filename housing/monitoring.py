@@ -17,7 +17,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import mlflow
 import numpy as np
@@ -33,6 +33,7 @@ from housing.data import Split, load_split, read_manifest
 from housing.drift_report import SavedReport, WindowFigures, evaluate_window, reference_frame, save_report
 from housing.errors import UserError
 from housing.evidence import Evidence, base_districts, new_evidence, trained_rows, used_districts
+from housing.evidently_ui import EvidentlyWorkspaceError, record_snapshot
 from housing.live_evidence import ChallengerOutcome, judge_challenger
 from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.prediction_log import make_engine, read_window
@@ -41,6 +42,9 @@ from housing.registry import get_version_by_alias, load_version
 from housing.retrain_policy import Decision, RetrainThresholds, decide
 from housing.retraining import RetrainOutcome, age_weights, effective_rows, retrain, scale_to_share, traffic_share
 from housing.schema import FEATURE_NAMES, TARGET
+
+if TYPE_CHECKING:
+    from evidently.core.report import Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +224,28 @@ def retrain_once(settings: Settings, engine: Engine, inputs: MonitorInputs, outc
         outcome.retrained = retrain_with_evidence(settings, engine, inputs, outcome.monitoring_run_id or "")
 
 
+def add_to_history(settings: Settings, snapshot: Snapshot | None, inputs: MonitorInputs, figures: WindowFigures, decision: Decision,
+                   version: str) -> dict[str, str]:
+    """Add the round's snapshot to the Evidently workspace (the dashboard of ``make monitor-ui``); the MLflow tags
+    that say where it went. A workspace that fails costs a note on the decision, never the round."""
+    if snapshot is None:
+        return {}
+    created = pd.to_datetime(inputs.window["created_at"], utc=True) if len(inputs.window) else None
+    try:
+        snapshot_id = record_snapshot(
+            settings, snapshot, production_version=version, decision=decision.action,
+            window_start=created.min().to_pydatetime() if created is not None else None,
+            window_end=created.max().to_pydatetime() if created is not None else None,
+            figures={"drift_share": figures.drift_share, "labelled_rows": figures.labelled_rows, "window_rows": figures.window_rows,
+                     "new_labelled_districts": inputs.evidence.districts},
+        )
+    except EvidentlyWorkspaceError as error:
+        logger.warning("%s", error)
+        decision.notes.append(str(error))
+        return {"evidently_snapshot_id": "none"}
+    return {"evidently_snapshot_id": snapshot_id}
+
+
 def judge_live(settings: Settings, engine: Engine, *, dry_run: bool) -> ChallengerOutcome | None:
     """The challenger's live verdict, applied under the retrain lock (only reported with ``dry_run``); None when
     another process holds the lock."""
@@ -248,10 +274,11 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
             decision.notes.append("--dry-run: not retraining")
         version = str(inputs.version.version)
         challenger = judge_live(settings, engine, dry_run=dry_run)
+        history_tags = add_to_history(settings, snapshot, inputs, figures, decision, version)
         record = decision_record(figures, decision, when, production_version=version, evidence=inputs.evidence, challenger=challenger)
         saved = save_report(snapshot, record, settings.reports_dir, when) if snapshot is not None else None
         run_id = log_monitoring_run(settings, figures, decision, inputs.evidence, saved,
-                                    {"dry_run": str(dry_run).lower(), "production_version": version})
+                                    {"dry_run": str(dry_run).lower(), "production_version": version, **history_tags})
         outcome = MonitorOutcome(figures, decision, saved, run_id, version, inputs.evidence, challenger=challenger)
         promoted = challenger is not None and challenger.applied and challenger.verdict.action == "promote"
         if decision.retrain and promoted:
