@@ -1,6 +1,7 @@
 """Drive a running prediction API with real dataset rows and send the true labels back later.
 
-A client, not part of production: it reads the dataset, takes the held-out (test) rows of the same
+A client, not part of production: it reads the dataset (--source, else the copy load_data.py stored, else
+scikit-learn's downloader), takes the held-out (test) rows of the same
 split preprocess makes, shapes them by scenario, POSTs them to /predict, then after --label-delay
 seconds POSTs the true value of a --label-fraction of them to /feedback, with the labellers' bearer token:
 --feedback-token, else HOUSING_FEEDBACK_TOKEN, else the token the API generated in
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from housing import cli
 from housing.config import Settings
 from housing.credentials import resolve_feedback_token
-from housing.data import read_source, split_dataset
+from housing.data import read_dataset, read_source, split_dataset
 from housing.errors import UserError
 from housing.schema import SPECS_BY_NAME, validate_frame
 
@@ -174,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
     if not 0.0 <= args.label_fraction <= 1.0:
         raise UserError("--label-fraction must be between 0 and 1")
     label_headers = feedback_headers(args, settings)
-    frame = validate_frame(read_source(settings.data_source))
+    frame = simulation_frame(settings)
     _, x_test, _, y_test = split_dataset(frame, test_size=settings.test_size, random_state=settings.random_state)
     features, labels = scenario_rows(
         x_test, y_test, args.scenario, count=args.requests, seed=args.seed, subpopulation=args.subpopulation, inflation=args.inflation
@@ -194,6 +195,15 @@ def main(args: argparse.Namespace) -> int:
     for failure in outcome.errors[:3]:
         print(f"  e.g. {failure}", file=sys.stderr)
     return 0 if outcome.failed == 0 and outcome.label_failures == 0 else 1
+
+
+def simulation_frame(settings: Settings) -> pd.DataFrame:
+    """The dataset the rows come from: --source / HOUSING_DATA_SOURCE when given, else the copy load_data.py
+    stored under the artifacts dir (so `make simulate` works offline after `make pipeline`), else scikit-learn's
+    downloader."""
+    if settings.data_source is None and settings.dataset_path.is_file():
+        return read_dataset(settings.dataset_path)
+    return validate_frame(read_source(settings.data_source))
 
 
 def describe_challenger(url: str) -> None:
@@ -229,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "<artifacts>/secrets/feedback_token]; the environment keeps it out of the process list")
     cli.add_setting_flags(parser, "random_state", "test_size", "artifacts_dir")
     parser.add_argument("--source", dest="data_source", default=None, metavar="PATH_OR_URL",
-                        help="The dataset [env HOUSING_DATA_SOURCE; default: scikit-learn's downloader]")
+                        help="The dataset [env HOUSING_DATA_SOURCE; default: the copy load_data.py stored in the artifacts "
+                        "dir, else scikit-learn's downloader]")
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -125,12 +126,18 @@ def quick_start_env(pipeline_run: PipelineRun, artifacts_dir: Path) -> dict[str,
 
 
 def test_serve_and_simulate_share_the_generated_token(pipeline_run, tmp_path):
+    """Also: after the pipeline, the simulator reads the dataset load_data.py stored, with HOUSING_DATA_SOURCE unset
+    and every download made to fail (a dead proxy, an empty scikit-learn data home): the quick start works offline."""
     env = quick_start_env(pipeline_run, tmp_path / "artifacts")
+    shutil.copytree(pipeline_run.artifacts_dir / "data", tmp_path / "artifacts" / "data")
+    offline = {key: value for key, value in env.items() if key != "HOUSING_DATA_SOURCE"}
+    offline.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1,localhost",
+                   SCIKIT_LEARN_DATA=str(tmp_path / "no-sklearn-data"))
     with ApiServer(env, tmp_path / "server.log") as server:
         server.wait_ready()
         token_path = tmp_path / "artifacts" / "secrets" / "feedback_token"
         assert stat.S_IMODE(token_path.stat().st_mode) == 0o600 and stat.S_IMODE(token_path.parent.stat().st_mode) == 0o700
-        result = run_stage("simulate_traffic.py", "--url", server.url, "--requests", "40", "--quiet", env=env)
+        result = run_stage("simulate_traffic.py", "--url", server.url, "--requests", "40", "--quiet", env=offline)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"40 labels sent \(0 failed\)", result.stdout), result.stdout
     assert token_path.read_text().strip() not in (tmp_path / "server.log").read_text() + result.stdout + result.stderr
