@@ -48,7 +48,7 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
     print(f"drifted features: {figures.drift_share:.0%} ({', '.join(figures.drifted_features) or 'none'})")
     if figures.rmse is not None:
         print(f"labelled traffic: RMSE {figures.rmse:.4f}, R2 {figures.r2:.4f}, MAE {figures.mae:.4f} "
-              f"(training reference: RMSE {figures.reference_rmse:.4f}, R2 {figures.reference_r2:.4f})")
+              f"(reference on {outcome.error_reference}: RMSE {figures.reference_rmse:.4f}, R2 {figures.reference_r2:.4f})")
     print(f"decision: {decision.action.upper()}")
     for reason in decision.reasons:
         print(f"  because {reason}")

@@ -126,7 +126,7 @@ def main() -> int:
             print(f"{size:>12,} {seconds:>19.1f}")
 
     # 2. detection per scenario
-    reference = reference_frame(split.x_train, split.y_train, model)
+    reference = reference_frame(split.x_train, split.x_test, split.y_test, model)
     thresholds = RetrainThresholds.from_settings(settings)
     print(f"\n{'scenario':<18} {'flagged after':>14}   reasons at that point (every request labelled at once, step {args.step})")
     for scenario in SCENARIOS:

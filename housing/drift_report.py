@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from sklearn.exceptions import UndefinedMetricWarning
 
@@ -65,15 +66,26 @@ class WindowFigures:
         return bool(self.drifted.get(PREDICTION))
 
 
-def reference_frame(x_train: pd.DataFrame, y_train: pd.Series, model: Pipeline) -> pd.DataFrame:
-    """The training split with its targets and the production model's predictions on it."""
-    frame = x_train.loc[:, list(FEATURE_NAMES)].reset_index(drop=True)
-    frame[TARGET.name] = y_train.to_numpy()
-    frame[PREDICTION] = model.predict(x_train.loc[:, list(FEATURE_NAMES)])
+def reference_frame(features: pd.DataFrame, held_out_x: pd.DataFrame, held_out_y: pd.Series, model: Pipeline) -> pd.DataFrame:
+    """The monitor's reference: two samples side by side, which the report never joins.
+
+    The 8 feature columns are ``features``, the data the model learnt from: drift is measured against what it
+    was trained on. The target and prediction columns are the model's predictions on held-out rows it never
+    trained on (``held_out_x``, ``held_out_y``), repeated in order to the features' length: the reference error
+    (and the prediction's reference distribution) compares like with like, never with in-sample predictions,
+    which are far better than the model's real error. Every statistic of the report is of one column or of the
+    (target, prediction) pair, so which feature row stands beside which held-out pair is never read.
+    """
+    frame = features.loc[:, list(FEATURE_NAMES)].reset_index(drop=True)
+    predictions = np.asarray(model.predict(held_out_x.loc[:, list(FEATURE_NAMES)]), dtype=np.float64)
+    picks = np.resize(np.arange(len(held_out_x)), len(frame))
+    frame[TARGET.name] = held_out_y.to_numpy(dtype=np.float64)[picks]
+    frame[PREDICTION] = predictions[picks]
     return frame
 
 
-def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Settings) -> tuple[Snapshot | None, WindowFigures]:
+def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Settings,
+                    metadata: dict[str, str] | None = None) -> tuple[Snapshot | None, WindowFigures]:
     """One Evidently 0.7 report: drift of the 8 features and the prediction, then regression quality.
 
     The drift metrics come first on purpose: Evidently's regression metrics drop the unlabelled rows
@@ -112,6 +124,7 @@ def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Se
         snapshot = Report(metrics, include_tests=True).run(
             current_data=Dataset.from_pandas(current, data_definition=definition),
             reference_data=Dataset.from_pandas(reference.loc[:, columns], data_definition=definition),
+            metadata=metadata or {},
         )
     result = snapshot.dict()
     drift_status = {test["metric_config"]["metric_id"]: str(test["status"]) for test in result["tests"] if test["id"] == "drift"}

@@ -101,8 +101,9 @@ def record_used_rows(engine: Engine, training_run_id: str, rows: pd.DataFrame, r
         connection.execute(insert(used_rows_table), records)
 
 
-def trained_rows(engine: Engine, training_run_id: str) -> pd.DataFrame:
-    """The labelled traffic rows ``training_run_id`` trained on (features, label, ``request_id``, ``created_at``)."""
+def trained_rows(engine: Engine, training_run_id: str, role: str = TRAIN_ROLE) -> pd.DataFrame:
+    """The labelled traffic rows ``training_run_id`` trained on (features, label, ``request_id``, ``created_at``);
+    with ``role=EVAL_ROLE``, those it held out to judge with."""
     ensure_tables(engine)
     query = (
         select(
@@ -112,7 +113,7 @@ def trained_rows(engine: Engine, training_run_id: str) -> pd.DataFrame:
         .select_from(used_rows_table
                      .join(predictions_table, predictions_table.c.request_id == used_rows_table.c.request_id)
                      .join(feedback_table, feedback_table.c.request_id == used_rows_table.c.request_id))
-        .where(used_rows_table.c.training_run_id == training_run_id, used_rows_table.c.role == TRAIN_ROLE)
+        .where(used_rows_table.c.training_run_id == training_run_id, used_rows_table.c.role == role)
         .order_by(predictions_table.c.created_at)
     )
     with engine.connect() as connection:

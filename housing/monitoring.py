@@ -30,9 +30,10 @@ from sqlalchemy import Engine
 from housing import tracking
 from housing.config import Settings
 from housing.data import Split, load_split, read_manifest
+from housing.digests import row_digests
 from housing.drift_report import SavedReport, WindowFigures, evaluate_window, reference_frame, save_report
 from housing.errors import UserError
-from housing.evidence import Evidence, base_districts, new_evidence, trained_rows, used_districts
+from housing.evidence import EVAL_ROLE, Evidence, base_districts, new_evidence, trained_rows, used_districts
 from housing.evidently_ui import EvidentlyWorkspaceError, record_snapshot
 from housing.live_evidence import ChallengerOutcome, judge_challenger
 from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
@@ -69,6 +70,8 @@ class MonitorOutcome:
     """Why a retrain decision did not retrain (another process holds the lock, or the evidence was used meanwhile)."""
     challenger: ChallengerOutcome | None = None
     """The live verdict on the challenger in shadow (None: another process held the lock)."""
+    error_reference: str = ""
+    """What the reference error figures were measured on."""
 
 
 def decision_record(figures: WindowFigures, decision: Decision, when: datetime, *, production_version: str,
@@ -141,19 +144,41 @@ def serving_version(client: MlflowClient, settings: Settings) -> ModelVersion:
     return version
 
 
-def production_reference(split: Split, remembered: pd.DataFrame, model: Pipeline, settings: Settings, price_index: float) -> pd.DataFrame:
-    """The data the production version was trained on, with its predictions: the training split (at the price
-    index it was trained with), plus the labelled traffic a retrained version learnt from, drawn in proportion
-    to the weight it had in training."""
+@dataclass(frozen=True)
+class HeldOut:
+    """Labelled rows the serving version never trained on, and what they are (said beside every reference error)."""
+
+    x: pd.DataFrame
+    y: pd.Series
+    description: str
+
+
+def held_out_data(engine: Engine, split: Split, training_run_id: str, remembered: pd.DataFrame, price_index: float) -> HeldOut:
+    """The original model's held-out data is the test split; a retrained version's is its evaluation data: the test
+    split at its price index without the districts it trained on, plus the labelled traffic its retraining held out."""
+    held = trained_rows(engine, training_run_id, EVAL_ROLE) if training_run_id else remembered.iloc[0:0]
+    if remembered.empty and held.empty:
+        return HeldOut(split.x_test, split.y_test * price_index, f"held-out: the test split ({len(split.x_test):,} rows)")
+    keep = ~row_digests(split.x_test).isin(set(row_digests(remembered)) if len(remembered) else set()).to_numpy()
+    x = pd.concat([split.x_test.loc[keep, list(FEATURE_NAMES)], held[list(FEATURE_NAMES)]], ignore_index=True)
+    y = pd.concat([split.y_test[keep] * price_index, held[TARGET.name]], ignore_index=True).astype(float)
+    return HeldOut(x, y, f"held-out: its evaluation data ({int(keep.sum()):,} test-split rows at price index {price_index:.3f} "
+                         f"+ {len(held):,} labelled traffic rows its retraining held out)")
+
+
+def production_reference(split: Split, remembered: pd.DataFrame, model: Pipeline, settings: Settings, price_index: float,
+                         held_out: HeldOut) -> pd.DataFrame:
+    """The reference of the production version: drift against the data it was trained on (the training split, plus
+    the labelled traffic a retrained version learnt from, drawn in proportion to the weight it had in training);
+    the error against its predictions on ``held_out`` rows (housing.drift_report.reference_frame)."""
     if remembered.empty:
-        return reference_frame(split.x_train, split.y_train * price_index, model)
+        return reference_frame(split.x_train, held_out.x, held_out.y, model)
     raw = age_weights(remembered["created_at"], datetime.now(UTC), settings.retrain_traffic_half_life_days)
     share = traffic_share(effective_rows(raw), settings.retrain_traffic_weight, settings.retrain_traffic_ramp_rows)
     weights = np.concatenate([np.ones(len(split.x_train)), scale_to_share(raw, share, len(split.x_train))])
     x = pd.concat([split.x_train[list(FEATURE_NAMES)], remembered[list(FEATURE_NAMES)]], ignore_index=True)
-    y = pd.concat([split.y_train * price_index, remembered[TARGET.name]], ignore_index=True).astype(float)
     picks = np.random.default_rng(settings.random_state).choice(len(x), size=len(split.x_train), p=weights / weights.sum())
-    return reference_frame(x.iloc[picks], y.iloc[picks], model)
+    return reference_frame(x.iloc[picks], held_out.x, held_out.y, model)
 
 
 @dataclass
@@ -168,6 +193,8 @@ class MonitorInputs:
     evidence: Evidence
     price_index: float
     """The price index the serving version was trained with (1.0 for the original model)."""
+    error_reference: str = ""
+    """What the reference error figures were measured on (held-out rows, said with the figures)."""
 
 
 def read_inputs(settings: Settings, engine: Engine, since: datetime | None) -> MonitorInputs:
@@ -179,8 +206,10 @@ def read_inputs(settings: Settings, engine: Engine, since: datetime | None) -> M
     split = load_split(settings.split_dir)
     remembered = trained_rows(engine, version.tags.get("training_run_id", ""))
     index = float(client.get_run(version.run_id).data.tags.get("price_index", "1")) if version.run_id else 1.0
-    reference = production_reference(split, remembered, load_version(client, version), settings, index)
-    return MonitorInputs(version, window, split, remembered, reference, current_evidence(engine, window, split), index)
+    held_out = held_out_data(engine, split, version.tags.get("training_run_id", ""), remembered, index)
+    reference = production_reference(split, remembered, load_version(client, version), settings, index, held_out)
+    return MonitorInputs(version, window, split, remembered, reference, current_evidence(engine, window, split), index,
+                         held_out.description)
 
 
 def current_evidence(engine: Engine, window: pd.DataFrame, split: Split) -> Evidence:
@@ -268,18 +297,20 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
     try:
         inputs = read_inputs(settings, engine, since)
         when = datetime.now(UTC)
-        snapshot, figures = evaluate_window(inputs.reference, inputs.window, settings)
+        snapshot, figures = evaluate_window(inputs.reference, inputs.window, settings, {"error_reference": inputs.error_reference})
         decision = decide(figures, RetrainThresholds.from_settings(settings), inputs.evidence.districts)
         if dry_run and decision.retrain:
             decision.notes.append("--dry-run: not retraining")
         version = str(inputs.version.version)
         challenger = judge_live(settings, engine, dry_run=dry_run)
         history_tags = add_to_history(settings, snapshot, inputs, figures, decision, version)
-        record = decision_record(figures, decision, when, production_version=version, evidence=inputs.evidence, challenger=challenger)
+        record = {**decision_record(figures, decision, when, production_version=version, evidence=inputs.evidence, challenger=challenger),
+                  "error_reference": inputs.error_reference}
         saved = save_report(snapshot, record, settings.reports_dir, when) if snapshot is not None else None
         run_id = log_monitoring_run(settings, figures, decision, inputs.evidence, saved,
                                     {"dry_run": str(dry_run).lower(), "production_version": version, **history_tags})
-        outcome = MonitorOutcome(figures, decision, saved, run_id, version, inputs.evidence, challenger=challenger)
+        outcome = MonitorOutcome(figures, decision, saved, run_id, version, inputs.evidence, challenger=challenger,
+                                 error_reference=inputs.error_reference)
         promoted = challenger is not None and challenger.applied and challenger.verdict.action == "promote"
         if decision.retrain and promoted:
             outcome.not_retrained = "the challenger was promoted from live evidence this round; the next round judges it on its own traffic"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,28 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def forget_dead_workers(path: str) -> list[int]:
+    """Remove the live gauges of workers that are gone (``mark_process_dead``: the client library's own clean-up),
+    so a worker killed without a shutdown (kill -9, OOM) stops showing; returns their ids. Counters and
+    histograms of a dead worker stay: they are totals, and dropping them would make the totals go back."""
+    pids = {int(pid) for pid in (file.stem.rsplit("_", 1)[-1] for file in Path(path).glob("gauge_live*_*.db")) if pid.isdigit()}
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not process_alive(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)
+    return dead
+
+
 class Metrics:
     """Every metric the API exposes."""
 
@@ -45,7 +68,8 @@ class Metrics:
         self.prediction_value = Histogram("housing_prediction_value", "Predicted MedHouseVal (units of $100,000).",
                                           buckets=PREDICTION_BUCKETS, registry=r)
         self.predictions = Counter("housing_predictions_total", "Rows predicted, by model version.", ["model_version"], registry=r)
-        self.model_info = Gauge("housing_model_info", "The served model version (value 1).", ["name", "version", "alias"],
+        self.model_info = Gauge("housing_model_info", "The version loaded for each alias (value 1; 0: no longer loaded).",
+                                ["name", "version", "alias"],
                                 registry=r, multiprocess_mode="liveall")
         self.model_loaded = Gauge("housing_model_loaded", "1 when a production model is loaded.", registry=r,
                                   multiprocess_mode="livemin")
@@ -100,7 +124,9 @@ class Metrics:
         served = (name, version, alias) if name and version else None
         previous = self._served.pop(alias, None)
         if served != previous:
-            if previous is not None:
+            if previous is not None and multiprocess_dir():
+                self.model_info.labels(*previous).set(0)  # the client library cannot remove a label set across processes
+            elif previous is not None:
                 self.model_info.remove(*previous)
             if served is not None:
                 self.model_info.labels(*served).set(1)
@@ -123,12 +149,21 @@ class Metrics:
         count.inc(len(differences))
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text exposition format of every metric (aggregated over workers in multiprocess mode)."""
-        if multiprocess_dir():
+        """The text exposition format of every metric (aggregated over the live workers in multiprocess mode)."""
+        path = multiprocess_dir()
+        if path:
+            forget_dead_workers(path)
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def worker_exiting() -> None:
+    """Remove this worker's live gauges on a graceful exit (multiprocess mode only)."""
+    path = multiprocess_dir()
+    if path:
+        multiprocess.mark_process_dead(os.getpid(), path)
 
 
 class MetricsMiddleware:

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from housing.api.services import Services, follow_registry
 from housing.credentials import ensure_feedback_token
+from housing.prometheus import worker_exiting
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await follower
         await asyncio.to_thread(services.shadow.close)  # its rows go to the log's buffer before the log's final flush
         await asyncio.to_thread(services.prediction_log.close)
+        worker_exiting()
         logger.info("prediction log flushed: %d row(s) written", services.prediction_log.written_rows)
 
 

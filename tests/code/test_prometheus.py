@@ -1,10 +1,16 @@
-"""Prometheus metrics: the bulk histogram path counts exactly as observe() does."""
+"""Prometheus metrics: the bulk paths count exactly as observe() does, the challenger's series, and a killed
+worker's live gauges cleaned up in multiprocess mode."""
+
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-from housing.prometheus import Metrics
+from housing.prometheus import Metrics, forget_dead_workers
 
 
 def histogram_lines(metrics: Metrics) -> dict[str, float]:
@@ -61,3 +67,29 @@ def test_shadow_differences_are_summed_in_bulk_like_single_observations():
     assert bulk.shadow_difference._sum.get() == pytest.approx(single.shadow_difference._sum.get())
     assert bulk.shadow_difference._count.get() == 500
     assert bulk.shadow_rows._value.get() == 500
+
+
+WORKER = """
+import os, signal
+from prometheus_client import Gauge
+Gauge("housing_model_loaded", "1 when loaded.", multiprocess_mode="livemin").set(1)
+Gauge("housing_model_info", "info", ["version"], multiprocess_mode="liveall").labels("3").set(1)
+os.kill(os.getpid(), signal.SIGKILL)  # dies without any clean-up, like a worker killed by the OOM killer
+"""
+
+
+def test_a_killed_workers_live_gauges_disappear_from_the_next_scrape(tmp_path, monkeypatch):
+    worker = subprocess.run([sys.executable, "-c", WORKER], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, check=False)
+    assert worker.returncode == -signal.SIGKILL
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+
+    def scrape() -> str:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+        return generate_latest(registry).decode()
+
+    assert "housing_model_info{" in scrape()  # the dead worker's series is still there...
+    dead = forget_dead_workers(str(tmp_path))
+    assert len(dead) == 1
+    assert "housing_model_info{" not in scrape() and "housing_model_loaded" not in scrape()  # ...until the clean-up
+    assert forget_dead_workers(str(tmp_path)) == []

@@ -76,6 +76,10 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     code, out = monitor(env)
     assert code == 0, out
     assert "decision: NO RETRAIN" in out and baseline_rmse < 0.5
+    first = json.loads((Path(env["HOUSING_ARTIFACTS_DIR"]) / "reports" / "decision_latest.json").read_text())
+    test_split_rmse = float(client.get_model_version("CaliforniaHousing", first_version).tags["eval_rmse"])
+    assert first["error_reference"] == "held-out: the test split (4,128 rows)"
+    assert first["reference_rmse"] == pytest.approx(test_split_rmse, rel=0.05)  # not the in-sample error of the training split
 
     simulate(env, server.url, "market-inflation", seed=2)
     outputs = monitors_at_once(env)  # two monitors on the same evidence: exactly one retrains
@@ -105,6 +109,7 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     latest = json.loads((Path(env["HOUSING_ARTIFACTS_DIR"]) / "reports" / "decision_latest.json").read_text())
     assert latest["rmse"] == pytest.approx(rmse, abs=1e-4) and latest["labelled_rows"] == 1000
     assert {"r2", "drift_share", "decision", "new_labelled_districts", "production_version"} <= set(latest)
+    assert latest["error_reference"].startswith("held-out: its evaluation data") and "held out" in out
 
     shown = run_stage("promote.py", "--history", env=env)
     assert shown.returncode == 0 and f"{first_version} -> {new_version}" in shown.stdout, shown.stdout + shown.stderr
