@@ -71,9 +71,10 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
     raise SystemExit(f"{url} did not become ready")
 
 
-def run_wrk(url: str, body: str, duration: int, connections: int, work_dir: Path) -> dict[str, float]:
-    script = work_dir / "post.lua"
-    script.write_text(WRK_SCRIPT.format(body=body))
+def run_wrk(url: str, body: str, duration: int, connections: int, work_dir: Path, script: Path | None = None) -> dict[str, float]:
+    if script is None:
+        script = work_dir / "post.lua"
+        script.write_text(WRK_SCRIPT.format(body=body))
     subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), url], capture_output=True, check=True)  # warm-up
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
@@ -168,6 +169,89 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
+WRK_ROWS_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+bodies = {{{bodies}}}
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, bodies[(counter % #bodies) + 1])
+end
+"""
+
+
+def real_bodies(count: int = 1_000) -> list[str]:
+    """``count`` different single-row bodies: real districts of the dataset (a constant row flatters a server)."""
+    frame = read_source(os.environ.get("HOUSING_DATA_SOURCE") or str(PROJECT_DIR.parent / "shared/data/california_housing.csv"))
+    rows = frame.drop(columns="MedHouseVal").sample(count, random_state=1).to_dict(orient="records")
+    return [orjson.dumps(row).decode() for row in rows]
+
+
+def run_wrk_rows(url: str, bodies: list[str], duration: int, connections: int, work_dir: Path) -> dict[str, float]:
+    """wrk cycling through ``bodies`` (one per request, in turn); the figures as :func:`run_wrk` gives them."""
+    script = work_dir / "rows.lua"
+    script.write_text(WRK_ROWS_SCRIPT.format(bodies=",".join(f"[[{body}]]" for body in bodies)))
+    return run_wrk(url, "", duration, connections, work_dir, script=script)
+
+
+def all_candidates(settings: Settings, args: argparse.Namespace) -> int:
+    """Every registered candidate in production in turn, fed real districts; rps, p50, p99, errors, compiled."""
+    client = MlflowClient(settings.tracking_uri)
+    name = settings.model_name
+    latest: dict[str, str] = {}
+    for registered in client.search_model_versions(f"name = '{name}'"):
+        candidate = registered.tags.get("candidate", "?")
+        if int(registered.version) > int(latest.get(candidate, "0")):
+            latest[candidate] = str(registered.version)
+    before = dict(client.get_registered_model(name).aliases)
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-serve-all-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
+    env.update(MLFLOW_TRACKING_URI=settings.tracking_uri, HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir))
+    uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log", "--http", "httptools"]
+    bodies = real_bodies()
+    rows: list[tuple[str, str, dict[str, float], str]] = []
+    try:
+        if settings.staging_alias in before:
+            client.delete_registered_model_alias(name, settings.staging_alias)  # no challenger: each model alone
+        for candidate, version in sorted(latest.items()):
+            client.set_registered_model_alias(name, settings.production_alias, version)
+            port = free_port()
+            api = start([*uvicorn, "--port", str(port), "app:app"], {**env, "HOUSING_PREDICTION_LOG_URL": f"sqlite:///{work_dir}/{candidate}.db"},
+                        work_dir / f"{candidate}.log")
+            try:
+                wait_for(f"http://127.0.0.1:{port}/ready", api)
+                described = httpx.get(f"http://127.0.0.1:{port}/model").json()
+                figures = run_wrk_rows(f"http://127.0.0.1:{port}/predict", bodies, args.duration, args.connections, work_dir)
+            finally:
+                stop(api)
+            path = ", ".join(f"{step['name']}:{'compiled' if step['compiled'] else 'library'}" for step in described.get("predict_path", []))
+            rows.append((candidate, version, figures, f"{described['compiled_predict']} ({path})"))
+    finally:
+        for alias, named in before.items():
+            client.set_registered_model_alias(name, alias, str(named))
+    port = free_port()
+    bare = start([*uvicorn, "--port", str(port), "--app-dir", str(PROJECT_DIR / "bench"), "bare_app:app"], env, work_dir / "bare.log")
+    try:
+        wait_for(f"http://127.0.0.1:{port}/docs", bare)
+        bare_figures = run_wrk_rows(f"http://127.0.0.1:{port}/predict", bodies, args.duration, args.connections, work_dir)
+    finally:
+        stop(bare)
+    print(f"# bench/serve.py --all-candidates — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} -d{args.duration}s, "
+          f"single-row POSTs cycling through {len(bodies):,} real districts")
+    print(f"\n{'production candidate':<24} {'version':>7} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}  compiled")
+    for candidate, version, r, compiled in rows:
+        print(f"{candidate:<24} {version:>7} {r['rps']:>8.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['errors']:>6.0f}  {compiled}")
+    print(f"{'(bare FastAPI constant)':<24} {'':>7} {bare_figures['rps']:>8.0f} {bare_figures['p50']:>7.2f} {bare_figures['p99']:>7.2f} "
+          f"{bare_figures['errors']:>6.0f}")
+    reference = next((r for candidate, _, r, _ in rows if candidate == "lightgbm_spatial"), None)
+    if reference is not None:
+        slowest = min(rows, key=lambda row: row[2]["rps"])
+        print(f"\nslowest: {slowest[0]} at {slowest[2]['rps'] / reference['rps']:.0%} of lightgbm_spatial's rps   (target >= 80 %); "
+              f"worst p99 {max(r['p99'] for _, _, r, _ in rows):.1f} ms   (target <= 5 ms)")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=20)
@@ -177,12 +261,17 @@ def main() -> int:
     parser.add_argument("--skip-mlflow", action="store_true", help="Skip (b), e.g. for a quick run.")
     parser.add_argument("--skip-postgres", action="store_true", help="Skip (a2), the 2-worker PostgreSQL run.")
     parser.add_argument("--challenger", default="gradient_boosting", help="Candidate scored in shadow in (a3); 'none' skips (a3).")
+    parser.add_argument("--all-candidates", action="store_true",
+                        help="Instead: every registered candidate in production in turn (staging cleared), fed 1,000 real "
+                        "districts, beside the bare endpoint; the aliases are put back after.")
     parser.add_argument("--postgres-url", default=None,
                         help="Admin SQLAlchemy URL of a PostgreSQL server for (a2); default: a private cluster from the system's binaries.")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     settings = get_settings(tracking_uri=args.tracking_uri, artifacts_dir=args.artifacts_dir)
+    if args.all_candidates:
+        return all_candidates(settings, args)
     model_uri = f"models:/{settings.model_name}@{settings.production_alias}"
     work_dir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
