@@ -94,7 +94,11 @@ class Metrics:
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.shadow_difference = Summary("housing_shadow_abs_difference", "|answer - shadow prediction| per row; the running "
                                          "mean is _sum / _count.", registry=r)
+        self.predict_path = Gauge("housing_model_predict_path", "What runs for each step of the loaded models: path=compiled "
+                                  "(array arithmetic) or library (its own transform/predict); value 1 (0: no longer loaded).",
+                                  ["alias", "version", "step", "kind", "path"], registry=r, multiprocess_mode="liveall")
         self._served: dict[str, tuple[str, str, str]] = {}
+        self._paths: dict[str, list[tuple[str, ...]]] = {}
 
     def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
         route = path if path in ROUTES else "other"
@@ -134,6 +138,22 @@ class Metrics:
             self._served[alias] = served
         if production:
             self.model_loaded.set(1 if served else 0)
+
+    def set_predict_path(self, alias: str, version: str | None, steps: list[dict[str, object]]) -> None:
+        """Point housing_model_predict_path's series of ``alias`` at the loaded version's steps (no version: none)."""
+        series: list[tuple[str, ...]] = [(alias, version, str(step["name"]), str(step["kind"]), "compiled" if step["compiled"] else "library")
+                  for step in steps] if version else []
+        previous = self._paths.get(alias, [])
+        if series == previous:
+            return
+        for labels in previous:
+            if multiprocess_dir():
+                self.predict_path.labels(*labels).set(0)  # cannot be removed across processes
+            else:
+                self.predict_path.remove(*labels)
+        for labels in series:
+            self.predict_path.labels(*labels).set(1)
+        self._paths[alias] = series
 
     def observe_shadow(self, answers: np.ndarray, shadow: np.ndarray, seconds: float) -> None:
         """Count a batch of shadow predictions, the predict call's time and |answer - shadow| of each row."""

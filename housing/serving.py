@@ -24,7 +24,7 @@ import pandas as pd
 import sklearn
 
 from housing.config import Settings
-from housing.inference import fast_predict_or_default
+from housing.inference import StepPath, fast_predict_or_default, step_paths
 from housing.redaction import mask_uri, masked_first_line
 from housing.registry import get_version_by_alias, load_version, registry_client
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
@@ -53,6 +53,14 @@ class LoadedModel:
     candidate: str | None = None
     fast_predict: Callable[[np.ndarray], np.ndarray] | None = None
     """The compiled predict path (housing.inference), set only when it reproduces pipeline.predict."""
+    steps: tuple[StepPath, ...] = ()
+    """What runs for each pipeline step: compiled array arithmetic, or the library's own transform/predict."""
+
+    @property
+    def predict_path(self) -> list[dict[str, object]]:
+        """Per step, what really runs (all library when the compiled path was not verified), for /model."""
+        return [{"name": step.name, "kind": step.kind, "compiled": step.compiled and self.fast_predict is not None}
+                for step in self.steps]
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Predict an (n, 8) float64 array of raw features in contract order (validated by the API)."""
@@ -247,8 +255,12 @@ class ModelService:
             except Exception:  # noqa: BLE001 - metrics are informative only
                 logger.warning("could not read the metrics of run %s", version.run_id)
         fast_predict, compiled = fast_predict_or_default(pipeline)
+        steps = tuple(step_paths(pipeline))
+        library = [step.kind for step in steps if not step.compiled]
         logger.info("%s version %s: %s", version.name, version.version,
-                    "compiled predict path verified against pipeline.predict" if compiled else "serving with pipeline.predict")
+                    ("compiled predict path verified against pipeline.predict"
+                     + (f" (the library's own code runs for {', '.join(library)})" if library else " (every step compiled)"))
+                    if compiled else "serving with pipeline.predict")
         loaded = LoadedModel(
             pipeline=pipeline,
             fast_predict=fast_predict if compiled else None,
@@ -259,6 +271,7 @@ class ModelService:
             metrics=metrics,
             loaded_at=datetime.now(UTC),
             candidate=(version.tags or {}).get("candidate"),
+            steps=steps,
         )
         loaded.predict(np.array([[EXAMPLE_REQUEST[name] for name in FEATURE_NAMES]]))  # warm-up
         return loaded

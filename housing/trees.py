@@ -1,13 +1,16 @@
-"""A compiled evaluator for LightGBM tree ensembles (numba), faster than LightGBM's own predict on the
-few-row batches the API serves and on 10,000-row requests.
+"""A compiled evaluator for tree ensembles (numba), faster than LightGBM's and scikit-learn's own predict
+on the few-row batches the API serves and on 10,000-row requests. This module reads LightGBM boosters;
+``housing.sklearn_trees`` copies scikit-learn's forests and boosted trees into the same format.
 
-The trees are copied out of the fitted booster once, when a model is loaded, into one array of 16-byte
+The trees are copied out of the fitted model once, when a model is loaded, into one array of 16-byte
 nodes whose two children sit side by side, so that a step down a tree is branch-free
 (``node = child + (x > threshold)``). Rows are processed in blocks, tree by tree, so a tree stays in
 the CPU cache for the whole block. The kernels implement LightGBM's numerical decision rule and sum the
 trees in LightGBM's order; rows with missing values go through a kernel with LightGBM's full missing-
-value rule. housing.inference serves with it only after checking it reproduces the pipeline's own
-predictions.
+value rule. A forest may start from a constant (``base``: scikit-learn's initial prediction) and may
+compare features rounded to float32 (scikit-learn's DecisionTree casts its input to float32). Inputs the
+model's own predict refuses (NaN, ±inf: ``input_check``) are refused here too, with the same ValueError.
+housing.inference serves with it only after checking it reproduces the pipeline's own predictions.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
 _MISSING_CODES = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
 ZERO_THRESHOLD = 1e-35
 """LightGBM's kZeroThreshold."""
+INPUT_ANY, INPUT_ALLOW_NAN, INPUT_FINITE = "any", "allow-nan", "finite"
+"""Non-finite inputs a model's own predict accepts, in scikit-learn's ``ensure_all_finite`` terms: any float
+(LightGBM, HistGradientBoosting), NaN but not ±inf (scikit-learn's DecisionTree and forests), none
+(GradientBoosting)."""
 PARALLEL_MIN_ROWS = 2_000
 """Batches at least this large are spread over every core."""
 BLOCK_ROWS = 64
@@ -35,7 +42,10 @@ a fixed number of branch-free steps (the tree's depth) lands every row on its le
 
 @dataclass(frozen=True)
 class FlatForest:
-    """Every node of every tree in one array; missing-value details kept apart for the exact kernel."""
+    """Every node of every tree in one array; missing-value details kept apart for the exact kernel.
+
+    A row's prediction is ``base`` plus its leaf values, added tree by tree in order.
+    """
 
     nodes: np.ndarray
     leaf_value: np.ndarray
@@ -45,14 +55,25 @@ class FlatForest:
     default_left: np.ndarray
     n_features: int
     has_zero_missing: bool
+    base: float = 0.0
+    """Every row starts from this value (0 for LightGBM)."""
+    float32_input: bool = False
+    """Compare the features rounded to float32, as scikit-learn's DecisionTree does."""
+    input_check: str = INPUT_ANY
+    """Which non-finite inputs are refused (ValueError), as the model's own predict refuses them."""
 
     def predict(self, values: np.ndarray) -> np.ndarray:
-        """Sum of the trees for each row of a float64 (n, n_features) array."""
+        """``base`` plus the sum of the trees for each row of a float64 (n, n_features) array."""
         values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != self.n_features:
             raise ValueError(f"expected (n, {self.n_features}) features, got {values.shape}")
-        out = np.zeros(values.shape[0], dtype=np.float64)
-        if self.has_zero_missing or math.isnan(values.sum()):
+        if self.float32_input:
+            values = values.astype(np.float32).astype(np.float64)
+        total = values.sum()
+        if not math.isfinite(total):
+            self._check_non_finite(values)
+        out = np.full(values.shape[0], self.base, dtype=np.float64)
+        if self.has_zero_missing or math.isnan(total):
             _predict_with_missing(values, self.nodes, self.leaf_value, self.roots, self.missing, self.default_left, out)
         elif values.shape[0] < LOCKSTEP_MIN_ROWS:
             _predict_rows(values, self.nodes, self.leaf_value, self.roots, out)
@@ -61,6 +82,13 @@ class FlatForest:
         else:
             _predict_blocks(values, self.nodes, self.leaf_value, self.roots, self.depth, 0, values.shape[0], out)
         return out
+
+    def _check_non_finite(self, values: np.ndarray) -> None:
+        """Raise ValueError for a NaN or ±inf the model's own predict refuses."""
+        if self.input_check != INPUT_ANY and np.isinf(values).any():
+            raise ValueError("input contains infinity, which this model's predict refuses")
+        if self.input_check == INPUT_FINITE and np.isnan(values).any():
+            raise ValueError("input contains NaN, which this model's predict refuses")
 
 
 def flatten_lightgbm(booster: object) -> FlatForest:
@@ -133,7 +161,7 @@ def _predict_blocks(values, nodes, leaf_value, roots, depth, start, stop, out):
 @njit(nogil=True, cache=True)
 def _predict_rows(values, nodes, leaf_value, roots, out):
     for r in range(values.shape[0]):
-        total = 0.0
+        total = out[r]
         for t in range(roots.shape[0]):
             node = roots[t]
             while nodes[node].child != node:
@@ -154,7 +182,7 @@ def _predict_parallel(values, nodes, leaf_value, roots, depth, out):
 @njit(nogil=True, cache=True)
 def _predict_with_missing(values, nodes, leaf_value, roots, missing, default_left, out):
     for r in range(values.shape[0]):
-        total = 0.0
+        total = out[r]
         for t in range(roots.shape[0]):
             node = roots[t]
             while nodes[node].child != node:

@@ -76,6 +76,10 @@ class Services:
         challenger = self.challenger()
         self.metrics.set_served_model(challenger.name if challenger else None, challenger.version if challenger else None,
                                       self.settings.staging_alias, production=False)
+        self.metrics.set_predict_path(self.settings.production_alias, model.version if model else None,
+                                      model.predict_path if model else [])
+        self.metrics.set_predict_path(self.settings.staging_alias, challenger.version if challenger else None,
+                                      challenger.predict_path if challenger else [])
         reachable = self.model_service.status.reachable
         self.metrics.registry_up.set(1 if reachable else 0)
         status = self.prediction_log.status()

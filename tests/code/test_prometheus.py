@@ -93,3 +93,17 @@ def test_a_killed_workers_live_gauges_disappear_from_the_next_scrape(tmp_path, m
     assert len(dead) == 1
     assert "housing_model_info{" not in scrape() and "housing_model_loaded" not in scrape()  # ...until the clean-up
     assert forget_dead_workers(str(tmp_path)) == []
+
+
+def test_the_predict_path_says_what_runs_for_each_step_and_follows_the_version():
+    metrics = Metrics()
+    steps = [{"name": "features", "kind": "SpatialFeatures", "compiled": True}, {"name": "model", "kind": "KNN", "compiled": False}]
+    metrics.set_predict_path("production", "3", steps)
+    text = generate_latest(metrics.registry).decode()
+    assert 'housing_model_predict_path{alias="production",kind="KNN",path="library",step="model",version="3"} 1.0' in text
+    assert 'path="compiled",step="features",version="3"} 1.0' in text
+    metrics.set_predict_path("production", "4", [{"name": "model", "kind": "LGBMRegressor", "compiled": True}])
+    text = generate_latest(metrics.registry).decode()
+    assert 'version="3"' not in text and 'kind="LGBMRegressor",path="compiled",step="model",version="4"} 1.0' in text
+    metrics.set_predict_path("staging", None, [])
+    assert 'alias="staging"' not in generate_latest(metrics.registry).decode()

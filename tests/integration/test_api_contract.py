@@ -216,6 +216,13 @@ def test_model_route(client, pipeline_run):
     assert body["name"] == "CaliforniaHousing" and body["alias"] == "production"
     assert body["run_id"] and {"r2", "rmse"} <= set(body["metrics"]) and body["loaded_at"]
     assert body["candidate"]
+    assert body["challenger"] is None  # staging names the production version after the pipeline
+    assert [step["name"] for step in body["predict_path"]][-1] == "model" and body["compiled_predict"] is True
+    assert all(step["compiled"] for step in body["predict_path"]), body["predict_path"]  # no library predict behind "compiled"
+    metrics = client.get("/metrics").text
+    for step in body["predict_path"]:
+        assert (f'housing_model_predict_path{{alias="production",kind="{step["kind"]}",path="compiled",step="{step["name"]}",'
+                f'version="{body["version"]}"}} 1.0') in metrics
 
 
 def test_metrics_route(client):

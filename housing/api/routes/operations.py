@@ -54,7 +54,9 @@ async def ready(services: ServicesDep) -> Response:
 
 @router.get("/model", summary="The served model and its challenger: versions, alias, run, training metrics, loaded-at")
 async def model_info(services: ServicesDep) -> Response:
-    """The served model's name, version, alias, run, training metrics and recent switches; under `challenger`, the
+    """The served model's name, version, alias, run, training metrics and recent switches; `predict_path`: for each
+    pipeline step, whether compiled array arithmetic runs or the library's own code (`compiled_predict` is true only
+    when every step is compiled and the compiled path was verified against the pipeline); under `challenger`, the
     version the staging alias names when it is loaded beside production (scored in shadow on every request, and
     answering `canary_percent` % of them), else null; 503 while no production model is loaded."""
     model = services.model_service.require()
@@ -63,10 +65,13 @@ async def model_info(services: ServicesDep) -> Response:
     return json_response({
         "name": model.name, "version": model.version, "alias": model.alias, "candidate": model.candidate,
         "run_id": model.run_id, "metrics": model.metrics, "loaded_at": model.loaded_at.isoformat(),
-        "compiled_predict": model.fast_predict is not None, "history": list(services.model_service.status.history),
+        "compiled_predict": model.fast_predict is not None and all(step["compiled"] for step in model.predict_path),
+        "predict_path": model.predict_path, "history": list(services.model_service.status.history),
         "challenger": {
             "version": challenger.version, "alias": challenger.alias, "candidate": challenger.candidate, "run_id": challenger.run_id,
-            "loaded_at": challenger.loaded_at.isoformat(), "compiled_predict": challenger.fast_predict is not None,
+            "loaded_at": challenger.loaded_at.isoformat(),
+            "compiled_predict": challenger.fast_predict is not None and all(step["compiled"] for step in challenger.predict_path),
+            "predict_path": challenger.predict_path,
             "mode": "shadow + canary" if settings.canary_percent else "shadow", "canary_percent": settings.canary_percent,
             "shadow_backlog_rows": services.shadow.backlog_rows,
         } if challenger else None,
