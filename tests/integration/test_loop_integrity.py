@@ -52,6 +52,7 @@ def loop_env(mutable_run: PipelineRun, tmp_path: Path) -> Iterator[tuple[dict[st
     server.stop()
 
 
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # the evidence and lock tables' PostgreSQL path runs in test_monitor_loop
 def test_label_poisoning_never_moves_production(loop_env):
     env, server = loop_env
     before = production(env)
@@ -77,6 +78,7 @@ def test_label_poisoning_never_moves_production(loop_env):
         assert again["model_version"] == before and again["MedHouseVal"] == pytest.approx(price_before)
 
 
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # the evidence and lock tables' PostgreSQL path runs in test_monitor_loop
 def test_a_persistent_shift_is_retrained_on_once(loop_env):
     env, server = loop_env
     simulate(env, server.url, "--scenario", "subpopulation", "--subpopulation", "bay-area", "--requests", "2000", "--seed", "11")

@@ -111,6 +111,7 @@ def test_impossible_threshold_keeps_production_and_says_why(pipeline_run, client
     assert registry_state(client, "CaliforniaHousing")[0] == before[0]
 
 
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # Optuna's search does not depend on the store
 def test_tune_logs_nested_trials_and_writes_a_deterministic_proposal(pipeline_run, tmp_path):
     import yaml
 
