@@ -87,6 +87,16 @@ def _describe(version: str | None) -> str:
     return "unset" if version is None else f"version {version}"
 
 
+def drop_rolled_back_challenger(client: MlflowClient, settings: Settings, rolled_back: str) -> None:
+    """Remove ``staging`` when it names the version just rolled back: left there, it would be the challenger in
+    shadow and live evidence could promote it straight back."""
+    models = client.search_registered_models(filter_string=f"name = '{settings.model_name}'")
+    if models and str(models[0].aliases.get(settings.staging_alias)) == rolled_back:
+        client.delete_registered_model_alias(settings.model_name, settings.staging_alias)
+        client.set_model_version_tag(settings.model_name, rolled_back, "shadow_verdict", "rolled back: not a challenger any more")
+        logger.info("'%s' removed from version %s, which was rolled back", settings.staging_alias, rolled_back)
+
+
 def rollback(client: MlflowClient, settings: Settings, command: str) -> tuple[str, str]:
     """Move production back to the version before it, per the ledger; returns (from_version, to_version).
 
@@ -112,6 +122,7 @@ def rollback(client: MlflowClient, settings: Settings, command: str) -> tuple[st
             undone = next(entry for entry in reversed(read_history(engine, name)) if entry.to_version == current and entry.reason != ROLLBACK_REASON)
             evidence = {"rolled_back_version": current, "undoes_entry": undone.id, "undoes_command": undone.command}
             _move(client, settings, engine, expected=current, to_version=target, command=command, reason=ROLLBACK_REASON, evidence=evidence)
+            drop_rolled_back_challenger(client, settings, current)
             return current, target
     finally:
         engine.dispose()

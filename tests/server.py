@@ -149,7 +149,13 @@ class LoadGenerator:
 def start_loop_server(mutable_run: Any, tmp_path: Path, label: str, candidates: str, **extra: str) -> tuple[dict[str, str], ApiServer]:
     """An API over the mutable registry with a private copy of its artifacts and a fresh prediction log, as the loop
     tests need it: reloads every second, decisions from 1,000 predictions, retrains limited to ``candidates`` (JSON);
-    ``extra``: more environment variables."""
+    ``extra``: more environment variables. It starts without a challenger whatever earlier tests left: ``staging``
+    names the production version."""
+    from mlflow import MlflowClient  # mlflow costs ~2 s to import: only the loop tests need it here
+
+    client = MlflowClient(mutable_run.tracking_uri)
+    production = client.get_model_version_by_alias("CaliforniaHousing", "production")
+    client.set_registered_model_alias("CaliforniaHousing", "staging", production.version)
     shutil.copytree(mutable_run.artifacts_dir, tmp_path / "artifacts")
     env = server_env(
         mutable_run.env,

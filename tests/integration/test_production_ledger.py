@@ -71,10 +71,14 @@ def test_promote_refuses_to_run_beside_a_retrain_and_rollback_says_a_retrain_is_
 
 def test_rollback_and_history_from_the_command_line(registry):
     env, settings = registry
+    client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+    client.set_registered_model_alias(settings.model_name, "staging", "2")  # as promote leaves it
     rolled = run_stage("promote.py", "--rollback", env=env)
     assert rolled.returncode == 0, rolled.stderr
     assert "'production' of LedgerModel rolled back from version 2 to version 1" in rolled.stdout
     assert current(settings) == "1"
+    assert "staging" not in client.get_registered_model(settings.model_name).aliases  # not left to come back as the challenger
+    assert client.get_model_version(settings.model_name, "2").tags["shadow_verdict"].startswith("rolled back")
     again = run_stage("promote.py", "--rollback", env=env)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1] == (
