@@ -6,6 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from housing.candidates import load_candidate_specs
+from housing.mlflow_ui import ui_links
 from housing.registry import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from tests.conftest import run_stage
@@ -72,6 +73,14 @@ def test_the_mlflow_ui_opens_on_runs_and_the_registry_describes_the_model(pipeli
     for version in client.search_model_versions(f"name = '{settings.model_name}'"):
         assert version.description.startswith(f"{version.tags['candidate']}: ")
         assert f"data sha256 {parent.data.tags['data_sha256']}" in version.description and "MedHouseVal" in version.description
+
+
+def test_make_mlflow_ui_links_open_each_experiment_on_its_runs(pipeline_run, client):
+    settings = pipeline_run.settings()
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    links = ui_links(settings, "http://127.0.0.1:5000")
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in links[0]
+    assert links[-1].endswith("/#/models/CaliforniaHousing?workflowType=machine_learning")
 
 
 def test_train_prints_a_summary_table(pipeline_run):
