@@ -55,6 +55,9 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
                 time.sleep(0.3)
             switched = served_versions(server.url)
             time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while count_rows(log_url)[0] < load.rows and time.monotonic() < deadline:  # every served row flushed first
+            time.sleep(0.2)
         # a worker killed without a shutdown: uvicorn starts another, and the dead one's live gauges disappear
         victim = next(iter(switched))
         os.kill(int(victim), signal.SIGKILL)
