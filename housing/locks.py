@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sqlalchemy import Column, ColumnElement, Connection, DateTime, Engine, Meta
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from housing.errors import UserError, first_line
+from housing.log_schema import lost_a_create_race
 from housing.prediction_log import make_engine
 
 logger = logging.getLogger(__name__)
@@ -60,16 +62,21 @@ def current_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{command or 'python'}"
 
 
+CREATE_ATTEMPTS = 5
+"""Tries of a CREATE TABLE that races other processes (each sees the table once the winner has committed)."""
+
+
 def create_table(engine: Engine, table: Table) -> None:
     """Create ``table`` if it does not exist; safe when several processes create it at the same moment."""
-    for attempt in (1, 2):
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
         try:
             table.create(engine, checkfirst=True)
             return
         except SQLAlchemyError as error:  # the other process created it between the check and CREATE: check again
-            if attempt == 2:
+            if attempt == CREATE_ATTEMPTS or not lost_a_create_race(error):
                 where = engine.url.render_as_string(hide_password=True)
                 raise UserError(f"could not create table {table.name} in {where} ({first_line(error)})") from None
+            time.sleep(0.05 * attempt)  # until the other process's CREATE is committed and visible
 
 
 def create_lock_table(engine: Engine) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from housing.redaction import masked_first_line
 from housing.schema import FEATURE_NAMES
 
 logger = logging.getLogger(__name__)
+
+CREATE_ATTEMPTS = 5
+"""Tries of creating the tables while other processes may be creating them too."""
 
 metadata = MetaData()
 
@@ -122,14 +126,21 @@ def timestamp_value(engine: Engine, moment: datetime) -> Any:
 def create_tables(engine: Engine) -> None:
     """Create the log's tables if they don't exist, and add the columns an older log lacks (safe to call from
     several processes at once: a column another process added meanwhile is fine)."""
-    try:
-        metadata.create_all(engine, checkfirst=True)
-        add_missing_columns(engine)
-    except IntegrityError:  # another process created them at the same moment
-        pass
-    except SQLAlchemyError as error:
-        raise UserError(f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
-                        f"({masked_first_line(error, str(engine.url))})") from None
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            add_missing_columns(engine)
+            return
+        except SQLAlchemyError as error:  # another process created a table at the same moment: check again
+            if attempt == CREATE_ATTEMPTS or not lost_a_create_race(error):
+                raise UserError(f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
+                                f"({masked_first_line(error, str(engine.url))})") from None
+            time.sleep(0.05 * attempt)
+
+
+def lost_a_create_race(error: Exception) -> bool:
+    """Whether a CREATE failed because another process created the object first (not an outage)."""
+    return isinstance(error, IntegrityError) or "already exists" in str(error)
 
 
 def add_missing_columns(engine: Engine) -> list[str]:

@@ -37,6 +37,7 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
     (tmp_path / "prometheus").mkdir()
     client = MlflowClient(mutable_run.tracking_uri)
     old = client.get_model_version_by_alias("CaliforniaHousing", "production")
+    client.set_registered_model_alias("CaliforniaHousing", "staging", old.version)  # no challenger, whatever earlier tests left
     new = next(v for v in client.search_model_versions("name = 'CaliforniaHousing'") if v.version != old.version)
     server = ApiServer(env, tmp_path / "server.log", extra_args=("--workers", "2")).start()
     try:
