@@ -28,7 +28,7 @@ WORKFLOW = "workflowType=machine_learning"
 
 def ui_links(settings: Settings, base_url: str) -> list[str]:
     """The experiments' run lists and the registered model's page, as links that open in model-training mode."""
-    client = tracking.connect(settings)
+    client = tracking.registry_client_for(settings)  # no global MLflow URI is changed: callers share the process
     links = []
     for name in (settings.experiment_name, settings.monitoring_experiment_name):
         experiment = client.get_experiment_by_name(name)

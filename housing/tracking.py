@@ -54,6 +54,13 @@ def connect(settings: Settings) -> MlflowClient:
     return client
 
 
+def registry_client_for(settings: Settings) -> MlflowClient:
+    """A client of the settings' tracking store that leaves MLflow's process-wide tracking URI alone (connect()
+    sets it, for the stages' fluent API; a helper called inside another program must not)."""
+    quiet_mlflow()
+    return MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
 def quiet_mlflow() -> None:
     """MLflow defaults for a pipeline: no progress bar per artifact download (stage output and server
     logs stay readable), no usage telemetry sent to MLflow's servers (a pipeline shouldn't phone home;
