@@ -49,6 +49,19 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
     if figures.rmse is not None:
         print(f"labelled traffic: RMSE {figures.rmse:.4f}, R2 {figures.r2:.4f}, MAE {figures.mae:.4f} "
               f"(reference on {outcome.error_reference}: RMSE {figures.reference_rmse:.4f}, R2 {figures.reference_r2:.4f})")
+    estimate = outcome.estimate
+    if estimate is not None:
+        overall = estimate.overall
+        print(f"estimated without labels ({overall.rows:,} {estimate.over} predictions): RMSE {overall.rmse:.4f} "
+              f"({overall.confidence:.0%} interval {overall.rmse_low:.4f}-{overall.rmse_high:.4f}), MAE {overall.mae:.4f}")
+        for name, segment in estimate.by_segment.items():
+            print(f"  {name}: RMSE {segment.rmse:.4f} ({segment.rmse_low:.4f}-{segment.rmse_high:.4f}) on {segment.rows:,}")
+        if estimate.calibration is not None:
+            calibration = estimate.calibration
+            gap = "n/a" if calibration["relative_gap"] is None else f"{calibration['relative_gap']:+.1%}"
+            print(f"  calibration on {calibration['rows']:,} labelled predictions: estimated RMSE {calibration['estimated_rmse']:.4f}, "
+                  f"realized {calibration['realized_rmse']:.4f} (gap {gap}"
+                  f"{', inside the interval' if calibration['inside_interval'] else ', outside the interval'})")
     print(f"decision: {decision.action.upper()}")
     for reason in decision.reasons:
         print(f"  because {reason}")

@@ -34,13 +34,17 @@ from housing.config import Settings
 from housing.credentials import resolve_feedback_token
 from housing.data import read_dataset, read_source, split_dataset
 from housing.errors import UserError
+from housing.loss_estimation import MIN_SEGMENT_ROWS, region_of, segment_masks
 from housing.schema import SPECS_BY_NAME, validate_frame
 
 SCENARIOS = ("baseline", "income-shift", "subpopulation", "market-inflation")
 SUBPOPULATIONS = {
     "high-income": lambda x: x["MedInc"] >= x["MedInc"].quantile(0.8),
-    "bay-area": lambda x: x["Latitude"].between(37.2, 38.3) & x["Longitude"].between(-123.0, -121.6),
+    "bay-area": lambda x: region_of(x) == "Bay Area",
+    "inland-low-income": lambda x: (region_of(x) == "Central Valley") & (x["MedInc"] < 3.0),
+    "old-house": lambda x: x["HouseAge"] >= 45,
 }
+"""Rows of the held-out split a ``subpopulation`` scenario draws from (regions as the monitor's segments)."""
 
 
 def scenario_rows(
@@ -71,6 +75,8 @@ class Outcome:
     label_failures: int = 0
     errors: list[str] = field(default_factory=list)
     squared_errors: list[float] = field(default_factory=list)
+    answered: list[int] = field(default_factory=list)
+    """Which rows (index into the features sent) the squared errors belong to."""
     versions: Counter[str] = field(default_factory=Counter)
     """Responses by the model version that answered (two while a canary runs)."""
 
@@ -157,6 +163,7 @@ async def drive(args: argparse.Namespace, features: pd.DataFrame, labels: pd.Ser
                     outcome.versions[body["model_version"]] += 1
                     actual = float(labels.iloc[index])
                     outcome.squared_errors.append((body["MedHouseVal"] - actual) ** 2)
+                    outcome.answered.append(index)
                     if rng.random() < args.label_fraction:
                         pending_labels.append(asyncio.create_task(send_label(body["request_id"], actual)))
                 progress.update()
@@ -190,6 +197,11 @@ def main(args: argparse.Namespace) -> int:
     rmse = float(np.sqrt(np.mean(outcome.squared_errors))) if outcome.squared_errors else float("nan")
     print(f"scenario {args.scenario}: {outcome.ok}/{outcome.sent} predictions ok ({outcome.failed} failed) in {seconds:.1f} s, "
           f"{outcome.labelled} labels sent ({outcome.label_failures} failed); RMSE against the true labels {rmse:.4f}")
+    segments = segment_masks(features.iloc[outcome.answered])
+    errors = np.asarray(outcome.squared_errors)
+    by_segment = [f"{name} {np.sqrt(errors[mask].mean()):.4f} ({int(mask.sum()):,})" for name, mask in segments.items()
+                  if mask.sum() >= MIN_SEGMENT_ROWS]
+    print(f"RMSE against the true labels by segment: {'; '.join(by_segment) or 'no segment with enough rows'}")
     print(f"answered by model version: {', '.join(f'{v} ({n:,})' for v, n in sorted(outcome.versions.items())) or 'none'}")
     describe_challenger(args.url)
     for failure in outcome.errors[:3]:

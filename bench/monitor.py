@@ -11,6 +11,12 @@
 4. The loop's integrity, in process with the monitor's own functions (evidence, decision, retraining set,
    a real fit of the promoted candidate, the paired-bootstrap gate): label-poisoning attempts that moved
    production, and retrains a persistent shift caused after the first.
+5. Error without labels: the production version's logged loss estimator, its level re-anchored on one half of
+   the test split (a seeded half), judged on windows of 500 unlabelled rows drawn from the other half, per
+   scenario: estimated vs realized RMSE, relative error, interval coverage; expected-degradation alerts over
+   20 baseline windows; market-inflation (labels only) as the case no estimate can see.
+
+--sections picks which parts run (e.g. `--sections estimation` for part 5 alone).
 
 Needs a trained registry on a local SQLite store (`make pipeline`): --tracking-uri / --artifacts-dir
 default to the settings.
@@ -41,14 +47,15 @@ from housing.digests import row_digests
 from housing.drift_report import PREDICTION, WindowFigures, evaluate_window, reference_frame
 from housing.evidence import base_districts, new_evidence
 from housing.inference import fast_predict_or_default
+from housing.loss_estimation import LossEstimator, anchor, load_loss_estimator
 from housing.prediction_log import PredictionLog, feedback_table, prediction_rows
 from housing.promotion import GateEvidence, paired_bootstrap
 from housing.registry import get_version_by_alias, load_version, registry_client
 from housing.retrain_policy import RetrainThresholds, decide
 from housing.retraining import RetrainingSets, build_retraining_sets
-from housing.schema import FEATURE_NAMES, TARGET
+from housing.schema import FEATURE_NAMES, SPECS_BY_NAME, TARGET
 from housing.scoring import regression_metrics
-from simulate_traffic import SCENARIOS, scenario_rows
+from simulate_traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -90,6 +97,9 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--step", type=int, default=250)
     parser.add_argument("--max-requests", type=int, default=4_000)
+    parser.add_argument("--half-seeds", type=int, nargs="+", default=list(range(10)),
+                        help="Seeds of the test split's halvings for part 5 [default 0-9]")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="Which parts to run [default all]")
     args = parser.parse_args()
     settings = get_settings(tracking_uri=args.tracking_uri, artifacts_dir=args.artifacts_dir)
     split = load_split(settings.split_dir)
@@ -103,7 +113,104 @@ def main() -> int:
     print(f"# bench/monitor.py — {os.cpu_count()} CPUs, reference = training split ({len(split.x_train):,} rows), "
           f"window {settings.monitor_window:,}, drift {settings.drift_method} > {settings.drift_threshold}")
 
-    # 1. wall time of the whole monitor run
+    if "estimation" in args.sections:
+        estimator = load_loss_estimator(client, production)
+        if estimator is None:
+            raise SystemExit(f"production version {version} has no loss estimator: retrain with this code (make pipeline)")
+        estimation(settings, split, model, estimator, args.half_seeds)
+    if "wall-time" in args.sections and wall_time(args, settings, split, predict, version):
+        return 1
+    reference = reference_frame(split.x_train, split.x_test, split.y_test, model)
+    thresholds = RetrainThresholds.from_settings(settings)
+    if "detection" in args.sections:
+        detection(args, settings, split, predict, reference, thresholds)
+    if "integrity" in args.sections:
+        integrity(settings, split, model, predict, reference, thresholds)
+    return 0
+
+
+SECTIONS = ("wall-time", "detection", "integrity", "estimation")
+ESTIMATION_WINDOW = 500
+
+
+def estimation_scenarios(x: pd.DataFrame) -> dict[str, tuple[np.ndarray, str]]:
+    """Rows of ``x`` each scenario draws from, and how its features or labels are changed."""
+    everything = np.ones(len(x), dtype=bool)
+    return {
+        "baseline": (everything, ""),
+        "high-income": (np.asarray(SUBPOPULATIONS["high-income"](x)), ""),
+        "bay-area": (np.asarray(SUBPOPULATIONS["bay-area"](x)), ""),
+        "inland-low-income": (np.asarray(SUBPOPULATIONS["inland-low-income"](x)), ""),
+        "old-house": (np.asarray(SUBPOPULATIONS["old-house"](x)), ""),
+        "income-shift x1.2": (everything, "income"),
+        "market-inflation x1.3": (everything, "labels"),
+    }
+
+
+def estimation(settings: Settings, split: Split, model: Pipeline, logged: LossEstimator, half_seeds: list[int], windows: int = 10) -> None:
+    """Estimated vs realized RMSE of unlabelled windows: for each seed, the level anchored on one half of the test split
+    and windows drawn from the other half; figures averaged over the halvings (the test split's errors are heavy-tailed,
+    so one halving alone moves the level by several per cent)."""
+    x_all, y_all = split.x_test.reset_index(drop=True), split.y_test.to_numpy(dtype=np.float64)
+    shifted = x_all.assign(MedInc=(x_all["MedInc"] * 1.2).clip(upper=SPECS_BY_NAME["MedInc"].maximum))
+    predicted = {"": model.predict(x_all), "income": model.predict(shifted), "labels": None}
+    predicted["labels"] = predicted[""]
+    confidence = settings.estimation_confidence
+    thresholds = RetrainThresholds.from_settings(settings)
+    table: dict[str, list[tuple[float, float, float, int, int]]] = {}
+    alerts = alert_windows = 0
+    overlaps = []
+    for half_seed in half_seeds:
+        order = np.random.default_rng(half_seed).permutation(len(x_all))
+        half_a, half_b = order[: len(order) // 2], order[len(order) // 2:]
+        estimator = anchor(logged, x_all.iloc[half_a], y_all[half_a], predicted[""][half_a], described="test-split rows (half A)")
+        for name, (mask, change) in estimation_scenarios(x_all.iloc[half_b]).items():
+            rows = half_b[mask]
+            estimated, realized, per_window, covered = [], [], [], 0
+            for seed in range(windows):
+                picked = np.random.default_rng(seed).choice(rows, ESTIMATION_WINDOW, replace=len(rows) < ESTIMATION_WINDOW)
+                features = (shifted if change == "income" else x_all).iloc[picked]
+                labels = y_all[picked] * (1.3 if change == "labels" else 1.0)
+                predictions = predicted[change][picked]
+                estimate = estimator.estimate(features, predictions, confidence)
+                truth = float(np.sqrt(np.mean(np.square(labels - predictions))))
+                estimated.append(estimate.rmse)
+                realized.append(truth)
+                per_window.append(abs(estimate.rmse / truth - 1))
+                covered += estimate.rmse_low <= truth <= estimate.rmse_high
+            table.setdefault(name, []).append((float(np.mean(estimated)), float(np.mean(realized)), float(np.mean(per_window)),
+                                               covered, len(rows)))
+        draws = []
+        for seed in range(20):
+            picked = np.random.default_rng(5000 + seed).choice(half_b, ESTIMATION_WINDOW, replace=False)
+            draws.append(set(picked.tolist()))
+            estimate = estimator.estimate(x_all.iloc[picked], predicted[""][picked], confidence)
+            figures = WindowFigures(window_rows=ESTIMATION_WINDOW, labelled_rows=0, drift_scores={}, drifted={},
+                                    drift_method=settings.drift_method)
+            alerts += any(reason.startswith("expected degradation") for reason in decide(figures, thresholds, 0, estimate).reasons)
+            alert_windows += 1
+        overlaps.append(np.mean([len(a & b) / ESTIMATION_WINDOW for i, a in enumerate(draws) for b in draws[i + 1:]]))
+    print(f"\n# error without labels: production's loss estimator ({logged.description.split(';')[0]}); for each of "
+          f"{len(half_seeds)} halvings of the {len(x_all):,} test rows, its level re-anchored on half A and {windows} windows of "
+          f"{ESTIMATION_WINDOW} unlabelled rows per scenario drawn from half B (no repeats within a window when the scenario has "
+          f"{ESTIMATION_WINDOW} rows or more)")
+    print(f"{'scenario':<22} {'rows in B':>9} {'estimated':>9} {'realized':>8} {'rel. error':>10} {'range over halvings':>20} "
+          f"{'per window':>10} {'covered':>9}")
+    for name, results in table.items():
+        relative = [est / real - 1 for est, real, _, _, _ in results]
+        print(f"{name:<22} {np.mean([r[4] for r in results]):>9,.0f} {np.mean([r[0] for r in results]):>9.3f} "
+              f"{np.mean([r[1] for r in results]):>8.3f} {np.mean(relative):>+10.1%} {min(relative):>+9.1%} .. {max(relative):>+6.1%} "
+              f"{np.mean([r[2] for r in results]):>10.1%} {sum(r[3] for r in results):>4}/{windows * len(results)}")
+    print("('rel. error': mean over halvings of (mean estimated / mean realized - 1); 'per window': mean |error| of single "
+          "windows, which includes the realized RMSE's own sampling noise; 'covered': windows whose realized RMSE is inside "
+          f"the estimate's {confidence:.0%} interval. market-inflation moves the labels only: no estimate from inputs and "
+          "predictions can see it)")
+    print(f"expected-degradation alerts: {alerts} of {alert_windows} baseline windows of {ESTIMATION_WINDOW} unlabelled rows "
+          f"(20 per halving from half B; two windows of one halving share {np.mean(overlaps):.0%} of their rows on average)")
+
+
+def wall_time(args: argparse.Namespace, settings: Settings, split: Split, predict: Callable[[np.ndarray], np.ndarray], version: str) -> bool:
+    """Part 1; True when a monitor run failed."""
     print(f"\n{'logged rows':>12} {'monitor.py seconds':>19}   (--window = all rows, --dry-run, 50% labelled)")
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
@@ -122,12 +229,14 @@ def main() -> int:
             seconds = time.perf_counter() - started
             if result.returncode != 0:
                 print(result.stdout, result.stderr)
-                return 1
+                return True
             print(f"{size:>12,} {seconds:>19.1f}")
+    return False
 
-    # 2. detection per scenario
-    reference = reference_frame(split.x_train, split.x_test, split.y_test, model)
-    thresholds = RetrainThresholds.from_settings(settings)
+
+def detection(args: argparse.Namespace, settings: Settings, split: Split, predict: Callable[[np.ndarray], np.ndarray],
+              reference: pd.DataFrame, thresholds: RetrainThresholds) -> None:
+    """Parts 2 and 3: how soon each scenario is flagged; false alarms over 20 baseline windows."""
     print(f"\n{'scenario':<18} {'flagged after':>14}   reasons at that point (every request labelled at once, step {args.step})")
     for scenario in SCENARIOS:
         features, labels = scenario_rows(split.x_test, split.y_test, scenario, count=args.max_requests, seed=7)
@@ -146,16 +255,14 @@ def main() -> int:
             print(f"{scenario:<18} {'never':>14}   (up to {args.max_requests:,}) last window: drifted features {drifted} "
                   f"({figures.drift_share:.0%}), prediction drifted: {figures.prediction_drifted}, RMSE {figures.rmse:.3f}, R2 {figures.r2:.3f}")
 
-    # 3. false alarms over 20 baseline windows
-    alarms = 0
+    alarms, draws = 0, []
     for seed in range(20):
         features, labels = scenario_rows(split.x_test, split.y_test, "baseline", count=settings.monitor_window, seed=1000 + seed)
+        draws.append(set(row_digests(features)))
         alarms += bool(decide(window_figures(reference, features, labels, predict, settings), thresholds).reasons)
-    print(f"\nfalse alarms: {alarms} of 20 baseline windows of {settings.monitor_window:,} requests")
-
-    # 4. the loop's integrity
-    integrity(settings, split, model, predict, reference, thresholds)
-    return 0
+    overlap = np.mean([len(a & b) / len(a | b) for i, a in enumerate(draws) for b in draws[i + 1:]])
+    print(f"\nfalse alarms: {alarms} of 20 baseline windows of {settings.monitor_window:,} requests (drawn with replacement from "
+          f"the {len(split.x_test):,} test rows: not independent, two windows share {overlap:.0%} of their distinct districts on average)")
 
 
 def labelled_window(features: pd.DataFrame, labels: pd.Series, predict: Callable[[np.ndarray], np.ndarray], start: int) -> pd.DataFrame:

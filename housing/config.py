@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     drift_share_threshold: float = Field(0.2, ge=0, le=1, description="Retrain when more than this share of features drift.")
     rmse_threshold: float = Field(0.5, gt=0, description="Retrain when RMSE on labelled traffic is above this.")
     r2_threshold: float = Field(0.6, description="Retrain when R2 on labelled traffic is below this.")
+    estimation_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="Confidence of the interval around the error estimated without labels (loss estimation).",
+    )
     retrain_traffic_weight: float = Field(
         0.9, gt=0, lt=1,
         description="Most of the weight labelled traffic can carry in retraining and in the gate's evaluation; "

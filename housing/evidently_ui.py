@@ -174,6 +174,13 @@ def dashboard_panels(settings: Settings) -> list[DashboardPanelPlot]:
             [PanelMetric(metric="R2Score", legend="R²"), _figure("r2_threshold", threshold)],
             description=f"Evidently R2Score of the labelled rows; the decision judges it from {settings.monitor_min_labels} labels.",
             size="half"),
+        "estimated_rmse": line_plot_panel(
+            f"RMSE estimated without labels beside the realized one (alert when the interval is above {settings.rmse_threshold:g})",
+            [_figure("estimated_rmse", "estimated (unlabelled predictions)"), _figure("estimated_rmse_low", "interval low"),
+             _figure("estimated_rmse_high", "interval high"), PanelMetric(metric="RMSE", legend="realized (labelled predictions)"),
+             _figure("rmse_threshold", threshold)],
+            description="Direct loss estimation: each version's loss model estimates the error of predictions whose labels have "
+                        "not come back; the realized RMSE shows where labels did.", size="half"),
         "labelled_rows": line_plot_panel(
             f"Labelled rows per window (error judged from {settings.monitor_min_labels})",
             [_figure("labelled_rows", "labelled rows"), _figure("window_rows", "rows in the window"),

@@ -30,6 +30,8 @@ class FittedCandidate:
     pipeline: Pipeline
     fit_seconds: float
     cv_r2: list[float]
+    out_of_fold: np.ndarray | None = None
+    """Each training row predicted by the fold model that did not train on it (the loss estimator learns from these)."""
 
     @property
     def cv_r2_mean(self) -> float:
@@ -38,6 +40,10 @@ class FittedCandidate:
     @property
     def cv_r2_std(self) -> float:
         return float(np.std(self.cv_r2))
+
+
+FitResult = tuple[int, int | None, Pipeline | None, float, float | None, tuple[np.ndarray, np.ndarray] | None]
+"""(candidate index, fold or None for the full fit, the fitted pipeline, fit seconds, fold R2, fold (rows, predictions))."""
 
 
 def _fit_params(sample_weight: np.ndarray | None) -> dict[str, Any]:
@@ -52,19 +58,20 @@ def _fit_task(
     y: pd.Series,
     sample_weight: np.ndarray | None,
     rows: tuple[np.ndarray, np.ndarray] | None,
-) -> tuple[int, int | None, Pipeline | None, float, float | None]:
-    """Fit on all rows (``rows`` None: return the model) or on one CV fold (return its held-out R2 only)."""
+) -> FitResult:
+    """Fit on all rows (``rows`` None: return the model) or on one CV fold (return its held-out R2 and predictions)."""
     pipeline = clone(pipeline)
     if rows is None:
         started = time.perf_counter()
         pipeline.fit(x, y, **_fit_params(sample_weight))
-        return index, fold, pipeline, time.perf_counter() - started, None
+        return index, fold, pipeline, time.perf_counter() - started, None, None
     train_rows, held_out = rows
     weights = None if sample_weight is None else sample_weight[train_rows]
     pipeline.fit(x.iloc[train_rows], y.iloc[train_rows], **_fit_params(weights))
     held_weights = None if sample_weight is None else sample_weight[held_out]
-    score = r2_score(y.iloc[held_out], pipeline.predict(x.iloc[held_out]), sample_weight=held_weights)
-    return index, fold, None, 0.0, float(score)
+    predictions = np.asarray(pipeline.predict(x.iloc[held_out]), dtype=np.float64)
+    score = r2_score(y.iloc[held_out], predictions, sample_weight=held_weights)
+    return index, fold, None, 0.0, float(score), (held_out, predictions)
 
 
 def fit_candidates(
@@ -101,20 +108,23 @@ def fit_candidates(
         delayed(_fit_task)(index, fold, pipelines[index], x_train, y_train, sample_weight, None if fold is None else folds[fold])
         for index, fold in tasks
     )
-    return _collect(specs, cv_folds, results, started)
+    return _collect(specs, cv_folds, len(x_train), results, started)
 
 
-def _collect(
-    specs: list[CandidateSpec], cv_folds: int, results: Iterator[tuple[int, int | None, Pipeline | None, float, float | None]], started: float
-) -> Iterator[FittedCandidate]:
+def _collect(specs: list[CandidateSpec], cv_folds: int, rows: int, results: Iterator[FitResult], started: float) -> Iterator[FittedCandidate]:
     fitted: dict[int, tuple[Pipeline, float]] = {}
     scores: dict[int, list[float]] = {index: [] for index in range(len(specs))}
-    for index, fold, pipeline, fit_seconds, score in results:
-        if fold is None:
+    out_of_fold = {index: np.full(rows, np.nan) for index in range(len(specs))}
+    for index, fold, pipeline, fit_seconds, score, held_out in results:
+        if fold is None and pipeline is not None:
             fitted[index] = (pipeline, fit_seconds)
         elif score is not None:
             scores[index].append(score)
+        if held_out is not None:
+            out_of_fold[index][held_out[0]] = held_out[1]
         if index in fitted and len(scores[index]) == cv_folds:
             pipeline, seconds = fitted.pop(index)
-            yield FittedCandidate(spec=specs[index], pipeline=pipeline, fit_seconds=seconds, cv_r2=scores[index])
+            predictions = out_of_fold.pop(index)
+            yield FittedCandidate(spec=specs[index], pipeline=pipeline, fit_seconds=seconds, cv_r2=scores[index],
+                                  out_of_fold=predictions if np.isfinite(predictions).all() else None)
     logger.info("fitted every candidate in %.1f s", time.perf_counter() - started)

@@ -31,12 +31,13 @@ from housing import tracking
 from housing.config import Settings
 from housing.data import Split, load_split, read_manifest
 from housing.digests import row_digests
-from housing.drift_report import SavedReport, WindowFigures, evaluate_window, reference_frame, save_report
+from housing.drift_report import PREDICTION, SavedReport, WindowFigures, evaluate_window, reference_frame, save_report
 from housing.errors import UserError
 from housing.evidence import EVAL_ROLE, Evidence, base_districts, new_evidence, trained_rows, used_districts
 from housing.evidently_ui import EvidentlyWorkspaceError, record_snapshot
 from housing.live_evidence import ChallengerOutcome, judge_challenger
 from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
+from housing.loss_estimation import LossEstimator, WindowEstimate, estimate_window, load_loss_estimator
 from housing.prediction_log import make_engine, read_window
 from housing.redaction import mask_text, masked_first_line
 from housing.registry import get_version_by_alias, load_version
@@ -72,6 +73,8 @@ class MonitorOutcome:
     """The live verdict on the challenger in shadow (None: another process held the lock)."""
     error_reference: str = ""
     """What the reference error figures were measured on."""
+    estimate: WindowEstimate | None = None
+    """The error estimated without labels (None: the version has no loss estimator, or the window is empty)."""
 
 
 def decision_record(figures: WindowFigures, decision: Decision, when: datetime, *, production_version: str,
@@ -87,6 +90,7 @@ def decision_record(figures: WindowFigures, decision: Decision, when: datetime, 
         "new_labelled_districts": evidence.districts,
         "labelled_rows_already_used": evidence.already_used,
         "evidence_needed": decision.evidence_needed,
+        "labels_to_confirm": decision.labels_to_confirm,
         "drift_share": figures.drift_share,
         "drifted_features": figures.drifted_features,
         **{key: value for key, value in asdict(figures).items() if key not in ("drifted",)},
@@ -96,6 +100,24 @@ def decision_record(figures: WindowFigures, decision: Decision, when: datetime, 
 def finite(value: float | None) -> TypeGuard[float]:
     """Whether a figure is a real number (MLflow rejects None, NaN and infinities as metrics)."""
     return value is not None and math.isfinite(value)
+
+
+def estimate_metrics(estimate: WindowEstimate | None) -> dict[str, float]:
+    """The estimated error (overall, per segment) and its calibration as MLflow metrics."""
+    if estimate is None:
+        return {}
+    overall = estimate.overall
+    metrics = {"estimated_rmse": overall.rmse, "estimated_rmse_low": overall.rmse_low, "estimated_rmse_high": overall.rmse_high,
+               "estimated_mae": overall.mae, "estimated_rows": float(overall.rows)}
+    metrics.update({f"estimated_rmse_{metric_name(name)}": segment.rmse for name, segment in estimate.by_segment.items()})
+    if estimate.calibration is not None and estimate.calibration["relative_gap"] is not None:
+        metrics.update(estimation_gap=estimate.calibration["relative_gap"], estimation_calibrated_rows=float(estimate.calibration["rows"]))
+    return metrics
+
+
+def metric_name(segment: str) -> str:
+    """A segment's name as an MLflow metric suffix (``region: Bay Area`` -> ``region_bay_area``)."""
+    return "".join(char if char.isalnum() else "_" for char in segment.lower()).replace("__", "_").strip("_")
 
 
 def monitoring_metrics(figures: WindowFigures, decision: Decision, evidence: Evidence) -> dict[str, float]:
@@ -110,13 +132,14 @@ def monitoring_metrics(figures: WindowFigures, decision: Decision, evidence: Evi
         "retrain": 1.0 if decision.retrain else 0.0,
         "new_labelled_districts": evidence.districts,
         "evidence_needed": decision.evidence_needed,
+        "labels_to_confirm": decision.labels_to_confirm,
         **{f"drift_score_{name}": score for name, score in figures.drift_scores.items() if finite(score)},
         **{name: value for name, value in quality.items() if finite(value)},
     }
 
 
 def log_monitoring_run(settings: Settings, figures: WindowFigures, decision: Decision, evidence: Evidence, saved: SavedReport | None,
-                       extra_tags: dict[str, str] | None = None) -> str:
+                       extra_tags: dict[str, str] | None = None, estimate: WindowEstimate | None = None) -> str:
     """One MLflow run in the monitoring experiment, so the trend shows in the MLflow UI."""
     client = tracking.connect(settings)
     experiment_id = tracking.ensure_experiment(client, settings.monitoring_experiment_name, settings.mlflow_artifact_location)
@@ -129,7 +152,8 @@ def log_monitoring_run(settings: Settings, figures: WindowFigures, decision: Dec
             "drift_share_threshold": settings.drift_share_threshold, "rmse_threshold": settings.rmse_threshold,
             "r2_threshold": settings.r2_threshold,
         })
-        mlflow.log_metrics(monitoring_metrics(figures, decision, evidence))
+        mlflow.log_metrics({**monitoring_metrics(figures, decision, evidence),
+                            **{name: value for name, value in estimate_metrics(estimate).items() if finite(value)}})
         if saved is not None:
             for path in (saved.html_path, saved.json_path, saved.decision_path):
                 mlflow.log_artifact(str(path), artifact_path="report")
@@ -195,6 +219,10 @@ class MonitorInputs:
     """The price index the serving version was trained with (1.0 for the original model)."""
     error_reference: str = ""
     """What the reference error figures were measured on (held-out rows, said with the figures)."""
+    loss_estimator: LossEstimator | None = None
+    """The serving version's loss estimator (None: it has none)."""
+    estimator_note: str = ""
+    """Why there is no estimate, when there is none."""
 
 
 def read_inputs(settings: Settings, engine: Engine, since: datetime | None) -> MonitorInputs:
@@ -208,8 +236,22 @@ def read_inputs(settings: Settings, engine: Engine, since: datetime | None) -> M
     index = float(client.get_run(version.run_id).data.tags.get("price_index", "1")) if version.run_id else 1.0
     held_out = held_out_data(engine, split, version.tags.get("training_run_id", ""), remembered, index)
     reference = production_reference(split, remembered, load_version(client, version), settings, index, held_out)
+    estimator, note = serving_estimator(client, version)
     return MonitorInputs(version, window, split, remembered, reference, current_evidence(engine, window, split), index,
-                         held_out.description)
+                         held_out.description, estimator, note)
+
+
+def serving_estimator(client: MlflowClient, version: ModelVersion) -> tuple[LossEstimator | None, str]:
+    """The serving version's loss estimator, or None and why (a version trained before loss estimation, or one
+    whose estimator does not load safely: the round goes on without an estimate)."""
+    try:
+        estimator = load_loss_estimator(client, version)
+    except UserError as error:
+        logger.warning("%s", error)
+        return None, str(error)
+    if estimator is None:
+        return None, f"version {version.version} has no loss estimator (trained before loss estimation): no error estimated without labels"
+    return estimator, ""
 
 
 def current_evidence(engine: Engine, window: pd.DataFrame, split: Split) -> Evidence:
@@ -254,7 +296,7 @@ def retrain_once(settings: Settings, engine: Engine, inputs: MonitorInputs, outc
 
 
 def add_to_history(settings: Settings, snapshot: Snapshot | None, inputs: MonitorInputs, figures: WindowFigures, decision: Decision,
-                   version: str) -> dict[str, str]:
+                   version: str, estimate: WindowEstimate | None = None) -> dict[str, str]:
     """Add the round's snapshot to the Evidently workspace (the dashboard of ``make monitor-ui``); the MLflow tags
     that say where it went. A workspace that fails costs a note on the decision, never the round."""
     if snapshot is None:
@@ -266,7 +308,9 @@ def add_to_history(settings: Settings, snapshot: Snapshot | None, inputs: Monito
             window_start=created.min().to_pydatetime() if created is not None else None,
             window_end=created.max().to_pydatetime() if created is not None else None,
             figures={"drift_share": figures.drift_share, "labelled_rows": figures.labelled_rows, "window_rows": figures.window_rows,
-                     "new_labelled_districts": inputs.evidence.districts},
+                     "new_labelled_districts": inputs.evidence.districts,
+                     **({"estimated_rmse": estimate.overall.rmse, "estimated_rmse_low": estimate.overall.rmse_low,
+                         "estimated_rmse_high": estimate.overall.rmse_high} if estimate is not None else {})},
         )
     except EvidentlyWorkspaceError as error:
         logger.warning("%s", error)
@@ -298,19 +342,25 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
         inputs = read_inputs(settings, engine, since)
         when = datetime.now(UTC)
         snapshot, figures = evaluate_window(inputs.reference, inputs.window, settings, {"error_reference": inputs.error_reference})
-        decision = decide(figures, RetrainThresholds.from_settings(settings), inputs.evidence.districts)
+        estimate = None
+        if inputs.loss_estimator is not None:
+            estimate = estimate_window(inputs.loss_estimator, inputs.window, TARGET.name, PREDICTION, settings.estimation_confidence)
+        decision = decide(figures, RetrainThresholds.from_settings(settings), inputs.evidence.districts,
+                          estimate.overall if estimate is not None else None)
+        if inputs.estimator_note:
+            decision.notes.append(inputs.estimator_note)
         if dry_run and decision.retrain:
             decision.notes.append("--dry-run: not retraining")
         version = str(inputs.version.version)
         challenger = judge_live(settings, engine, dry_run=dry_run)
-        history_tags = add_to_history(settings, snapshot, inputs, figures, decision, version)
+        history_tags = add_to_history(settings, snapshot, inputs, figures, decision, version, estimate)
         record = {**decision_record(figures, decision, when, production_version=version, evidence=inputs.evidence, challenger=challenger),
-                  "error_reference": inputs.error_reference}
+                  "error_reference": inputs.error_reference, **(estimate.as_record() if estimate is not None else {})}
         saved = save_report(snapshot, record, settings.reports_dir, when) if snapshot is not None else None
         run_id = log_monitoring_run(settings, figures, decision, inputs.evidence, saved,
-                                    {"dry_run": str(dry_run).lower(), "production_version": version, **history_tags})
+                                    {"dry_run": str(dry_run).lower(), "production_version": version, **history_tags}, estimate)
         outcome = MonitorOutcome(figures, decision, saved, run_id, version, inputs.evidence, challenger=challenger,
-                                 error_reference=inputs.error_reference)
+                                 error_reference=inputs.error_reference, estimate=estimate)
         promoted = challenger is not None and challenger.applied and challenger.verdict.action == "promote"
         if decision.retrain and promoted:
             outcome.not_retrained = "the challenger was promoted from live evidence this round; the next round judges it on its own traffic"

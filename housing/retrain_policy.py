@@ -6,7 +6,10 @@ Pure: :class:`~housing.drift_report.WindowFigures`, thresholds and the count of 
 when RMSE is above ``rmse_threshold`` or R2 below ``r2_threshold``. Then it retrains only with evidence:
 at least ``min_labels`` labelled districts that no model has learnt from (:mod:`housing.evidence`);
 without it the decision is an alert that says how many more are needed, never a retrain. With fewer than
-``min_window`` predictions it makes no decision (small windows raise false alarms).
+``min_window`` predictions it makes no decision (small windows raise false alarms). While the error cannot be
+judged from labels, an error *estimated* without labels (:mod:`housing.loss_estimation`) whose whole interval
+is above ``rmse_threshold`` is a reason too ("expected degradation"): an alert that asks for the labels
+needed to confirm it; retraining still needs the evidence.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 
 from housing.config import Settings
 from housing.drift_report import PREDICTION, WindowFigures
+from housing.loss_estimation import Estimate
 
 RETRAIN, NO_ACTION, INSUFFICIENT_DATA, ALERT = "retrain", "no retrain", "insufficient data", "alert, no retrain"
 
@@ -28,6 +32,8 @@ class Decision:
     notes: list[str] = field(default_factory=list)
     evidence_needed: int = 0
     """New labelled districts still needed before a retrain (an alert's count; 0 otherwise)."""
+    labels_to_confirm: int = 0
+    """Labelled predictions needed to confirm an expected degradation (0: none expected)."""
 
     @property
     def retrain(self) -> bool:
@@ -57,29 +63,50 @@ class RetrainThresholds:
         )
 
 
-def decide(figures: WindowFigures, thresholds: RetrainThresholds, new_districts: int | None = None) -> Decision:
-    """Apply the thresholds (drift share; RMSE / R2 when there are enough labels), then the evidence rule.
+def decide(figures: WindowFigures, thresholds: RetrainThresholds, new_districts: int | None = None,
+           estimate: Estimate | None = None) -> Decision:
+    """Apply the thresholds (drift share; RMSE / R2 when there are enough labels, else the estimated RMSE), then
+    the evidence rule.
 
     ``new_districts``: labelled districts no model has learnt from; None counts every labelled row as new
-    (for callers that track no evidence, such as the benchmark's synthetic windows).
+    (for callers that track no evidence, such as the benchmark's synthetic windows). ``estimate``: the error
+    estimated without labels on the window's unlabelled predictions (None: no loss estimator).
     """
     if figures.window_rows < thresholds.min_window:
         return Decision(INSUFFICIENT_DATA, notes=[
             f"only {figures.window_rows:,} logged predictions in the window; {thresholds.min_window:,} are needed "
             "before a decision (small windows raise false alarms)"])
-    reasons, notes = _reasons(figures, thresholds)
+    reasons, notes = _reasons(figures, thresholds, estimated=estimate is not None)
+    labels_to_confirm = 0
+    if estimate is not None and figures.labelled_rows < thresholds.min_labels:
+        labels_to_confirm = _expected_degradation(estimate, thresholds, reasons, notes)
     if not reasons:
         return Decision(NO_ACTION, reasons, notes)
     evidence = figures.labelled_rows if new_districts is None else new_districts
     if evidence >= thresholds.min_labels:
-        return Decision(RETRAIN, reasons, notes)
+        return Decision(RETRAIN, reasons, notes, labels_to_confirm=labels_to_confirm)
     needed = thresholds.min_labels - evidence
     notes.insert(0, f"not retraining: only {evidence:,} labelled districts that no model has learnt from; "
                     f"{needed:,} more are needed before a retrain")
-    return Decision(ALERT, reasons, notes, evidence_needed=needed)
+    return Decision(ALERT, reasons, notes, evidence_needed=needed, labels_to_confirm=labels_to_confirm)
 
 
-def _reasons(figures: WindowFigures, thresholds: RetrainThresholds) -> tuple[list[str], list[str]]:
+def _expected_degradation(estimate: Estimate, thresholds: RetrainThresholds, reasons: list[str], notes: list[str]) -> int:
+    """An estimated RMSE whose interval clears the threshold is a reason (expected degradation); one above the
+    threshold whose interval does not is a note. Returns the labels needed to confirm (0 when none)."""
+    needed = estimate.labels_needed(thresholds.rmse_threshold)
+    described = (f"estimated RMSE {estimate.rmse:.3f} ({estimate.confidence:.0%} interval {estimate.rmse_low:.3f}-{estimate.rmse_high:.3f}) "
+                 f"on {estimate.rows:,} unlabelled predictions")
+    if estimate.clears(thresholds.rmse_threshold) and needed is not None:
+        reasons.append(f"expected degradation: {described} is above {thresholds.rmse_threshold}; about {needed:,} labels "
+                       "are needed to confirm it")
+        return needed
+    if estimate.rmse > thresholds.rmse_threshold:
+        notes.append(f"{described} is above {thresholds.rmse_threshold}, but its interval is not clear of it")
+    return 0
+
+
+def _reasons(figures: WindowFigures, thresholds: RetrainThresholds, *, estimated: bool = False) -> tuple[list[str], list[str]]:
     """What is wrong with the window (reasons) and what could not be judged (notes)."""
     reasons, notes = [], []
     if figures.drift_share > thresholds.drift_share_threshold:
@@ -89,7 +116,7 @@ def _reasons(figures: WindowFigures, thresholds: RetrainThresholds) -> tuple[lis
         notes.append(f"the prediction's distribution drifted (score {figures.drift_scores.get(PREDICTION, float('nan')):.3f})")
     if figures.labelled_rows < thresholds.min_labels:
         notes.append(f"only {figures.labelled_rows:,} labelled predictions (fewer than {thresholds.min_labels:,}): "
-                     "error not judged, decision on drift alone")
+                     "error not judged from labels, decision on drift" + (" and the error estimated without labels" if estimated else " alone"))
     else:
         if figures.rmse is not None and figures.rmse > thresholds.rmse_threshold:
             reasons.append(f"RMSE {figures.rmse:.3f} on {figures.labelled_rows:,} labelled predictions is above {thresholds.rmse_threshold}")

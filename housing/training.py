@@ -15,6 +15,7 @@ from housing import plots, tracking
 from housing.candidates import CandidateSpec
 from housing.config import Settings
 from housing.fitting import FittedCandidate, fit_candidates
+from housing.loss_estimation import anchor, fit_loss_estimator, log_loss_estimator
 from housing.redaction import mask_uri
 from housing.schema import TARGET
 from housing.scoring import best_first, regression_metrics
@@ -149,6 +150,12 @@ def _log_candidate(
             predictions=y_pred[:100],
             x_sample=data.x_test.iloc[:100],
         )
+        if candidate.out_of_fold is not None:
+            estimator = fit_loss_estimator(data.x_train, data.y_train, candidate.out_of_fold, data.train_weight, settings.random_state)
+            estimator = anchor(estimator, data.x_test, data.y_test, y_pred, data.test_weight, described="evaluation rows")
+            log_loss_estimator(estimator)
+            mlflow.log_metrics({"loss_estimator_slope": estimator.mse_slope, "loss_estimator_intercept": estimator.mse_intercept,
+                                "loss_estimator_variance_ratio": estimator.variance_ratio})
         client = mlflow.MlflowClient()
         for key, value in {"candidate": spec.name, "training_run_id": parent.run_id, "data_sha256": data.data_sha256}.items():
             client.set_model_version_tag(settings.model_name, version.version, key, value)

@@ -22,7 +22,7 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.reports_dir)
         self.model_service = ModelService(settings)
         self.challenger_service = ModelService(settings, settings.staging_alias, optional=True, peer=self.model_service)
         self.model_service.peer = self.challenger_service  # promoting the challenger reuses its loaded model

@@ -78,7 +78,7 @@ def test_every_reason_is_given():
 def test_too_few_labels_decides_on_drift_alone():
     decision = decide(window(labelled=199, rmse=2.0, r2=-1.0), THRESHOLDS)  # a huge error, but on too few labels
     assert decision.action == NO_ACTION and decision.reasons == []
-    assert decision.notes == ["only 199 labelled predictions (fewer than 200): error not judged, decision on drift alone"]
+    assert decision.notes == ["only 199 labelled predictions (fewer than 200): error not judged from labels, decision on drift alone"]
     judged = decide(window(labelled=200, rmse=2.0, r2=-1.0), THRESHOLDS)  # exactly the minimum: the error counts
     assert judged.action == RETRAIN and len(judged.reasons) == 2 and judged.notes == []
     drifted = decide(window(labelled=0, rmse=None, r2=None, drifted=("HouseAge", "Latitude")), THRESHOLDS)
