@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +104,44 @@ def server_env(base_env: dict[str, str], **extra: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What one client request of a :class:`LoadGenerator` got: the HTTP status (0 when no response arrived), the
+    model version of a 200, the rows sent, and ``error``: why the request failed on the client side (a connection
+    refused or reset, a timeout, a 200 without a readable body), else None."""
+
+    status: int
+    version: str | None
+    rows: int
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Anything but a 200 with a readable body is a failed request."""
+        return self.status != 200 or self.error is not None
+
+
 class LoadGenerator:
     """Client threads that keep POSTing /predict (single rows, every Nth request a small batch) until stopped,
-    recording (status, model_version, rows sent) for each request."""
+    one request in flight per thread, recording an :class:`Answer` for each request in the order they complete.
+
+    A request that fails on the client side (connection refused or reset, timeout, unreadable body) is recorded as
+    a failure (status 0 with the error) and the thread goes on after a short pause: no thread dies, so
+    :attr:`failures` holds every request that did not get a good answer."""
+
+    ERROR_PAUSE = 0.05
+    """Seconds a thread waits after a client error before its next request (no busy loop against a dead server)."""
 
     def __init__(self, url: str, single: dict, batch: list[dict], batch_every: tuple[int, ...] = (3, 5, 7)) -> None:
         self.url, self.single, self.batch, self.batch_every = url, single, batch, batch_every
-        self.results: list[tuple[int, str | None, int]] = []
+        self.results: list[Answer] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._send, args=(every,)) for every in batch_every]
+
+    @property
+    def clients(self) -> int:
+        """Client threads, so the most requests in flight at any moment."""
+        return len(self._threads)
 
     def _send(self, batch_every: int) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as http:
@@ -119,9 +149,20 @@ class LoadGenerator:
             while not self._stop.is_set():
                 n += 1
                 body = self.batch if n % batch_every == 0 else self.single
-                response = http.post("/predict", json=body)
-                version = response.json().get("model_version") if response.status_code == 200 else None
-                self.results.append((response.status_code, version, len(body) if isinstance(body, list) else 1))
+                self.results.append(self._post(http, body))
+                if self.results[-1].error is not None:
+                    self._stop.wait(self.ERROR_PAUSE)
+
+    @staticmethod
+    def _post(http: httpx.Client, body: dict | list[dict]) -> Answer:
+        rows = len(body) if isinstance(body, list) else 1
+        status = 0
+        try:
+            response = http.post("/predict", json=body)
+            status = response.status_code
+            return Answer(status, response.json()["model_version"] if status == 200 else None, rows)
+        except Exception as error:  # noqa: BLE001 - every client-side failure is a recorded failure, never a dead thread
+            return Answer(status, None, rows, f"{type(error).__name__}: {error}")
 
     def __enter__(self) -> LoadGenerator:
         for thread in self._threads:
@@ -134,16 +175,23 @@ class LoadGenerator:
             thread.join()
 
     @property
+    def failures(self) -> list[Answer]:
+        """Every request without a good answer: client errors (status 0) and non-200 statuses."""
+        return [answer for answer in self.results if answer.failed]
+
+    @property
     def statuses(self) -> list[int]:
-        return [status for status, _, _ in self.results]
+        return [answer.status for answer in self.results]
 
     @property
     def versions(self) -> list[str | None]:
-        return [version for _, version, _ in self.results]
+        """The model version of each answer in completion order (None for a failure)."""
+        return [answer.version for answer in self.results]
 
     @property
     def rows(self) -> int:
-        return sum(rows for _, _, rows in self.results)
+        """Rows answered with a 200: what the server must have logged."""
+        return sum(answer.rows for answer in self.results if not answer.failed)
 
 
 def start_loop_server(mutable_run: Any, tmp_path: Path, label: str, candidates: str, **extra: str) -> tuple[dict[str, str], ApiServer]:

@@ -49,11 +49,17 @@ def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tm
         client.set_registered_model_alias("CaliforniaHousing", "production", old.version)  # leave the registry as found
 
     assert exit_code in GRACEFUL_EXIT
-    assert load.statuses and all(status == 200 for status in load.statuses), [s for s in load.statuses if s != 200][:5]
+    assert load.results and not load.failures, load.failures[:5]  # client errors and non-200s alike
     versions = load.versions
     assert versions[0] == str(old.version) and versions[-1] == str(new.version)
+    assert set(versions) == {str(old.version), str(new.version)}
+    # The one worker swaps its model reference once; a request whose model is taken after the swap answers with the
+    # new version, so an old answer comes from a request sent before the swap. When the first new answer is recorded,
+    # its client has nothing else in flight and every other client at most one request: at most clients - 1 old
+    # answers can follow it.
     first_new = versions.index(str(new.version))
-    assert str(old.version) not in versions[first_new + 10 :]  # after the switch (10 in flight), only the new model
+    late_old = versions[first_new:].count(str(old.version))
+    assert late_old <= load.clients - 1, f"{late_old} answers of the old version after the first new one, {load.clients} clients"
     assert count_rows(log_url)[0] == predicted + load.rows
 
 

@@ -1,4 +1,5 @@
-"""A broken version is remembered: the real server keeps serving the old version, loads the broken one once,
+"""A broken version is remembered: the real server keeps serving the old version (no request fails and none is
+answered by the broken one while it is tried under load), loads the broken one once,
 says which and why in /ready, recovers when the alias moves, and keeps serving when the alias is removed.
 
 The registry is a fresh SQLite store of the test's own (copies of the pipeline run's production model, one of
@@ -21,7 +22,7 @@ from mlflow import MlflowClient
 
 from housing.schema import EXAMPLE_REQUEST
 from tests.conftest import stage_env
-from tests.server import GRACEFUL_EXIT, ApiServer, server_env
+from tests.server import GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 NAME, ALIAS = "CaliforniaHousing", "production"
 
@@ -80,10 +81,14 @@ def test_a_broken_version_is_loaded_once_and_the_old_one_keeps_serving(own_regis
         with httpx.Client(base_url=server.url, timeout=30) as http:
             assert server.wait_ready()["model"]["version"] == "1"
 
-            client.set_registered_model_alias(NAME, ALIAS, "2")  # the broken one
-            ready = wait_for(http, lambda body: (body["registry"]["failed_version"] or {}).get("version") == "2")
-            first_check = ready["registry"]["last_check"]
-            time.sleep(3)  # six more reload intervals
+            with LoadGenerator(server.url, EXAMPLE_REQUEST, [EXAMPLE_REQUEST] * 3, batch_every=(5, 7)) as load:
+                time.sleep(0.5)
+                client.set_registered_model_alias(NAME, ALIAS, "2")  # the broken one, while clients keep asking
+                ready = wait_for(http, lambda body: (body["registry"]["failed_version"] or {}).get("version") == "2")
+                first_check = ready["registry"]["last_check"]
+                time.sleep(3)  # six more reload intervals
+            assert load.results and not load.failures, load.failures[:5]  # loading the broken one failed no request
+            assert set(load.versions) == {"1"}  # and it never answered one
             response = http.get("/ready")
             assert response.status_code == 200 and response.json()["model"]["version"] == "1"
             registry = response.json()["registry"]

@@ -52,9 +52,12 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
             monitored = run_stage("monitor.py", "--dry-run", "--window", "500", env=env, timeout=600)  # reads while the API writes
             client.set_registered_model_alias("CaliforniaHousing", "production", new.version)
             deadline = time.monotonic() + 60
-            while set(served_versions(server.url).values()) != {str(new.version)} and time.monotonic() < deadline:
+            while time.monotonic() < deadline:  # both workers (one between dropping its old series and setting the new shows none)
+                switched = served_versions(server.url)
+                if len(switched) == 2 and set(switched.values()) == {str(new.version)}:
+                    break
                 time.sleep(0.3)
-            switched = served_versions(server.url)
+            answered_when_switched = len(load.results)
             time.sleep(1.0)
         deadline = time.monotonic() + 30
         while count_rows(log_url)[0] < load.rows and time.monotonic() < deadline:  # every served row flushed first
@@ -73,8 +76,12 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
     assert victim not in after_kill and len(after_kill) == 2 and set(after_kill.values()) == {str(new.version)}, after_kill
     assert monitored.returncode == 0, monitored.stdout + monitored.stderr
     assert "locked" not in monitored.stdout + monitored.stderr
-    assert load.statuses and all(status == 200 for status in load.statuses), [s for s in load.statuses if s != 200][:5]
+    assert load.results and not load.failures, load.failures[:5]  # client errors and non-200s alike
     assert set(load.versions) == {str(old.version), str(new.version)}
+    # Each worker swaps its model before its gauge names the new version, so once both gauges did, a request answers
+    # with the old version only if it was sent before: at most one per client was in flight when they were read.
+    late_old = load.versions[answered_when_switched:].count(str(old.version))
+    assert late_old <= load.clients, f"{late_old} answers of the old version after both workers switched, {load.clients} clients"
     assert count_rows(log_url)[0] == load.rows
 
 
@@ -108,9 +115,8 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
             response = http.post("/predict", json=EXAMPLE_REQUEST)
             assert response.status_code == 200 and response.json()["model_version"] == version
             sent += 1
-        started = time.monotonic()
         promote = run_stage("promote.py", env=env, timeout=300)
-        assert promote.returncode == 2 and time.monotonic() - started < 60
+        assert promote.returncode == 2, promote.stdout + promote.stderr
         errors = [line for line in promote.stderr.splitlines() if line.strip()]
         assert errors[-1].startswith(f"error: could not reach the MLflow tracking store at http://127.0.0.1:{port}"), promote.stderr
         assert "Traceback" not in promote.stderr
