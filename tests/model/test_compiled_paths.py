@@ -1,5 +1,16 @@
-"""Every registered candidate of the real pipeline run, whatever its family, is served by the compiled path, and it
-equals the pipeline's own predict on the real test split and on the probe rows; an unknown step falls back."""
+"""Every registered candidate of the real pipeline run, whatever its family, is served by the compiled path.
+
+What each test is evidence of:
+
+- compiled path == ``pipeline.predict`` (every family): the compiled scaler formula, linear product and tree
+  kernels reproduce the libraries' own predict (LightGBM's booster, scikit-learn's estimators). It is *not*
+  evidence about the feature steps: for those both sides run the same numba kernels (``transform`` calls
+  ``transform_array``), so the comparison would pass whatever they computed.
+- the feature steps: the real model's fitted outlier rule, spatial features and neighbour columns equal their
+  definitions (restated in tests/code/test_feature_definitions.py, which checks every column on synthetic
+  data) on real districts, and the served prediction is the library's predict of those definitions.
+- an unknown final step falls back to the pipeline's own predict.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +21,17 @@ from mlflow import MlflowClient
 from sklearn.neighbors import KNeighborsRegressor
 
 from housing.artifacts import load_pickle
-from housing.inference import fast_predict_or_default, probe_rows, step_paths
+from housing.inference import compile_pipeline, fast_predict_or_default, probe_rows, step_paths
 from housing.registry import load_model_version
 from housing.schema import FEATURE_NAMES
+from tests.code.test_feature_definitions import (
+    RAW_COLUMNS,
+    assert_every_column_is_its_definition,
+    clipped_by_definition,
+    exactly_defined,
+    neighbours_by_definition,
+    spatial_by_definition,
+)
 
 pytestmark = pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 FAMILIES = {"linear_regression", "random_forest", "gradient_boosting", "hist_gradient_boosting", "lightgbm_spatial"}
@@ -29,6 +48,13 @@ def registered(pipeline_run) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def x_test(pipeline_run) -> pd.DataFrame:
     return load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl").loc[:, list(FEATURE_NAMES)]
+
+
+@pytest.fixture(scope="module")
+def training_split(pipeline_run) -> tuple[np.ndarray, np.ndarray]:
+    split_dir = pipeline_run.artifacts_dir / "split"
+    x_train = load_pickle(split_dir / "X_train.pkl").loc[:, list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    return x_train, load_pickle(split_dir / "y_train.pkl").to_numpy(dtype=np.float64)
 
 
 @pytest.mark.parametrize("candidate", sorted(FAMILIES))
@@ -50,3 +76,29 @@ def test_an_unknown_final_step_falls_back_to_the_pipelines_own_predict(registere
     predict, verified = fast_predict_or_default(unknown)
     assert not verified
     np.testing.assert_allclose(predict(x_test.iloc[:50].to_numpy(dtype=np.float64)), unknown.predict(x_test.iloc[:50]), rtol=0)
+
+
+def test_the_served_feature_columns_are_their_definitions_on_real_districts(registered, x_test, training_split):
+    """The real spatial model's fitted feature steps, run as the compiled path runs them, against the
+    definitions computed from the training split itself (not from anything the model stored)."""
+    pipeline = registered["lightgbm_spatial"]
+    clipper, spatial, neighbours = (pipeline.named_steps[name] for name in ("outliers", "spatial", "neighbors"))
+    x_train, y_train = training_split
+    rows = x_test.iloc[:300].to_numpy(dtype=np.float64)
+    clipped = clipped_by_definition(x_train, rows, clipper.quantiles)
+    clipped_rows = np.column_stack([clipped[name] for name in RAW_COLUMNS])
+    spatial_columns = spatial_by_definition(clipped_rows, spatial.angles)
+    lowest, highest = neighbours_by_definition(x_train, y_train, clipped_rows, neighbours.ks, neighbours.spread_k)
+    served = rows
+    for step in (clipper, spatial, neighbours):  # what the compiled path runs for the feature steps
+        served = step.transform_array(served)
+    names = pipeline[:3].get_feature_names_out()
+    # Real districts share locations: where neighbours tie with the k-th nearest, a column lies between its
+    # lowest and highest defined value; elsewhere (and for distances, always) it is one value.
+    assert_every_column_is_its_definition(served, names, spatial_columns | lowest, spatial_columns | highest, rtol=1e-9)
+
+    exact = exactly_defined(lowest, highest)
+    assert exact.sum() >= 50, exact.sum()
+    definition_features = np.column_stack([(spatial_columns | lowest)[str(name)] for name in names])[exact]
+    library = pipeline.named_steps["model"].predict(pipeline.named_steps["scaler"].transform(definition_features))
+    np.testing.assert_allclose(compile_pipeline(pipeline)(rows[exact]), library, rtol=0, atol=1e-9)
