@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,16 +64,19 @@ class EvidentlyWorkspaceError(UserError):
     """The Evidently workspace could not be opened or written (unreachable service, unwritable directory)."""
 
 
-def record_snapshot(
-    settings: Settings,
-    snapshot: Snapshot,
-    *,
-    production_version: str,
-    decision: str,
-    window_start: datetime | None,
-    window_end: datetime | None,
-    figures: dict[str, float | None],
-) -> str:
+@dataclass(frozen=True)
+class MonitorRun:
+    """What one monitor run adds beside its report: the version serving, the decision (as the policy words it),
+    the window's first and last prediction time, and the decision's own figures."""
+
+    production_version: str
+    decision: str
+    window_start: datetime | None
+    window_end: datetime | None
+    figures: dict[str, float | None]
+
+
+def record_snapshot(settings: Settings, snapshot: Snapshot, run: MonitorRun) -> str:
     """Add one monitor run's snapshot to the model's Evidently project and return the snapshot's id.
 
     Opens the workspace (local directory, or the remote service when ``evidently_url`` is set), finds or
@@ -93,9 +97,8 @@ def record_snapshot(
         workspace = open_workspace(settings)
         project = find_or_create_project(workspace, settings.model_name)
         sync_dashboard(workspace, project.id, dashboard_panels(settings))
-        run = monitor_snapshot(settings, snapshot, production_version=production_version, decision=decision,
-                               window_start=window_start, window_end=window_end, figures=figures)
-        reference = workspace.add_run(project.id, run, name=f"version {production_version}: {decision}")
+        reference = workspace.add_run(project.id, monitor_snapshot(settings, snapshot, run),
+                                      name=f"version {run.production_version}: {run.decision}")
     except (OSError, ValueError, RequestException, EvidentlyError) as error:
         raise EvidentlyWorkspaceError(f"could not record the monitor snapshot in the Evidently workspace at {where}: "
                                       f"{first_line(error)}") from error
@@ -247,16 +250,7 @@ def monitor_values(settings: Settings, production_version: str, figures: dict[st
     return values
 
 
-def monitor_snapshot(
-    settings: Settings,
-    snapshot: Snapshot,
-    *,
-    production_version: str,
-    decision: str,
-    window_start: datetime | None,
-    window_end: datetime | None,
-    figures: dict[str, float | None],
-) -> Snapshot:
+def monitor_snapshot(settings: Settings, snapshot: Snapshot, run: MonitorRun) -> Snapshot:
     """A copy of ``snapshot`` with the run's tags, metadata and one-row values added (the original is kept
     as it is: the monitor also saves it as the HTML and JSON report)."""
     with quiet_third_party_warnings():
@@ -264,14 +258,15 @@ def monitor_snapshot(
         from evidently.core.report import Snapshot  # expensive (~5 s), monitor only: see the module docstring
         from evidently.metrics import MeanValue  # expensive (~5 s), monitor only: see the module docstring
 
-    values = monitor_values(settings, production_version, figures)
+    values = monitor_values(settings, run.production_version, run.figures)
     one_row = Dataset.from_pandas(pd.DataFrame([values]), data_definition=DataDefinition(numerical_columns=list(values)))
     with quiet_third_party_warnings():
         extra = Report([MeanValue(column=name) for name in values]).run(one_row, None)
     model = snapshot.to_snapshot_model()
-    tags = [*model.tags, f"production_version={production_version}", f"decision={tag_value(decision)}"]
-    metadata = {**model.metadata, "model_name": settings.model_name, "production_version": production_version, "decision": decision}
-    metadata.update({key: when.isoformat() for key, when in (("window_start", window_start), ("window_end", window_end)) if when})
+    tags = [*model.tags, f"production_version={run.production_version}", f"decision={tag_value(run.decision)}"]
+    metadata = {**model.metadata, "model_name": settings.model_name, "production_version": run.production_version,
+                "decision": run.decision}
+    metadata.update({key: when.isoformat() for key, when in (("window_start", run.window_start), ("window_end", run.window_end)) if when})
     merged = model.copy(update={
         "metric_results": {**model.metric_results, **extra.metric_results},
         "tags": list(dict.fromkeys(tags)),

@@ -34,7 +34,7 @@ from housing.digests import row_digests
 from housing.drift_report import PREDICTION, SavedReport, WindowFigures, evaluate_window, reference_frame, save_report
 from housing.errors import UserError
 from housing.evidence import EVAL_ROLE, Evidence, base_districts, new_evidence, trained_rows, used_districts
-from housing.evidently_ui import EvidentlyWorkspaceError, record_snapshot
+from housing.evidently_ui import EvidentlyWorkspaceError, MonitorRun, record_snapshot
 from housing.live_evidence import ChallengerOutcome, judge_challenger
 from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.loss_estimation import LossEstimator, WindowEstimate, estimate_window, load_loss_estimator
@@ -303,15 +303,15 @@ def add_to_history(settings: Settings, snapshot: Snapshot | None, inputs: Monito
         return {}
     created = pd.to_datetime(inputs.window["created_at"], utc=True) if len(inputs.window) else None
     try:
-        snapshot_id = record_snapshot(
-            settings, snapshot, production_version=version, decision=decision.action,
+        snapshot_id = record_snapshot(settings, snapshot, MonitorRun(
+            production_version=version, decision=decision.action,
             window_start=created.min().to_pydatetime() if created is not None else None,
             window_end=created.max().to_pydatetime() if created is not None else None,
             figures={"drift_share": figures.drift_share, "labelled_rows": figures.labelled_rows, "window_rows": figures.window_rows,
                      "new_labelled_districts": inputs.evidence.districts,
                      **({"estimated_rmse": estimate.overall.rmse, "estimated_rmse_low": estimate.overall.rmse_low,
                          "estimated_rmse_high": estimate.overall.rmse_high} if estimate is not None else {})},
-        )
+        ))
     except EvidentlyWorkspaceError as error:
         logger.warning("%s", error)
         decision.notes.append(str(error))

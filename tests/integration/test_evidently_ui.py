@@ -22,7 +22,7 @@ from sklearn.linear_model import LinearRegression
 
 from housing.config import Settings
 from housing.drift_report import MONITORED_COLUMNS, PREDICTION, WindowFigures, evaluate_window
-from housing.evidently_ui import open_workspace, record_snapshot, ui_command
+from housing.evidently_ui import MonitorRun, open_workspace, record_snapshot, ui_command
 from housing.schema import FEATURE_NAMES, TARGET
 from tests.server import free_port
 
@@ -72,10 +72,10 @@ def record_run(settings: Settings, reference: pd.DataFrame, window: pd.DataFrame
     assert snapshot is not None
     results_before = set(snapshot.metric_results)
     end = datetime.now(UTC)
-    snapshot_id = record_snapshot(
-        settings, snapshot, production_version=version, decision=decision, window_start=end - timedelta(hours=1), window_end=end,
+    snapshot_id = record_snapshot(settings, snapshot, MonitorRun(
+        production_version=version, decision=decision, window_start=end - timedelta(hours=1), window_end=end,
         figures={"drift_share": figures.drift_share, "labelled_rows": figures.labelled_rows, "window_rows": figures.window_rows},
-    )
+    ))
     return snapshot_id, figures, set(snapshot.metric_results) == results_before and not snapshot.to_snapshot_model().tags
 
 
