@@ -113,7 +113,8 @@ def test_reports_are_saved_timestamped_and_as_latest(reference, tmp_path):
     assert written["at"] == "2024-05-06T07:08:09+00:00" and written["decision"] == decision.action == NO_ACTION
     assert set(written) == {"at", "decision", "reasons", "notes", "drift_share", "drifted_features", "window_rows", "labelled_rows",
                             "drift_scores", "drift_method", "rmse", "r2", "mae", "reference_rmse", "reference_r2", "reference_mae",
-                            "production_version", "new_labelled_districts", "labelled_rows_already_used", "evidence_needed", "labels_to_confirm", "challenger"}
+                            "production_version", "new_labelled_districts", "labelled_rows_already_used", "evidence_needed",
+                            "labels_to_confirm", "challenger"}
     assert written["production_version"] == "3" and written["new_labelled_districts"] == 600
     assert written["window_rows"] == 600 and written["drift_scores"].keys() == figures.drift_scores.keys()
 

@@ -112,10 +112,10 @@ SUBPOPULATIONS = {
 
 def test_estimated_rmse_follows_the_realized_one_under_covariate_shift(estimator):
     """Windows of 500 unseen rows drawn from one subpopulation at a time (their true error differs fourfold): the
-    estimates rank the subpopulations as the realized errors do and each is within 40 % of it (the anchoring line of a noisy loss model compresses the spread: here the low-error group is
-    overestimated by about a third), averaged over 10
-    windows (the real-data accuracy is bench/monitor.py's table); the interval covers the realized RMSE in most
-    baseline windows."""
+    estimates rank the subpopulations as the realized errors do and each is within 40 % of it, averaged over 10
+    windows (the anchoring line of a noisy loss model compresses the spread: here the low-error group is overestimated
+    by about a third; the real-data accuracy is bench/monitor.py's table); the interval covers the realized RMSE in
+    most baseline windows."""
     x, y, predictions = world(40_000, seed=3)
     estimated, realized, covered = {}, {}, 0
     for name, select in SUBPOPULATIONS.items():

@@ -33,8 +33,9 @@ def original_version(client: MlflowClient) -> str:
 def test_unlabelled_high_income_traffic_gets_an_estimated_rmse_close_to_the_true_one(mutable_run, tmp_path):
     client = MlflowClient(mutable_run.tracking_uri)
     version = original_version(client)
-    assert {Path(item.path).name for item in client.list_artifacts(client.get_model_version("CaliforniaHousing", version).run_id,
-                                                                     ARTIFACT_PATH)} == {"loss_model.skops", "loss_estimator.json"}
+    run_id = client.get_model_version("CaliforniaHousing", version).run_id
+    assert run_id is not None
+    assert {Path(item.path).name for item in client.list_artifacts(run_id, ARTIFACT_PATH)} == {"loss_model.skops", "loss_estimator.json"}
     client.set_registered_model_alias("CaliforniaHousing", "production", version)
     env, server = start_loop_server(mutable_run, tmp_path, "estimation", '["lightgbm_spatial"]')
     try:
@@ -62,8 +63,9 @@ def test_unlabelled_high_income_traffic_gets_an_estimated_rmse_close_to_the_true
             assert segments[name]["rmse"] == pytest.approx(true_by_segment[name], rel=0.25), (name, segments[name], true_by_segment[name])
         assert f"estimated without labels ({REQUESTS[0]},{REQUESTS[1:]} unlabelled predictions): RMSE" in monitored.stdout
 
-        run = client.get_run(client.search_runs([client.get_experiment_by_name("monitoring").experiment_id],
-                                                order_by=["attributes.start_time DESC"], max_results=1)[0].info.run_id)
+        experiment = client.get_experiment_by_name("monitoring")
+        assert experiment is not None
+        run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
         assert run.data.metrics["estimated_rmse"] == pytest.approx(decision["estimated_rmse"], abs=1e-4)
         assert run.data.metrics["estimated_rmse_region_bay_area"] == pytest.approx(segments["region: Bay Area"]["rmse"], abs=1e-4)
 
