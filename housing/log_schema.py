@@ -63,6 +63,8 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 """Order of the values in a buffered prediction row (a tuple: cheap to build on the request path)."""
 
 
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+"""Databases whose insert skips stored request ids (``ON CONFLICT DO NOTHING``): the only ones the log accepts."""
 SQLITE_BUSY_SECONDS = 30.0
 """How long SQLite waits for another process's write lock when no statement timeout is given."""
 
@@ -71,7 +73,12 @@ def make_engine(url: str, *, connect_timeout: float | None = None, statement_tim
     """An engine for ``url``. SQLite gets WAL, synchronous=NORMAL, its folder created on connect, and a busy timeout
     (``statement_timeout``, else 30 s) for concurrent processes; PostgreSQL gets libpq's ``connect_timeout`` and a
     server-side ``statement_timeout`` when given. A thread never waits longer than ``connect_timeout`` for a pooled
-    connection."""
+    connection. Other databases are refused in one sentence: the insert that skips stored request ids (so that a
+    retried or replayed batch never duplicates a row, nor blocks the log on its primary key) exists for these two only."""
+    backend = make_url(url).get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        raise UserError(f"the prediction log supports SQLite and PostgreSQL URLs only (got a {backend!r} URL): set "
+                        "HOUSING_PREDICTION_LOG_URL to sqlite:///PATH or postgresql+psycopg://...")
     pool_args: dict[str, Any] = {} if connect_timeout is None else {"pool_timeout": connect_timeout}
     if url.startswith("sqlite"):
         busy = SQLITE_BUSY_SECONDS if statement_timeout is None else statement_timeout

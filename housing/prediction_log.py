@@ -1,11 +1,12 @@
 """The prediction log: every served prediction and every feedback label, durably in an SQL database.
 
-SQLite in WAL mode by default, any SQLAlchemy URL by setting (PostgreSQL for teams). The API never writes to the
-database on a request's critical path: rows wait in a capped buffer (housing.log_spill: in memory, or on local disk
-past the cap and while the database is failing) that a writer thread flushes in batches, one transaction per batch.
-A kill -9 loses at most the last flush interval's rows; a graceful shutdown writes everything (or leaves it on disk
-for the next start). Inserts skip request ids already stored, so a batch retried or replayed twice never duplicates
-a row. Database calls have connect and statement timeouts: an outage becomes an error within seconds.
+SQLite in WAL mode by default, PostgreSQL by setting (for teams; other databases are refused: see make_engine). The
+API never writes to the database on a request's critical path: rows wait in a capped buffer (housing.log_spill: in
+memory, or on local disk past the cap and while the database is failing) that a writer thread flushes in batches,
+one transaction per batch. A kill -9 loses at most the rows of the last flush interval and of the flush then in
+progress; a graceful shutdown writes everything (or leaves it on disk for the next start). Inserts skip request ids
+already stored, so a batch retried or replayed twice never duplicates a row. Database calls have connect and
+statement timeouts: an outage becomes an error within seconds.
 """
 
 from __future__ import annotations

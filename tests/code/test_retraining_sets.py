@@ -95,6 +95,17 @@ def test_test_rows_the_traffic_trained_on_are_not_scored():
     assert sets.evaluation.y.iloc[:11].tolist() == base.y_test.drop(index=4).tolist()
 
 
+def test_test_rows_the_remembered_traffic_trained_on_are_not_scored_either():
+    base = split()
+    remembered = labelled(10, seed=5, start=NOW - timedelta(days=3))
+    remembered.loc[2, list(FEATURE_NAMES)] = base.x_test.iloc[9].to_numpy()  # production already learnt this district
+    sets = build(labelled(20), remembered=remembered, base=base)
+    assert sets.manifest["test_rows_kept"] == 11
+    assert not (sets.evaluation.x.iloc[:11] == base.x_test.iloc[9]).all(axis=1).any()
+    assert sets.evaluation.y.iloc[:11].tolist() == base.y_test.drop(index=9).tolist()
+    assert (sets.training.x_train == base.x_test.iloc[9]).all(axis=1).sum() == 1  # trained on, once
+
+
 @pytest.mark.parametrize("rows", [20, 30, 200])
 def test_traffic_weight_grows_with_its_size_up_to_the_cap(rows):
     sets = build(labelled(rows))

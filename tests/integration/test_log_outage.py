@@ -81,12 +81,15 @@ class LogOutage:
 
 class Clients:
     """``CLIENTS`` threads POSTing batches of ``ROWS_PER_REQUEST`` rows until ``requests`` are sent or :meth:`stop`;
-    rows answered 200 are counted apart from rows sent (a request in flight at a kill -9 is sent, not answered)."""
+    rows answered 200 are counted apart from rows sent (a request in flight at a kill -9 is sent, not answered). A
+    connection error ends its thread and is recorded with its time in ``errors``: the tests decide whether it was
+    allowed (only after a kill), so a client that dies is a failure, never a silent loss of load."""
 
     def __init__(self, url: str, batch: list[dict[str, Any]], requests: int) -> None:
         self.url, self.batch, self.left = url, batch, requests
         self.sent_rows = self.ok_rows = 0
         self.statuses: list[int] = []
+        self.errors: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._threads = [threading.Thread(target=self._send) for _ in range(CLIENTS)]
@@ -104,7 +107,9 @@ class Clients:
             while self._take():
                 try:
                     status = http.post("/predict", json=self.batch).status_code
-                except httpx.HTTPError:  # the server was killed mid-request
+                except httpx.HTTPError as error:  # allowed only once the server was killed mid-request
+                    with self._lock:
+                        self.errors.append((time.monotonic(), f"{type(error).__name__}: {error}"))
                     return
                 with self._lock:
                     self.statuses.append(status)
@@ -186,6 +191,7 @@ def test_an_outage_keeps_memory_bounded_and_loses_no_row(outage, env, batch, tmp
             load = Clients(server.url, batch, REQUESTS - REQUESTS // 10).start()
             load.join()
         statuses = warm_up.statuses + load.statuses
+        assert not warm_up.errors and not load.errors, warm_up.errors + load.errors
         assert len(statuses) == REQUESTS and set(statuses) == {200}
         ready = httpx.get(f"{server.url}/ready", timeout=10).json()["prediction_log"]
         assert ready["last_error"] and ready["pending_rows"] == REQUESTS * ROWS_PER_REQUEST
@@ -210,12 +216,14 @@ def test_a_kill_9_during_an_outage_loses_at_most_one_flush_interval(outage, env,
         wait_for(lambda: load.ok_rows >= REQUESTS * ROWS_PER_REQUEST // 2, timeout=120)
         elapsed = time.monotonic() - started
         assert server.process is not None
+        killed_at = time.monotonic()
         server.process.kill()  # SIGKILL, with requests in flight
         server.process.wait()
     finally:
         load.stop()
         server.stop()
     rows_per_interval = load.ok_rows / elapsed * FLUSH_INTERVAL
+    assert not [error for error in load.errors if error[0] < killed_at], load.errors  # no client failed before the kill
     assert set(load.statuses) == {200}
     outage.end()
     with ApiServer(env, tmp_path / "restarted.log") as restarted:
