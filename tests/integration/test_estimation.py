@@ -36,6 +36,7 @@ def test_unlabelled_high_income_traffic_gets_an_estimated_rmse_close_to_the_true
     run_id = client.get_model_version("CaliforniaHousing", version).run_id
     assert run_id is not None
     assert {Path(item.path).name for item in client.list_artifacts(run_id, ARTIFACT_PATH)} == {"loss_model.skops", "loss_estimator.json"}
+    before = client.get_model_version_by_alias("CaliforniaHousing", "production").version
     client.set_registered_model_alias("CaliforniaHousing", "production", version)
     env, server = start_loop_server(mutable_run, tmp_path, "estimation", '["lightgbm_spatial"]')
     try:
@@ -76,3 +77,4 @@ def test_unlabelled_high_income_traffic_gets_an_estimated_rmse_close_to_the_true
         assert 'housing_monitor_estimated_rmse_low{production_version="' + version + '",segment="region: Bay Area"}' in metrics
     finally:
         server.stop()
+        client.set_registered_model_alias("CaliforniaHousing", "production", before)  # later tests start where they would have
