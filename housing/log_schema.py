@@ -110,17 +110,23 @@ def make_engine(url: str, *, connect_timeout: float | None = None, statement_tim
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool_args)
 
 
-def insert_statement(engine: Engine) -> str:
-    """A driver-level INSERT of one prediction row that skips request ids already stored.
+ROWS_PER_STATEMENT = 50
+"""Rows one multi-row INSERT carries (50 x 17 values: under SQLite's oldest limit of 999 parameters)."""
 
-    Rows go to the DB-API's executemany as tuples (no per-row work in SQLAlchemy), which keeps the
-    writer thread's share of the GIL small while the API serves thousands of requests a second.
+
+def insert_statement(engine: Engine, rows: int = 1) -> str:
+    """A driver-level INSERT of ``rows`` prediction rows that skips request ids already stored.
+
+    Rows go to the DB-API's executemany as flat tuples (no per-row work in SQLAlchemy), ``rows`` rows per
+    statement: the driver takes the GIL back once per statement, not once per row. Under load the event loop
+    holds the GIL and a waiting thread gets it only at the next switch interval (5 ms), so a row-by-row
+    executemany of one flush (about 1,000 rows) could last seconds, past the stall limit, sending rows to
+    the spill file on the request path: the slowest requests' latency (measured in issue 14).
     """
     marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
     columns = ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)
-    placeholders = ", ".join([marker] * len(PREDICTION_COLUMNS))
-    conflict = " ON CONFLICT (request_id) DO NOTHING" if engine.dialect.name in ("sqlite", "postgresql") else ""
-    return f"INSERT INTO predictions ({columns}) VALUES ({placeholders}){conflict}"
+    placeholders = ", ".join([f"({', '.join([marker] * len(PREDICTION_COLUMNS))})"] * rows)
+    return f"INSERT INTO predictions ({columns}) VALUES {placeholders} ON CONFLICT (request_id) DO NOTHING"
 
 
 def timestamp_value(engine: Engine, moment: datetime) -> Any:

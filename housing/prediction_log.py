@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from housing.config import Settings
 from housing.errors import UserError
 from housing.log_schema import (  # re-exported: the log's users import the schema from here
     PREDICTION_COLUMNS,
+    ROWS_PER_STATEMENT,
     create_tables,
     feedback_table,
     insert_statement,
@@ -95,6 +97,7 @@ class PredictionLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._insert = insert_statement(self.engine)
+        self._insert_many = insert_statement(self.engine, ROWS_PER_STATEMENT)
         self._tables_ready = False
         self.written_rows = self.failed_flushes = 0
         self.last_error: str | None = None
@@ -184,9 +187,16 @@ class PredictionLog:
             return True
 
     def _insert_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """One transaction: full groups of ROWS_PER_STATEMENT rows as multi-row statements, the rest row by row."""
+        grouped = len(rows) - len(rows) % ROWS_PER_STATEMENT
+        step = max(ROWS_PER_STATEMENT, self.max_batch_rows - self.max_batch_rows % ROWS_PER_STATEMENT)
         with self.engine.begin() as connection:
-            for start in range(0, len(rows), self.max_batch_rows):
-                connection.exec_driver_sql(self._insert, rows[start : start + self.max_batch_rows])
+            for start in range(0, grouped, step):
+                stop = min(start + step, grouped)
+                connection.exec_driver_sql(self._insert_many, [tuple(chain.from_iterable(rows[group : group + ROWS_PER_STATEMENT]))
+                                                                for group in range(start, stop, ROWS_PER_STATEMENT)])
+            if grouped < len(rows):
+                connection.exec_driver_sql(self._insert, list(rows[grouped:]))
 
     def _insert_spilled(self, rows: list[list[Any]]) -> None:
         self._insert_rows([self._restore(row) for row in rows])

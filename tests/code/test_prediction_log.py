@@ -603,3 +603,23 @@ def test_a_database_without_the_duplicate_skipping_insert_is_refused_in_one_sent
     with pytest.raises(UserError, match="supports SQLite and PostgreSQL URLs only") as refused:
         make_engine(url)
     assert "s3cret" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("max_batch_rows", [5_000, 73])
+def test_large_flushes_go_in_multi_row_statements_in_order_with_every_value_in_its_column(log_url, max_batch_rows):
+    """A flush of 237 rows: four statements of 50 rows and 37 single rows (whatever the batch limit), stored in
+    order, each value in its own column; retried, it adds nothing."""
+    log = PredictionLog(log_url, flush_interval=0.01, max_batch_rows=max_batch_rows)
+    try:
+        ids = [f"r{i:03d}" for i in range(237)]
+        log.append(rows_for(log, ids))
+        assert log.flush() and log.written_rows == 237
+        assert stored_ids(log) == ids
+        window = read_window(log.engine)
+        assert window["MedInc"].tolist() == list(range(1, 238)) and set(window["prediction"]) == {2.0}
+        assert set(window["HouseAge"]) == {EXAMPLE_REQUEST["HouseAge"]} and set(window["model_version"]) == {"3"}
+        log.append(rows_for(log, ids, prediction=9.0))  # the whole flush retried after an unclear failure
+        assert log.flush() and count_rows(log_url) == (237, 0)
+        assert set(read_window(log.engine)["prediction"]) == {2.0}
+    finally:
+        log.engine.dispose()
