@@ -1,6 +1,7 @@
 """Dataset storage and the split, on tiny frames and temp files."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,22 @@ def test_unreadable_sources_raise_one_sentence(tmp_path, content):
 def test_directory_source_is_refused(tmp_path):
     with pytest.raises(DataSourceError, match="is a directory"):
         read_source(str(tmp_path))
+
+
+def test_a_pipe_is_refused_without_being_opened(tmp_path):
+    fifo = tmp_path / "source.csv"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes: the check must come first
+    with pytest.raises(DataSourceError, match="is not a regular file"):
+        read_source(str(fifo))
+
+
+def test_a_malformed_csv_names_the_line_and_never_quotes_it(tmp_path):
+    source = tmp_path / "bad.csv"
+    rows = ["MedInc,HouseAge,AveRooms", "1.0,2.0,3.0", "4.0,5.0,6.0", "7.0,8.0,9.0,SECRET-CELL,10.0"]
+    source.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataSourceError) as caught:
+        read_source(str(source))
+    assert "is not a readable CSV (at line 4)" in str(caught.value) and "SECRET" not in str(caught.value)
 
 
 def test_split_round_trip_and_missing_split(tmp_path):

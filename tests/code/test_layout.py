@@ -53,3 +53,13 @@ def test_the_app_factory_is_short():
     assert factories, "no create_app under housing/"
     for path, node in factories:
         assert span(node) < MAX_APP_FACTORY_LINES, f"{path.name}: create_app has {span(node)} lines"
+
+
+def test_only_preprocess_names_the_inspection_pickles():
+    """README: outliers.pkl and scaler.pkl are for inspection only, nothing reads them (the rule and the scaler travel
+    inside every logged pipeline). No code but preprocess.py, which writes them, names either file."""
+    project = PACKAGE_DIR.parent
+    sources = [*MODULES, *project.glob("*.py"), *(project / "localteam").rglob("*.py")]
+    naming = sorted(str(path.relative_to(project)) for path in sources
+                    if "outliers.pkl" in path.read_text() or "scaler.pkl" in path.read_text())
+    assert naming == ["preprocess.py"]

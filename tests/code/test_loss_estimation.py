@@ -4,6 +4,7 @@ tests/integration/test_estimation.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from housing.loss_estimation import (
     save_loss_estimator,
     segment_masks,
 )
+from housing.prometheus import MonitorFigures
 from housing.retrain_policy import ALERT, NO_ACTION, RetrainThresholds, decide
 from housing.schema import FEATURE_NAMES
 
@@ -231,3 +233,27 @@ def test_a_loss_model_carrying_an_untrusted_type_is_refused(estimator, tmp_path:
     skops.io.dump(Tampered(), tmp_path / "loss_model.skops")
     with pytest.raises(UserError, match="could not be loaded safely"):
         read_loss_estimator(tmp_path, "tampered version")
+
+
+def test_every_figure_of_the_decision_file_is_on_metrics(estimator, tmp_path: Path):
+    """The API's /metrics reads the latest decision file: estimate, interval ends, per segment, realized error,
+    calibration gap and labels to confirm, each with the value the file holds."""
+    x, y, predictions = world(3000, seed=9)
+    window = x.assign(prediction=predictions, MedHouseVal=np.where(np.arange(3000) % 3 == 0, y, np.nan))
+    estimate = estimate_window(estimator, window, "MedHouseVal", "prediction", 0.95)
+    assert estimate is not None
+    record = {"production_version": "7", "rmse": 0.41, "labels_to_confirm": 123, **estimate.as_record()}
+    (tmp_path / "decision_latest.json").write_text(json.dumps(record))
+    collected = {(sample.name, sample.labels["segment"]): sample.value
+                 for family in MonitorFigures(tmp_path / "decision_latest.json").collect() for sample in family.samples
+                 if sample.labels["production_version"] == "7"}
+    assert collected[("housing_monitor_estimated_rmse", "all")] == record["estimated_rmse"]
+    assert collected[("housing_monitor_estimated_rmse_low", "all")] == record["estimated_rmse_interval"][0]
+    assert collected[("housing_monitor_estimated_rmse_high", "all")] == record["estimated_rmse_interval"][1]
+    assert collected[("housing_monitor_realized_rmse", "all")] == 0.41
+    assert collected[("housing_monitor_estimation_gap", "all")] == record["estimation_calibration"]["relative_gap"]
+    assert collected[("housing_monitor_labels_to_confirm", "all")] == 123
+    bay = record["estimated_rmse_by_segment"]["region: Bay Area"]
+    assert collected[("housing_monitor_estimated_rmse", "region: Bay Area")] == bay["rmse"]
+    assert collected[("housing_monitor_estimated_rmse_high", "region: Bay Area")] == bay["rmse_high"]
+    assert list(MonitorFigures(tmp_path / "missing.json").collect()) == []  # nothing before the first monitor run

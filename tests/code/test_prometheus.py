@@ -95,6 +95,27 @@ def test_a_killed_workers_live_gauges_disappear_from_the_next_scrape(tmp_path, m
     assert forget_dead_workers(str(tmp_path)) == []
 
 
+GRACEFUL_WORKER = """
+from housing.prometheus import Metrics, worker_exiting
+metrics = Metrics()
+metrics.model_loaded.set(1)
+metrics.model_info.labels(alias="production", name="CaliforniaHousing", version="3").set(1)
+metrics.predictions.labels(model_version="3").inc(5)
+worker_exiting()  # what the API's lifespan calls on a graceful shutdown
+"""
+
+
+def test_a_worker_that_exits_gracefully_takes_its_live_gauges_and_leaves_its_totals(tmp_path):
+    worker = subprocess.run([sys.executable, "-c", GRACEFUL_WORKER], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+                            check=False, capture_output=True, text=True)
+    assert worker.returncode == 0, worker.stderr
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    scraped = generate_latest(registry).decode()
+    assert "housing_model_info{" not in scraped and "housing_model_loaded" not in scraped  # no forget_dead_workers needed
+    assert 'housing_predictions_total{model_version="3"} 5.0' in scraped  # a total stays: totals never go back
+
+
 def test_the_predict_path_says_what_runs_for_each_step_and_follows_the_version():
     metrics = Metrics()
     steps = [{"name": "features", "kind": "SpatialFeatures", "compiled": True}, {"name": "model", "kind": "KNN", "compiled": False}]

@@ -15,6 +15,7 @@ import httpx
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from housing.api import create_app
@@ -188,6 +189,32 @@ def test_feedback_lifecycle(client):
     assert conflict.status_code == 409 and "already has a different label" in conflict.json()["detail"]
     unknown = client.post("/feedback", json={"request_id": "0" * 32, "actual": 2.0}, headers=FEEDBACK_HEADERS)
     assert unknown.status_code == 404
+    retry = int(unknown.headers["Retry-After"])  # its prediction may not be logged yet: when to ask again
+    assert retry >= 1 and f"retry after {retry} s" in unknown.json()["detail"]
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float | None:
+    """One sample of GET /metrics (None when the series is not exposed)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def test_feedback_outcomes_micro_batches_and_the_logs_state_are_on_metrics(client):
+    outcomes = ("created", "unchanged", "conflict", "unknown_request")
+    before = {outcome: metric(client, "housing_feedback_total", outcome=outcome) or 0.0 for outcome in outcomes}
+    batches_before = metric(client, "housing_microbatch_rows_count") or 0.0
+    request_id = client.post("/predict", json=EXAMPLE_REQUEST).json()["request_id"]
+    for actual in (2.5, 2.5, 3.0):  # created, unchanged, conflict
+        client.post("/feedback", json={"request_id": request_id, "actual": actual}, headers=FEEDBACK_HEADERS)
+    client.post("/feedback", json={"request_id": "f" * 32, "actual": 2.0}, headers=FEEDBACK_HEADERS)  # unknown
+    after = {outcome: metric(client, "housing_feedback_total", outcome=outcome) for outcome in outcomes}
+    assert {outcome: (after[outcome] or 0.0) - before[outcome] for outcome in outcomes} == dict.fromkeys(outcomes, 1.0)
+    assert (metric(client, "housing_microbatch_rows_count") or 0.0) >= batches_before + 1  # the single row went through the batcher
+    assert metric(client, "housing_prediction_log_pending_rows") is not None
+    assert metric(client, "housing_prediction_log_failed_flushes_total") == 0.0
 
 
 @pytest.mark.parametrize(

@@ -88,3 +88,27 @@ def test_graceful_restart_keeps_every_logged_prediction(pipeline_run, tmp_path):
         frame = pd.read_sql(text('select p."MedInc", f.actual from predictions p join feedback f using (request_id)'), connection)
     engine.dispose()
     assert frame.to_dict(orient="records") == [{"MedInc": pytest.approx(1.7), "actual": 1.9}]
+
+
+def test_admin_reload_loads_a_moved_alias_at_once(mutable_run, tmp_path):
+    """With the periodic check an hour away, only POST /admin/reload can pick the moved alias up: it does, at once."""
+    env = server_env(mutable_run.env, HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url("reload"),
+                     HOUSING_RELOAD_INTERVAL="3600", HOUSING_ADMIN_TOKEN="test-admin-token-0123456789")
+    admin = {"Authorization": "Bearer test-admin-token-0123456789"}
+    client = MlflowClient(mutable_run.tracking_uri)
+    old = str(client.get_model_version_by_alias("CaliforniaHousing", "production").version)
+    new = next(str(v.version) for v in sorted(client.search_model_versions("name = 'CaliforniaHousing'"), key=lambda v: int(v.version))
+               if str(v.version) != old and v.tags.get("candidate") == "linear_regression")  # one the pipeline run registered
+    with ApiServer(env, tmp_path / "server.log") as server:
+        server.wait_ready()
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                assert http.get("/model").json()["version"] == old
+                client.set_registered_model_alias("CaliforniaHousing", "production", new)
+                assert http.post("/predict", json=EXAMPLE_REQUEST).json()["model_version"] == old  # not checked yet
+                reloaded = http.post("/admin/reload", headers=admin).json()
+                assert reloaded == {"changed": True, "previous_version": old, "version": new, "registry_error": None}
+                assert http.post("/predict", json=EXAMPLE_REQUEST).json()["model_version"] == new
+                assert http.post("/admin/reload", headers=admin).json()["changed"] is False  # nothing moved since
+        finally:
+            client.set_registered_model_alias("CaliforniaHousing", "production", old)  # leave the registry as found

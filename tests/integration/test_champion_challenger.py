@@ -135,6 +135,8 @@ def test_the_canary_answers_its_share_and_a_key_keeps_its_model(mutable_run, reg
     env, server = canary_server
     linear = registry.set("staging", "linear_regression")
     wait_for_challenger(server.url, linear)
+    shown = httpx.get(f"{server.url}/model", timeout=10).json()["challenger"]
+    assert shown["mode"] == "shadow + canary" and shown["canary_percent"] == 10 and shown["version"] == linear
     rows = districts(mutable_run, 1000) * 5
     keys = [f"client-{i}" for i in range(5000)]
     answers = predict_all(server.url, rows, keys)

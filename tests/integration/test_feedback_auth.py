@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from housing.api import create_app
 from housing.config import Settings
 from housing.schema import EXAMPLE_REQUEST
-from tests.conftest import PipelineRun, run_stage
+from tests.conftest import DATA_SOURCE, PipelineRun, run_stage
 from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN, ApiServer, server_env
 
 
@@ -138,8 +138,15 @@ def test_serve_and_simulate_share_the_generated_token(pipeline_run, tmp_path):
         token_path = tmp_path / "artifacts" / "secrets" / "feedback_token"
         assert stat.S_IMODE(token_path.stat().st_mode) == 0o600 and stat.S_IMODE(token_path.parent.stat().st_mode) == 0o700
         result = run_stage("simulate_traffic.py", "--url", server.url, "--requests", "40", "--quiet", env=offline)
+        # elsewhere (no token file, no stored dataset): the token by flag, the rows from --source, another scenario
+        elsewhere = {**{key: value for key, value in quick_start_env(pipeline_run, tmp_path / "elsewhere").items()
+                        if key != "HOUSING_DATA_SOURCE"}, **{key: offline[key] for key in ("HTTP_PROXY", "HTTPS_PROXY", "SCIKIT_LEARN_DATA")}}
+        flagged = run_stage("simulate_traffic.py", "--url", server.url, "--requests", "40", "--quiet",
+                            "--scenario", "subpopulation", "--subpopulation", "inland-low-income",
+                            "--feedback-token", token_path.read_text().strip(), "--source", str(DATA_SOURCE), env=elsewhere)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"40 labels sent \(0 failed\)", result.stdout), result.stdout
+    assert flagged.returncode == 0 and re.search(r"40 labels sent \(0 failed\)", flagged.stdout), flagged.stdout + flagged.stderr
     assert token_path.read_text().strip() not in (tmp_path / "server.log").read_text() + result.stdout + result.stderr
 
 

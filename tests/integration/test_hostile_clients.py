@@ -29,11 +29,6 @@ from tests.server import FEEDBACK_HEADERS, ApiServer, server_env
 JSON = {"Content-Type": "application/json"}
 READ_TIMEOUT = 2.0
 """HOUSING_BODY_READ_TIMEOUT of the test server, short so that the slow client's test is quick."""
-HEALTH_BOUND = 0.2
-"""The issue's bound on GET /health while a hostile body is processed (seconds)."""
-ATTEMPTS = 3
-"""A loaded machine can stall any process for a moment, so the bound must hold in one of this many attempts
-(before the limits, every attempt stalled /health for seconds; it takes a few ms now)."""
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +51,12 @@ def resident_mb(pid: int) -> float:
 
 
 class HealthProbe:
-    """A thread asking GET /health every 10 ms on a kept-alive connection, recording each answer's latency."""
+    """A thread asking GET /health every 10 ms on a kept-alive connection while a hostile body is processed,
+    recording each status. How fast /health answers meanwhile is a speed figure: bench/hostile.py measures it
+    (tests never assert timings); here every answer must be a 200 and the server must keep answering."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.latencies: list[float] = []
         self.statuses: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._probe)
@@ -69,9 +65,7 @@ class HealthProbe:
         with httpx.Client(base_url=self.url, timeout=30) as http:
             http.get("/health")  # connect first: a probe measures answers, not TCP handshakes
             while not self._stop.is_set():
-                started = time.perf_counter()
                 self.statuses.append(http.get("/health").status_code)
-                self.latencies.append(time.perf_counter() - started)
                 time.sleep(0.01)
 
     def __enter__(self) -> HealthProbe:
@@ -84,18 +78,13 @@ class HealthProbe:
         self._thread.join()
 
 
-def while_probing(url: str, request: Callable[[], httpx.Response]) -> tuple[httpx.Response, list[float]]:
-    """``request()``'s response, and the slowest /health answer of each attempt while it ran (stops at the first
-    attempt within :data:`HEALTH_BOUND`). Every /health answer must be a 200."""
-    slowest: list[float] = []
-    for _ in range(ATTEMPTS):
-        with HealthProbe(url) as probe:
-            response = request()
-        assert probe.statuses and set(probe.statuses) == {200}
-        slowest.append(max(probe.latencies))
-        if slowest[-1] < HEALTH_BOUND:
-            break
-    return response, slowest
+def while_probing(url: str, request: Callable[[], httpx.Response]) -> httpx.Response:
+    """``request()``'s response; /health was probed meanwhile and every answer was a 200, also right after."""
+    with HealthProbe(url) as probe:
+        response = request()
+    assert probe.statuses and set(probe.statuses) == {200}, probe.statuses
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    return response
 
 
 # --- every malformed body is a cheap 4xx ---------------------------------------------------------------------
@@ -123,20 +112,18 @@ def test_a_nan_literal_is_still_named_by_its_field(server):
 def test_880000_keys_are_a_short_422_and_health_answers_meanwhile(server):
     raw = b"{" + b",".join(b'"%06d":0' % key for key in range(880_000)) + b"}"
     assert 9_500_000 < len(raw) < 10_305_536  # the issue's 9.6 MB, under POST /predict's body limit
-    response, slowest = while_probing(server.url, lambda: post(server, "/predict", raw))
+    response = while_probing(server.url, lambda: post(server, "/predict", raw))
     assert response.status_code == 422 and len(response.content) <= 65_536
     assert response.json() == {"detail": "an object in the body has more than 64 keys (HOUSING_MAX_JSON_KEYS)"}
-    assert min(slowest) < HEALTH_BOUND, f"the slowest /health of each attempt: {slowest}"
 
 
 def test_a_batch_of_bad_rows_lists_20_errors_and_counts_the_rest(server):
     rows = [{**EXAMPLE_REQUEST, **{f"extra{key:02d}": 0 for key in range(56)}} for _ in range(10_000)]
-    response, slowest = while_probing(server.url, lambda: post(server, "/predict", orjson.dumps(rows)))
+    response = while_probing(server.url, lambda: post(server, "/predict", orjson.dumps(rows)))
     assert response.status_code == 422 and len(response.content) <= 65_536
     body = response.json()
     assert len(body["errors"]) == 20 and body["errors"][0]["row"] == 0
     assert body["detail"].endswith("(and 559,999 more error(s); the first 20 are listed)")
-    assert min(slowest) < HEALTH_BOUND, f"the slowest /health of each attempt: {slowest}"
 
 
 # --- every route has a body limit ------------------------------------------------------------------------------
@@ -144,15 +131,18 @@ def test_a_1_gb_body_to_feedback_is_refused_at_once_without_being_read(server):
     assert server.process is not None
     chunk = b"x" * 65_536
 
+    sent = [0]
+
     def one_gigabyte() -> Iterator[bytes]:
         for _ in range(16_384):
+            sent[0] += len(chunk)
             yield chunk
 
     before = resident_mb(server.process.pid)
     for declared in ({}, {"Content-Length": str(1 << 30)}):  # streamed (chunked), then with its size declared
-        started = time.perf_counter()
+        sent[0] = 0
         response = httpx.post(f"{server.url}/feedback", content=one_gigabyte(), headers={**FEEDBACK_HEADERS, **declared}, timeout=30)
-        assert time.perf_counter() - started < 2.0
+        assert sent[0] < 64 << 20, f"the client sent {sent[0]:,} bytes before the refusal"  # a few socket buffers, not the gigabyte
         assert response.status_code == 413 and response.headers["connection"] == "close"
         assert response.json() == {"detail": "the request body is larger than 65,536 bytes (HOUSING_MAX_BODY_BYTES)"}
     assert resident_mb(server.process.pid) - before < 50
@@ -176,13 +166,13 @@ def test_a_body_sent_too_slowly_is_cut_off_with_408(server, path):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode())
         started = time.perf_counter()
-        answer = sock.recv(4096)
+        answer = sock.recv(4096)  # the socket's 10 s timeout fails the test if no answer comes
         waited = time.perf_counter() - started
         while chunk := sock.recv(4096):  # the rest of the answer, then the server closes the connection
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower()
     assert b"did not arrive within 2 seconds (HOUSING_BODY_READ_TIMEOUT)" in answer
-    assert READ_TIMEOUT - 0.1 < waited < READ_TIMEOUT + 2
+    assert waited > READ_TIMEOUT - 0.1  # not cut off before the configured read timeout
 
 
 def test_500_idle_connections_do_not_stop_health(server):
@@ -210,8 +200,7 @@ def test_valid_requests_get_their_predictions(pipeline_run, tmp_path):
         api.wait_ready()
         single = post(api, "/predict", orjson.dumps(EXAMPLE_REQUEST))
         assert single.status_code == 200 and single.json()["MedHouseVal"] > 0
-        batch, slowest = while_probing(api.url, lambda: post(api, "/predict", orjson.dumps([EXAMPLE_REQUEST] * 10_000)))
+        batch = while_probing(api.url, lambda: post(api, "/predict", orjson.dumps([EXAMPLE_REQUEST] * 10_000)))
         assert batch.status_code == 200 and len(batch.json()["predictions"]) == 10_000
-        assert min(slowest) < HEALTH_BOUND, f"the slowest /health of each attempt: {slowest}"
         feedback = post(api, "/feedback", orjson.dumps({"request_id": single.json()["request_id"], "actual": 2.0}), FEEDBACK_HEADERS)
         assert feedback.status_code == 201

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from housing.artifacts import load_pickle
 from housing.ledger import read_history
 from housing.prediction_log import make_engine
 from tests.conftest import PROJECT_DIR, run_stage
@@ -101,6 +102,12 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     assert history[-1].command == "monitor.py (retrain)" and history[-1].evidence["gate"]["low"] > 0
     training_run = client.get_run(client.get_model_version("CaliforniaHousing", new_version).tags["training_run_id"])
     assert "new labelled production rows" in training_run.data.tags["training_data"]
+    saved = Path(re.search(r"retrained: training run \w+, data in (\S+)", out).group(1))  # type: ignore[union-attr]
+    manifest = json.loads((saved / "manifest.json").read_text())  # the retraining set on disk, as the run records it
+    assert saved.parent == Path(env["HOUSING_ARTIFACTS_DIR"]) / "retraining" and re.fullmatch(r"\d{8}T\d{6}Z", saved.name)
+    assert manifest["sha256"] == training_run.data.tags["data_sha256"] and manifest["provenance"]
+    assert manifest["rows"] == len(load_pickle(saved / "X_train.pkl")) == len(load_pickle(saved / "train_weight.pkl"))
+    assert {"X_eval.pkl", "y_eval.pkl", "y_train.pkl"} <= {path.name for path in saved.iterdir()}
     assert float(training_run.data.tags["price_index"]) == pytest.approx(1.3, rel=0.05)  # the market move, learnt
 
     wait_until_served(server.url, new_version, timeout=60)

@@ -120,6 +120,22 @@ def test_impossible_threshold_keeps_production_and_says_why(pipeline_run, client
     assert registry_state(client, "CaliforniaHousing")[0] == before[0]
 
 
+def test_the_staging_threshold_flag_fails_every_candidate_and_leaves_the_aliases(pipeline_run, client):
+    before = registry_state(client, "CaliforniaHousing")
+    try:
+        result = run_stage("promote.py", "--staging-r2-threshold", "0.999", env=pipeline_run.env)
+        assert result.returncode == 0, result.stderr
+        assert "no candidate passed the staging gate (R2 > 0.999); 'staging' unchanged" in result.stdout, result.stdout
+        versions = client.search_model_versions("name = 'CaliforniaHousing'")
+        assert versions and {v.tags.get("staging_gate") for v in versions if "eval_r2" in v.tags} == {"failed"}
+        assert registry_state(client, "CaliforniaHousing")[0] == before[0]
+    finally:
+        restored = run_stage("promote.py", env=pipeline_run.env)  # the default gate again: the tags as other tests expect
+        assert restored.returncode == 0, restored.stderr
+    assert {v.tags.get("staging_gate") for v in client.search_model_versions("name = 'CaliforniaHousing'")
+            if float(v.tags.get("eval_r2", "0")) > 0.7} == {"passed"}
+
+
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # Optuna's search does not depend on the store
 def test_tune_logs_nested_trials_and_writes_a_deterministic_proposal(pipeline_run, tmp_path):
     import yaml

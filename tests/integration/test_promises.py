@@ -25,6 +25,8 @@ import re
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -48,7 +50,7 @@ from housing.artifacts import load_json, load_pickle
 from housing.ledger import read_history
 from housing.prediction_log import PredictionLog, count_rows, make_engine, prediction_rows, read_window
 from housing.registry import load_model_version
-from housing.schema import FEATURE_NAMES
+from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.serving import MicroBatcher, ModelService
 from housing.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE
 from localteam.services import create_database, database_url
@@ -56,7 +58,7 @@ from tests.code.test_prediction_log import (
     check_a_batch_retried_after_an_unclear_failure_is_stored_once,
     check_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other,
 )
-from tests.conftest import run_stage, stage_env
+from tests.conftest import PROJECT_DIR, run_stage, stage_env
 from tests.server import ApiServer, server_env
 
 NAME = "CaliforniaHousing"
@@ -154,6 +156,35 @@ def test_promotion_refuses_a_candidate_that_does_not_beat_production(pipeline_ru
     engine = make_engine(f"sqlite:///{tmp_path / 'artifacts' / 'prediction_log.db'}")
     try:
         assert read_history(engine, NAME) == []  # nothing moved, nothing recorded
+    finally:
+        engine.dispose()
+
+
+@SQLITE
+def test_promotion_mode_shadow_leaves_the_winner_in_staging_and_direct_mode_promotes_it(pipeline_run, tmp_path):
+    """A copy of the registry whose production is its linear model: with HOUSING_PROMOTION_MODE=shadow promote.py puts
+    the better candidate (lightgbm_spatial) in staging for live judgement and leaves production; by default it promotes."""
+    tracking_uri = copy_store(pipeline_run, tmp_path)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    models = {v.tags["candidate"]: str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")}
+    client.set_registered_model_alias(NAME, "production", models["linear_regression"])
+    client.set_registered_model_alias(NAME, "staging", models["linear_regression"])
+    shutil.copytree(pipeline_run.artifacts_dir / "split", tmp_path / "artifacts" / "split")
+    env = stage_env(tmp_path, MLFLOW_TRACKING_URI=tracking_uri)
+
+    shadow = run_stage("promote.py", env={**env, "HOUSING_PROMOTION_MODE": "shadow"}, cwd=tmp_path)
+    assert shadow.returncode == 0, shadow.stdout + shadow.stderr
+    assert str(client.get_model_version_by_alias(NAME, "production").version) == models["linear_regression"]
+    assert str(client.get_model_version_by_alias(NAME, "staging").version) == models["lightgbm_spatial"]
+    assert f"(version {models['lightgbm_spatial']}) is judged on live traffic" in shadow.stdout, shadow.stdout
+
+    direct = run_stage("promote.py", env=env, cwd=tmp_path)
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    assert str(client.get_model_version_by_alias(NAME, "production").version) == models["lightgbm_spatial"]
+    engine = make_engine(f"sqlite:///{tmp_path / 'artifacts' / 'prediction_log.db'}")
+    try:
+        history = read_history(engine, NAME)
+        assert [(entry.from_version, entry.to_version) for entry in history] == [(models["linear_regression"], models["lightgbm_spatial"])]
     finally:
         engine.dispose()
 
@@ -266,6 +297,32 @@ def test_monitor_since_minutes_reads_only_that_window_and_saves_the_report_as_la
         assert stamped.read_bytes() == (reports / name).read_bytes() and stamped.stat().st_size > 0
     decision = json.loads((reports / "decision_latest.json").read_text())
     assert decision["window_rows"] == 600 and decision["production_version"] == str(production)
+    monitoring = MlflowClient(tracking_uri).get_experiment_by_name("monitoring")  # the round, as the MLflow UI shows it
+    assert monitoring is not None
+    [run] = MlflowClient(tracking_uri).search_runs([monitoring.experiment_id])
+    metrics = run.data.metrics
+    assert (metrics["window_rows"], metrics["labelled_rows"]) == (600, 0) and metrics["drift_share"] == decision["drift_share"]
+    assert {f"drift_score_{name}" for name in FEATURE_NAMES} <= set(metrics) and "evidence_needed" in metrics
+    assert "rmse" not in metrics and metrics["estimated_rmse"] == decision["estimated_rmse"]  # no labels: estimated only
+    assert run.data.tags["decision"] == decision["decision"] and run.data.params["window"] == "2000"
+    assert sorted(artifact.path for artifact in MlflowClient(tracking_uri).list_artifacts(run.info.run_id, "report")) == [
+        f"report/{path.name}" for path in sorted(reports.glob("*")) if "latest" not in path.name]
+
+    # --watch: a round, then another, until interrupted (Ctrl-C: exit 130, said in one line)
+    watcher = subprocess.Popen([sys.executable, str(PROJECT_DIR / "monitor.py"), "--dry-run", "--since-minutes", "30", "--watch", "0.5"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert watcher.stdout is not None
+    decisions = 0
+    try:
+        for line in watcher.stdout:  # a hang here ends with the suite's own timeout, not a wrong answer
+            decisions += line.startswith("decision: ")
+            if decisions == 2:
+                break
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        _, errors = watcher.communicate(timeout=120)
+    assert decisions == 2 and watcher.returncode == 130, errors
+    assert errors.strip().splitlines()[-1] == "interrupted" and "Traceback" not in errors
 
 
 # --- two workers: Prometheus adds up, then a kill -9 mid-load -------------------------------------------------------
@@ -441,3 +498,23 @@ def test_two_workers_count_every_answer_and_a_kill_9_mid_load_loses_only_the_las
         thread.join(60)
     assert not [failure for failure in answers.failures if failure[0] < killed_at], answers.failures
     assert_the_log_survived(log_url, answers, killed_at, rows_in_flight=LOAD_CLIENTS * LOAD_BATCH_ROWS)
+
+
+# --- a prediction that can be neither written nor spilled is refused, not dropped ------------------------------------
+def test_predict_is_a_503_when_a_row_could_be_neither_written_nor_spilled(pipeline_run, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(pipeline_run.artifacts_dir, artifacts)
+    (artifacts / "prediction_log_spill").write_text("a file where the spill folder should be")  # root can write anywhere else
+    env = server_env(pipeline_run.env, HOUSING_ARTIFACTS_DIR=str(artifacts), HOUSING_LOG_BUFFER_MAX_ROWS="20",
+                     HOUSING_PREDICTION_LOG_URL=f"sqlite:///{tmp_path / 'no-such-folder' / 'log.db'}")  # the database fails
+    with ApiServer(env, tmp_path / "server.log") as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        server.wait_ready()
+        answered = [http.post("/predict", json=EXAMPLE_REQUEST) for _ in range(20)]
+        assert [response.status_code for response in answered] == [200] * 20  # within the memory cap
+        refused = http.post("/predict", json=EXAMPLE_REQUEST)
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+        assert "spill file cannot be written" in refused.json()["detail"], refused.json()
+        batch = http.post("/predict", json=[EXAMPLE_REQUEST] * 30)
+        assert batch.status_code == 503 and "spill file cannot be written" in batch.json()["detail"]
+        assert http.get("/health").status_code == 200
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
