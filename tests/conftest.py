@@ -97,6 +97,8 @@ class PipelineRun:
     env: dict[str, str]
     outputs: dict[str, subprocess.CompletedProcess[str]]
     backend: Backend
+    production_version: str
+    """The version promote.py made production in this run (tests that move aliases start from it again)."""
 
     @property
     def tracking_uri(self) -> str:
@@ -122,7 +124,10 @@ def run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPat
         result = run_stage(script, env=env, cwd=work_dir)
         assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
         outputs[script] = result
-    return PipelineRun(work_dir, env, outputs, backend)
+    from mlflow import MlflowClient  # mlflow costs ~2 s to import: only the tiers that run the pipeline need it
+
+    production = MlflowClient(backend.tracking_uri).get_model_version_by_alias("CaliforniaHousing", "production")
+    return PipelineRun(work_dir, env, outputs, backend, str(production.version))
 
 
 @pytest.fixture(scope="session", params=[pytest.param(name, marks=pytest.mark.postgres) if name == "postgres" else name for name in BACKENDS])

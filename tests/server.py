@@ -197,13 +197,15 @@ class LoadGenerator:
 def start_loop_server(mutable_run: Any, tmp_path: Path, label: str, candidates: str, **extra: str) -> tuple[dict[str, str], ApiServer]:
     """An API over the mutable registry with a private copy of its artifacts and a fresh prediction log, as the loop
     tests need it: reloads every second, decisions from 1,000 predictions, retrains limited to ``candidates`` (JSON);
-    ``extra``: more environment variables. It starts without a challenger whatever earlier tests left: ``staging``
-    names the production version."""
+    ``extra``: more environment variables. It starts from the pipeline run's own production version without a
+    challenger, whatever earlier tests left (a version an earlier test retrained is not the original model, and its
+    evaluation rows are recorded in that test's prediction log, not in this fresh one): ``production`` and
+    ``staging`` name the version promote.py chose in the pipeline run."""
     from mlflow import MlflowClient  # mlflow costs ~2 s to import: only the loop tests need it here
 
     client = MlflowClient(mutable_run.tracking_uri)
-    production = client.get_model_version_by_alias("CaliforniaHousing", "production")
-    client.set_registered_model_alias("CaliforniaHousing", "staging", production.version)
+    for alias in ("production", "staging"):
+        client.set_registered_model_alias("CaliforniaHousing", alias, mutable_run.production_version)
     shutil.copytree(mutable_run.artifacts_dir, tmp_path / "artifacts")
     env = server_env(
         mutable_run.env,
