@@ -139,8 +139,9 @@ def test_serve_and_simulate_share_the_generated_token(pipeline_run, tmp_path):
         assert stat.S_IMODE(token_path.stat().st_mode) == 0o600 and stat.S_IMODE(token_path.parent.stat().st_mode) == 0o700
         result = run_stage("simulate_traffic.py", "--url", server.url, "--requests", "40", "--quiet", env=offline)
         # elsewhere (no token file, no stored dataset): the token by flag, the rows from --source, another scenario
-        elsewhere = {**{key: value for key, value in quick_start_env(pipeline_run, tmp_path / "elsewhere").items()
-                        if key != "HOUSING_DATA_SOURCE"}, **{key: offline[key] for key in ("HTTP_PROXY", "HTTPS_PROXY", "SCIKIT_LEARN_DATA")}}
+        elsewhere = {key: value for key, value in quick_start_env(pipeline_run, tmp_path / "elsewhere").items()
+                     if key != "HOUSING_DATA_SOURCE"}
+        elsewhere.update({key: offline[key] for key in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SCIKIT_LEARN_DATA")})
         flagged = run_stage("simulate_traffic.py", "--url", server.url, "--requests", "40", "--quiet",
                             "--scenario", "subpopulation", "--subpopulation", "inland-low-income",
                             "--feedback-token", token_path.read_text().strip(), "--source", str(DATA_SOURCE), env=elsewhere)

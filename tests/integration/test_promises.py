@@ -303,7 +303,7 @@ def test_monitor_since_minutes_reads_only_that_window_and_saves_the_report_as_la
     metrics = run.data.metrics
     assert (metrics["window_rows"], metrics["labelled_rows"]) == (600, 0) and metrics["drift_share"] == decision["drift_share"]
     assert {f"drift_score_{name}" for name in FEATURE_NAMES} <= set(metrics) and "evidence_needed" in metrics
-    assert "rmse" not in metrics and metrics["estimated_rmse"] == decision["estimated_rmse"]  # no labels: estimated only
+    assert "rmse" not in metrics and metrics["estimated_rmse"] == pytest.approx(decision["estimated_rmse"], abs=1e-4)  # estimated only
     assert run.data.tags["decision"] == decision["decision"] and run.data.params["window"] == "2000"
     assert sorted(artifact.path for artifact in MlflowClient(tracking_uri).list_artifacts(run.info.run_id, "report")) == [
         f"report/{path.name}" for path in sorted(reports.glob("*")) if "latest" not in path.name]
@@ -505,12 +505,12 @@ def test_predict_is_a_503_when_a_row_could_be_neither_written_nor_spilled(pipeli
     artifacts = tmp_path / "artifacts"
     shutil.copytree(pipeline_run.artifacts_dir, artifacts)
     (artifacts / "prediction_log_spill").write_text("a file where the spill folder should be")  # root can write anywhere else
-    env = server_env(pipeline_run.env, HOUSING_ARTIFACTS_DIR=str(artifacts), HOUSING_LOG_BUFFER_MAX_ROWS="20",
+    env = server_env(pipeline_run.env, HOUSING_ARTIFACTS_DIR=str(artifacts), HOUSING_LOG_BUFFER_MAX_ROWS="1000",  # the least allowed
                      HOUSING_PREDICTION_LOG_URL=f"sqlite:///{tmp_path / 'no-such-folder' / 'log.db'}")  # the database fails
     with ApiServer(env, tmp_path / "server.log") as server, httpx.Client(base_url=server.url, timeout=30) as http:
         server.wait_ready()
-        answered = [http.post("/predict", json=EXAMPLE_REQUEST) for _ in range(20)]
-        assert [response.status_code for response in answered] == [200] * 20  # within the memory cap
+        answered = [http.post("/predict", json=[EXAMPLE_REQUEST] * 500) for _ in range(2)]
+        assert [response.status_code for response in answered] == [200, 200]  # 1,000 rows: within the memory cap
         refused = http.post("/predict", json=EXAMPLE_REQUEST)
         assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
         assert "spill file cannot be written" in refused.json()["detail"], refused.json()
