@@ -120,6 +120,7 @@ def test_impossible_threshold_keeps_production_and_says_why(pipeline_run, client
     assert registry_state(client, "CaliforniaHousing")[0] == before[0]
 
 
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # the flag reaches the same gate on both stores
 def test_the_staging_threshold_flag_fails_every_candidate_and_leaves_the_aliases(pipeline_run, client):
     before = registry_state(client, "CaliforniaHousing")
     try:

@@ -501,6 +501,7 @@ def test_two_workers_count_every_answer_and_a_kill_9_mid_load_loses_only_the_las
 
 
 # --- a prediction that can be neither written nor spilled is refused, not dropped ------------------------------------
+@SQLITE
 def test_predict_is_a_503_when_a_row_could_be_neither_written_nor_spilled(pipeline_run, tmp_path):
     artifacts = tmp_path / "artifacts"
     shutil.copytree(pipeline_run.artifacts_dir, artifacts)
