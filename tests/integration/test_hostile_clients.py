@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 import orjson
 import pytest
 
+from bench.hostile import HealthProbe
 from housing.schema import EXAMPLE_REQUEST
 from localteam.services import API_SERVER_FLAGS
 from tests.conftest import PROJECT_DIR, stage_env
@@ -50,36 +50,9 @@ def resident_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
-class HealthProbe:
-    """A thread asking GET /health every 10 ms on a kept-alive connection while a hostile body is processed,
-    recording each status. How fast /health answers meanwhile is a speed figure: bench/hostile.py measures it
-    (tests never assert timings); here every answer must be a 200 and the server must keep answering."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.statuses: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._probe)
-
-    def _probe(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
-            http.get("/health")  # connect first: a probe measures answers, not TCP handshakes
-            while not self._stop.is_set():
-                self.statuses.append(http.get("/health").status_code)
-                time.sleep(0.01)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        time.sleep(0.1)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def while_probing(url: str, request: Callable[[], httpx.Response]) -> httpx.Response:
-    """``request()``'s response; /health was probed meanwhile and every answer was a 200, also right after."""
+    """``request()``'s response; /health was probed meanwhile and every answer was a 200, also right after. How fast
+    /health answered is a speed figure: bench/hostile.py measures it with the same probe (tests never assert timings)."""
     with HealthProbe(url) as probe:
         response = request()
     assert probe.statuses and set(probe.statuses) == {200}, probe.statuses
