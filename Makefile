@@ -72,10 +72,10 @@ bench: setup  ## stage timings (bench/pipeline.py), accuracy over split seeds, s
 	$(PY) bench/serve.py
 
 monitor-ui: setup  ## the monitor's history in Evidently's UI at http://127.0.0.1:8002 (HOUSING_MONITOR_UI_PORT)
-	$(PY) -m housing.evidently_ui
+	$(PY) -m housing.monitoring.evidently_ui
 
 mlflow-ui: setup  ## browse runs and the registry at http://127.0.0.1:5000 (prints links that open on the runs)
-	$(PY) -m housing.mlflow_ui
+	$(PY) -m housing.registry.mlflow_ui
 
 team-up: setup  ## PostgreSQL + MLflow tracking server (serving artifacts) + API with $(WORKERS) workers, in .team/
 	$(PY) -m localteam up --workers $(WORKERS) --api-port $(PORT)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from housing import cli
-from housing.data import load_and_store
+from housing.data.dataset import load_and_store
 
 
 def main(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from housing import cli
 from housing.config import Settings
-from housing.monitoring import MonitorOutcome, RetrainFailed, run_monitor
+from housing.monitoring.round import MonitorOutcome, RetrainFailed, run_monitor
 
 logger = logging.getLogger("monitor")
 EXIT_RETRAIN_FAILED = 1

@@ -13,10 +13,10 @@ import argparse
 import logging
 
 from housing import cli
-from housing.artifacts import save_pickle
-from housing.data import Split, read_dataset, read_manifest, save_split, split_dataset
-from housing.eda import describe_dataset, save_eda_plots
-from housing.features import build_preprocessor
+from housing.data.artifacts import save_pickle
+from housing.data.dataset import Split, read_dataset, read_manifest, save_split, split_dataset
+from housing.data.eda import describe_dataset, save_eda_plots
+from housing.training.features import build_preprocessor
 
 logger = logging.getLogger("preprocess")
 

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import argparse
 
-from housing import cli, tracking
+from housing import cli
 from housing.config import Settings
-from housing.data import load_split
-from housing.ledger import read_history, summarise_evidence
-from housing.live_evidence import judge_challenger
-from housing.locks import RETRAIN_LOCK, describe_holder, held_lock
-from housing.prediction_log import make_engine
-from housing.production import rollback
-from housing.registry import EvaluationData, promote
+from housing.data.dataset import load_split
+from housing.registry import tracking
+from housing.registry.ledger import read_history, summarise_evidence
+from housing.registry.live_verdict import judge_challenger
+from housing.registry.production import rollback
+from housing.registry.versions import EvaluationData, promote
+from housing.store.locks import RETRAIN_LOCK, describe_holder, held_lock
+from housing.store.prediction_log import make_engine
 
 
 def main(args: argparse.Namespace) -> int:

@@ -30,11 +30,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from housing import cli
+from housing.api.credentials import resolve_feedback_token
 from housing.config import Settings
-from housing.credentials import resolve_feedback_token
-from housing.data import read_dataset, read_source, split_dataset
+from housing.data.dataset import read_dataset, read_source, split_dataset
 from housing.errors import UserError
-from housing.loss_estimation import MIN_SEGMENT_ROWS, region_of, segment_masks
+from housing.monitoring.loss_estimation import MIN_SEGMENT_ROWS, region_of, segment_masks
 from housing.schema import SPECS_BY_NAME, validate_frame
 
 SCENARIOS = ("baseline", "income-shift", "subpopulation", "market-inflation")

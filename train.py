@@ -4,7 +4,7 @@ One child run per candidate under a parent "Comparative Analysis" run in the exp
 California-Housing-Regression: parameters, test metrics (r2, rmse, mae, mse), cross-validation on the
 training split (cv_r2_mean, cv_r2_std), plots, feature importances, the datasets, and the whole pipeline
 (outlier rule + scaler + estimator, raw 8 features in) saved with skops and registered as a version of
-CaliforniaHousing. Ends with a summary table. Candidates and their hyperparameters: housing/candidates.yaml.
+CaliforniaHousing. Ends with a summary table. Candidates and their hyperparameters: housing/training/candidates.yaml.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import argparse
 from pathlib import Path
 
 from housing import cli
-from housing.candidates import load_candidate_specs
 from housing.config import PROJECT_DIR, Settings
-from housing.data import Split, load_split, read_manifest
-from housing.training import TrainingData, train_and_register
-from housing.tuning import tune
+from housing.data.dataset import Split, load_split, read_manifest
+from housing.training.candidates import load_candidate_specs
+from housing.training.comparison import TrainingData, train_and_register
+from housing.training.tuning import tune
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
 def tune_candidate(args: argparse.Namespace, settings: Settings, split: Split) -> int:
     """``--tune N``: search the hyperparameters of one LightGBM candidate and write a proposal."""
     spec = load_candidate_specs(settings.candidates_path, [args.tune_candidate])[0]
-    output = args.tune_output or PROJECT_DIR / "housing" / "tuned" / f"{spec.name}.yaml"
+    output = args.tune_output or PROJECT_DIR / "housing" / "training" / "tuned" / f"{spec.name}.yaml"
     result = tune(settings, spec, split.x_train, split.y_train, trials=args.tune, proposal_path=output)
     print(f"best CV R2 {result.best_cv_r2:.4f} after {result.trials} trials (MLflow run {result.parent_run_id})")
     print(f"proposal written to {result.proposal_path}: review it, then copy its params into {settings.candidates_path}")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Instead of the comparison run: search hyperparameters with Optuna for TRIALS trials (nested MLflow runs).")
     parser.add_argument("--tune-candidate", default="lightgbm_spatial", help="Candidate to tune [default lightgbm_spatial]")
     parser.add_argument("--tune-output", type=Path, default=None,
-                        help="Where the proposal goes [default housing/tuned/<candidate>.yaml]")
+                        help="Where the proposal goes [default housing/training/tuned/<candidate>.yaml]")
     return parser
 
 

@@ -40,21 +40,21 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 from sqlalchemy import insert
 
-from housing.candidates import build_pipeline, load_candidate_specs
 from housing.config import Settings, get_settings
-from housing.data import Split, load_split
-from housing.digests import row_digests
-from housing.drift_report import PREDICTION, WindowFigures, evaluate_window, reference_frame
-from housing.evidence import base_districts, new_evidence
-from housing.inference import fast_predict_or_default
-from housing.loss_estimation import LossEstimator, anchor, load_loss_estimator
-from housing.prediction_log import PredictionLog, feedback_table, prediction_rows
-from housing.promotion import GateEvidence, paired_bootstrap
-from housing.registry import get_version_by_alias, load_version, registry_client
-from housing.retrain_policy import RetrainThresholds, decide
-from housing.retraining import RetrainingSets, build_retraining_sets
+from housing.data.dataset import Split, load_split
+from housing.data.digests import row_digests
+from housing.monitoring.drift_report import PREDICTION, WindowFigures, evaluate_window, reference_frame
+from housing.monitoring.loss_estimation import LossEstimator, anchor, load_loss_estimator
+from housing.monitoring.retrain_policy import RetrainThresholds, decide
+from housing.monitoring.retraining import RetrainingSets, build_retraining_sets
+from housing.registry.promotion_policy import GateEvidence, paired_bootstrap
+from housing.registry.versions import get_version_by_alias, load_version, registry_client
 from housing.schema import FEATURE_NAMES, SPECS_BY_NAME, TARGET
-from housing.scoring import regression_metrics
+from housing.serving.compiled import fast_predict_or_default
+from housing.store.prediction_log import PredictionLog, feedback_table, prediction_rows
+from housing.store.retrain_evidence import base_districts, new_evidence
+from housing.training.candidates import build_pipeline, load_candidate_specs
+from housing.training.scoring import regression_metrics
 from simulate_traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent

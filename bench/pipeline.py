@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from housing.artifacts import load_pickle
-from housing.inference import fast_predict_or_default
-from housing.registry import load_model
+from housing.data.artifacts import load_pickle
+from housing.registry.versions import load_model
+from housing.serving.compiled import fast_predict_or_default
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

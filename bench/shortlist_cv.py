@@ -2,7 +2,7 @@
 
 housing/candidates.yaml's lightgbm_spatial settings were picked from this shortlist by comparing R2 on the
 test splits of seeds 42 and 0-4 (bench/quality.py). This script makes the same comparison the way a choice
-should be made: each configuration is scored by the project's K-fold CV (housing/tuning.py's ``cv_r2``) on
+should be made: each configuration is scored by the project's K-fold CV (housing/training/tuning.py's ``cv_r2``) on
 the training rows of one split only; no test row is read. It prints mean CV R2 per configuration, the serving
 cost the compiled kernel pays (trees x depth, when the depth is bounded) and where the chosen settings stand.
 
@@ -21,11 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from housing.candidates import load_candidate_specs
 from housing.config import get_settings
-from housing.data import read_source, split_dataset
+from housing.data.dataset import read_source, split_dataset
 from housing.schema import validate_frame
-from housing.tuning import cv_r2
+from housing.training.candidates import load_candidate_specs
+from housing.training.tuning import cv_r2
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     )
     candidates: list[str] | None = Field(None, description="Candidate names to train; unset means all.")
     candidates_path: Path = Field(
-        PROJECT_DIR / "housing" / "candidates.yaml",
+        PROJECT_DIR / "housing" / "training" / "candidates.yaml",
         description="Reviewed hyperparameters of every candidate.",
     )
 

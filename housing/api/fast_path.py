@@ -6,8 +6,8 @@ Going around all of that saves most of the per-request cost. It calls the same
 :func:`housing.api.predict_handler.handle_predict` as the documented route in ``routes/predict.py``,
 which stays for the OpenAPI docs and answers when the app is built with ``fast_path=False``; the two
 give the same status, body and content type (tests/integration/test_api_contract.py). Every other request
-goes to the app unchanged. It sits in front of :class:`housing.api.limits.BodyLimits` and reads its body with
-the same :func:`housing.api.limits.read_body`, within POST /predict's size limit and the read timeout, so
+goes to the app unchanged. It sits in front of :class:`housing.api.body_reading.BodyLimits` and reads its body with
+the same :func:`housing.api.body_reading.read_body`, within POST /predict's size limit and the read timeout, so
 that the hottest request does not pay for a second layer.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from housing.api.limits import BodyClock, predict_body_limit, read_body, send_json
+from housing.api.body_reading import BodyClock, predict_body_limit, read_body, send_json
 from housing.api.predict_handler import handle_predict
 from housing.api.services import Services
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from housing.api.credentials import ensure_feedback_token
 from housing.api.services import Services, follow_registry
-from housing.credentials import ensure_feedback_token
-from housing.prometheus import worker_exiting
+from housing.serving.prometheus import worker_exiting
 
 logger = logging.getLogger(__name__)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from housing.api.body_reading import BodyLimits
 from housing.api.fast_path import PredictFastPath
 from housing.api.lifespan import lifespan
-from housing.api.limits import BodyLimits
 from housing.api.openapi import install_openapi
 from housing.api.problems import install_exception_handlers
 from housing.api.routes import admin, feedback, operations, predict
 from housing.api.services import Services
 from housing.config import Settings, get_settings
-from housing.prometheus import MetricsMiddleware
+from housing.serving.prometheus import MetricsMiddleware
 
 DESCRIPTION = (
     "Serves the version of the `CaliforniaHousing` model that the MLflow registry's `production` alias "

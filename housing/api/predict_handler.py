@@ -1,6 +1,6 @@
 """POST /predict on a raw body, shared by the fast path (housing.api.fast_path) and the documented route.
 
-Check the body against the JSON limits (housing.api.json_limits), parse it, validate one row or a batch
+Check the body against the JSON limits (housing.api.json_scan), parse it, validate one row or a batch
 against the feature contract, predict (single rows through the micro-batcher; batches inline, or in a
 worker thread when large), log every prediction, render the body. A body over :data:`OFFLOAD_BODY_BYTES`
 is checked, parsed and validated in a worker thread, in steps that each hold the GIL briefly, so that the
@@ -26,16 +26,16 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
-from housing.api.json_limits import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits
+from housing.api.json_scan import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits
 from housing.api.problems import InputError, describe_errors, problem_body, retry_after, validation_problem
 from housing.api.query_params import query_payload
 from housing.api.schemas import many_rows_adapter, one_row_adapter
 from housing.api.services import Services
-from housing.challenger import ServedBatch
 from housing.config import Settings
-from housing.prediction_log import LogUnavailable, prediction_rows
 from housing.schema import FEATURE_NAMES, TARGET_UNIT_DOLLARS
-from housing.serving import LoadedModel, ModelUnavailable
+from housing.serving.model_service import LoadedModel, ModelUnavailable
+from housing.serving.shadow import ServedBatch
+from housing.store.prediction_log import LogUnavailable, prediction_rows
 
 INLINE_BATCH_ROWS = 64
 """Batches up to this size are predicted on the event loop; larger ones in a worker thread."""

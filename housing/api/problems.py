@@ -24,7 +24,7 @@ from housing.api.deps import get_services
 from housing.api.schemas import Feedback
 from housing.config import Settings
 from housing.schema import FEATURE_NAMES, SPECS_BY_NAME
-from housing.serving import ModelUnavailable
+from housing.serving.model_service import ModelUnavailable
 
 FEEDBACK_FIELDS: tuple[str, ...] = tuple(Feedback.model_fields)
 """The fields a /feedback body may have, named when an unknown one is sent."""

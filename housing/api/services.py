@@ -8,11 +8,11 @@ import asyncio
 import gc
 import logging
 
-from housing.challenger import ShadowScorer, routes_to_challenger
 from housing.config import Settings
-from housing.prediction_log import PredictionLog
-from housing.prometheus import Metrics
-from housing.serving import LoadedModel, MicroBatcher, ModelService
+from housing.serving.model_service import LoadedModel, MicroBatcher, ModelService
+from housing.serving.prometheus import Metrics
+from housing.serving.shadow import ShadowScorer, routes_to_challenger
+from housing.store.prediction_log import PredictionLog
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Services:
         self.canary_batcher = MicroBatcher(self.challenger_service, on_batch=self.metrics.batch_rows.observe)
         self.prediction_log = PredictionLog.from_settings(settings)
         self.shadow = ShadowScorer(self.prediction_log, self.metrics, self.other_model, interval=settings.shadow_interval)
-        self.feedback_token: str | None = None  # set by the lifespan (housing.credentials); None refuses every label
+        self.feedback_token: str | None = None  # set by the lifespan (housing.api.credentials); None refuses every label
         self._logged_rows = 0
         self._failed_flushes = 0
 

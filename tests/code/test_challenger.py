@@ -15,12 +15,8 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from housing.challenger import ServedBatch, ShadowScorer, routes_to_challenger, routing_bucket
-from housing.live_evidence import first_scored, paired_requests
-from housing.log_spill import row_restorer
-from housing.prediction_log import PREDICTION_COLUMNS, PredictionLog, create_tables, make_engine, prediction_rows
-from housing.prometheus import Metrics
-from housing.promotion import (
+from housing.registry.live_verdict import first_scored, paired_requests
+from housing.registry.promotion_policy import (
     PromotionDecision,
     confidence_sequence,
     decide_challenger,
@@ -29,7 +25,11 @@ from housing.promotion import (
     sequence_radius,
 )
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
-from housing.serving import LoadedModel
+from housing.serving.model_service import LoadedModel
+from housing.serving.prometheus import Metrics
+from housing.serving.shadow import ServedBatch, ShadowScorer, routes_to_challenger, routing_bucket
+from housing.store.prediction_log import PREDICTION_COLUMNS, PredictionLog, create_tables, make_engine, prediction_rows
+from housing.store.spill import row_restorer
 
 
 def model(version: str, predict: Callable[[np.ndarray], np.ndarray], alias: str = "production") -> LoadedModel:

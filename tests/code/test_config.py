@@ -56,7 +56,7 @@ def test_the_readme_settings_table_is_the_defaults(monkeypatch):
 def test_mlflow_http_retries_default_to_two_so_a_stage_fails_in_seconds(monkeypatch):
     """README (team setup): MLflow's own default retries 7 times with backoff (minutes); the project sets 2 unless
     the environment says otherwise (monkeypatch restores the process environment after the test)."""
-    from housing import tracking
+    from housing.registry import tracking
 
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)

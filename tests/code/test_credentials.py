@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from housing.api.credentials import ensure_feedback_token, resolve_feedback_token
 from housing.config import Settings
-from housing.credentials import ensure_feedback_token, resolve_feedback_token
 
 
 def settings_in(artifacts_dir: Path, **overrides: object) -> Settings:

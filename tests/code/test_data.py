@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from housing.data import (
+from housing.data.dataset import (
     DataSourceError,
     Split,
     load_and_store,

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from housing.config import Settings
-from housing.drift_report import PREDICTION, evaluate_window, save_report
-from housing.evidence import new_evidence
-from housing.monitoring import decision_record
-from housing.retrain_policy import ALERT, INSUFFICIENT_DATA, NO_ACTION, RETRAIN, RetrainThresholds, decide
+from housing.monitoring.drift_report import PREDICTION, evaluate_window, save_report
+from housing.monitoring.retrain_policy import ALERT, INSUFFICIENT_DATA, NO_ACTION, RETRAIN, RetrainThresholds, decide
+from housing.monitoring.round import decision_record
 from housing.schema import TARGET
+from housing.store.retrain_evidence import new_evidence
 
 
 def districts(rows: int, seed: int, *, noise: float = 0.3, labelled: float = 1.0) -> pd.DataFrame:

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine
 
-from housing.evidence import EVAL_ROLE, TRAIN_ROLE, base_districts, new_evidence, record_used_rows, trained_rows, used_districts
-from housing.prediction_log import PredictionLog, make_engine, prediction_rows, read_window
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
+from housing.store.prediction_log import PredictionLog, make_engine, prediction_rows, read_window
+from housing.store.retrain_evidence import EVAL_ROLE, TRAIN_ROLE, base_districts, new_evidence, record_used_rows, trained_rows, used_districts
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 

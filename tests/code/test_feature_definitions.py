@@ -1,6 +1,6 @@
 """Every column the feature steps output, checked one by one against its definition restated here.
 
-The definitions below are written from the feature steps' documented meaning (housing/features.py's
+The definitions below are written from the feature steps' documented meaning (housing/training/features.py's
 docstrings and names, the README), in plain Python and numpy: loops over rows and neighbours, no call to a
 production helper (no kernel, no KD-tree, no ``_positions_km``, no ``kfold_indices``), constants written out.
 The served path and ``transform`` run the same numba kernels, so comparing those two (as the compiled-path
@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
-from housing.features import NeighborTargetEncoder, OutlierClipper, SpatialFeatures
 from housing.schema import FEATURE_NAMES
+from housing.training.features import NeighborTargetEncoder, OutlierClipper, SpatialFeatures
 
 RAW_COLUMNS = ("MedInc", "HouseAge", "AveRooms", "AveBedrms", "Population", "AveOccup", "Latitude", "Longitude")
 """The contract's 8 input columns, in the order every step receives them."""

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from housing.features import CLIPPED_COLUMNS, NeighborTargetEncoder, OutlierClipper, build_preprocessor
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+from housing.training.features import CLIPPED_COLUMNS, NeighborTargetEncoder, OutlierClipper, build_preprocessor
 
 
 def frame_with(column: str, values: list[float]) -> pd.DataFrame:
@@ -91,7 +91,7 @@ def test_training_rows_never_see_their_own_target():
 def test_encoder_refuses_too_few_rows_and_survives_a_round_trip():
     import skops.io
 
-    from housing.serialization import SKOPS_TRUSTED_TYPES
+    from housing.registry.model_files import SKOPS_TRUSTED_TYPES
 
     train, targets = random_districts(400, seed=4)
     with pytest.raises(ValueError, match="needs at least"):

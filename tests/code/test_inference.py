@@ -16,12 +16,12 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from housing.candidates import build_pipeline, load_candidate_specs
 from housing.config import get_settings
-from housing.features import SpatialFeatures
-from housing.inference import StepPath, compile_pipeline, fast_predict_or_default, probe_rows, step_paths
 from housing.schema import FEATURE_NAMES
-from housing.trees import PARALLEL_MIN_ROWS
+from housing.serving.compiled import StepPath, compile_pipeline, fast_predict_or_default, probe_rows, step_paths
+from housing.serving.trees import PARALLEL_MIN_ROWS
+from housing.training.candidates import build_pipeline, load_candidate_specs
+from housing.training.features import SpatialFeatures
 from tests.code.test_data import tiny_dataset
 
 CANDIDATES = [spec.name for spec in load_candidate_specs(get_settings().candidates_path)]

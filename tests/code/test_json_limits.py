@@ -1,5 +1,5 @@
-"""The limits on what a client sends: the raw-bytes JSON scan (housing.api.json_limits), the body size and
-read time middleware (housing.api.limits) and the capped error lists of the predict handler.
+"""The limits on what a client sends: the raw-bytes JSON scan (housing.api.json_scan), the body size and
+read time middleware (housing.api.body_reading) and the capped error lists of the predict handler.
 
 Pure functions and a pure ASGI middleware driven in memory: no dataset, no store, no server.
 """
@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from housing.api import json_limits
-from housing.api.json_limits import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits, fits_at_a_glance
-from housing.api.limits import BodyLimits
+from housing.api import json_scan as json_limits
+from housing.api.body_reading import BodyLimits
+from housing.api.json_scan import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits, fits_at_a_glance
 from housing.api.predict_handler import parse_json, validate_batch
 from housing.api.problems import InputError, validation_problem
 from housing.config import Settings

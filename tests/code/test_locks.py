@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from housing.locks import (
+from housing.store.locks import (
     RETRAIN_LOCK,
     acquire_lock,
     create_lock_table,
@@ -25,13 +25,13 @@ from housing.locks import (
     release_lock,
     renew_lock,
 )
-from housing.prediction_log import make_engine
+from housing.store.prediction_log import make_engine
 
 RACER = """
 import sys, time
 from pathlib import Path
-from housing.locks import acquire_lock
-from housing.prediction_log import make_engine
+from housing.store.locks import acquire_lock
+from housing.store.prediction_log import make_engine
 ready_dir, index, targets = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 engines = [(make_engine(url), name) for url, name in zip(targets[::2], targets[1::2])]
 (ready_dir / f"ready-{index}").touch()

@@ -1,4 +1,4 @@
-"""Direct loss estimation (housing.loss_estimation) and the decision it feeds, on synthetic data whose true error
+"""Direct loss estimation (housing.monitoring.loss_estimation) and the decision it feeds, on synthetic data whose true error
 is known row by row: no dataset, no store (the real-data figures are bench/monitor.py's, the real-server check is
 tests/integration/test_estimation.py)."""
 
@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import skops.io
 
-from housing.drift_report import WindowFigures
 from housing.errors import UserError
-from housing.loss_estimation import (
+from housing.monitoring.drift_report import WindowFigures
+from housing.monitoring.loss_estimation import (
     MIN_SEGMENT_ROWS,
     REST,
     anchor,
@@ -26,9 +26,9 @@ from housing.loss_estimation import (
     save_loss_estimator,
     segment_masks,
 )
-from housing.prometheus import MonitorFigures
-from housing.retrain_policy import ALERT, NO_ACTION, RetrainThresholds, decide
+from housing.monitoring.retrain_policy import ALERT, NO_ACTION, RetrainThresholds, decide
 from housing.schema import FEATURE_NAMES
+from housing.serving.prometheus import MonitorFigures
 
 CITIES = {  # (latitude, longitude) -> the region a reader of a map would name
     "San Francisco": (37.77, -122.42, "Bay Area"), "San Jose": (37.34, -121.89, "Bay Area"), "Oakland": (37.80, -122.27, "Bay Area"),

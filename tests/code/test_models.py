@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from housing.candidates import CandidateSpec, build_pipeline, load_candidate_specs
 from housing.config import get_settings
 from housing.errors import UserError
-from housing.scoring import regression_metrics
-from housing.serialization import untrusted_types
+from housing.registry.model_files import untrusted_types
+from housing.training.candidates import CandidateSpec, build_pipeline, load_candidate_specs
+from housing.training.scoring import regression_metrics
 from tests.code.test_data import tiny_dataset
 
 

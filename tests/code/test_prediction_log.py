@@ -23,10 +23,10 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from housing import prediction_log
 from housing.api.routes.feedback import record_when_logged
-from housing.log_spill import SPILL_PREFIX, SPILL_SUFFIX
-from housing.prediction_log import (
+from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
+from housing.store import prediction_log
+from housing.store.prediction_log import (
     FeedbackResult,
     LogUnavailable,
     PredictionLog,
@@ -36,7 +36,7 @@ from housing.prediction_log import (
     prediction_rows,
     read_window,
 )
-from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
+from housing.store.spill import SPILL_PREFIX, SPILL_SUFFIX
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -362,7 +362,7 @@ def test_a_stalled_flush_sends_new_rows_to_the_spill_and_nothing_is_written_twic
 DEAD_WORKER = """
 import sys, time
 from pathlib import Path
-from housing.prediction_log import PredictionLog
+from housing.store.prediction_log import PredictionLog
 log = PredictionLog(sys.argv[1], spill_dir=Path(sys.argv[2]), max_buffer_rows=1000)
 log.append([(f"dead{i}", "2024-01-01 00:00:00.000000", *[1.0] * 8, 2.0, "CaliforniaHousing", "3", 1.5) for i in range(5)])
 assert not log.flush()  # the database is down: the rows go to the spill
@@ -620,7 +620,7 @@ def test_a_spill_only_goes_to_the_database_it_was_logged_for(tmp_path, log_url, 
 def test_a_database_without_the_duplicate_skipping_insert_is_refused_in_one_sentence(url):
     """Elsewhere a retried batch would hit the primary key, go to the spill and block every later replay: refused at once."""
     from housing.errors import UserError
-    from housing.log_schema import make_engine
+    from housing.store.tables import make_engine
 
     with pytest.raises(UserError, match="supports SQLite and PostgreSQL URLs only") as refused:
         make_engine(url)

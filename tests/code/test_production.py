@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 
 from housing.config import Settings
 from housing.errors import UserError
-from housing.ledger import ROLLBACK_REASON, read_history
-from housing.locks import RETRAIN_LOCK, acquire_lock
-from housing.prediction_log import make_engine
-from housing.production import ProductionMoved, RetrainInProgress, move_production, production_version, rollback
+from housing.registry.ledger import ROLLBACK_REASON, read_history
+from housing.registry.production import ProductionMoved, RetrainInProgress, move_production, production_version, rollback
+from housing.store.locks import RETRAIN_LOCK, acquire_lock
+from housing.store.prediction_log import make_engine
 
 
 @pytest.fixture(scope="module")

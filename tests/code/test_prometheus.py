@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-from housing.prometheus import Metrics, forget_dead_workers
+from housing.serving.prometheus import Metrics, forget_dead_workers
 
 
 def histogram_lines(metrics: Metrics) -> dict[str, float]:
@@ -96,7 +96,7 @@ def test_a_killed_workers_live_gauges_disappear_from_the_next_scrape(tmp_path, m
 
 
 GRACEFUL_WORKER = """
-from housing.prometheus import Metrics, worker_exiting
+from housing.serving.prometheus import Metrics, worker_exiting
 metrics = Metrics()
 metrics.model_loaded.set(1)
 metrics.model_info.labels(alias="production", name="CaliforniaHousing", version="3").set(1)

@@ -30,12 +30,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from skops.io.exceptions import UntrustedTypesFoundException
 
-from housing.candidates import build_pipeline, load_candidate_specs
 from housing.config import Settings
-from housing.data import load_and_store
+from housing.data.dataset import load_and_store
 from housing.errors import UserError
+from housing.registry.model_files import SKOPS_TRUSTED_TYPES, load_skops_model
 from housing.schema import FEATURE_NAMES, TARGET
-from housing.serialization import SKOPS_TRUSTED_TYPES, load_skops_model
+from housing.training.candidates import build_pipeline, load_candidate_specs
 from tests.code.test_data import tiny_dataset
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from housing.promotion import (
+from housing.registry.promotion_policy import (
     GateEvidence,
     PromotionDecision,
     Score,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from housing.redaction import is_credential_name, mask_text, mask_uri, masked_first_line, secrets_of
+from housing.errors import is_credential_name, mask_text, mask_uri, masked_first_line, secrets_of
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from housing.config import Settings
-from housing.drift_report import PREDICTION, WindowFigures
-from housing.retrain_policy import ALERT, INSUFFICIENT_DATA, NO_ACTION, RETRAIN, Decision, RetrainThresholds, decide
+from housing.monitoring.drift_report import PREDICTION, WindowFigures
+from housing.monitoring.retrain_policy import ALERT, INSUFFICIENT_DATA, NO_ACTION, RETRAIN, Decision, RetrainThresholds, decide
 from housing.schema import FEATURE_NAMES
 
 THRESHOLDS = RetrainThresholds(min_window=500, min_labels=200, drift_share_threshold=0.2, rmse_threshold=0.5, r2_threshold=0.6)

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from housing.config import Settings
-from housing.data import Split
+from housing.data.dataset import Split
 from housing.errors import UserError
-from housing.retraining import age_weights, build_retraining_sets, effective_rows, traffic_share
+from housing.monitoring.retraining import age_weights, build_retraining_sets, effective_rows, traffic_share
 from housing.schema import FEATURE_NAMES, TARGET
 
 SETTINGS = Settings(retrain_holdout_share=0.3, retrain_traffic_weight=0.9, retrain_traffic_ramp_rows=10, gate_min_labelled_rows=5,

@@ -19,8 +19,8 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.tree import DecisionTreeRegressor
 from threadpoolctl import threadpool_limits
 
-from housing.sklearn_trees import flatten_sklearn
-from housing.trees import PARALLEL_MIN_ROWS
+from housing.serving.sklearn_trees import flatten_sklearn
+from housing.serving.trees import PARALLEL_MIN_ROWS
 
 ESTIMATORS = {
     "random_forest": lambda: RandomForestRegressor(n_estimators=8, max_depth=8, min_samples_split=5, random_state=0),

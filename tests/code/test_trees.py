@@ -6,7 +6,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from housing.trees import INPUT_ALLOW_NAN, INPUT_FINITE, PARALLEL_MIN_ROWS, flatten_lightgbm
+from housing.serving.trees import INPUT_ALLOW_NAN, INPUT_FINITE, PARALLEL_MIN_ROWS, flatten_lightgbm
 
 
 def fitted_booster(rows: int = 600, nan_share: float = 0.0, zero_as_missing: bool = False) -> tuple[lgb.Booster, np.ndarray]:

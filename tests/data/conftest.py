@@ -18,6 +18,6 @@ def real_dataset_path(dataset_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_frame(real_dataset_path: Path) -> pd.DataFrame:
     """The real dataset, read the way load_data reads it."""
-    from housing.data import read_source
+    from housing.data.dataset import read_source
 
     return read_source(str(real_dataset_path))

@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from housing.data import split_dataset
-from housing.features import build_preprocessor
+from housing.data.dataset import split_dataset
 from housing.schema import COLUMN_NAMES, FEATURES, TARGET, validate_frame
+from housing.training.features import build_preprocessor
 
 
 def test_real_data_matches_the_contract(real_frame):

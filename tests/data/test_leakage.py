@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from housing.candidates import build_pipeline, load_candidate_specs
 from housing.config import get_settings
-from housing.data import split_dataset
+from housing.data.dataset import split_dataset
+from housing.training.candidates import build_pipeline, load_candidate_specs
 
 
 def test_the_fitted_pipeline_holds_only_training_rows_and_is_deterministic(real_frame):

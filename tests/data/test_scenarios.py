@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from housing.data import split_dataset
-from housing.loss_estimation import region_of
+from housing.data.dataset import split_dataset
+from housing.monitoring.loss_estimation import region_of
 from housing.schema import SPECS_BY_NAME
 from simulate_traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows
 

@@ -20,11 +20,11 @@ from sqlalchemy import text
 
 from housing.api import create_app
 from housing.api.fast_path import PredictFastPath
-from housing.artifacts import load_pickle
 from housing.config import Settings
-from housing.prediction_log import make_engine
-from housing.registry import load_model
+from housing.data.artifacts import load_pickle
+from housing.registry.versions import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+from housing.store.prediction_log import make_engine
 from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN
 
 TOKEN = "test-admin-token"

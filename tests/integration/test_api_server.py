@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy import text
 
-from housing.artifacts import load_pickle
-from housing.prediction_log import count_rows, make_engine
+from housing.data.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST
+from housing.store.prediction_log import count_rows, make_engine
 from tests.server import FEEDBACK_HEADERS, GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 

@@ -18,11 +18,11 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy import text
 
-from housing.data import load_split
-from housing.ledger import read_history
-from housing.prediction_log import make_engine
-from housing.registry import load_model_version
+from housing.data.dataset import load_split
+from housing.registry.ledger import read_history
+from housing.registry.versions import load_model_version
 from housing.schema import FEATURE_NAMES
+from housing.store.prediction_log import make_engine
 from tests.conftest import PipelineRun, run_stage
 from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from housing.loss_estimation import ARTIFACT_PATH
+from housing.monitoring.loss_estimation import ARTIFACT_PATH
 from tests.conftest import run_stage
 from tests.server import start_loop_server
 

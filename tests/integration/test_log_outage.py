@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from housing.artifacts import load_pickle
-from housing.prediction_log import count_rows
+from housing.data.artifacts import load_pickle
+from housing.store.prediction_log import count_rows
 from tests.backends import Backend
 from tests.server import ApiServer, server_env
 

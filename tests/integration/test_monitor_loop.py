@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from housing.artifacts import load_pickle
-from housing.digests import row_digests
-from housing.ledger import read_history
-from housing.prediction_log import make_engine
+from housing.data.artifacts import load_pickle
+from housing.data.digests import row_digests
+from housing.registry.ledger import read_history
+from housing.store.prediction_log import make_engine
 from tests.conftest import PROJECT_DIR, run_stage
 from tests.server import start_loop_server
 

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from housing.candidates import load_candidate_specs
-from housing.mlflow_ui import ui_links
-from housing.registry import load_model
+from housing.registry.mlflow_ui import ui_links
+from housing.registry.versions import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
+from housing.training.candidates import load_candidate_specs
 from tests.conftest import run_stage
 
 EXPECTED_METRICS = {"r2", "rmse", "mae", "mse", "cv_r2_mean", "cv_r2_std"}

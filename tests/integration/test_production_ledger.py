@@ -12,10 +12,10 @@ import pytest
 from mlflow import MlflowClient
 
 from housing.config import Settings
-from housing.ledger import LedgerEntry, previous_production, read_history, record_change
-from housing.locks import RETRAIN_LOCK, acquire_lock, describe_holder, read_lock, release_lock
-from housing.prediction_log import make_engine
-from housing.production import move_production, production_version
+from housing.registry.ledger import LedgerEntry, previous_production, read_history, record_change
+from housing.registry.production import move_production, production_version
+from housing.store.locks import RETRAIN_LOCK, acquire_lock, describe_holder, read_lock, release_lock
+from housing.store.prediction_log import make_engine
 from localteam.services import create_database, database_url
 from tests.backends import PostgresProvider
 from tests.code.test_locks import expired_lease, race_for_locks, the_winner

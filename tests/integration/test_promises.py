@@ -46,13 +46,13 @@ from prometheus_client import multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from housing.artifacts import load_json, load_pickle
-from housing.ledger import read_history
-from housing.prediction_log import PredictionLog, count_rows, make_engine, prediction_rows, read_window
-from housing.registry import load_model_version
+from housing.data.artifacts import load_json, load_pickle
+from housing.registry.ledger import read_history
+from housing.registry.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE
+from housing.registry.versions import load_model_version
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
-from housing.serving import MicroBatcher, ModelService
-from housing.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE
+from housing.serving.model_service import MicroBatcher, ModelService
+from housing.store.prediction_log import PredictionLog, count_rows, make_engine, prediction_rows, read_window
 from localteam.services import create_database, database_url
 from tests.code.test_prediction_log import (
     check_a_batch_retried_after_an_unclear_failure_is_stored_once,

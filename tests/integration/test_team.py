@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 
-from housing.prediction_log import count_rows
 from housing.schema import EXAMPLE_REQUEST
+from housing.store.prediction_log import count_rows
 from localteam.services import start_mlflow_server
 from tests.conftest import run_stage
 from tests.server import FEEDBACK_HEADERS, ApiServer, LoadGenerator, free_port, server_env

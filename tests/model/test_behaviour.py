@@ -8,8 +8,8 @@ import pytest
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.metrics import r2_score, root_mean_squared_error
 
-from housing.artifacts import load_pickle
-from housing.registry import load_model
+from housing.data.artifacts import load_pickle
+from housing.registry.versions import load_model
 from tests.conftest import TEST_ESTIMATOR_SCALE
 
 pytestmark = pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)

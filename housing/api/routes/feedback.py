@@ -23,8 +23,8 @@ from housing.api.deps import FeedbackTokenDep, ServicesDep
 from housing.api.problems import problem_response
 from housing.api.responses import json_response
 from housing.api.schemas import Feedback, FeedbackAccepted, ProblemDetail
-from housing.prediction_log import FeedbackResult, LogUnavailable, PredictionLog
-from housing.redaction import masked_first_line
+from housing.errors import masked_first_line
+from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog
 
 router = APIRouter()
 

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from housing.api.deps import ServicesDep
 from housing.api.responses import json_response
-from housing.redaction import mask_text, mask_uri
+from housing.errors import mask_text, mask_uri
 
 router = APIRouter()
 

@@ -1,0 +1,177 @@
+"""The prediction log's schema: its two tables, the engine every process opens it with, the row insert, and the
+migration that keeps an existing log readable when columns are added.
+
+``predictions`` holds one row per served prediction: the 8 features, the prediction and the version that answered
+(``served_alias``: ``production``, or ``staging`` for a canary request), and, while a challenger is loaded, the
+prediction of the model that did *not* answer (``shadow_prediction``, ``shadow_model_version``): the challenger's
+in shadow, the champion's on a canary request. The three columns are nullable: rows logged before they existed,
+and rows logged without a challenger, leave them empty. ``feedback`` holds the labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Engine, Float, MetaData, String, Table, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from housing.errors import UserError, masked_first_line
+from housing.schema import FEATURE_NAMES
+
+logger = logging.getLogger(__name__)
+
+CREATE_ATTEMPTS = 5
+"""Tries of creating the tables while other processes may be creating them too."""
+
+metadata = MetaData()
+
+predictions_table = Table(
+    "predictions",
+    metadata,
+    Column("request_id", String(32), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    *(Column(name, Float, nullable=False) for name in FEATURE_NAMES),
+    Column("prediction", Float, nullable=False),
+    Column("model_name", String(200), nullable=False),
+    Column("model_version", String(20), nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    *(Column(name, type_, nullable=True) for name, type_ in (("served_alias", String(20)), ("shadow_prediction", Float()),
+                                                          ("shadow_model_version", String(20)))),
+)
+
+feedback_table = Table(
+    "feedback",
+    metadata,
+    Column("request_id", String(32), primary_key=True),
+    Column("actual", Float, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+ADDED_COLUMNS: tuple[str, ...] = ("served_alias", "shadow_prediction", "shadow_model_version")
+"""Columns added after the first release, in order: :func:`create_tables` adds them to an older log."""
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "request_id", "created_at", *FEATURE_NAMES, "prediction", "model_name", "model_version", "latency_ms", *ADDED_COLUMNS,
+)
+"""Order of the values in a buffered prediction row (a tuple: cheap to build on the request path)."""
+
+
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+"""Databases whose insert skips stored request ids (``ON CONFLICT DO NOTHING``): the only ones the log accepts."""
+SQLITE_BUSY_SECONDS = 30.0
+"""How long SQLite waits for another process's write lock when no statement timeout is given."""
+
+
+def make_engine(url: str, *, connect_timeout: float | None = None, statement_timeout: float | None = None) -> Engine:
+    """An engine for ``url``. SQLite gets WAL, synchronous=NORMAL, its folder created on connect, and a busy timeout
+    (``statement_timeout``, else 30 s) for concurrent processes; PostgreSQL gets libpq's ``connect_timeout`` and a
+    server-side ``statement_timeout`` when given. A thread never waits longer than ``connect_timeout`` for a pooled
+    connection. Other databases are refused in one sentence: the insert that skips stored request ids (so that a
+    retried or replayed batch never duplicates a row, nor blocks the log on its primary key) exists for these two only."""
+    backend = make_url(url).get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        raise UserError(f"the prediction log supports SQLite and PostgreSQL URLs only (got a {backend!r} URL): set "
+                        "HOUSING_PREDICTION_LOG_URL to sqlite:///PATH or postgresql+psycopg://...")
+    pool_args: dict[str, Any] = {} if connect_timeout is None else {"pool_timeout": connect_timeout}
+    if url.startswith("sqlite"):
+        busy = SQLITE_BUSY_SECONDS if statement_timeout is None else statement_timeout
+        engine = create_engine(url, connect_args={"timeout": busy, "check_same_thread": False}, **pool_args)
+        database = make_url(url).database
+        folder = Path(database).parent if database and database != ":memory:" else None
+
+        @event.listens_for(engine, "do_connect")
+        def _create_folder(*_: Any) -> None:  # on every connect: the folder may come back after an outage
+            if folder is not None:
+                with contextlib.suppress(OSError):  # sqlite3 then fails with "unable to open database file"
+                    folder.mkdir(parents=True, exist_ok=True)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
+            cursor.close()
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        if connect_timeout is not None:
+            connect_args["connect_timeout"] = max(2, math.ceil(connect_timeout))  # libpq: whole seconds, at least 2
+        if statement_timeout is not None:
+            connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool_args)
+
+
+ROWS_PER_STATEMENT = 50
+"""Rows one multi-row INSERT carries (50 x 17 values: under SQLite's oldest limit of 999 parameters)."""
+
+
+def insert_statement(engine: Engine, rows: int = 1) -> str:
+    """A driver-level INSERT of ``rows`` prediction rows that skips request ids already stored.
+
+    Rows go to the DB-API's executemany as flat tuples (no per-row work in SQLAlchemy), ``rows`` rows per
+    statement: the driver takes the GIL back once per statement, not once per row. Under load the event loop
+    holds the GIL and a waiting thread gets it only at the next switch interval (5 ms), so a row-by-row
+    executemany of one flush (about 1,000 rows) could last seconds, past the stall limit, sending rows to
+    the spill file on the request path: the slowest requests' latency (measured in issue 14).
+    """
+    marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    columns = ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)
+    placeholders = ", ".join([f"({', '.join([marker] * len(PREDICTION_COLUMNS))})"] * rows)
+    return f"INSERT INTO predictions ({columns}) VALUES {placeholders} ON CONFLICT (request_id) DO NOTHING"
+
+
+def timestamp_value(engine: Engine, moment: datetime) -> Any:
+    """``moment`` as the driver stores it in the created_at column (SQLAlchemy's SQLite text format)."""
+    if engine.dialect.name == "sqlite":
+        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
+    return moment
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the log's tables if they don't exist, and add the columns an older log lacks (safe to call from
+    several processes at once: a column another process added meanwhile is fine)."""
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            add_missing_columns(engine)
+            return
+        except SQLAlchemyError as error:  # another process created a table at the same moment: check again
+            if attempt == CREATE_ATTEMPTS or not lost_a_create_race(error):
+                raise UserError(f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
+                                f"({masked_first_line(error, str(engine.url))})") from None
+            time.sleep(0.05 * attempt)
+
+
+def lost_a_create_race(error: Exception) -> bool:
+    """Whether a CREATE failed because another process created the object first (not an outage)."""
+    return isinstance(error, IntegrityError) or "already exists" in str(error)
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """``ALTER TABLE predictions ADD COLUMN`` each of :data:`ADDED_COLUMNS` it lacks (nullable: the old rows keep
+    NULL); returns the columns added."""
+    present = {column["name"] for column in inspect(engine).get_columns("predictions")}
+    added = []
+    for name in ADDED_COLUMNS:
+        if name in present:
+            continue
+        column_type = predictions_table.c[name].type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as connection:
+                connection.execute(text(f'ALTER TABLE predictions ADD COLUMN "{name}" {column_type}'))
+        except SQLAlchemyError:
+            if name not in {column["name"] for column in inspect(engine).get_columns("predictions")}:
+                raise
+            continue  # another process added it first
+        added.append(name)
+    if added:
+        logger.info("prediction log: added column(s) %s to an older predictions table", ", ".join(added))
+    return added
