@@ -5,6 +5,6 @@ the prediction log, takes ground truth at /feedback. Docs at /docs. Settings fro
 (HOUSING_*, MLFLOW_TRACKING_URI); see README.md.
 """
 
-from housing.api import create_app
+from housing.api.main import create_app
 
 app = create_app()

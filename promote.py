@@ -33,7 +33,7 @@ from housing.registry import tracking
 from housing.registry.ledger import read_history, summarise_evidence
 from housing.registry.live_verdict import judge_challenger
 from housing.registry.production import rollback
-from housing.registry.versions import EvaluationData, promote
+from housing.registry.promotion import EvaluationData, promote
 from housing.store.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.store.prediction_log import make_engine
 

@@ -35,12 +35,13 @@ from bench.monitor import labelled_window, retrain_and_gate
 from housing.config import Settings, get_settings
 from housing.data.dataset import load_split
 from housing.data.digests import row_digests
-from housing.registry.promotion_policy import decide_challenger, paired_bootstrap
+from housing.monitoring.traffic import scenario_rows
+from housing.registry.live_policy import decide_challenger
+from housing.registry.promotion_policy import paired_bootstrap
 from housing.registry.versions import all_versions, get_version_by_alias, load_version, registry_client
 from housing.schema import FEATURE_NAMES
 from housing.serving.shadow import routes_to_challenger
 from housing.store.retrain_evidence import base_districts, new_evidence
-from simulate_traffic import scenario_rows
 
 Predict = Callable[[pd.DataFrame], np.ndarray]
 

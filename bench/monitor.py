@@ -47,6 +47,7 @@ from housing.monitoring.drift_report import PREDICTION, WindowFigures, evaluate_
 from housing.monitoring.loss_estimation import LossEstimator, anchor, load_loss_estimator
 from housing.monitoring.retrain_policy import RetrainThresholds, decide
 from housing.monitoring.retraining import RetrainingSets, build_retraining_sets
+from housing.monitoring.traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows
 from housing.registry.promotion_policy import GateEvidence, paired_bootstrap
 from housing.registry.versions import get_version_by_alias, load_version, registry_client
 from housing.schema import FEATURE_NAMES, SPECS_BY_NAME, TARGET
@@ -55,7 +56,6 @@ from housing.store.prediction_log import PredictionLog, feedback_table, predicti
 from housing.store.retrain_evidence import base_districts, new_evidence
 from housing.training.candidates import build_pipeline, load_candidate_specs
 from housing.training.scoring import regression_metrics
-from simulate_traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

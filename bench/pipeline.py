@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from housing.data.artifacts import load_pickle
-from housing.registry.versions import load_model
+from housing.registry.versions import get_version_by_alias, load_version, registry_client
 from housing.serving.compiled import fast_predict_or_default
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -77,7 +77,10 @@ def main() -> int:
 def predict_latency(env: dict[str, str], repeats: int = 2000) -> str:
     """p50/p99 of in-process single-row predict of the production pipeline, on real test rows: through
     ``pipeline.predict`` on a one-row DataFrame, and through the compiled path the API serves with."""
-    model = load_model("models:/CaliforniaHousing@production", env["MLFLOW_TRACKING_URI"])
+    client = registry_client(env["MLFLOW_TRACKING_URI"])
+    production = get_version_by_alias(client, "CaliforniaHousing", "production")
+    assert production is not None, "the pipeline promoted no production version"
+    model = load_version(client, production)
     x_test = load_pickle(Path(env["HOUSING_ARTIFACTS_DIR"]) / "split" / "X_test.pkl")
     compiled, verified = fast_predict_or_default(model)
     frames = [x_test.iloc[[i % len(x_test)]] for i in range(repeats)]

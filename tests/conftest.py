@@ -27,6 +27,8 @@ import pytest
 from tests.backends import BACKENDS, Backend, PostgresProvider, make_backend, postgres_unavailable
 
 if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
     from housing.config import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -112,6 +114,16 @@ class PipelineRun:
         from housing.config import Settings
 
         return Settings(artifacts_dir=self.artifacts_dir, tracking_uri=self.tracking_uri, **overrides)
+
+    def load_version(self, version: str | None = None) -> Pipeline:
+        """A registered version's pipeline (the production alias's by default), loaded as the API loads it."""
+        from housing.registry.versions import get_version_by_alias, load_version, registry_client
+
+        client = registry_client(self.tracking_uri)
+        found = (client.get_model_version("CaliforniaHousing", version) if version is not None
+                 else get_version_by_alias(client, "CaliforniaHousing", "production"))
+        assert found is not None, "no production version"
+        return load_version(client, found)
 
 
 def run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider) -> PipelineRun:

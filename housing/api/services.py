@@ -9,7 +9,8 @@ import gc
 import logging
 
 from housing.config import Settings
-from housing.serving.model_service import LoadedModel, MicroBatcher, ModelService
+from housing.serving.micro_batch import MicroBatcher
+from housing.serving.model_service import LoadedModel, ModelService
 from housing.serving.prometheus import Metrics
 from housing.serving.shadow import ShadowScorer, routes_to_challenger
 from housing.store.prediction_log import PredictionLog

@@ -38,7 +38,7 @@ from housing.data.dataset import Split
 from housing.data.digests import frame_sha256
 from housing.errors import UserError
 from housing.registry import tracking
-from housing.registry.versions import EvaluationData, PromotionReport, promote
+from housing.registry.promotion import EvaluationData, PromotionReport, promote
 from housing.schema import FEATURE_NAMES, TARGET
 from housing.store.prediction_log import make_engine
 from housing.store.retrain_evidence import EVAL_ROLE, TRAIN_ROLE, record_used_rows

@@ -23,8 +23,8 @@ from sqlalchemy import Engine, and_, func, or_, select
 
 from housing.config import Settings
 from housing.data.digests import row_digests
+from housing.registry.live_policy import ChallengerVerdict, decide_challenger
 from housing.registry.production import move_production
-from housing.registry.promotion_policy import ChallengerVerdict, decide_challenger
 from housing.registry.versions import get_version_by_alias
 from housing.schema import FEATURE_NAMES
 from housing.store.locks import aware

@@ -15,15 +15,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from housing.registry.live_policy import confidence_sequence, decide_challenger, labels_needed, sequence_radius
 from housing.registry.live_verdict import first_scored, paired_requests
-from housing.registry.promotion_policy import (
-    PromotionDecision,
-    confidence_sequence,
-    decide_challenger,
-    for_shadow_mode,
-    labels_needed,
-    sequence_radius,
-)
+from housing.registry.promotion_policy import PromotionDecision, for_shadow_mode
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.serving.model_service import LoadedModel
 from housing.serving.prometheus import Metrics

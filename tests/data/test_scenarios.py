@@ -9,8 +9,8 @@ import pytest
 
 from housing.data.dataset import split_dataset
 from housing.monitoring.loss_estimation import region_of
+from housing.monitoring.traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows
 from housing.schema import SPECS_BY_NAME
-from simulate_traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from housing.api import create_app
 from housing.api.fast_path import PredictFastPath
+from housing.api.main import create_app
 from housing.config import Settings
 from housing.data.artifacts import load_pickle
-from housing.registry.versions import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.store.prediction_log import make_engine
 from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN
@@ -85,7 +84,7 @@ def test_single_prediction(client, pipeline_run):
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"request_id", "MedHouseVal", "price_usd", "model_name", "model_version"}
-    production = load_model("models:/CaliforniaHousing@production", pipeline_run.tracking_uri)
+    production = pipeline_run.load_version()
     assert body["MedHouseVal"] == pytest.approx(production.predict(pd.DataFrame([EXAMPLE_REQUEST]))[0], rel=1e-12)
     assert body["price_usd"] == pytest.approx(body["MedHouseVal"] * 100_000, abs=0.01)
     assert body["model_name"] == "CaliforniaHousing" and body["model_version"] == client.get("/model").json()["version"]
@@ -96,7 +95,7 @@ def test_batch_is_served_exactly_as_trained_in_order(client, pipeline_run, test_
     response = client.post("/predict", json=rows.to_dict(orient="records"))
     assert response.status_code == 200
     body = response.json()
-    production = load_model("models:/CaliforniaHousing@production", pipeline_run.tracking_uri)
+    production = pipeline_run.load_version()
     expected = production.predict(rows)
     assert [p["MedHouseVal"] for p in body["predictions"]] == pytest.approx(list(expected), rel=1e-12)
     assert len({p["request_id"] for p in body["predictions"]}) == 40

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from housing.api import create_app
+from housing.api.main import create_app
 from housing.config import Settings
 from housing.schema import EXAMPLE_REQUEST
 from tests.conftest import DATA_SOURCE, PipelineRun, run_stage

@@ -6,7 +6,6 @@ import pytest
 from mlflow import MlflowClient
 
 from housing.registry.mlflow_ui import ui_links
-from housing.registry.versions import load_model
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.training.candidates import load_candidate_specs
 from tests.conftest import run_stage
@@ -99,7 +98,7 @@ def test_production_alias_points_to_a_good_model(pipeline_run, client):
 
 
 def test_production_model_predicts_the_seed_request(pipeline_run):
-    model = load_model("models:/CaliforniaHousing@production", pipeline_run.tracking_uri)
+    model = pipeline_run.load_version()
     prediction = model.predict(pd.DataFrame([EXAMPLE_REQUEST]))[0]
     assert 1.0 < prediction < 3.5  # $100k-$350k for a 1990 Los Angeles district with median income $35k
 

@@ -51,7 +51,8 @@ from housing.registry.ledger import read_history
 from housing.registry.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE
 from housing.registry.versions import load_model_version
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
-from housing.serving.model_service import MicroBatcher, ModelService
+from housing.serving.micro_batch import MicroBatcher
+from housing.serving.model_service import ModelService
 from housing.store.prediction_log import PredictionLog, count_rows, make_engine, prediction_rows, read_window
 from localteam.services import create_database, database_url
 from tests.code.test_prediction_log import (

@@ -9,7 +9,6 @@ from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.metrics import r2_score, root_mean_squared_error
 
 from housing.data.artifacts import load_pickle
-from housing.registry.versions import load_model
 from tests.conftest import TEST_ESTIMATOR_SCALE
 
 pytestmark = pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 
 @pytest.fixture(scope="module")
 def production(pipeline_run):
-    return load_model("models:/CaliforniaHousing@production", pipeline_run.tracking_uri)
+    return pipeline_run.load_version()
 
 
 @pytest.fixture(scope="module")
