@@ -67,9 +67,9 @@ lint: setup  ## ruff (style, imports, bugs) and mypy (types) on the whole tree
 	$(VENV)/bin/mypy
 
 bench: setup  ## stage timings (bench/pipeline.py), accuracy over split seeds, serving load test (needs wrk)
-	$(PY) bench/pipeline.py
-	$(PY) bench/quality.py
-	$(PY) bench/serve.py
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.quality
+	$(PY) -m bench.serve
 
 monitor-ui: setup  ## the monitor's history in Evidently's UI at http://127.0.0.1:8002 (HOUSING_MONITOR_UI_PORT)
 	$(PY) -m housing.monitoring.evidently_ui

@@ -3,8 +3,9 @@
 Reads the last --window predictions the production version served (or those of the last
 --since-minutes) from the prediction log, compares them with the data that version was trained on
 (Evidently: drift on the 8 features and the prediction; RMSE / R2 / MAE on the labelled part), and
-judges with the thresholds from the settings: something is wrong when more than 20 % of the features
-drifted, or RMSE > 0.5, or R2 < 0.6 (the last two need labels). It retrains only with evidence: at least
+judges with the thresholds from the settings: something is wrong when more than --drift-share-threshold of
+the features drifted, or RMSE is above --rmse-threshold, or R2 below --r2-threshold (the last two need
+labels; the defaults are in the option list below). It retrains only with evidence: at least
 --monitor-min-labels labelled districts no model has learnt from; otherwise it alerts and says how many
 more are needed. Reports go to artifacts/reports/ (timestamped and *_latest) and every decision is an
 MLflow run in the "monitoring" experiment. A retrain holds the retrain lock (a second monitor says so
@@ -113,8 +114,9 @@ def main(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: window, dry run, watch interval and the monitor's settings."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    window = Settings.model_fields["monitor_window"]
     parser.add_argument("--window", dest="monitor_window", type=int, default=None, metavar="N",
-                        help="Monitor the last N logged predictions [env HOUSING_MONITOR_WINDOW; default 2000]")
+                        help=f"{window.description} [env HOUSING_MONITOR_WINDOW; default {window.default}]")
     parser.add_argument("--since-minutes", type=float, default=None, metavar="M",
                         help="Monitor the predictions of the last M minutes instead of the last N.")
     parser.add_argument("--dry-run", action="store_true", help="Decide and record, but don't retrain.")

@@ -35,7 +35,7 @@ from housing.registry.live_verdict import judge_challenger
 from housing.registry.production import rollback
 from housing.registry.promotion import EvaluationData, promote
 from housing.store.locks import RETRAIN_LOCK, describe_holder, held_lock
-from housing.store.prediction_log import make_engine
+from housing.store.tables import opened_engine
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,20 +48,16 @@ def main(args: argparse.Namespace) -> int:
         before, after = rollback(tracking.connect(settings), settings, command="promote.py --rollback")
         print(f"'{settings.production_alias}' of {settings.model_name} rolled back from version {before} to version {after}")
         return 0
-    engine = make_engine(settings.prediction_log)
-    try:
-        with held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
-            if lock is None:
-                holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
-                print(f"another retrain or promotion is running on {holder}; not promoting")
-                return 0
-            if args.from_shadow:
-                outcome = judge_challenger(tracking.connect(settings), settings, engine, command="promote.py --from-shadow")
-                print(outcome.verdict.message)
-            else:
-                promote_and_report(settings)
-    finally:
-        engine.dispose()
+    with opened_engine(settings.log_database_url) as engine, held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
+        if lock is None:
+            holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
+            print(f"another retrain or promotion is running on {holder}; not promoting")
+            return 0
+        if args.from_shadow:
+            outcome = judge_challenger(tracking.connect(settings), settings, engine, command="promote.py --from-shadow")
+            print(outcome.verdict.message)
+        else:
+            promote_and_report(settings)
     return 0
 
 
@@ -81,11 +77,8 @@ def promote_and_report(settings: Settings) -> None:
 
 def print_history(settings: Settings) -> None:
     """Print the production ledger of the model, oldest first, one line per move."""
-    engine = make_engine(settings.prediction_log)
-    try:
+    with opened_engine(settings.log_database_url) as engine:
         entries = read_history(engine, settings.model_name)
-    finally:
-        engine.dispose()
     if not entries:
         print(f"the production ledger of {settings.model_name} is empty")
         return

@@ -30,12 +30,11 @@ from pathlib import Path
 import httpx
 import orjson
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+from bench.serve import free_port, start, stop, wait_for
+from housing.schema import EXAMPLE_REQUEST
+from localteam.services import API_SERVER_FLAGS
 
-from bench.serve import free_port, start, stop, wait_for  # noqa: E402
-from housing.schema import EXAMPLE_REQUEST  # noqa: E402
-from localteam.services import API_SERVER_FLAGS  # noqa: E402
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 TOKEN = "bench-hostile-token"
 CHUNK = b"x" * 65_536

@@ -36,16 +36,18 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "tracking_uri"),
         description="MLflow tracking store (standard MLFLOW_TRACKING_URI).",
     )
-    experiment_name: str = "California-Housing-Regression"
-    monitoring_experiment_name: str = "monitoring"
-    model_name: str = "CaliforniaHousing"
-    production_alias: str = "production"
-    staging_alias: str = "staging"
+    experiment_name: str = Field("California-Housing-Regression", description="MLflow experiment of the training runs.")
+    monitoring_experiment_name: str = Field("monitoring", description="MLflow experiment of the monitor's rounds.")
+    model_name: str = Field("CaliforniaHousing", description="Registered model every candidate is a version of.")
+    production_alias: str = Field("production", description="Registry alias of the served version.")
+    staging_alias: str = Field("staging", description="Registry alias of the challenger (shadow scoring, canary).")
 
     # --- preprocessing and training ------------------------------------------------------------
-    random_state: int = 42
-    test_size: float = Field(0.2, gt=0.0, lt=1.0)
-    outlier_quantiles: tuple[float, float] = (0.001, 0.999)
+    random_state: int = Field(42, description="Seed of the train/test split and of every model.")
+    test_size: float = Field(0.2, gt=0.0, lt=1.0, description="Share of the rows held out as the test split.")
+    outlier_quantiles: tuple[float, float] = Field(
+        (0.001, 0.999), description="Quantiles of the training split the heavy-tailed columns are clipped to."
+    )
     cv_folds: int = Field(2, ge=2, description="Folds of the cross-validation on the training split.")
     n_jobs: int = Field(2, ge=1, description="Processes used to fit candidates and folds in parallel.")
     estimator_scale: float = Field(
@@ -58,13 +60,14 @@ class Settings(BaseSettings):
     )
 
     # --- promotion gates -------------------------------------------------------------------------
-    staging_r2_threshold: float = 0.7
-    production_r2_threshold: float = 0.75
+    staging_r2_threshold: float = Field(0.7, description="Test-split R2 a candidate needs for the staging gate.")
+    production_r2_threshold: float = Field(0.75, description="Test-split R2 a candidate needs to replace production.")
 
     # --- serving ------------------------------------------------------------------------------------
     prediction_log_url: str | None = Field(
         None,
-        description="SQLAlchemy URL of the prediction log; unset means SQLite at <artifacts>/prediction_log.db.",
+        description="SQLAlchemy URL of the prediction-log database (predictions, labels, production ledger, locks, "
+        "retraining rows); unset means SQLite at <artifacts>/prediction_log.db.",
     )
     max_batch_rows: int = Field(10_000, ge=1, description="Most rows one /predict request may carry.")
     reload_interval: float = Field(10.0, gt=0, description="Seconds between checks of the production alias.")
@@ -218,8 +221,9 @@ class Settings(BaseSettings):
         return self.secrets_dir / "feedback_token"
 
     @property
-    def prediction_log(self) -> str:
-        """The prediction log's SQLAlchemy URL (SQLite under the artifacts dir unless set)."""
+    def log_database_url(self) -> str:
+        """SQLAlchemy URL of the prediction-log database, which also holds the labels, the production ledger,
+        the locks and the retraining rows: ``prediction_log_url``, else SQLite under the artifacts dir."""
         return self.prediction_log_url or f"sqlite:///{self.artifacts_dir / 'prediction_log.db'}"
 
     @property

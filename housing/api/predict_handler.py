@@ -27,7 +27,14 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
 from housing.api.json_scan import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits
-from housing.api.problems import InputError, describe_errors, problem_body, retry_after, validation_problem
+from housing.api.problems import (
+    InputError,
+    describe_errors,
+    model_unavailable,
+    problem_body,
+    unavailable,
+    validation_problem,
+)
 from housing.api.query_params import query_payload
 from housing.api.schemas import many_rows_adapter, one_row_adapter
 from housing.api.services import Services
@@ -73,7 +80,7 @@ def batch_too_large(rows: int, limit: int) -> InputError:
     return InputError(413, f"the batch has {rows:,} rows; the limit is {limit:,} (HOUSING_MAX_BATCH_ROWS)")
 
 
-def read_rows(body: bytes, settings: Settings) -> BaseModel | list[BaseModel]:
+def parse_rows(body: bytes, settings: Settings) -> BaseModel | list[BaseModel]:
     """Check, parse and validate a /predict body: one validated row, or the list of a batch's rows."""
     payload = parse_json(body, JsonLimits.of(settings), settings.max_batch_rows)
     if isinstance(payload, dict):
@@ -172,9 +179,9 @@ async def handle_predict(services: Services, body: bytes, routing_key: bytes | N
             rows: BaseModel | list[BaseModel] = validate_row(query_payload(query, body, services.settings.max_body_bytes),
                                                              services.settings.max_listed_errors)
         elif len(body) > OFFLOAD_BODY_BYTES:
-            rows = await asyncio.to_thread(read_rows, body, services.settings)
+            rows = await asyncio.to_thread(parse_rows, body, services.settings)
         else:
-            rows = read_rows(body, services.settings)
+            rows = parse_rows(body, services.settings)
         if isinstance(rows, list):
             content = await predict_batch(services, rows, started, routing_key)
         else:
@@ -182,9 +189,9 @@ async def handle_predict(services: Services, body: bytes, routing_key: bytes | N
     except InputError as error:
         return error.status, problem_body(error.detail, error.errors), []
     except ModelUnavailable as error:
-        return 503, problem_body(str(error)), [(b"retry-after", retry_after(services.settings).encode())]
+        return model_unavailable(error, services.settings)
     except LogUnavailable as error:  # no prediction is served that could not be logged
-        return 503, problem_body(str(error)), [(b"retry-after", str(error.retry_after).encode())]
+        return unavailable(str(error), str(error.retry_after))
     return 200, content, []
 
 

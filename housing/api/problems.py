@@ -92,6 +92,19 @@ def retry_after(settings: Settings) -> str:
     return str(int(settings.reload_interval))
 
 
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def unavailable(detail: str, retry_after_seconds: str) -> tuple[int, bytes, RawHeaders]:
+    """503 with ``Retry-After``, as (status, problem body, raw headers)."""
+    return 503, problem_body(detail), [(b"retry-after", retry_after_seconds.encode())]
+
+
+def model_unavailable(error: ModelUnavailable, settings: Settings) -> tuple[int, bytes, RawHeaders]:
+    """No production model is loaded: 503, with Retry-After set to the registry check interval."""
+    return unavailable(str(error), retry_after(settings))
+
+
 async def handle_input_error(_: Request, error: Exception) -> Response:
     """Render an :class:`InputError` raised by a route."""
     assert isinstance(error, InputError)
@@ -124,8 +137,11 @@ async def handle_http_exception(_: Request, error: Exception) -> Response:
 
 
 async def handle_model_unavailable(request: Request, error: Exception) -> Response:
-    """No production model is loaded: 503, with Retry-After set to the registry check interval."""
-    return problem_response(503, str(error), headers={"Retry-After": retry_after(get_services(request).settings)})
+    """Render :func:`model_unavailable` for a route."""
+    assert isinstance(error, ModelUnavailable)
+    status, body, headers = model_unavailable(error, get_services(request).settings)
+    return Response(body, status_code=status, media_type="application/json",
+                    headers={name.decode(): value.decode() for name, value in headers})
 
 
 def install_exception_handlers(app: FastAPI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, create_model
@@ -69,3 +70,87 @@ class FeedbackAccepted(BaseModel):
 class ProblemDetail(BaseModel):
     detail: str = Field(description="One sentence saying what is wrong.")
     errors: list[dict[str, Any]] | None = Field(None, description="Every validation error: row, field, rule, message.")
+
+
+class ServedModel(BaseModel):
+    name: str
+    version: str
+    loaded_at: datetime
+
+
+class AliasState(BaseModel):
+    name: str = Field(description="The alias the service follows.")
+    version: str | None = Field(description="The version it named at the last successful check.")
+    missing: bool = Field(description="The registry answered and no version has the alias.")
+
+
+class FailedVersionState(BaseModel):
+    version: str
+    reason: str = Field(description="Why it did not load, in one line (credentials masked).")
+    failed_at: datetime
+
+
+class RegistryState(BaseModel):
+    uri: str = Field(description="The tracking store, credentials masked.")
+    reachable: bool | None
+    last_check: datetime | None
+    last_error: str | None
+    alias: AliasState
+    failed_version: FailedVersionState | None = Field(
+        description="A version the alias names that failed to load: not tried again until the alias moves."
+    )
+
+
+class LogState(BaseModel):
+    pending_rows: int = Field(description="Rows answered and not yet in the database (memory and spill files).")
+    written_rows: int
+    last_error: str | None
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="'ready' (200) or 'not ready' (503).")
+    reason: str | None = Field(None, description="Why not ready, and what to do.")
+    model: ServedModel | None
+    registry: RegistryState
+    prediction_log: LogState
+
+
+class StepInfo(BaseModel):
+    name: str = Field(description="The pipeline step.")
+    kind: str = Field(description="Its class, e.g. LGBMRegressor.")
+    compiled: bool = Field(description="True: compiled array arithmetic runs; false: the library's own code.")
+
+
+class ChallengerInfo(BaseModel):
+    version: str
+    alias: str
+    candidate: str | None
+    run_id: str | None
+    loaded_at: datetime
+    compiled_predict: bool
+    predict_path: list[StepInfo]
+    mode: str = Field(description="'shadow', or 'shadow + canary' when it also answers a share of requests.")
+    canary_percent: float
+    shadow_backlog_rows: int = Field(description="Served rows waiting for the challenger's prediction.")
+
+
+class ChallengerStatus(BaseModel):
+    alias: str
+    alias_version: str | None
+    last_error: str | None
+    history: list[str]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    alias: str
+    candidate: str | None
+    run_id: str | None
+    metrics: dict[str, float] = Field(description="The version's training metrics (test split).")
+    loaded_at: datetime
+    compiled_predict: bool = Field(description="Every step compiled and the path verified against pipeline.predict.")
+    predict_path: list[StepInfo]
+    history: list[str] = Field(description="Recent loads and switches, newest last.")
+    challenger: ChallengerInfo | None = Field(description="The version in shadow (staging), when one is loaded.")
+    challenger_status: ChallengerStatus

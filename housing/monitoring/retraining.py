@@ -40,10 +40,11 @@ from housing.errors import UserError
 from housing.registry import tracking
 from housing.registry.promotion import EvaluationData, PromotionReport, promote
 from housing.schema import FEATURE_NAMES, TARGET
-from housing.store.prediction_log import make_engine
 from housing.store.retrain_evidence import EVAL_ROLE, TRAIN_ROLE, record_used_rows
+from housing.store.tables import opened_engine
 from housing.training.candidates import load_candidate_specs
 from housing.training.comparison import TrainingData, TrainingOutcome, train_and_register
+from housing.training.scoring import ratio_bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +117,8 @@ def price_index(labels: np.ndarray, predictions: np.ndarray, *, base: float, sam
     labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
     if labels.size == 0 or predictions.sum() <= 0:
         return PriceIndex(1.0, 1.0, 1.0, base)
-    picks = np.random.default_rng(seed).integers(0, labels.size, size=(samples, labels.size))
-    ratios = labels[picks].sum(axis=1) / predictions[picks].sum(axis=1)
-    tail = (1.0 - confidence) / 2
-    low, high = np.quantile(ratios, [tail, 1.0 - tail])
-    return PriceIndex(float(labels.sum() / predictions.sum()), float(low), float(high), base)
+    low, high = ratio_bootstrap(labels, predictions, samples=samples, confidence=confidence, seed=seed)
+    return PriceIndex(float(labels.sum() / predictions.sum()), low, high, base)
 
 
 def _combine(parts: list[tuple[pd.DataFrame, pd.Series, np.ndarray]]) -> tuple[pd.DataFrame, pd.Series, np.ndarray]:
@@ -222,12 +220,9 @@ def retrain(settings: Settings, split: Split, remembered: pd.DataFrame, new: pd.
     logger.info("retraining on %s (sha256 %s)", sets.training.provenance["training_data"], sets.training.data_sha256[:12])
     specs = load_candidate_specs(settings.candidates_path, settings.candidates)
     outcome = train_and_register(settings, sets.training, specs)
-    engine = make_engine(settings.prediction_log)
-    try:  # recorded before promotion: even a rejected challenger has used this evidence
+    with opened_engine(settings.log_database_url) as engine:  # recorded before promotion: even a rejected challenger has used this evidence
         record_used_rows(engine, outcome.parent_run_id, sets.train_traffic, TRAIN_ROLE)
         record_used_rows(engine, outcome.parent_run_id, sets.eval_traffic, EVAL_ROLE)
-    finally:
-        engine.dispose()
     client = tracking.connect(settings)
     report = promote(client, settings, sets.evaluation, training_run_id=outcome.parent_run_id, command="monitor.py (retrain)")
     return RetrainOutcome(outcome, report, data_dir)

@@ -41,8 +41,9 @@ from housing.registry.live_verdict import ChallengerOutcome, judge_challenger
 from housing.registry.versions import get_version_by_alias, load_version
 from housing.schema import FEATURE_NAMES, TARGET
 from housing.store.locks import RETRAIN_LOCK, describe_holder, held_lock
-from housing.store.prediction_log import make_engine, read_window
+from housing.store.prediction_log import read_window
 from housing.store.retrain_evidence import EVAL_ROLE, Evidence, base_districts, new_evidence, trained_rows, used_districts
+from housing.store.tables import opened_engine
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
@@ -189,7 +190,7 @@ def held_out_data(engine: Engine, split: Split, training_run_id: str, remembered
                          f"+ {len(held):,} labelled traffic rows its retraining held out)")
 
 
-def production_reference(split: Split, remembered: pd.DataFrame, model: Pipeline, settings: Settings, price_index: float,
+def production_reference(split: Split, remembered: pd.DataFrame, model: Pipeline, settings: Settings,
                          held_out: HeldOut) -> pd.DataFrame:
     """The reference of the production version: drift against the data it was trained on (the training split, plus
     the labelled traffic a retrained version learnt from, drawn in proportion to the weight it had in training);
@@ -234,7 +235,7 @@ def read_inputs(settings: Settings, engine: Engine, since: datetime | None) -> M
     remembered = trained_rows(engine, version.tags.get("training_run_id", ""))
     index = float(client.get_run(version.run_id).data.tags.get("price_index", "1")) if version.run_id else 1.0
     held_out = held_out_data(engine, split, version.tags.get("training_run_id", ""), remembered, index)
-    reference = production_reference(split, remembered, load_version(client, version), settings, index, held_out)
+    reference = production_reference(split, remembered, load_version(client, version), settings, held_out)
     estimator, note = serving_estimator(client, version)
     return MonitorInputs(version, window, split, remembered, reference, current_evidence(engine, window, split), index,
                          held_out.description, estimator, note)
@@ -259,7 +260,7 @@ def current_evidence(engine: Engine, window: pd.DataFrame, split: Split) -> Evid
     return new_evidence(labelled, used_districts(engine) | base_districts(split.x_train))
 
 
-def retrain_with_evidence(settings: Settings, engine: Engine, inputs: MonitorInputs, monitoring_run_id: str) -> RetrainOutcome:
+def retrain_with_evidence(settings: Settings, inputs: MonitorInputs, monitoring_run_id: str) -> RetrainOutcome:
     """Retrain on the new evidence plus what production learnt from, and tag the monitoring run with the outcome.
 
     A failure is tagged on the run and raised as :class:`RetrainFailed`; production is untouched then,
@@ -269,7 +270,7 @@ def retrain_with_evidence(settings: Settings, engine: Engine, inputs: MonitorInp
         outcome = retrain(settings, inputs.split, inputs.remembered, inputs.evidence.rows,
                           base_source=read_manifest(settings.manifest_path).source, base_index=inputs.price_index)
     except Exception as error:
-        known = (settings.tracking_uri, settings.prediction_log)
+        known = (settings.tracking_uri, settings.log_database_url)
         tracking.connect(settings).set_tag(monitoring_run_id, "retrain_failed", mask_text(f"{type(error).__name__}: {error}", *known)[:4000])
         raise RetrainFailed(f"{type(error).__name__}: {masked_first_line(error, *known)}") from error
     promotion = outcome.promotion
@@ -291,7 +292,7 @@ def retrain_once(settings: Settings, engine: Engine, inputs: MonitorInputs, outc
             outcome.not_retrained = (f"a retrain that finished meanwhile used this evidence (now {inputs.evidence.districts:,} new "
                                      "labelled districts); this monitor does not retrain")
             return
-        outcome.retrained = retrain_with_evidence(settings, engine, inputs, outcome.monitoring_run_id or "")
+        outcome.retrained = retrain_with_evidence(settings, inputs, outcome.monitoring_run_id or "")
 
 
 def add_to_history(settings: Settings, snapshot: Snapshot | None, inputs: MonitorInputs, figures: WindowFigures, decision: Decision,
@@ -336,8 +337,7 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
     A retrain that fails raises :class:`RetrainFailed`; production is untouched because only promote
     moves the alias, last.
     """
-    engine = make_engine(settings.prediction_log)
-    try:
+    with opened_engine(settings.log_database_url) as engine:
         inputs = read_inputs(settings, engine, since)
         when = datetime.now(UTC)
         snapshot, figures = evaluate_window(inputs.reference, inputs.window, settings, {"error_reference": inputs.error_reference})
@@ -366,5 +366,3 @@ def run_monitor(settings: Settings, *, since: datetime | None = None, dry_run: b
         elif decision.retrain and not dry_run:
             retrain_once(settings, engine, inputs, outcome)
         return outcome
-    finally:
-        engine.dispose()

@@ -28,7 +28,7 @@ from housing.registry.production import move_production
 from housing.registry.versions import get_version_by_alias
 from housing.schema import FEATURE_NAMES
 from housing.store.locks import aware
-from housing.store.prediction_log import feedback_table, predictions_table
+from housing.store.tables import feedback_table, predictions_table
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -19,7 +19,7 @@ from housing.config import Settings
 from housing.errors import UserError
 from housing.registry.ledger import ROLLBACK_REASON, LedgerEntry, create_ledger_table, previous_production, read_history, record_change
 from housing.store.locks import RETRAIN_LOCK, describe_holder, held_lock
-from housing.store.prediction_log import make_engine
+from housing.store.tables import opened_engine
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -61,11 +61,8 @@ def move_production(
     Raises :class:`ProductionMoved` (alias and ledger untouched) when production names another version.
     The caller should hold :data:`housing.store.locks.RETRAIN_LOCK`.
     """
-    engine = make_engine(settings.prediction_log)
-    try:
+    with opened_engine(settings.log_database_url) as engine:
         _move(client, settings, engine, expected=expected, to_version=to_version, command=command, reason=reason, evidence=evidence)
-    finally:
-        engine.dispose()
 
 
 def _move(client: MlflowClient, settings: Settings, engine: Engine, *, expected: str | None, to_version: str, command: str,
@@ -105,24 +102,20 @@ def rollback(client: MlflowClient, settings: Settings, command: str) -> tuple[st
     A one-sentence :class:`UserError` when there is no production or the ledger knows no earlier version.
     """
     name = settings.model_name
-    engine = make_engine(settings.prediction_log)
-    try:
-        with held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
-            if lock is None:
-                holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
-                raise RetrainInProgress(f"a retrain or promotion is in progress ({holder}); not rolling back, try again when it ends")
-            current = production_version(client, settings)
-            if current is None:
-                raise UserError(f"{name} has no '{settings.production_alias}' version; there is nothing to roll back")
-            target = previous_production(engine, name, current)
-            if target is None:
-                raise UserError(f"the production ledger records no version of {name} before version {current}; nothing to roll back to")
-            if target not in {str(version.version) for version in client.search_model_versions(f"name = '{name}'")}:
-                raise UserError(f"version {target} of {name}, production before version {current}, no longer exists in the registry")
-            undone = next(entry for entry in reversed(read_history(engine, name)) if entry.to_version == current and entry.reason != ROLLBACK_REASON)
-            evidence = {"rolled_back_version": current, "undoes_entry": undone.id, "undoes_command": undone.command}
-            _move(client, settings, engine, expected=current, to_version=target, command=command, reason=ROLLBACK_REASON, evidence=evidence)
-            drop_rolled_back_challenger(client, settings, current)
-            return current, target
-    finally:
-        engine.dispose()
+    with opened_engine(settings.log_database_url) as engine, held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
+        if lock is None:
+            holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
+            raise RetrainInProgress(f"a retrain or promotion is in progress ({holder}); not rolling back, try again when it ends")
+        current = production_version(client, settings)
+        if current is None:
+            raise UserError(f"{name} has no '{settings.production_alias}' version; there is nothing to roll back")
+        target = previous_production(engine, name, current)
+        if target is None:
+            raise UserError(f"the production ledger records no version of {name} before version {current}; nothing to roll back to")
+        if target not in {str(version.version) for version in client.search_model_versions(f"name = '{name}'")}:
+            raise UserError(f"version {target} of {name}, production before version {current}, no longer exists in the registry")
+        undone = next(entry for entry in reversed(read_history(engine, name)) if entry.to_version == current and entry.reason != ROLLBACK_REASON)
+        evidence = {"rolled_back_version": current, "undoes_entry": undone.id, "undoes_command": undone.command}
+        _move(client, settings, engine, expected=current, to_version=target, command=command, reason=ROLLBACK_REASON, evidence=evidence)
+        drop_rolled_back_challenger(client, settings, current)
+        return current, target

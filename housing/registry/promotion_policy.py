@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from housing.training.scoring import rank_key
+from housing.training.scoring import rank_key, ratio_bootstrap
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,8 @@ def paired_bootstrap(champion_se: np.ndarray, challenger_se: np.ndarray, weights
     interval: rows resampled with replacement ``samples`` times, the same rows for both models."""
     gain = np.asarray(champion_se, dtype=np.float64) - np.asarray(challenger_se, dtype=np.float64)
     w = np.ones_like(gain) if weights is None else np.asarray(weights, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means: list[np.ndarray] = []
-    for start in range(0, samples, chunk):
-        picks = rng.integers(0, len(gain), size=(min(chunk, samples - start), len(gain)))
-        means.append((w[picks] * gain[picks]).sum(axis=1) / w[picks].sum(axis=1))
-    resampled = np.concatenate(means)
-    tail = (1.0 - confidence) / 2
-    low, high = np.quantile(resampled, [tail, 1.0 - tail])
-    return GateEvidence(len(gain), float(np.average(gain, weights=w)), float(low), float(high), confidence)
+    low, high = ratio_bootstrap(w * gain, w, samples=samples, confidence=confidence, seed=seed, chunk=chunk)
+    return GateEvidence(len(gain), float(np.average(gain, weights=w)), low, high, confidence)
 
 
 @dataclass(frozen=True)

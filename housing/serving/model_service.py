@@ -59,6 +59,11 @@ class LoadedModel:
         return [{"name": step.name, "kind": step.kind, "compiled": step.compiled and self.fast_predict is not None}
                 for step in self.steps]
 
+    @property
+    def compiled_predict(self) -> bool:
+        """Every step runs compiled, on a path verified against ``pipeline.predict``."""
+        return self.fast_predict is not None and all(step.compiled for step in self.steps)
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Predict an (n, 8) float64 array of raw features in contract order (validated by the API)."""
         if self.fast_predict is not None:

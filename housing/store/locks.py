@@ -26,8 +26,7 @@ from sqlalchemy import Column, ColumnElement, Connection, DateTime, Engine, Meta
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from housing.errors import UserError, first_line
-from housing.store.prediction_log import make_engine
-from housing.store.tables import lost_a_create_race
+from housing.store.tables import lost_a_create_race, make_engine
 
 logger = logging.getLogger(__name__)
 

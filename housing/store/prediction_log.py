@@ -30,13 +30,14 @@ from housing.config import Settings
 from housing.errors import UserError, masked_first_line
 from housing.schema import FEATURE_NAMES, TARGET
 from housing.store.spill import SpillingBuffer, row_restorer
-from housing.store.tables import (  # re-exported: the log's users import the schema from here
+from housing.store.tables import (
     PREDICTION_COLUMNS,
     ROWS_PER_STATEMENT,
     create_tables,
     feedback_table,
     insert_statement,
     make_engine,
+    opened_engine,
     predictions_table,
     timestamp_value,
 )
@@ -104,7 +105,7 @@ class PredictionLog:
     @classmethod
     def from_settings(cls, settings: Settings) -> PredictionLog:
         """The API's log: URL, flush interval, buffer cap, spill folder and database timeouts from ``settings``."""
-        return cls(settings.prediction_log, flush_interval=settings.log_flush_interval, max_buffer_rows=settings.log_buffer_max_rows,
+        return cls(settings.log_database_url, flush_interval=settings.log_flush_interval, max_buffer_rows=settings.log_buffer_max_rows,
                    spill_dir=settings.spill_dir, connect_timeout=settings.db_connect_timeout, statement_timeout=settings.db_statement_timeout)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -298,13 +299,9 @@ def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | 
 
 def count_rows(url: str) -> tuple[int, int]:
     """Number of logged predictions and of feedback labels in the prediction log at ``url``."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            predictions = connection.execute(select(func.count()).select_from(predictions_table)).scalar_one()
-            labels = connection.execute(select(func.count()).select_from(feedback_table)).scalar_one()
-    finally:
-        engine.dispose()
+    with opened_engine(url) as engine, engine.connect() as connection:
+        predictions = connection.execute(select(func.count()).select_from(predictions_table)).scalar_one()
+        labels = connection.execute(select(func.count()).select_from(feedback_table)).scalar_one()
     return int(predictions), int(labels)
 
 

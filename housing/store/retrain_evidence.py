@@ -19,7 +19,7 @@ from sqlalchemy import Column, Engine, MetaData, String, Table, delete, insert, 
 from housing.data.digests import row_digests
 from housing.schema import FEATURE_NAMES, TARGET
 from housing.store.locks import create_table
-from housing.store.prediction_log import feedback_table, predictions_table
+from housing.store.tables import feedback_table, predictions_table
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,16 @@ def make_engine(url: str, *, connect_timeout: float | None = None, statement_tim
         if statement_timeout is not None:
             connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool_args)
+
+
+@contextmanager
+def opened_engine(url: str, **timeouts: float | None) -> Iterator[Engine]:
+    """:func:`make_engine` for the length of a ``with`` block, its connections closed at the end."""
+    engine = make_engine(url, **timeouts)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 ROWS_PER_STATEMENT = 50

@@ -1,4 +1,5 @@
-"""Regression scoring, defined once: R², RMSE, MAE and MSE, the order of "better", and K-fold splits."""
+"""Regression scoring, defined once: R², RMSE, MAE and MSE, the order of "better", K-fold splits, and the
+percentile bootstrap every interval of the gates and the price index comes from."""
 
 from __future__ import annotations
 
@@ -38,3 +39,19 @@ def best_first(scores: Mapping[str, float]) -> tuple[float, float]:
 def kfold_indices(rows: int, folds: int, random_state: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The project's K-fold split of ``rows`` rows: shuffled, seeded, (train rows, held-out rows) per fold."""
     return list(KFold(n_splits=folds, shuffle=True, random_state=random_state).split(np.empty((rows, 1))))
+
+
+def ratio_bootstrap(numerator: np.ndarray, denominator: np.ndarray, *, samples: int, confidence: float, seed: int = 0,
+                    chunk: int = 100) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``sum(numerator) / sum(denominator)``: rows resampled with replacement
+    ``samples`` times (the same rows for both), ``chunk`` resamples at a time to bound memory."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    ratios: list[np.ndarray] = []
+    for start in range(0, samples, chunk):
+        picks = rng.integers(0, len(numerator), size=(min(chunk, samples - start), len(numerator)))
+        ratios.append(numerator[picks].sum(axis=1) / denominator[picks].sum(axis=1))
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(np.concatenate(ratios), [tail, 1.0 - tail])
+    return float(low), float(high)

@@ -22,8 +22,9 @@ from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.serving.model_service import LoadedModel
 from housing.serving.prometheus import Metrics
 from housing.serving.shadow import ServedBatch, ShadowScorer, routes_to_challenger, routing_bucket
-from housing.store.prediction_log import PREDICTION_COLUMNS, PredictionLog, create_tables, make_engine, prediction_rows
+from housing.store.prediction_log import PredictionLog, prediction_rows
 from housing.store.spill import row_restorer
+from housing.store.tables import PREDICTION_COLUMNS, create_tables, make_engine
 
 
 def model(version: str, predict: Callable[[np.ndarray], np.ndarray], alias: str = "production") -> LoadedModel:

@@ -32,7 +32,7 @@ def test_the_readme_settings_table_is_the_defaults(monkeypatch):
         "split": ((s.random_state, s.test_size), (42, 0.2)),
         "CV folds, processes": ((s.cv_folds, s.n_jobs), (2, 2)),
         "tree-count multiplier": (s.estimator_scale, 1.0),
-        "prediction log": ((s.prediction_log, s.log_flush_interval), (f"sqlite:///{artifacts / 'prediction_log.db'}", 0.2)),
+        "prediction log": ((s.log_database_url, s.log_flush_interval), (f"sqlite:///{artifacts / 'prediction_log.db'}", 0.2)),
         "serving": ((s.max_batch_rows, s.reload_interval, s.admin_token), (10_000, 10.0, None)),
         "labellers' token": ((s.feedback_token, s.feedback_token_path), (None, artifacts / "secrets" / "feedback_token")),
         "open feedback": (s.unsafe_open_feedback, False),

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import Engine
 
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
-from housing.store.prediction_log import PredictionLog, make_engine, prediction_rows, read_window
+from housing.store.prediction_log import PredictionLog, prediction_rows, read_window
 from housing.store.retrain_evidence import EVAL_ROLE, TRAIN_ROLE, base_districts, new_evidence, record_used_rows, trained_rows, used_districts
+from housing.store.tables import make_engine
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 

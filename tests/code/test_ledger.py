@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from housing.registry.ledger import ROLLBACK_REASON, LedgerEntry, previous_production, read_history, record_change, summarise_evidence
-from housing.store.prediction_log import make_engine
+from housing.store.tables import make_engine
 
 START = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 

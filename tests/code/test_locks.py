@@ -25,13 +25,13 @@ from housing.store.locks import (
     release_lock,
     renew_lock,
 )
-from housing.store.prediction_log import make_engine
+from housing.store.tables import make_engine
 
 RACER = """
 import sys, time
 from pathlib import Path
 from housing.store.locks import acquire_lock
-from housing.store.prediction_log import make_engine
+from housing.store.tables import make_engine
 ready_dir, index, targets = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 engines = [(make_engine(url), name) for url, name in zip(targets[::2], targets[1::2])]
 (ready_dir / f"ready-{index}").touch()

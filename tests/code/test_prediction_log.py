@@ -26,17 +26,9 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from housing.api.routes.feedback import record_when_logged
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 from housing.store import prediction_log
-from housing.store.prediction_log import (
-    FeedbackResult,
-    LogUnavailable,
-    PredictionLog,
-    count_rows,
-    create_tables,
-    make_engine,
-    prediction_rows,
-    read_window,
-)
+from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog, count_rows, prediction_rows, read_window
 from housing.store.spill import SPILL_PREFIX, SPILL_SUFFIX
+from housing.store.tables import create_tables, make_engine
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 

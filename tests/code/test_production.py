@@ -15,7 +15,7 @@ from housing.errors import UserError
 from housing.registry.ledger import ROLLBACK_REASON, read_history
 from housing.registry.production import ProductionMoved, RetrainInProgress, move_production, production_version, rollback
 from housing.store.locks import RETRAIN_LOCK, acquire_lock
-from housing.store.prediction_log import make_engine
+from housing.store.tables import make_engine
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def settings(client: MlflowClient, store_dir: Path, tmp_path: Path) -> Settings:
 
 
 def history(settings: Settings) -> list[tuple[str | None, str, str, str]]:
-    engine = make_engine(settings.prediction_log)
+    engine = make_engine(settings.log_database_url)
     try:
         return [(e.from_version, e.to_version, e.command, e.reason) for e in read_history(engine, settings.model_name)]
     finally:
@@ -62,7 +62,7 @@ def test_move_production_sets_the_alias_and_appends_to_the_ledger(client, settin
     assert production_version(client, settings) == "2"
     assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "2"
     assert history(settings) == [(None, "1", "promote.py", "there was no production model"), ("1", "2", "promote.py", "beats production")]
-    engine = make_engine(settings.prediction_log)
+    engine = make_engine(settings.log_database_url)
     assert read_history(engine, settings.model_name)[-1].evidence == {"r2": 0.8}
     engine.dispose()
 
@@ -95,7 +95,7 @@ def test_rollback_moves_production_back_and_is_itself_a_ledger_entry(client, set
 def test_rollback_refuses_while_a_retrain_holds_the_lock(client, settings):
     move(client, settings, None, "1")
     move(client, settings, "1", "2")
-    engine = make_engine(settings.prediction_log)
+    engine = make_engine(settings.log_database_url)
     try:
         assert acquire_lock(engine, RETRAIN_LOCK, owner="worker-7:4242:monitor.py", lease_seconds=60) is not None
         with pytest.raises(RetrainInProgress, match=r"in progress \(worker-7:4242:monitor.py since .* UTC\); not rolling back"):

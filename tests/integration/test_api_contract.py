@@ -23,7 +23,7 @@ from housing.api.main import create_app
 from housing.config import Settings
 from housing.data.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
-from housing.store.prediction_log import make_engine
+from housing.store.tables import make_engine
 from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN
 
 TOKEN = "test-admin-token"
@@ -282,7 +282,7 @@ def test_docs_describe_fields_units_and_an_example(client):
 
 def test_every_prediction_is_logged(served, test_rows):
     client, settings = served
-    engine = make_engine(settings.prediction_log)
+    engine = make_engine(settings.log_database_url)
     services = client.app.state.services
     services.prediction_log.flush()
     with engine.connect() as connection:

@@ -22,7 +22,7 @@ from housing.data.dataset import load_split
 from housing.registry.ledger import read_history
 from housing.registry.versions import load_model_version
 from housing.schema import FEATURE_NAMES
-from housing.store.prediction_log import make_engine
+from housing.store.tables import make_engine
 from tests.conftest import PipelineRun, run_stage
 from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server
 

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from housing.data.artifacts import load_pickle
 from housing.data.digests import row_digests
 from housing.registry.ledger import read_history
-from housing.store.prediction_log import make_engine
+from housing.store.tables import make_engine
 from tests.conftest import PROJECT_DIR, run_stage
 from tests.server import start_loop_server
 

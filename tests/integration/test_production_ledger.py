@@ -15,7 +15,7 @@ from housing.config import Settings
 from housing.registry.ledger import LedgerEntry, previous_production, read_history, record_change
 from housing.registry.production import move_production, production_version
 from housing.store.locks import RETRAIN_LOCK, acquire_lock, describe_holder, read_lock, release_lock
-from housing.store.prediction_log import make_engine
+from housing.store.tables import make_engine
 from localteam.services import create_database, database_url
 from tests.backends import PostgresProvider
 from tests.code.test_locks import expired_lease, race_for_locks, the_winner
@@ -48,7 +48,7 @@ def current(settings: Settings) -> str | None:
 
 def test_promote_refuses_to_run_beside_a_retrain_and_rollback_says_a_retrain_is_in_progress(registry):
     env, settings = registry
-    engine = make_engine(settings.prediction_log)
+    engine = make_engine(settings.log_database_url)
     lock = acquire_lock(engine, RETRAIN_LOCK, owner=HOLDER, lease_seconds=600)
     assert lock is not None
     try:
@@ -91,7 +91,7 @@ def test_rollback_and_history_from_the_command_line(registry):
     assert "   - -> 1     promote.py  beats production  [candidates=3, r2=0.8]" in lines[0]
     assert "   1 -> 2     promote.py  beats production" in lines[1]
     assert "   2 -> 1     promote.py --rollback  rollback  [rolled_back_version=\"2\", undoes_command=\"promote.py\", undoes_entry=2]" in lines[2]
-    engine = make_engine(settings.prediction_log)
+    engine = make_engine(settings.log_database_url)
     try:
         assert describe_holder(engine, RETRAIN_LOCK) is None  # the rollback released its lease
     finally:

@@ -53,7 +53,8 @@ from housing.registry.versions import load_model_version
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.serving.micro_batch import MicroBatcher
 from housing.serving.model_service import ModelService
-from housing.store.prediction_log import PredictionLog, count_rows, make_engine, prediction_rows, read_window
+from housing.store.prediction_log import PredictionLog, count_rows, prediction_rows, read_window
+from housing.store.tables import make_engine
 from localteam.services import create_database, database_url
 from tests.code.test_prediction_log import (
     check_a_batch_retried_after_an_unclear_failure_is_stored_once,

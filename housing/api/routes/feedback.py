@@ -75,7 +75,7 @@ async def feedback(body: Feedback, services: ServicesDep) -> Response:
         outcome = await record_when_logged(log, body.request_id, body.actual)
     except SQLAlchemyError as error:
         services.metrics.feedback.labels("unavailable").inc()
-        reason = masked_first_line(error, services.settings.prediction_log, limit=200)
+        reason = masked_first_line(error, services.settings.log_database_url, limit=200)
         return problem_response(503, f"the prediction log is unreachable ({reason})", headers=busy)
     services.metrics.feedback.labels(outcome).inc()
     if outcome == FeedbackResult.PENDING:

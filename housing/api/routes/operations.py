@@ -10,7 +10,20 @@ from fastapi.responses import Response
 
 from housing.api.deps import ServicesDep
 from housing.api.responses import json_response
+from housing.api.schemas import (
+    AliasState,
+    ChallengerInfo,
+    ChallengerStatus,
+    FailedVersionState,
+    LogState,
+    ModelInfo,
+    Readiness,
+    RegistryState,
+    ServedModel,
+    StepInfo,
+)
 from housing.errors import mask_text, mask_uri
+from housing.serving.model_service import LoadedModel
 
 router = APIRouter()
 
@@ -21,7 +34,8 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: a production model is loaded", responses={503: {"description": "Not ready, with the reason."}})
+@router.get("/ready", summary="Readiness: a production model is loaded", response_model=Readiness,
+            responses={503: {"description": "Not ready, with the reason.", "model": Readiness}})
 async def ready(services: ServicesDep) -> Response:
     """200 when a production model is loaded, else 503 with the reason; both describe the model, the registry (the
     version the production alias names, `missing` when it names none, and a version that failed to load: it is not
@@ -31,28 +45,31 @@ async def ready(services: ServicesDep) -> Response:
     status = services.model_service.status
     log = services.prediction_log.status()
     failed = status.failed_version
-    details = {
-        "model": {"name": model.name, "version": model.version, "loaded_at": model.loaded_at.isoformat()} if model else None,
-        "registry": {
-            "uri": mask_uri(services.settings.tracking_uri),
-            "reachable": status.reachable,
-            "last_check": status.last_check.isoformat() if status.last_check else None,
-            "last_error": status.last_error,
-            "alias": {"name": services.settings.production_alias, "version": status.alias_version, "missing": status.alias_missing},
-            "failed_version": {"version": failed.version, "reason": failed.reason, "failed_at": failed.failed_at.isoformat()}
+    readiness = Readiness(
+        status="ready" if model else "not ready",
+        reason=None if model else services.model_service.unavailable_reason(),
+        model=ServedModel(name=model.name, version=model.version, loaded_at=model.loaded_at) if model else None,
+        registry=RegistryState(
+            uri=mask_uri(services.settings.tracking_uri), reachable=status.reachable, last_check=status.last_check,
+            last_error=status.last_error,
+            alias=AliasState(name=services.settings.production_alias, version=status.alias_version, missing=status.alias_missing),
+            failed_version=FailedVersionState(version=failed.version, reason=failed.reason, failed_at=failed.failed_at)
             if failed else None,
-        },
-        "prediction_log": {
-            "pending_rows": log.pending_rows, "written_rows": log.written_rows,
-            "last_error": mask_text(log.last_error, services.settings.prediction_log) if log.last_error else None,
-        },
-    }
-    if model is None:
-        return json_response({"status": "not ready", "reason": services.model_service.unavailable_reason(), **details}, 503)
-    return json_response({"status": "ready", **details})
+        ),
+        prediction_log=LogState(
+            pending_rows=log.pending_rows, written_rows=log.written_rows,
+            last_error=mask_text(log.last_error, services.settings.log_database_url) if log.last_error else None,
+        ),
+    )
+    return json_response(readiness.model_dump(mode="json"), 200 if model else 503)
 
 
-@router.get("/model", summary="The served model and its challenger: versions, alias, run, training metrics, loaded-at")
+def steps(model: LoadedModel) -> list[StepInfo]:
+    return [StepInfo.model_validate(step) for step in model.predict_path]
+
+
+@router.get("/model", summary="The served model and its challenger: versions, alias, run, training metrics, loaded-at",
+            response_model=ModelInfo)
 async def model_info(services: ServicesDep) -> Response:
     """The served model's name, version, alias, run, training metrics and recent switches; `predict_path`: for each
     pipeline step, whether compiled array arithmetic runs or the library's own code (`compiled_predict` is true only
@@ -62,23 +79,23 @@ async def model_info(services: ServicesDep) -> Response:
     model = services.model_service.require()
     challenger = services.challenger()
     settings = services.settings
-    return json_response({
-        "name": model.name, "version": model.version, "alias": model.alias, "candidate": model.candidate,
-        "run_id": model.run_id, "metrics": model.metrics, "loaded_at": model.loaded_at.isoformat(),
-        "compiled_predict": model.fast_predict is not None and all(step["compiled"] for step in model.predict_path),
-        "predict_path": model.predict_path, "history": list(services.model_service.status.history),
-        "challenger": {
-            "version": challenger.version, "alias": challenger.alias, "candidate": challenger.candidate, "run_id": challenger.run_id,
-            "loaded_at": challenger.loaded_at.isoformat(),
-            "compiled_predict": challenger.fast_predict is not None and all(step["compiled"] for step in challenger.predict_path),
-            "predict_path": challenger.predict_path,
-            "mode": "shadow + canary" if settings.canary_percent else "shadow", "canary_percent": settings.canary_percent,
-            "shadow_backlog_rows": services.shadow.backlog_rows,
-        } if challenger else None,
-        "challenger_status": {"alias": settings.staging_alias, "alias_version": services.challenger_service.status.alias_version,
-                              "last_error": services.challenger_service.status.last_error,
-                              "history": list(services.challenger_service.status.history)},
-    })
+    info = ModelInfo(
+        name=model.name, version=model.version, alias=model.alias, candidate=model.candidate, run_id=model.run_id,
+        metrics=model.metrics, loaded_at=model.loaded_at, compiled_predict=model.compiled_predict, predict_path=steps(model),
+        history=list(services.model_service.status.history),
+        challenger=ChallengerInfo(
+            version=challenger.version, alias=challenger.alias, candidate=challenger.candidate, run_id=challenger.run_id,
+            loaded_at=challenger.loaded_at, compiled_predict=challenger.compiled_predict, predict_path=steps(challenger),
+            mode="shadow + canary" if settings.canary_percent else "shadow", canary_percent=settings.canary_percent,
+            shadow_backlog_rows=services.shadow.backlog_rows,
+        ) if challenger else None,
+        challenger_status=ChallengerStatus(
+            alias=settings.staging_alias, alias_version=services.challenger_service.status.alias_version,
+            last_error=services.challenger_service.status.last_error,
+            history=list(services.challenger_service.status.history),
+        ),
+    )
+    return json_response(info.model_dump(mode="json"))
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
