@@ -158,7 +158,7 @@ def dataset_source(source: str) -> DatasetSource:
 def log_model(pipeline: Pipeline, *, registered_model_name: str, predictions: np.ndarray, x_sample: pd.DataFrame) -> ModelVersion:
     """Log ``pipeline`` in the active run with skops and the explicit trusted-types list, and register it.
 
-    (tests/code/test_models.py checks that every candidate holds only trusted types, so it loads back.)
+    (tests/code/test_candidates.py checks that every candidate holds only trusted types, so it loads back.)
     """
     input_example = pd.DataFrame([EXAMPLE_REQUEST], columns=list(FEATURE_NAMES))
     signature = infer_signature(x_sample, predictions)

@@ -4,19 +4,17 @@ an expired lease is taken over, only its owner releases a lease, and the ``with`
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import select
 
 from housing.store.locks import (
     RETRAIN_LOCK,
     acquire_lock,
-    create_lock_table,
     current_owner,
     describe_holder,
     held_lock,
@@ -26,52 +24,7 @@ from housing.store.locks import (
     renew_lock,
 )
 from housing.store.tables import make_engine
-
-RACER = """
-import sys, time
-from pathlib import Path
-from housing.store.locks import acquire_lock
-from housing.store.tables import make_engine
-ready_dir, index, targets = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-engines = [(make_engine(url), name) for url, name in zip(targets[::2], targets[1::2])]
-(ready_dir / f"ready-{index}").touch()
-while not (ready_dir / "go").exists():
-    time.sleep(0.005)
-for engine, name in engines:
-    print("won" if acquire_lock(engine, name, owner=f"racer-{index}", lease_seconds=60) else "lost")
-"""
-
-
-def race_for_locks(targets: list[tuple[str, str]], racers: int, work_dir: Path) -> list[dict[str, str]]:
-    """``racers`` processes try at the same moment to take each (database URL, lock name) of ``targets``;
-    per target, each process's answer ("won" or "lost") by owner."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    arguments = [part for target in targets for part in target]
-    processes = {
-        f"racer-{index}": subprocess.Popen([sys.executable, "-c", RACER, str(work_dir), str(index), *arguments],
-                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for index in range(racers)
-    }
-    deadline = time.monotonic() + 60
-    while len(list(work_dir.glob("ready-*"))) < racers:
-        assert time.monotonic() < deadline, "the racing processes did not start"
-        assert all(process.poll() is None for process in processes.values()), "a racing process died before the race"
-        time.sleep(0.01)
-    (work_dir / "go").touch()
-    answers: list[dict[str, str]] = [{} for _ in targets]
-    for owner, process in processes.items():
-        stdout, stderr = process.communicate(timeout=60)
-        assert process.returncode == 0, stderr
-        for target_answers, answer in zip(answers, stdout.split(), strict=True):
-            target_answers[owner] = answer
-    return answers
-
-
-def the_winner(answers: dict[str, str]) -> str:
-    """The one owner that won a race (fails unless exactly one did)."""
-    winners = [owner for owner, answer in answers.items() if answer == "won"]
-    assert len(winners) == 1 and set(answers.values()) == {"won", "lost"}, answers
-    return winners[0]
+from tests.helpers import expired_lease, race_for_locks, the_winner
 
 
 @pytest.fixture
@@ -86,13 +39,6 @@ def engine(log_url: str):
     opened.dispose()
 
 
-def expired_lease(engine: Engine, name: str, owner: str) -> None:
-    """A lease of ``name`` by ``owner`` that expired a minute ago (a holder that died)."""
-    create_lock_table(engine)
-    now = datetime.now(UTC)
-    with engine.begin() as connection:
-        connection.execute(insert(locks_table).values(name=name, owner=owner, acquired_at=now - timedelta(hours=2),
-                                                      expires_at=now - timedelta(minutes=1)))
 
 
 def test_processes_racing_for_a_lock_exactly_one_wins_on_a_fresh_database_and_over_an_expired_lease(tmp_path):

@@ -14,23 +14,26 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from housing.api.routes.feedback import record_when_logged
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 from housing.store import prediction_log
-from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog, count_rows, prediction_rows, read_window
+from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog, count_rows, read_window
 from housing.store.spill import SPILL_PREFIX, SPILL_SUFFIX
 from housing.store.tables import create_tables, make_engine
-
-START = datetime(2024, 1, 1, tzinfo=UTC)
+from tests.helpers import (
+    START,
+    check_a_batch_retried_after_an_unclear_failure_is_stored_once,
+    check_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other,
+    rows_for,
+)
 
 
 @pytest.fixture
@@ -46,14 +49,6 @@ def log(log_url: str) -> Iterator[PredictionLog]:
     opened.engine.dispose()
 
 
-def rows_for(log: PredictionLog, request_ids: list[str], *, minutes: int = 0, prediction: float = 2.0) -> list[tuple[Any, ...]]:
-    """Log rows for ``request_ids``, logged ``minutes`` after START; MedInc numbers the rows 1, 2, 3..."""
-    features = np.array([[EXAMPLE_REQUEST[name] for name in FEATURE_NAMES]] * len(request_ids))
-    features[:, FEATURE_NAMES.index("MedInc")] = np.arange(1, len(request_ids) + 1)
-    return prediction_rows(
-        request_ids, features, [prediction] * len(request_ids), model_name="CaliforniaHousing", model_version="3", latency_ms=1.5,
-        created_at=log.timestamp(START + timedelta(minutes=minutes)),
-    )
 
 
 def stored_ids(log: PredictionLog) -> list[str]:
@@ -457,30 +452,6 @@ def test_concurrent_identical_labels_are_created_once_and_never_conflict(log, lo
     assert count_rows(log_url) == (3, 3)
 
 
-def check_a_batch_retried_after_an_unclear_failure_is_stored_once(log_url: str, spill_dir: Path | None) -> None:
-    """The database commits a batch but the writer never hears back (the connection drops after COMMIT): it must
-    retry the batch, from memory or from the spill, and the retry must skip every row already stored."""
-    log = PredictionLog(log_url, flush_interval=0.01, max_buffer_rows=None if spill_dir is None else 10, spill_dir=spill_dir)
-    try:
-        create_tables(log.engine)
-        insert, inserted = log._insert_rows, []
-
-        def commit_then_lose_the_answer(rows):
-            insert(rows)
-            inserted.append([row[0] for row in rows])
-            if len(inserted) == 1:
-                raise OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection unexpectedly"))
-
-        log._insert_rows = commit_then_lose_the_answer  # type: ignore[method-assign]
-        log.append(rows_for(log, ["a", "b", "c"]))
-        assert log.flush() is False and log.pending_rows == 3  # the writer cannot know the rows are stored: it keeps them
-        log.append(rows_for(log, ["d"], minutes=1))
-        assert log.flush() is True
-        assert inserted[0] == ["a", "b", "c"] and {"a", "b", "c"} <= {rid for batch in inserted[1:] for rid in batch}  # really retried
-        assert count_rows(log_url) == (4, 0) and log.pending_rows == 0
-        assert sorted(read_window(log.engine)["request_id"]) == ["a", "b", "c", "d"]
-    finally:
-        log.close(timeout=0)
 
 
 @pytest.mark.parametrize("spilled", [False, True], ids=["retried from memory", "replayed from the spill"])
@@ -488,41 +459,6 @@ def test_a_batch_retried_after_an_unclear_failure_is_stored_once(log_url, spill_
     check_a_batch_retried_after_an_unclear_failure_is_stored_once(log_url, spill_dir if spilled else None)
 
 
-def check_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other(log_url: str) -> None:
-    """Two different labels for one prediction, both looking for a stored label before either inserts (the race, every
-    time): one is CREATED, the other a CONFLICT, and the stored label is the CREATED one."""
-    log = PredictionLog(log_url, flush_interval=0.01)
-    try:
-        log.append(rows_for(log, ["a", "b", "c"]))
-        assert log.flush()
-        lookup = log._stored_label
-        for request_id in ("a", "b", "c"):
-            together, looked = threading.Barrier(2), set[int]()
-
-            def look_together(rid: str, together: threading.Barrier = together, looked: set[int] = looked) -> float | None:
-                stored = lookup(rid)
-                if threading.get_ident() not in looked:  # the first look of each thread: wait for the other's
-                    looked.add(threading.get_ident())
-                    together.wait(10)
-                return stored
-
-            log._stored_label = look_together  # type: ignore[method-assign,assignment]
-            outcomes: dict[float, str] = {}
-
-            def label(value: float, rid: str = request_id, outcomes: dict[float, str] = outcomes) -> None:
-                outcomes[value] = log.record_feedback(rid, value)
-
-            threads = [threading.Thread(target=label, args=(value,)) for value in (2.5, 3.75)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(30)
-            assert sorted(outcomes.values()) == [FeedbackResult.CONFLICT, FeedbackResult.CREATED], outcomes
-            [created] = [value for value, outcome in outcomes.items() if outcome == FeedbackResult.CREATED]
-            assert lookup(request_id) == created
-        assert count_rows(log_url) == (3, 3)
-    finally:
-        log.close(timeout=0)
 
 
 def test_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other(log_url):

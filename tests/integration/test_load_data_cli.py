@@ -6,72 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.conftest import DATA_SOURCE, run_stage, stage_env
-
-PASSWD = Path("/etc/passwd")
-
-
-class DataServer:
-    """A local http.server thread: ``/data.csv`` is the real CSV, ``/endless`` streams bytes until the client
-    hangs up, ``/to-file`` redirects to ``file:///etc/passwd``; every request's path and Authorization header
-    is recorded in :attr:`requests`."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str | None]] = []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        requests = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                requests.append((self.path, self.headers.get("Authorization")))
-                route = self.path.split("?", 1)[0]
-                if route == "/data.csv":
-                    body = DATA_SOURCE.read_bytes()
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                elif route == "/endless":
-                    self.send_response(200)
-                    self.end_headers()  # no Content-Length: the body ends when the connection does
-                    with contextlib.suppress(OSError):
-                        while True:
-                            self.wfile.write(b"MedInc,HouseAge\n" + b"1.0,2.0\n" * 8192)
-                elif route == "/to-file":
-                    self.send_response(302)
-                    self.send_header("Location", f"file://{PASSWD}")
-                    self.end_headers()
-                else:
-                    self.send_error(404)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
-
-    def __enter__(self) -> DataServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.helpers import PASSWD, DataServer
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """An older prediction log gains the champion/challenger columns in place on PostgreSQL, also when several
-processes open it at once, and keeps every old row readable (the SQLite half is in tests/code/test_challenger.py)."""
+processes open it at once, and keeps every old row readable (the SQLite half is in tests/code/test_shadow.py)."""
 
 from __future__ import annotations
 

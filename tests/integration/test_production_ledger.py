@@ -18,8 +18,8 @@ from housing.store.locks import RETRAIN_LOCK, acquire_lock, describe_holder, rea
 from housing.store.tables import make_engine
 from localteam.services import create_database, database_url
 from tests.backends import PostgresProvider
-from tests.code.test_locks import expired_lease, race_for_locks, the_winner
 from tests.conftest import run_stage, stage_env
+from tests.helpers import expired_lease, race_for_locks, the_winner
 
 HOLDER = "worker-7:4242:monitor.py"
 

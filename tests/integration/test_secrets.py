@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from housing.schema import EXAMPLE_REQUEST
 from tests.conftest import run_stage, stage_env
-from tests.integration.test_load_data_cli import DataServer
+from tests.helpers import DataServer
 from tests.server import FEEDBACK_HEADERS, ApiServer, free_port, server_env
 
 TRACKING_PASSWORD = "S3cretPw"

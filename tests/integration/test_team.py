@@ -31,7 +31,7 @@ def served_versions(url: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("backend_name", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)  # the team setup; two SQLite
-# workers: test_promises' kill -9 test (counts, Prometheus totals) and make serve's default
+# workers: test_workers' kill -9 test (counts, Prometheus totals) and make serve's default
 def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
     log_url = mutable_run.backend.new_log_url("workers")
     env = server_env(mutable_run.env, HOUSING_PREDICTION_LOG_URL=log_url, HOUSING_RELOAD_INTERVAL="1",

@@ -24,7 +24,7 @@ from housing.data.artifacts import load_pickle
 from housing.registry.versions import load_model_version
 from housing.schema import FEATURE_NAMES
 from housing.serving.compiled import compile_pipeline, fast_predict_or_default, probe_rows, step_paths
-from tests.code.test_feature_definitions import (
+from tests.feature_definitions import (
     RAW_COLUMNS,
     assert_every_column_is_its_definition,
     clipped_by_definition,

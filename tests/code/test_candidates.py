@@ -10,7 +10,7 @@ from housing.errors import UserError
 from housing.registry.model_files import untrusted_types
 from housing.training.candidates import CandidateSpec, build_pipeline, load_candidate_specs
 from housing.training.scoring import regression_metrics
-from tests.code.test_data import tiny_dataset
+from tests.helpers import tiny_dataset
 
 
 def test_metrics_match_their_definitions():

@@ -22,7 +22,7 @@ from housing.serving.compiled import StepPath, compile_pipeline, fast_predict_or
 from housing.serving.trees import PARALLEL_MIN_ROWS
 from housing.training.candidates import build_pipeline, load_candidate_specs
 from housing.training.features import SpatialFeatures
-from tests.code.test_data import tiny_dataset
+from tests.helpers import tiny_dataset
 
 CANDIDATES = [spec.name for spec in load_candidate_specs(get_settings().candidates_path)]
 OTHER_ESTIMATORS: dict[str, Callable[[], Any]] = {

@@ -3,7 +3,6 @@
 import json
 import os
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,15 +16,8 @@ from housing.data.dataset import (
     split_dataset,
 )
 from housing.errors import UserError
-from housing.schema import COLUMN_NAMES, EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
-
-
-def tiny_dataset(rows: int) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame([EXAMPLE_REQUEST] * rows)
-    frame["MedInc"] = rng.uniform(1, 10, rows)
-    frame[TARGET.name] = rng.uniform(0.5, 5, rows)
-    return frame
+from housing.schema import COLUMN_NAMES, FEATURE_NAMES
+from tests.helpers import tiny_dataset
 
 
 def test_split_sizes_and_disjoint_rows():
