@@ -62,7 +62,8 @@ test: setup  ## the whole test suite (real data: HOUSING_DATA_SOURCE or ../share
 test-code: setup  ## the pure unit tests only (no dataset, no store, no server; seconds)
 	$(PY) -m pytest -q tests/code
 
-lint: setup  ## ruff (style, imports, bugs) and mypy (types) on the whole tree
+lint: setup  ## ruff (format, style, imports, bugs) and mypy (types) on the whole tree
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

@@ -40,29 +40,48 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
     """Print what the round measured, decided and (if it retrained) what promotion did."""
     figures, decision = outcome.figures, outcome.decision
     evidence = outcome.evidence
-    print(f"window: {figures.window_rows:,} predictions served by production version {outcome.production_version}, "
-          f"{figures.labelled_rows:,} labelled")
-    print(f"evidence: {evidence.districts:,} labelled districts no model has learnt from "
-          f"({evidence.already_used:,} labelled rows already used, {evidence.repeats:,} repeats of a district)")
-    scores = ", ".join(f"{name} {score:.3f}{'*' if figures.drifted.get(name) else ''}" for name, score in figures.drift_scores.items())
+    print(
+        f"window: {figures.window_rows:,} predictions served by production version"
+        f" {outcome.production_version}, {figures.labelled_rows:,} labelled"
+    )
+    print(
+        f"evidence: {evidence.districts:,} labelled districts no model has learnt from "
+        f"({evidence.already_used:,} labelled rows already used, {evidence.repeats:,} repeats of a district)"
+    )
+    scores = ", ".join(
+        f"{name} {score:.3f}{'*' if figures.drifted.get(name) else ''}"
+        for name, score in figures.drift_scores.items()
+    )
     print(f"drift ({figures.drift_method}, threshold {settings.drift_threshold}; * = drifted): {scores}")
     print(f"drifted features: {figures.drift_share:.0%} ({', '.join(figures.drifted_features) or 'none'})")
     if figures.rmse is not None:
-        print(f"labelled traffic: RMSE {figures.rmse:.4f}, R2 {figures.r2:.4f}, MAE {figures.mae:.4f} "
-              f"(reference on {outcome.error_reference}: RMSE {figures.reference_rmse:.4f}, R2 {figures.reference_r2:.4f})")
+        print(
+            f"labelled traffic: RMSE {figures.rmse:.4f}, R2 {figures.r2:.4f}, MAE {figures.mae:.4f}"
+            f" (reference on {outcome.error_reference}: RMSE {figures.reference_rmse:.4f}, R2"
+            f" {figures.reference_r2:.4f})"
+        )
     estimate = outcome.estimate
     if estimate is not None:
         overall = estimate.overall
-        print(f"estimated without labels ({overall.rows:,} {estimate.over} predictions): RMSE {overall.rmse:.4f} "
-              f"({overall.confidence:.0%} interval {overall.rmse_low:.4f}-{overall.rmse_high:.4f}), MAE {overall.mae:.4f}")
+        print(
+            f"estimated without labels ({overall.rows:,} {estimate.over} predictions): RMSE"
+            f" {overall.rmse:.4f} ({overall.confidence:.0%} interval"
+            f" {overall.rmse_low:.4f}-{overall.rmse_high:.4f}), MAE {overall.mae:.4f}"
+        )
         for name, segment in estimate.by_segment.items():
-            print(f"  {name}: RMSE {segment.rmse:.4f} ({segment.rmse_low:.4f}-{segment.rmse_high:.4f}) on {segment.rows:,}")
+            print(
+                f"  {name}: RMSE {segment.rmse:.4f} ({segment.rmse_low:.4f}-{segment.rmse_high:.4f}) on"
+                f" {segment.rows:,}"
+            )
         if estimate.calibration is not None:
             calibration = estimate.calibration
             gap = "n/a" if calibration["relative_gap"] is None else f"{calibration['relative_gap']:+.1%}"
-            print(f"  calibration on {calibration['rows']:,} labelled predictions: estimated RMSE {calibration['estimated_rmse']:.4f}, "
-                  f"realized {calibration['realized_rmse']:.4f} (gap {gap}"
-                  f"{', inside the interval' if calibration['inside_interval'] else ', outside the interval'})")
+            print(
+                f"  calibration on {calibration['rows']:,} labelled predictions: estimated RMSE"
+                f" {calibration['estimated_rmse']:.4f}, "
+                f"realized {calibration['realized_rmse']:.4f} (gap {gap}"
+                f"{', inside the interval' if calibration['inside_interval'] else ', outside the interval'})"
+            )
     print(f"decision: {decision.action.upper()}")
     for reason in decision.reasons:
         print(f"  because {reason}")
@@ -73,14 +92,23 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
     if outcome.not_retrained is not None:
         print(f"not retrained: {outcome.not_retrained}")
     if outcome.saved is not None:
-        print(f"report: {outcome.saved.html_path} (latest: {outcome.saved.html_path.with_name('monitor_latest.html')})")
+        print(
+            f"report: {outcome.saved.html_path} (latest:"
+            f" {outcome.saved.html_path.with_name('monitor_latest.html')})"
+        )
     if outcome.retrained is not None:
         promotion = outcome.retrained.promotion
-        print(f"retrained: training run {outcome.retrained.training.parent_run_id}, data in {outcome.retrained.data_dir}")
+        print(
+            f"retrained: training run {outcome.retrained.training.parent_run_id}, data in"
+            f" {outcome.retrained.data_dir}"
+        )
         for message in promotion.messages:
             print(f"  {message}")
-        print(f"  production moved to version {promotion.production_after}" if promotion.production_changed
-              else "  production stays where it was")
+        print(
+            f"  production moved to version {promotion.production_after}"
+            if promotion.production_changed
+            else "  production stays where it was"
+        )
 
 
 def monitor_once(args: argparse.Namespace, settings: Settings) -> int:
@@ -90,7 +118,10 @@ def monitor_once(args: argparse.Namespace, settings: Settings) -> int:
         outcome = run_monitor(settings, since=since, dry_run=args.dry_run)
     except RetrainFailed as error:
         logger.debug("retraining failed", exc_info=True)
-        print(f"error: the decision was to retrain and retraining failed, production is unchanged ({error})", file=sys.stderr)
+        print(
+            f"error: the decision was to retrain and retraining failed, production is unchanged ({error})",
+            file=sys.stderr,
+        )
         return EXIT_RETRAIN_FAILED
     report(outcome, settings)
     return 0
@@ -113,17 +144,39 @@ def main(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: window, dry run, watch interval and the monitor's settings."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     window = Settings.model_fields["monitor_window"]
-    parser.add_argument("--window", dest="monitor_window", type=int, default=None, metavar="N",
-                        help=f"{window.description} [env HOUSING_MONITOR_WINDOW; default {window.default}]")
-    parser.add_argument("--since-minutes", type=float, default=None, metavar="M",
-                        help="Monitor the predictions of the last M minutes instead of the last N.")
+    parser.add_argument(
+        "--window",
+        dest="monitor_window",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"{window.description} [env HOUSING_MONITOR_WINDOW; default {window.default}]",
+    )
+    parser.add_argument(
+        "--since-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="Monitor the predictions of the last M minutes instead of the last N.",
+    )
     parser.add_argument("--dry-run", action="store_true", help="Decide and record, but don't retrain.")
-    parser.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="Repeat every SECONDS until interrupted.")
+    parser.add_argument(
+        "--watch", type=float, default=None, metavar="SECONDS", help="Repeat every SECONDS until interrupted."
+    )
     cli.add_setting_flags(
-        parser, "monitor_min_window", "monitor_min_labels", "drift_share_threshold", "rmse_threshold", "r2_threshold",
-        "prediction_log_url", "artifacts_dir", "tracking_uri",
+        parser,
+        "monitor_min_window",
+        "monitor_min_labels",
+        "drift_share_threshold",
+        "rmse_threshold",
+        "r2_threshold",
+        "prediction_log_url",
+        "artifacts_dir",
+        "tracking_uri",
     )
     return parser
 

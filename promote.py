@@ -39,22 +39,31 @@ from housing.store.tables import opened_engine
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the ledger, roll back, or (by default) promote the latest training run's candidates under the lock."""
+    """Print the ledger, roll back, or (by default) promote the latest training run's candidates under the
+    lock."""
     settings = cli.settings_from_args(args)
     if args.history:
         print_history(settings)
         return 0
     if args.rollback:
         before, after = rollback(tracking.connect(settings), settings, command="promote.py --rollback")
-        print(f"'{settings.production_alias}' of {settings.model_name} rolled back from version {before} to version {after}")
+        print(
+            f"'{settings.production_alias}' of {settings.model_name} rolled back from version {before} to"
+            f" version {after}"
+        )
         return 0
-    with opened_engine(settings.log_database_url) as engine, held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
+    with (
+        opened_engine(settings.log_database_url) as engine,
+        held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock,
+    ):
         if lock is None:
             holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
             print(f"another retrain or promotion is running on {holder}; not promoting")
             return 0
         if args.from_shadow:
-            outcome = judge_challenger(tracking.connect(settings), settings, engine, command="promote.py --from-shadow")
+            outcome = judge_challenger(
+                tracking.connect(settings), settings, engine, command="promote.py --from-shadow"
+            )
             print(outcome.verdict.message)
         else:
             promote_and_report(settings)
@@ -69,10 +78,15 @@ def promote_and_report(settings: Settings) -> None:
     report = promote(client, settings, evaluation)
     for message in report.messages:
         print(message)
-    print(f"\n{'version':>7}  {'candidate':<24} {'aliases':<20} {'staging gate':<12} {'eval R2':>8} {'eval RMSE':>9}  run")
+    print(
+        f"\n{'version':>7}  {'candidate':<24} {'aliases':<20} {'staging gate':<12} {'eval R2':>8}"
+        f" {'eval RMSE':>9}  run"
+    )
     for row in report.versions:
-        print(f"{row['version']:>7}  {row['candidate']:<24} {row['aliases']:<20} {row['staging_gate']:<12} "
-              f"{row['eval_r2']:>8} {row['eval_rmse']:>9}  {row['training_run']}")
+        print(
+            f"{row['version']:>7}  {row['candidate']:<24} {row['aliases']:<20} {row['staging_gate']:<12} "
+            f"{row['eval_r2']:>8} {row['eval_rmse']:>9}  {row['training_run']}"
+        )
 
 
 def print_history(settings: Settings) -> None:
@@ -83,20 +97,43 @@ def print_history(settings: Settings) -> None:
         print(f"the production ledger of {settings.model_name} is empty")
         return
     for entry in entries:
-        print(f"{entry.at:%Y-%m-%d %H:%M:%S} UTC  {entry.from_version or '-':>4} -> {entry.to_version:<4}  {entry.command}  "
-              f"{entry.reason}  [{summarise_evidence(entry.evidence)}]")
+        print(
+            f"{entry.at:%Y-%m-%d %H:%M:%S} UTC  {entry.from_version or '-':>4} -> {entry.to_version:<4} "
+            f" {entry.command}  {entry.reason}  [{summarise_evidence(entry.evidence)}]"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: the promotion gates, where the stores are, and the ledger's --history and --rollback."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line: the promotion gates, where the stores are, and the ledger's --history and
+    --rollback."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--history", action="store_true", help="Print the production ledger and exit.")
-    action.add_argument("--rollback", action="store_true", help="Move production back to the version before it (per the ledger) and exit.")
-    action.add_argument("--from-shadow", action="store_true",
-                        help="Promote or drop the challenger (staging) from live paired evidence, or say what it still needs.")
-    cli.add_setting_flags(parser, "staging_r2_threshold", "production_r2_threshold", "artifacts_dir", "tracking_uri",
-                          "prediction_log_url", "monitor_lock_seconds", "promotion_mode", "shadow_max_wait_hours")
+    action.add_argument(
+        "--rollback",
+        action="store_true",
+        help="Move production back to the version before it (per the ledger) and exit.",
+    )
+    action.add_argument(
+        "--from-shadow",
+        action="store_true",
+        help=(
+            "Promote or drop the challenger (staging) from live paired evidence, or say what it still needs."
+        ),
+    )
+    cli.add_setting_flags(
+        parser,
+        "staging_r2_threshold",
+        "production_r2_threshold",
+        "artifacts_dir",
+        "tracking_uri",
+        "prediction_log_url",
+        "monitor_lock_seconds",
+        "promotion_mode",
+        "shadow_max_wait_hours",
+    )
     return parser
 
 

@@ -4,7 +4,8 @@ One child run per candidate under a parent "Comparative Analysis" run in the exp
 California-Housing-Regression: parameters, test metrics (r2, rmse, mae, mse), cross-validation on the
 training split (cv_r2_mean, cv_r2_std), plots, feature importances, the datasets, and the whole pipeline
 (outlier rule + scaler + estimator, raw 8 features in) saved with skops and registered as a version of
-CaliforniaHousing. Ends with a summary table. Candidates and their hyperparameters: housing/training/candidates.yaml.
+CaliforniaHousing. Ends with a summary table. Candidates and their hyperparameters:
+housing/training/candidates.yaml.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def main(args: argparse.Namespace) -> int:
     for result in outcome.results:
         m = result.metrics
         cv = f"{m['cv_r2_mean']:.3f}+-{m['cv_r2_std']:.3f}"
-        print(f"{result.name:<26} {m['r2']:>7.4f} {m['rmse']:>7.4f} {cv:>13} {result.fit_seconds:>7.1f} {result.version:>8}")
+        print(
+            f"{result.name:<26} {m['r2']:>7.4f} {m['rmse']:>7.4f} {cv:>13} {result.fit_seconds:>7.1f}"
+            f" {result.version:>8}"
+        )
     return 0
 
 
@@ -51,21 +55,49 @@ def tune_candidate(args: argparse.Namespace, settings: Settings, split: Split) -
     spec = load_candidate_specs(settings.candidates_path, [args.tune_candidate])[0]
     output = args.tune_output or PROJECT_DIR / "housing" / "training" / "tuned" / f"{spec.name}.yaml"
     result = tune(settings, spec, split.x_train, split.y_train, trials=args.tune, proposal_path=output)
-    print(f"best CV R2 {result.best_cv_r2:.4f} after {result.trials} trials (MLflow run {result.parent_run_id})")
-    print(f"proposal written to {result.proposal_path}: review it, then copy its params into {settings.candidates_path}")
+    print(
+        f"best CV R2 {result.best_cv_r2:.4f} after {result.trials} trials (MLflow run {result.parent_run_id})"
+    )
+    print(
+        f"proposal written to {result.proposal_path}: review it, then copy its params into"
+        f" {settings.candidates_path}"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_setting_flags(
-        parser, "candidates", "estimator_scale", "cv_folds", "n_jobs", "random_state", "artifacts_dir", "tracking_uri"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
-                        help="Instead of the comparison run: search hyperparameters with Optuna for TRIALS trials (nested MLflow runs).")
-    parser.add_argument("--tune-candidate", default="lightgbm_spatial", help="Candidate to tune [default lightgbm_spatial]")
-    parser.add_argument("--tune-output", type=Path, default=None,
-                        help="Where the proposal goes [default housing/training/tuned/<candidate>.yaml]")
+    cli.add_setting_flags(
+        parser,
+        "candidates",
+        "estimator_scale",
+        "cv_folds",
+        "n_jobs",
+        "random_state",
+        "artifacts_dir",
+        "tracking_uri",
+    )
+    parser.add_argument(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help=(
+            "Instead of the comparison run: search hyperparameters with Optuna for TRIALS trials (nested"
+            " MLflow runs)."
+        ),
+    )
+    parser.add_argument(
+        "--tune-candidate", default="lightgbm_spatial", help="Candidate to tune [default lightgbm_spatial]"
+    )
+    parser.add_argument(
+        "--tune-output",
+        type=Path,
+        default=None,
+        help="Where the proposal goes [default housing/training/tuned/<candidate>.yaml]",
+    )
     return parser
 
 

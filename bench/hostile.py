@@ -41,8 +41,10 @@ CHUNK = b"x" * 65_536
 
 
 class HealthProbe:
-    """GET /health every 10 ms on one kept-alive connection, in a thread: each answer's status, end time and latency
-    (tests/integration/test_hostile_clients.py uses it for the statuses only; the latencies are this script's)."""
+    """GET /health every 10 ms on one kept-alive connection, in a thread: each answer's status, end time and
+    latency (tests/integration/test_hostile_clients.py uses it for the statuses only; the latencies are this
+    script's).
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -79,8 +81,13 @@ def measure(url: str, request: Callable[[], int]) -> dict[str, float]:
     during = [latency for at, latency in probe.answers if started <= at <= finished + 0.05]
     latencies = [latency for _, latency in probe.answers]
     assert set(probe.statuses) == {200}, f"/health answered {set(probe.statuses)}"
-    return {"status": status, "request_ms": (finished - started) * 1000, "slowest_ms": max(latencies) * 1000,
-            "median_ms": statistics.median(latencies) * 1000, "answers_during": len(during)}
+    return {
+        "status": status,
+        "request_ms": (finished - started) * 1000,
+        "slowest_ms": max(latencies) * 1000,
+        "median_ms": statistics.median(latencies) * 1000,
+        "answers_during": len(during),
+    }
 
 
 def main() -> int:
@@ -89,16 +96,36 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("HOUSING_", "MLFLOW_"))}
-        env.update(MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db", HOUSING_ARTIFACTS_DIR=f"{work}/artifacts",
-                   HOUSING_FEEDBACK_TOKEN=TOKEN, PYTHONPATH=str(PROJECT_DIR))
+        env.update(
+            MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db",
+            HOUSING_ARTIFACTS_DIR=f"{work}/artifacts",
+            HOUSING_FEEDBACK_TOKEN=TOKEN,
+            PYTHONPATH=str(PROJECT_DIR),
+        )
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start([sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-                        *API_SERVER_FLAGS], env, Path(work) / "api.log")
+        server = start(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                *API_SERVER_FLAGS,
+            ],
+            env,
+            Path(work) / "api.log",
+        )
         try:
             wait_for(f"{url}/health", server)
             many_keys = b"{" + b",".join(b'"%06d":0' % key for key in range(880_000)) + b"}"
-            bad_rows = orjson.dumps([{**EXAMPLE_REQUEST, **{f"extra{key:02d}": 0 for key in range(56)}} for _ in range(10_000)])
+            bad_rows = orjson.dumps(
+                [{**EXAMPLE_REQUEST, **{f"extra{key:02d}": 0 for key in range(56)}} for _ in range(10_000)]
+            )
             sent = [0]
 
             def one_gigabyte() -> Iterator[bytes]:
@@ -106,9 +133,15 @@ def main() -> int:
                     sent[0] += len(CHUNK)
                     yield CHUNK
 
-            def post(path: str, content: bytes | Iterator[bytes], headers: dict[str, str] | None = None) -> int:
-                return httpx.post(f"{url}{path}", content=content, timeout=120,
-                                  headers={"Content-Type": "application/json", **(headers or {})}).status_code
+            def post(
+                path: str, content: bytes | Iterator[bytes], headers: dict[str, str] | None = None
+            ) -> int:
+                return httpx.post(
+                    f"{url}{path}",
+                    content=content,
+                    timeout=120,
+                    headers={"Content-Type": "application/json", **(headers or {})},
+                ).status_code
 
             def idle() -> int:
                 time.sleep(1)
@@ -118,16 +151,30 @@ def main() -> int:
                 "idle (GET /health only)": idle,
                 "880,000 keys, 9.6 MB to /predict": lambda: post("/predict", many_keys),
                 "10,000 rows x 56 unknown fields to /predict": lambda: post("/predict", bad_rows),
-                "1 GB chunked to /feedback": lambda: post("/feedback", one_gigabyte(), {"Authorization": f"Bearer {TOKEN}"}),
+                "1 GB chunked to /feedback": lambda: post(
+                    "/feedback", one_gigabyte(), {"Authorization": f"Bearer {TOKEN}"}
+                ),
             }
-            print(f"# bench/hostile.py: {os.cpu_count()} CPUs, /health every 10 ms, {args.repeats} repeat(s) each; goal /health <= 200 ms")
-            print(f"{'case':46} {'status':>6} {'request ms':>11} {'/health slowest':>16} {'median':>7} {'answers during':>15}")
+            print(
+                f"# bench/hostile.py: {os.cpu_count()} CPUs, /health every 10 ms, {args.repeats} repeat(s)"
+                " each; goal /health <= 200 ms"
+            )
+            print(
+                f"{'case':46} {'status':>6} {'request ms':>11} {'/health slowest':>16} {'median':>7}"
+                f" {'answers during':>15}"
+            )
             for name, request in cases.items():
                 runs = [measure(url, request) for _ in range(args.repeats)]
                 worst = max(runs, key=lambda run: run["slowest_ms"])
-                print(f"{name:46} {int(worst['status']):>6} {max(r['request_ms'] for r in runs):>11.1f} {worst['slowest_ms']:>13.1f} ms "
-                      f"{worst['median_ms']:>7.1f} {min(int(r['answers_during']) for r in runs):>15}")
-            print(f"1 GB to /feedback: the client sent {sent[0] / args.repeats / 1e6:.1f} MB per attempt before the 413 (of 1,074 MB)")
+                print(
+                    f"{name:46} {int(worst['status']):>6} {max(r['request_ms'] for r in runs):>11.1f}"
+                    f" {worst['slowest_ms']:>13.1f} ms {worst['median_ms']:>7.1f}"
+                    f" {min(int(r['answers_during']) for r in runs):>15}"
+                )
+            print(
+                f"1 GB to /feedback: the client sent {sent[0] / args.repeats / 1e6:.1f} MB per attempt before"
+                " the 413 (of 1,074 MB)"
+            )
         finally:
             stop(server)
     return 0

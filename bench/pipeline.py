@@ -29,12 +29,23 @@ STAGES = ("load_data.py", "preprocess.py", "train.py", "promote.py")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=os.environ.get("HOUSING_DATA_SOURCE", str(PROJECT_DIR.parent / "shared/data/california_housing.csv")))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--source",
+        default=os.environ.get(
+            "HOUSING_DATA_SOURCE", str(PROJECT_DIR.parent / "shared/data/california_housing.csv")
+        ),
+    )
     parser.add_argument("--estimator-scale", default="1.0")
     parser.add_argument("--random-state", default="42")
-    parser.add_argument("--cv-folds", default=None, help="Override HOUSING_CV_FOLDS (default: the settings' default).")
-    parser.add_argument("--keep", type=Path, help="Work in this dir and keep it (default: a temp dir, removed).")
+    parser.add_argument(
+        "--cv-folds", default=None, help="Override HOUSING_CV_FOLDS (default: the settings' default)."
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="Work in this dir and keep it (default: a temp dir, removed)."
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
@@ -54,7 +65,13 @@ def main() -> int:
         total_start = time.perf_counter()
         for stage in STAGES:
             start = time.perf_counter()
-            result = subprocess.run([sys.executable, str(PROJECT_DIR / stage)], env=env, cwd=work_dir, capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, str(PROJECT_DIR / stage)],
+                env=env,
+                cwd=work_dir,
+                capture_output=True,
+                text=True,
+            )
             timings[stage] = time.perf_counter() - start
             if result.returncode != 0:
                 print(result.stdout, result.stderr, sep="\n")
@@ -64,7 +81,10 @@ def main() -> int:
                 train_output = result.stdout
         total = time.perf_counter() - total_start
 
-        print(f"# bench/pipeline.py — {os.cpu_count()} CPUs, estimator_scale {args.estimator_scale}, random_state {args.random_state}")
+        print(
+            f"# bench/pipeline.py — {os.cpu_count()} CPUs, estimator_scale {args.estimator_scale},"
+            f" random_state {args.random_state}"
+        )
         print(f"\n{'stage':<16} {'seconds':>8}")
         for stage, seconds in timings.items():
             print(f"{stage:<16} {seconds:>8.1f}")
@@ -86,8 +106,10 @@ def predict_latency(env: dict[str, str], repeats: int = 2000) -> str:
     frames = [x_test.iloc[[i % len(x_test)]] for i in range(repeats)]
     arrays = [frame.to_numpy(dtype=np.float64) for frame in frames]
     lines = []
-    for label, predict, rows in (("pipeline.predict, DataFrame row", model.predict, frames),
-                                 (f"compiled path{'' if verified else ' (NOT verified: pipeline.predict)'}", compiled, arrays)):
+    for label, predict, rows in (
+        ("pipeline.predict, DataFrame row", model.predict, frames),
+        (f"compiled path{'' if verified else ' (NOT verified: pipeline.predict)'}", compiled, arrays),
+    ):
         for row in rows[:50]:
             predict(row)
         samples = []
@@ -96,7 +118,10 @@ def predict_latency(env: dict[str, str], repeats: int = 2000) -> str:
             predict(row)
             samples.append(time.perf_counter() - start)
         p50, p99 = np.percentile(samples, [50, 99]) * 1000
-        lines.append(f"single-row predict, {label}: p50 {p50:.3f} ms, p99 {p99:.3f} ms over {repeats} calls (target p50 <= 2 ms)")
+        lines.append(
+            f"single-row predict, {label}: p50 {p50:.3f} ms, p99 {p99:.3f} ms over {repeats} calls (target"
+            " p50 <= 2 ms)"
+        )
     return "production model, in process:\n" + "\n".join(lines)
 
 

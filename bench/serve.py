@@ -17,9 +17,11 @@ it checks that every logged row carries the challenger's prediction.
 --constant-row sends the seed's example request on every request instead (the figures before issue 16:
 one identical row flatters a server whose work depends on the row), through the same client script.
 
-Needs a production model in the registry and the split beside it (`make pipeline`) and wrk (`apt-get install wrk`).
+Needs a production model in the registry and the split beside it (`make pipeline`) and wrk (`apt-get install
+wrk`).
 
-    python bench/serve.py [--duration 20] [--connections 16] [--tracking-uri URI --artifacts-dir DIR] [--rows 1000]
+    python bench/serve.py [--duration 20] [--connections 16] [--tracking-uri URI --artifacts-dir DIR] [--rows
+    1000]
                           [--constant-row] [--challenger gradient_boosting] [--all-candidates]
 """
 
@@ -60,8 +62,8 @@ BATCH_ROWS = 10_000
 BATCH_REPEATS = 7
 WARM_UP_CONNECTIONS = 4
 
-WRK_SCRIPT = """-- bench/serve.py's wrk client, the same for every server: one body per request, in turn, cycling;
--- counts the status of every response received and prints the counts when the run is done.
+WRK_SCRIPT = """-- bench/serve.py's wrk client, the same for every server: one body per request, in turn,
+-- cycling; counts the status of every response received and prints the counts when the run is done.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local bodies = {__BODIES__}
@@ -114,27 +116,40 @@ class Feed:
     description: str
 
     def bodies(self, *, mlflow: bool = False) -> list[str]:
-        """Request bodies: the row as a JSON object (this API, the bare endpoint), or mlflow's ``dataframe_records``."""
+        """Request bodies: the row as a JSON object (this API, the bare endpoint), or mlflow's
+        ``dataframe_records``."""
         return [orjson.dumps({"dataframe_records": [row]} if mlflow else row).decode() for row in self.rows]
 
 
 def held_out_feed(settings: Settings, count: int) -> Feed:
-    """The first ``count`` rows of the held-out test split preprocess stored (real districts the model never trained on)."""
+    """The first ``count`` rows of the held-out test split preprocess stored (real districts the model never
+    trained on)."""
     try:
         split = load_split(settings.split_dir)
     except UserError as error:
-        raise SystemExit(f"{error} (pass --artifacts-dir of the pipeline run behind the registry, or --constant-row)") from None
+        raise SystemExit(
+            f"{error} (pass --artifacts-dir of the pipeline run behind the registry, or --constant-row)"
+        ) from None
     provenance_path = settings.split_dir / "split.json"
-    seed = orjson.loads(provenance_path.read_bytes()).get("random_state", "?") if provenance_path.exists() else "?"
+    seed = (
+        orjson.loads(provenance_path.read_bytes()).get("random_state", "?")
+        if provenance_path.exists()
+        else "?"
+    )
     rows = split.x_test.head(count).to_dict(orient="records")
-    return Feed([{str(key): float(value) for key, value in row.items()} for row in rows],
-                f"{len(rows):,} real districts in turn (the first of the {len(split.x_test):,} held-out test rows of split "
-                f"random_state {seed}, {settings.split_dir})")
+    return Feed(
+        [{str(key): float(value) for key, value in row.items()} for row in rows],
+        f"{len(rows):,} real districts in turn (the first of the {len(split.x_test):,} held-out test rows of"
+        f" split random_state {seed}, {settings.split_dir})",
+    )
 
 
 def constant_feed() -> Feed:
     """The seed's example request on every request: the figures before issue 16 (--constant-row)."""
-    return Feed([dict(EXAMPLE_REQUEST)], "one constant row on every request (the seed's example request; --constant-row)")
+    return Feed(
+        [dict(EXAMPLE_REQUEST)],
+        "one constant row on every request (the seed's example request; --constant-row)",
+    )
 
 
 def lua_long_string(value: str) -> str:
@@ -187,12 +202,19 @@ def client_statuses(out: str) -> tuple[int, int]:
 
 
 def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, float]:
-    """A 2 s warm-up, then the measured run, both with ``script``: rps, p50/p99 ms, errors, responses and 200s received."""
-    warm_up = subprocess.run(["wrk", "-t1", f"-c{WARM_UP_CONNECTIONS}", "-d2s", "-s", str(script), url],
-                             capture_output=True, text=True, check=True).stdout
+    """A 2 s warm-up, then the measured run, both with ``script``: rps, p50/p99 ms, errors, responses and 200s
+    received."""
+    warm_up = subprocess.run(
+        ["wrk", "-t1", f"-c{WARM_UP_CONNECTIONS}", "-d2s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
     def found(pattern: str) -> re.Match[str]:
@@ -204,6 +226,7 @@ def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict[str
     def latency(label: str) -> float:
         value, unit = found(rf"{label}\s+([\d.]+)(us|ms|s)").groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
     errors = socket_errors(out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     ok, other = client_statuses(out)
@@ -218,8 +241,8 @@ def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict[str
         "other": other,
         "warm_up_ok": warm_up_ok,
         "warm_up_other": warm_up_other,
-        # wrk stops with up to one request in flight per connection (and one per socket error): the server may have
-        # answered, and logged, those after the client stopped listening.
+        # wrk stops with up to one request in flight per connection (and one per socket error): the server may
+        # have answered, and logged, those after the client stopped listening.
         "unanswered_bound": WARM_UP_CONNECTIONS + connections + errors + socket_errors(warm_up),
     }
 
@@ -230,7 +253,8 @@ def socket_errors(out: str) -> int:
 
 
 def received_line(label: str, logged: int, figures: dict[str, float], batch_rows: int = 0) -> str:
-    """Log completeness against what the clients received: every prediction answered with a 200 is logged once.
+    """Log completeness against what the clients received: every prediction answered with a 200 is logged
+    once.
 
     The log may hold a few more rows than 200s received, never more than the requests wrk left in flight."""
     return f"{label}: prediction log holds {logged:,} rows; {log_verdict(logged, figures, batch_rows)}"
@@ -240,20 +264,31 @@ def log_verdict(logged: int, figures: dict[str, float], batch_rows: int = 0) -> 
     received = int(figures["warm_up_ok"] + figures["ok"]) + batch_rows
     in_flight = int(figures["unanswered_bound"])
     batch = f" + batch {batch_rows:,}" if batch_rows else ""
-    counted = (f"clients received a 200 for {received:,} predictions (wrk warm-up {figures['warm_up_ok']:,.0f} + load "
-               f"{figures['ok']:,.0f}{batch})")
+    counted = (
+        f"clients received a 200 for {received:,} predictions (wrk warm-up {figures['warm_up_ok']:,.0f} +"
+        f" load {figures['ok']:,.0f}{batch})"
+    )
     if logged < received:
         return f"{counted}: INCOMPLETE, {received - logged:,} answered predictions missing from the log"
     if logged > received + in_flight:
-        return f"{counted}: {logged - received:,} rows too many (more than the {in_flight} requests wrk can leave in flight)"
-    return f"{counted}: complete ({logged - received} more logged: requests wrk left in flight at its stop, at most {in_flight})"
+        return (
+            f"{counted}: {logged - received:,} rows too many (more than the {in_flight} requests wrk can"
+            " leave in flight)"
+        )
+    return (
+        f"{counted}: complete ({logged - received} more logged: requests wrk left in flight at its stop, at"
+        f" most {in_flight})"
+    )
 
 
 def batch_request_ms(url: str, settings: object, repeats: int = BATCH_REPEATS) -> list[float]:
     """Milliseconds from sending a 10,000-row request (real rows, JSON ready) to having the whole response.
 
     Every response must be a 200 with 10,000 predictions, so the clients received ``repeats`` x 10,000."""
-    frame = read_source(os.environ.get("HOUSING_DATA_SOURCE") or str(PROJECT_DIR.parent / "shared/data/california_housing.csv"))
+    frame = read_source(
+        os.environ.get("HOUSING_DATA_SOURCE")
+        or str(PROJECT_DIR.parent / "shared/data/california_housing.csv")
+    )
     rows = frame.drop(columns="MedHouseVal").sample(BATCH_ROWS, random_state=0).to_dict(orient="records")
     body = orjson.dumps(rows)
     timings = []
@@ -264,10 +299,10 @@ def batch_request_ms(url: str, settings: object, repeats: int = BATCH_REPEATS) -
             content = response.content
             timings.append((time.perf_counter() - started) * 1000)
             if response.status_code != 200 or len(orjson.loads(content)["predictions"]) != BATCH_ROWS:
-                raise SystemExit(f"the {BATCH_ROWS:,}-row request got {response.status_code}: {content[:200]!r}")
+                raise SystemExit(
+                    f"the {BATCH_ROWS:,}-row request got {response.status_code}: {content[:200]!r}"
+                )
     return timings
-
-
 
 
 def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[Postgres | None, str]:
@@ -286,11 +321,17 @@ def postgres_log(admin_url: str | None, work_dir: Path) -> tuple[Postgres | None
 def set_challenger(settings: Settings, candidate: str) -> Callable[[], None]:
     """Point staging at ``candidate``'s newest version; returns what puts staging back as it was."""
     client = MlflowClient(settings.tracking_uri)
-    versions = [v for v in client.search_model_versions(f"name = '{settings.model_name}'") if v.tags.get("candidate") == candidate]
+    versions = [
+        v
+        for v in client.search_model_versions(f"name = '{settings.model_name}'")
+        if v.tags.get("candidate") == candidate
+    ]
     if not versions:
         raise SystemExit(f"no registered version of candidate {candidate}")
     before = client.get_registered_model(settings.model_name).aliases.get(settings.staging_alias)
-    client.set_registered_model_alias(settings.model_name, settings.staging_alias, str(max(int(v.version) for v in versions)))
+    client.set_registered_model_alias(
+        settings.model_name, settings.staging_alias, str(max(int(v.version) for v in versions))
+    )
 
     def restore() -> None:
         if before is None:
@@ -306,13 +347,19 @@ def shadow_rows(log_url: str) -> int:
     engine = make_engine(log_url)
     try:
         with engine.connect() as connection:
-            return int(connection.execute(text("select count(*) from predictions where shadow_prediction is not null")).scalar_one())
+            return int(
+                connection.execute(
+                    text("select count(*) from predictions where shadow_prediction is not null")
+                ).scalar_one()
+            )
     finally:
         engine.dispose()
 
 
 def start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -323,14 +370,13 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
-
-
 def feed_from_args(settings: Settings, args: argparse.Namespace) -> Feed:
     return constant_feed() if args.constant_row else held_out_feed(settings, args.rows)
 
 
 def all_candidates(settings: Settings, args: argparse.Namespace) -> int:
-    """Every registered candidate in production in turn, fed the same rows; rps, p50, p99, errors, log, compiled."""
+    """Every registered candidate in production in turn, fed the same rows; rps, p50, p99, errors, log,
+    compiled."""
     feed = feed_from_args(settings, args)
     client = MlflowClient(settings.tracking_uri)
     name = settings.model_name
@@ -343,25 +389,42 @@ def all_candidates(settings: Settings, args: argparse.Namespace) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="bench-serve-all-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
     env.update(MLFLOW_TRACKING_URI=settings.tracking_uri, HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir))
-    uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log", "--http", "httptools"]
+    uvicorn = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--no-access-log",
+        "--http",
+        "httptools",
+    ]
     script = write_wrk_script(work_dir, "rows", feed.bodies())
     rows: list[tuple[str, str, dict[str, float], str, str]] = []
     try:
         if settings.staging_alias in before:
-            client.delete_registered_model_alias(name, settings.staging_alias)  # no challenger: each model alone
+            client.delete_registered_model_alias(
+                name, settings.staging_alias
+            )  # no challenger: each model alone
         for candidate, version in sorted(latest.items()):
             client.set_registered_model_alias(name, settings.production_alias, version)
             port = free_port()
             log_url = f"sqlite:///{work_dir}/{candidate}.db"
-            api = start([*uvicorn, "--port", str(port), "app:app"], {**env, "HOUSING_PREDICTION_LOG_URL": log_url},
-                        work_dir / f"{candidate}.log")
+            api = start(
+                [*uvicorn, "--port", str(port), "app:app"],
+                {**env, "HOUSING_PREDICTION_LOG_URL": log_url},
+                work_dir / f"{candidate}.log",
+            )
             try:
                 wait_for(f"http://127.0.0.1:{port}/ready", api)
                 described = httpx.get(f"http://127.0.0.1:{port}/model").json()
                 figures = run_wrk(f"http://127.0.0.1:{port}/predict", script, args.duration, args.connections)
             finally:
                 stop(api)
-            path = ", ".join(f"{step['name']}:{'compiled' if step['compiled'] else 'library'}" for step in described.get("predict_path", []))
+            path = ", ".join(
+                f"{step['name']}:{'compiled' if step['compiled'] else 'library'}"
+                for step in described.get("predict_path", [])
+            )
             logged, received = count_rows(log_url)[0], int(figures["warm_up_ok"] + figures["ok"])
             complete = received <= logged <= received + figures["unanswered_bound"]
             log = f"{'complete' if complete else 'MISMATCH'} {logged - received:+}"
@@ -370,48 +433,105 @@ def all_candidates(settings: Settings, args: argparse.Namespace) -> int:
         for alias, named in before.items():
             client.set_registered_model_alias(name, alias, str(named))
     port = free_port()
-    bare = start([*uvicorn, "--port", str(port), "--app-dir", str(PROJECT_DIR / "bench"), "bare_app:app"], env, work_dir / "bare.log")
+    bare = start(
+        [*uvicorn, "--port", str(port), "--app-dir", str(PROJECT_DIR / "bench"), "bare_app:app"],
+        env,
+        work_dir / "bare.log",
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/docs", bare)
         bare_figures = run_wrk(f"http://127.0.0.1:{port}/predict", script, args.duration, args.connections)
     finally:
         stop(bare)
-    print(f"# bench/serve.py --all-candidates — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} -d{args.duration}s, "
-          f"single-row POSTs: {feed.description}")
-    print("# log: logged rows minus the 200s the client received (warm-up + load); complete when 0 to + the requests wrk left in flight")
-    print(f"\n{'production candidate':<24} {'version':>7} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'200s':>8}  {'log':<10} compiled")
+    print(
+        f"# bench/serve.py --all-candidates — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections}"
+        f" -d{args.duration}s, single-row POSTs: {feed.description}"
+    )
+    print(
+        "# log: logged rows minus the 200s the client received (warm-up + load); complete when 0 to + the"
+        " requests wrk left in flight"
+    )
+    print(
+        f"\n{'production candidate':<24} {'version':>7} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+        f" {'200s':>8}  {'log':<10} compiled"
+    )
     for candidate, version, r, log, compiled in rows:
-        print(f"{candidate:<24} {version:>7} {r['rps']:>8.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['errors']:>6.0f} {r['ok']:>8.0f}  "
-              f"{log:<10} {compiled}")
-    print(f"{'(bare FastAPI constant)':<24} {'':>7} {bare_figures['rps']:>8.0f} {bare_figures['p50']:>7.2f} {bare_figures['p99']:>7.2f} "
-          f"{bare_figures['errors']:>6.0f} {bare_figures['ok']:>8.0f}")
+        print(
+            f"{candidate:<24} {version:>7} {r['rps']:>8.0f} {r['p50']:>7.2f} {r['p99']:>7.2f}"
+            f" {r['errors']:>6.0f} {r['ok']:>8.0f}  {log:<10} {compiled}"
+        )
+    print(
+        f"{'(bare FastAPI constant)':<24} {'':>7} {bare_figures['rps']:>8.0f} {bare_figures['p50']:>7.2f}"
+        f" {bare_figures['p99']:>7.2f} {bare_figures['errors']:>6.0f} {bare_figures['ok']:>8.0f}"
+    )
     reference = next((r for candidate, _, r, _, _ in rows if candidate == "lightgbm_spatial"), None)
     if reference is not None:
         slowest = min(rows, key=lambda row: row[2]["rps"])
-        print(f"\nslowest: {slowest[0]} at {slowest[2]['rps'] / reference['rps']:.0%} of lightgbm_spatial's rps   (target >= 80 %); "
-              f"worst p99 {max(r['p99'] for _, _, r, _, _ in rows):.1f} ms   (target <= 5 ms)")
+        print(
+            f"\nslowest: {slowest[0]} at {slowest[2]['rps'] / reference['rps']:.0%} of lightgbm_spatial's rps"
+            f"   (target >= 80 %); worst p99 {max(r['p99'] for _, _, r, _, _ in rows):.1f} ms   (target <="
+            " 5 ms)"
+        )
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=20, help="Seconds of each measured wrk run [default 20].")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--duration", type=int, default=20, help="Seconds of each measured wrk run [default 20]."
+    )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections [default 16].")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking store of the registry [default: the settings'].")
-    parser.add_argument("--artifacts-dir", default=None, help="Artifacts of the same pipeline run: the held-out split is read from <dir>/split.")
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
-                        help=f"Held-out test rows the clients cycle through, one per request [default {DEFAULT_ROWS:,}].")
-    parser.add_argument("--constant-row", action="store_true",
-                        help="Send the seed's example request on every request instead (the figures before issue 16), same client script.")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking store of the registry [default: the settings']."
+    )
+    parser.add_argument(
+        "--artifacts-dir",
+        default=None,
+        help="Artifacts of the same pipeline run: the held-out split is read from <dir>/split.",
+    )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=DEFAULT_ROWS,
+        help=f"Held-out test rows the clients cycle through, one per request [default {DEFAULT_ROWS:,}].",
+    )
+    parser.add_argument(
+        "--constant-row",
+        action="store_true",
+        help=(
+            "Send the seed's example request on every request instead (the figures before issue 16), same"
+            " client script."
+        ),
+    )
     parser.add_argument("--skip-mlflow", action="store_true", help="Skip (b), e.g. for a quick run.")
-    parser.add_argument("--skip-postgres", action="store_true", help="Skip (a2), the 2-worker PostgreSQL run.")
-    parser.add_argument("--challenger", default="gradient_boosting", help="Candidate scored in shadow in (a3); 'none' skips (a3).")
-    parser.add_argument("--all-candidates", action="store_true",
-                        help="Instead: every registered candidate in production in turn (staging cleared), fed the same rows "
-                        "(held-out districts, or --constant-row), beside the bare endpoint; the aliases are put back after.")
-    parser.add_argument("--postgres-url", default=None,
-                        help="Admin SQLAlchemy URL of a PostgreSQL server for (a2); default: a private cluster from the system's binaries.")
+    parser.add_argument(
+        "--skip-postgres", action="store_true", help="Skip (a2), the 2-worker PostgreSQL run."
+    )
+    parser.add_argument(
+        "--challenger",
+        default="gradient_boosting",
+        help="Candidate scored in shadow in (a3); 'none' skips (a3).",
+    )
+    parser.add_argument(
+        "--all-candidates",
+        action="store_true",
+        help=(
+            "Instead: every registered candidate in production in turn (staging cleared), fed the same rows"
+            " (held-out districts, or --constant-row), beside the bare endpoint; the aliases are put back"
+            " after."
+        ),
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=None,
+        help=(
+            "Admin SQLAlchemy URL of a PostgreSQL server for (a2); default: a private cluster from the"
+            " system's binaries."
+        ),
+    )
     args = parser.parse_args()
     if args.rows < 1:
         parser.error("--rows must be at least 1")
@@ -433,13 +553,22 @@ def main() -> int:
     # (a) this API, with prediction logging on: 1 worker on SQLite, then 2 workers on PostgreSQL
     log_checks: list[str] = []
     batch_ms: list[float] = []
-    runs: list[tuple[str, int, str, str | None]] = [("(a) this API, 1 worker, SQLite log", 1, f"sqlite:///{work_dir / 'prediction_log.db'}", None)]
+    runs: list[tuple[str, int, str, str | None]] = [
+        ("(a) this API, 1 worker, SQLite log", 1, f"sqlite:///{work_dir / 'prediction_log.db'}", None)
+    ]
     postgres = None
     if not args.skip_postgres:
         postgres, postgres_url = postgres_log(args.postgres_url, work_dir)
         runs.append(("(a2) this API, 2 workers, PostgreSQL log", 2, postgres_url, None))
     if args.challenger != "none":
-        runs.append((f"(a3) = (a) + {args.challenger} in shadow", 1, f"sqlite:///{work_dir / 'shadow_log.db'}", args.challenger))
+        runs.append(
+            (
+                f"(a3) = (a) + {args.challenger} in shadow",
+                1,
+                f"sqlite:///{work_dir / 'shadow_log.db'}",
+                args.challenger,
+            )
+        )
     version = "?"
     for label, workers, log_url, challenger in runs:
         port = free_port()
@@ -454,74 +583,126 @@ def main() -> int:
         batch_rows = 0
         try:
             wait_for(f"http://127.0.0.1:{port}/ready", api)
-            time.sleep(3 if workers > 1 or challenger else 0)  # every worker loads the model (and the challenger)
+            time.sleep(
+                3 if workers > 1 or challenger else 0
+            )  # every worker loads the model (and the challenger)
             described = httpx.get(f"http://127.0.0.1:{port}/model").json()
             if challenger and described["challenger"] is None:
                 raise SystemExit(f"{label}: the API did not load the challenger")
             version = described["version"] if not challenger else version
-            results[label] = run_wrk(f"http://127.0.0.1:{port}/predict", api_script, args.duration, args.connections)
+            results[label] = run_wrk(
+                f"http://127.0.0.1:{port}/predict", api_script, args.duration, args.connections
+            )
             if workers == 1:
                 timings = batch_request_ms(f"http://127.0.0.1:{port}/predict", settings)
                 batch_ms = batch_ms or timings  # the figure printed is (a)'s
                 batch_rows = len(timings) * BATCH_ROWS
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            served_rows = sum(float(v) for v in re.findall(r'^housing_predictions_total\{[^}]*\} ([\d.e+]+)$', metrics, re.M))
+            served_rows = sum(
+                float(v)
+                for v in re.findall(r"^housing_predictions_total\{[^}]*\} ([\d.e+]+)$", metrics, re.M)
+            )
         finally:
             stop(api)
             if restore is not None:
                 restore()
         logged = count_rows(log_url)[0]
-        log_checks.append(f"{received_line(label, logged, results[label], batch_rows)}; the API's own counter says {served_rows:,.0f}")
+        log_checks.append(
+            f"{received_line(label, logged, results[label], batch_rows)}; the API's own counter says"
+            f" {served_rows:,.0f}"
+        )
         if challenger:
-            log_checks.append(f"{label}: {shadow_rows(log_url):,} of the {logged:,} logged rows carry the challenger's prediction")
+            log_checks.append(
+                f"{label}: {shadow_rows(log_url):,} of the {logged:,} logged rows carry the challenger's"
+                " prediction"
+            )
     if postgres is not None:
         postgres.stop()
 
     # (b) mlflow models serve, same model
     if not args.skip_mlflow:
         port = free_port()
-        # MLflow 3 refuses to deserialize any model without this flag; its scoring server runs `uvicorn` from PATH.
-        mlflow_env = {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
-                      "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+        # MLflow 3 refuses to deserialize any model without this flag; its scoring server runs `uvicorn` from
+        # PATH.
+        mlflow_env = {
+            **env,
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
         mlflow_serve = start(
-            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port)],
-            mlflow_env, work_dir / "mlflow.log",
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            mlflow_env,
+            work_dir / "mlflow.log",
         )
         try:
             wait_for(f"http://127.0.0.1:{port}/ping", mlflow_serve)
-            results["(b) mlflow models serve"] = run_wrk(f"http://127.0.0.1:{port}/invocations", mlflow_script, args.duration, args.connections)
+            results["(b) mlflow models serve"] = run_wrk(
+                f"http://127.0.0.1:{port}/invocations", mlflow_script, args.duration, args.connections
+            )
         finally:
             stop(mlflow_serve)
 
     # (c) bare FastAPI endpoint returning a constant (it ignores the body the client sends)
     port = free_port()
-    bare = start([*uvicorn, "--port", str(port), "--app-dir", str(PROJECT_DIR / "bench"), "bare_app:app"], env, work_dir / "bare.log")
+    bare = start(
+        [*uvicorn, "--port", str(port), "--app-dir", str(PROJECT_DIR / "bench"), "bare_app:app"],
+        env,
+        work_dir / "bare.log",
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/docs", bare)
-        results["(c) bare FastAPI constant"] = run_wrk(f"http://127.0.0.1:{port}/predict", api_script, args.duration, args.connections)
+        results["(c) bare FastAPI constant"] = run_wrk(
+            f"http://127.0.0.1:{port}/predict", api_script, args.duration, args.connections
+        )
     finally:
         stop(bare)
 
-    print(f"# bench/serve.py — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} -d{args.duration}s, single-row POSTs, "
-          f"{model_uri} (version {version})")
+    print(
+        f"# bench/serve.py — {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} -d{args.duration}s,"
+        f" single-row POSTs, {model_uri} (version {version})"
+    )
     print(f"# every server: the same client script sending {feed.description}")
     print(f"\n{'server':<42} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'200s':>9}")
     for name, r in results.items():
-        print(f"{name:<42} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>7.0f} {r['ok']:>9.0f}")
+        print(
+            f"{name:<42} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>7.0f}"
+            f" {r['ok']:>9.0f}"
+        )
     ours = results["(a) this API, 1 worker, SQLite log"]["rps"]
     shadowed = next((r for name, r in results.items() if name.startswith("(a3)")), None)
     if shadowed is not None:
-        print(f"\nwith a challenger in shadow / without: {shadowed['rps'] / ours:.0%} of the throughput   (target >= 85%), "
-              f"p99 {shadowed['p99']:.1f} ms   (target <= 10 ms)")
+        print(
+            f"\nwith a challenger in shadow / without: {shadowed['rps'] / ours:.0%} of the throughput  "
+            f" (target >= 85%), p99 {shadowed['p99']:.1f} ms   (target <= 10 ms)"
+        )
     if "(b) mlflow models serve" in results:
-        print(f"\nthis API / mlflow models serve: {ours / results['(b) mlflow models serve']['rps']:.1f}x   (target >= 10x)")
-    print(f"this API / bare endpoint:       {ours / results['(c) bare FastAPI constant']['rps']:.0%}   (target >= 50%)")
+        print(
+            f"\nthis API / mlflow models serve: {ours / results['(b) mlflow models serve']['rps']:.1f}x  "
+            " (target >= 10x)"
+        )
+    print(
+        f"this API / bare endpoint:       {ours / results['(c) bare FastAPI constant']['rps']:.0%}   (target"
+        " >= 50%)"
+    )
     print()
     for line in log_checks:
         print(line)
-    print(f"{BATCH_ROWS:,}-row batch request end to end: median {statistics.median(batch_ms):.0f} ms, max {max(batch_ms):.0f} ms "
-          f"over {len(batch_ms)} (target <= 250 ms)")
+    print(
+        f"{BATCH_ROWS:,}-row batch request end to end: median {statistics.median(batch_ms):.0f} ms, max"
+        f" {max(batch_ms):.0f} ms over {len(batch_ms)} (target <= 250 ms)"
+    )
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 

@@ -24,22 +24,48 @@ class UserError(Exception):
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
-    """The first line of an error's message (its type's name when the message is empty), at most ``limit`` characters."""
+    """The first line of an error's message (its type's name when the message is empty), at most ``limit``
+    characters."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:limit]
 
 
-
 MASK = "***"
 
-CREDENTIAL_PARAMS = frozenset({
-    "token", "key", "secret", "password", "passwd", "pwd", "sig", "signature", "access_token", "api_key",
-    "apikey", "auth", "authorization", "credential", "credentials", "sas",
-})
+CREDENTIAL_PARAMS = frozenset(
+    {
+        "token",
+        "key",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "sig",
+        "signature",
+        "access_token",
+        "api_key",
+        "apikey",
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "sas",
+    }
+)
 """Parameter names whose values are masked (compared in lower case)."""
 CREDENTIAL_PREFIXES = ("x-amz-", "x-goog-")
 """Signed-URL parameters of S3 and GCS: all masked."""
-CREDENTIAL_WORDS = ("token", "secret", "passw", "credential", "signature", "apikey", "api_key", "api-key", "private")
+CREDENTIAL_WORDS = (
+    "token",
+    "secret",
+    "passw",
+    "credential",
+    "signature",
+    "apikey",
+    "api_key",
+    "api-key",
+    "private",
+)
 """A parameter whose name contains one of these (``client_secret``, ``refresh_token``) is masked too."""
 
 MIN_KNOWN_SECRET = 3
@@ -65,7 +91,8 @@ def is_credential_name(name: str) -> bool:
 
 
 def mask_uri(uri: str) -> str:
-    """``uri`` with its password and credential-like parameter values replaced by ``***``; non-URLs unchanged."""
+    """``uri`` with its password and credential-like parameter values replaced by ``***``; non-URLs
+    unchanged."""
     match = _URL.fullmatch(uri)
     if match is None:
         return uri
@@ -83,7 +110,8 @@ def mask_text(text: str, *known_uris: str) -> str:
     ``known_uris`` (as written and percent-decoded) struck out wherever it appears."""
     masked = _URL_IN_TEXT.sub(lambda found: mask_uri(found[0]), text)
     masked = _KEY_VALUE.sub(
-        lambda found: f"{found['key']}{found['sep']}{MASK}" if is_credential_name(found["key"]) else found[0], masked
+        lambda found: f"{found['key']}{found['sep']}{MASK}" if is_credential_name(found["key"]) else found[0],
+        masked,
     )
     for secret in sorted(secrets_of(*known_uris), key=len, reverse=True):
         masked = masked.replace(secret, MASK)

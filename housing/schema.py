@@ -42,26 +42,82 @@ class ColumnSpec:
 
 
 FEATURES: tuple[ColumnSpec, ...] = (
-    ColumnSpec("MedInc", "Median income of households in the block group", "tens of thousands of US dollars",
-               0.0, 25.0, exclusive_minimum=True, example=3.5),
+    ColumnSpec(
+        "MedInc",
+        "Median income of households in the block group",
+        "tens of thousands of US dollars",
+        0.0,
+        25.0,
+        exclusive_minimum=True,
+        example=3.5,
+    ),
     ColumnSpec("HouseAge", "Median age of the houses in the block group", "years", 0.0, 100.0, example=28.0),
-    ColumnSpec("AveRooms", "Average number of rooms per household", "rooms per household",
-               0.0, 200.0, exclusive_minimum=True, example=5.0, clip_outliers=True),
-    ColumnSpec("AveBedrms", "Average number of bedrooms per household", "bedrooms per household",
-               0.0, 50.0, exclusive_minimum=True, example=1.04, clip_outliers=True),
-    ColumnSpec("Population", "Number of people living in the block group", "people",
-               0.0, 100_000.0, exclusive_minimum=True, example=1500.0, clip_outliers=True),
-    ColumnSpec("AveOccup", "Average number of household members", "people per household",
-               0.0, 1_500.0, exclusive_minimum=True, example=3.0, clip_outliers=True),
-    ColumnSpec("Latitude", "Latitude of the block group's centre (California: 32.5 to 42)", "degrees north",
-               32.4, 42.1, example=34.2),
-    ColumnSpec("Longitude", "Longitude of the block group's centre (California: -124.5 to -114.1)",
-               "degrees east", -124.5, -114.0, example=-118.3),
+    ColumnSpec(
+        "AveRooms",
+        "Average number of rooms per household",
+        "rooms per household",
+        0.0,
+        200.0,
+        exclusive_minimum=True,
+        example=5.0,
+        clip_outliers=True,
+    ),
+    ColumnSpec(
+        "AveBedrms",
+        "Average number of bedrooms per household",
+        "bedrooms per household",
+        0.0,
+        50.0,
+        exclusive_minimum=True,
+        example=1.04,
+        clip_outliers=True,
+    ),
+    ColumnSpec(
+        "Population",
+        "Number of people living in the block group",
+        "people",
+        0.0,
+        100_000.0,
+        exclusive_minimum=True,
+        example=1500.0,
+        clip_outliers=True,
+    ),
+    ColumnSpec(
+        "AveOccup",
+        "Average number of household members",
+        "people per household",
+        0.0,
+        1_500.0,
+        exclusive_minimum=True,
+        example=3.0,
+        clip_outliers=True,
+    ),
+    ColumnSpec(
+        "Latitude",
+        "Latitude of the block group's centre (California: 32.5 to 42)",
+        "degrees north",
+        32.4,
+        42.1,
+        example=34.2,
+    ),
+    ColumnSpec(
+        "Longitude",
+        "Longitude of the block group's centre (California: -124.5 to -114.1)",
+        "degrees east",
+        -124.5,
+        -114.0,
+        example=-118.3,
+    ),
 )
 
 TARGET = ColumnSpec(
-    "MedHouseVal", "Median house value in the block group", "hundreds of thousands of US dollars",
-    0.0, 100.0, exclusive_minimum=True, example=2.0,
+    "MedHouseVal",
+    "Median house value in the block group",
+    "hundreds of thousands of US dollars",
+    0.0,
+    100.0,
+    exclusive_minimum=True,
+    example=2.0,
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
@@ -102,7 +158,8 @@ def validate_frame(frame: pd.DataFrame, *, require_target: bool = True) -> pd.Da
             bad = column[numeric.isna() & column.notna()]
             if len(bad):
                 raise ContractError(
-                    f"column {name} has {len(bad)} non-numeric value(s), e.g. {bad.iloc[0]!r} in row {bad.index[0]}"
+                    f"column {name} has {len(bad)} non-numeric value(s), e.g. {bad.iloc[0]!r} in row"
+                    f" {bad.index[0]}"
                 )
             frame = frame.assign(**{name: numeric})
     values = frame.astype("float64")
@@ -110,7 +167,10 @@ def validate_frame(frame: pd.DataFrame, *, require_target: bool = True) -> pd.Da
         column = values[name]
         n_missing = int(column.isna().sum())
         if n_missing:
-            raise ContractError(f"column {name} has {n_missing} missing value(s), e.g. in row {column[column.isna()].index[0]}")
+            raise ContractError(
+                f"column {name} has {n_missing} missing value(s), e.g. in row"
+                f" {column[column.isna()].index[0]}"
+            )
         n_infinite = int(np.isinf(column.to_numpy()).sum())
         if n_infinite:
             raise ContractError(f"column {name} has {n_infinite} infinite value(s)")
@@ -119,8 +179,7 @@ def validate_frame(frame: pd.DataFrame, *, require_target: bool = True) -> pd.Da
         if outside.any():
             first = column[outside]
             raise ContractError(
-                f"column {name} has {int(outside.sum())} value(s) outside the valid range ({spec.rule()} {spec.unit}), "
-                f"e.g. {first.iloc[0]:g} in row {first.index[0]}"
+                f"column {name} has {int(outside.sum())} value(s) outside the valid range ({spec.rule()}"
+                f" {spec.unit}), e.g. {first.iloc[0]:g} in row {first.index[0]}"
             )
     return values
-

@@ -46,7 +46,8 @@ def new_secret() -> str:
 
 
 def write_private_file(path: Path, content: str) -> None:
-    """Write ``content`` to ``path`` readable by its owner only (0600, in a folder made 0700 if created here)."""
+    """Write ``content`` to ``path`` readable by its owner only (0600, in a folder made 0700 if created
+    here)."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700)
     path.unlink(missing_ok=True)
@@ -79,7 +80,10 @@ def postgres_bin_dir() -> Path:
         wheel_bin = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
         if (wheel_bin / "initdb").exists():
             return wheel_bin
-    raise UserError("PostgreSQL is not installed: apt-get install postgresql, or pip install pgserver (it ships the server binaries)")
+    raise UserError(
+        "PostgreSQL is not installed: apt-get install postgresql, or pip install pgserver (it ships the"
+        " server binaries)"
+    )
 
 
 def server_user() -> str | None:
@@ -125,8 +129,9 @@ class Postgres:
 
     def url(self, database: str) -> str:
         """SQLAlchemy URL of ``database`` on this cluster, with the password."""
-        return URL.create("postgresql+psycopg", POSTGRES_USER, self.password, "127.0.0.1", self.port, database).render_as_string(
-            hide_password=False)
+        return URL.create(
+            "postgresql+psycopg", POSTGRES_USER, self.password, "127.0.0.1", self.port, database
+        ).render_as_string(hide_password=False)
 
     def start(self) -> Postgres:
         bin_dir = postgres_bin_dir()
@@ -135,15 +140,31 @@ class Postgres:
             _chown_for_server(self.data_dir)
             self._initdb(bin_dir)
         elif uses_trust_authentication(self.data_dir):
-            raise UserError(f"{self.data_dir} was created by an earlier version without passwords (trust authentication): "
-                            f"stop it (python -m localteam down) and delete {self.data_dir.parent} to recreate it")
+            raise UserError(
+                f"{self.data_dir} was created by an earlier version without passwords (trust authentication):"
+                f" stop it (python -m localteam down) and delete {self.data_dir.parent} to recreate it"
+            )
         if self.running():
             return self
         log = self.data_dir / "server.log"
         subprocess.run(
-            _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log), "-w", "-t", "60", "-o",
-                             f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"]),
-            check=True, capture_output=True,
+            _as_server_user(
+                [
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
         return self
 
@@ -156,27 +177,49 @@ class Postgres:
             write_private_file(pwfile, self.password + "\n")
             _chown_for_server(pwfile_dir)
             subprocess.run(
-                _as_server_user([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", POSTGRES_USER, "--auth=scram-sha-256",
-                                 f"--pwfile={pwfile}", "--encoding=UTF8", "--no-instructions"]),
-                check=True, capture_output=True,
+                _as_server_user(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        POSTGRES_USER,
+                        "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "--encoding=UTF8",
+                        "--no-instructions",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
             )
         finally:
             shutil.rmtree(pwfile_dir, ignore_errors=True)
 
     def running(self) -> bool:
-        result = subprocess.run(_as_server_user([str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"]),
-                                capture_output=True)
+        result = subprocess.run(
+            _as_server_user([str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"]),
+            capture_output=True,
+        )
         return result.returncode == 0
 
     def stop(self) -> None:
         if self.data_dir.exists() and self.running():
-            subprocess.run(_as_server_user([str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]),
-                           capture_output=True)
+            subprocess.run(
+                _as_server_user(
+                    [str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+                ),
+                capture_output=True,
+            )
 
 
 def uses_trust_authentication(data_dir: Path) -> bool:
     """Whether the cluster in ``data_dir`` lets clients in without a password (pg_hba.conf has ``trust``)."""
-    rules = [line.split() for line in (data_dir / "pg_hba.conf").read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    rules = [
+        line.split()
+        for line in (data_dir / "pg_hba.conf").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     return any(rule[-1] == "trust" for rule in rules)
 
 
@@ -185,7 +228,9 @@ def create_database(admin_url: str, name: str) -> None:
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first()
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
             if exists is None:
                 connection.execute(text(f'CREATE DATABASE "{name}"'))
     finally:
@@ -227,61 +272,113 @@ class TrackingAuth:
         return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
 
     def server_env(self) -> dict[str, str]:
-        return {"MLFLOW_AUTH_CONFIG_PATH": str(self.config_path), "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret_key}
+        return {
+            "MLFLOW_AUTH_CONFIG_PATH": str(self.config_path),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret_key,
+        }
 
 
 def write_tracking_auth(config_path: Path, database_uri: str, password: str, secret_key: str) -> TrackingAuth:
-    """Write the basic-auth config (``[mlflow]`` section of mlflow/server/auth/basic_auth.ini) to ``config_path``,
-    0600: everyone authenticated may read, only the admin ``TRACKING_ADMIN_USER`` (created with ``password`` on
-    the first start against an empty ``database_uri``) may write, e.g. move the ``production`` alias."""
-    write_private_file(config_path, "\n".join([
-        "[mlflow]",
-        "default_permission = READ",
-        f"database_uri = {database_uri}",
-        f"admin_username = {TRACKING_ADMIN_USER}",
-        f"admin_password = {password}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        # without the cache every request pays a password hash (scrypt, ~0.15 s of CPU) in the server's single
-        # worker: a model download of ~100 files then takes a minute under load; 60 s of staleness after a
-        # password change through another worker is the price
-        "auth_cache_ttl_seconds = 60",
-        "",
-    ]))
+    """Write the basic-auth config (``[mlflow]`` section of mlflow/server/auth/basic_auth.ini) to
+    ``config_path``, 0600: everyone authenticated may read, only the admin ``TRACKING_ADMIN_USER`` (created
+    with ``password`` on the first start against an empty ``database_uri``) may write, e.g. move the
+    ``production`` alias."""
+    write_private_file(
+        config_path,
+        "\n".join(
+            [
+                "[mlflow]",
+                "default_permission = READ",
+                f"database_uri = {database_uri}",
+                f"admin_username = {TRACKING_ADMIN_USER}",
+                f"admin_password = {password}",
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+                # without the cache every request pays a password hash (scrypt, ~0.15 s of CPU) in the
+                # server's single worker: a model download of ~100 files then takes a minute under load; 60 s
+                # of staleness after a password change through another worker is the price
+                "auth_cache_ttl_seconds = 60",
+                "",
+            ]
+        ),
+    )
     return TrackingAuth(config_path, TRACKING_ADMIN_USER, password, secret_key)
 
 
-def start_mlflow_server(backend_uri: str, artifacts_dir: Path, port: int, log_path: Path, auth: TrackingAuth) -> subprocess.Popen:
+def start_mlflow_server(
+    backend_uri: str, artifacts_dir: Path, port: int, log_path: Path, auth: TrackingAuth
+) -> subprocess.Popen:
     """``mlflow server --app-name basic-auth`` on ``backend_uri`` that also serves the artifacts
-    (``--serve-artifacts``); the backend URI (it holds a password) goes in the environment, not on the command line."""
+    (``--serve-artifacts``); the backend URI (it holds a password) goes in the environment, not on the command
+    line.
+    """
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth", "--serve-artifacts",
-        "--artifacts-destination", str(artifacts_dir), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", MLFLOW_DISABLE_TELEMETRY="true",
-               MLFLOW_BACKEND_STORE_URI=backend_uri, **auth.server_env())
-    process = subprocess.Popen(command, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        MLFLOW_BACKEND_STORE_URI=backend_uri,
+        **auth.server_env(),
+    )
+    log_file = open(log_path, "ab")  # noqa: SIM115 - the child keeps the log file open
+    process = subprocess.Popen(
+        command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
     wait_http(f"http://127.0.0.1:{port}/health", process)
     return process
 
 
 API_SERVER_FLAGS = ("--http", "httptools", "--timeout-keep-alive", "5")
-"""uvicorn's flags wherever the API is served (make serve, start_api, the integration tests); README, Serving: Limits.
-httptools, not h11: h11 bounds a request's head (--h11-max-incomplete-event-size) but answered /predict 2-3x
-slower here. Idle keep-alive connections close after 5 s. No --limit-concurrency: uvicorn never closes a
-connection that sends nothing, so that many idle sockets would turn every new request into a 503."""
+"""uvicorn's flags wherever the API is served (make serve, start_api, the integration tests); README, Serving:
+Limits. httptools, not h11: h11 bounds a request's head (--h11-max-incomplete-event-size) but answered
+/predict 2-3x slower here. Idle keep-alive connections close after 5 s. No --limit-concurrency: uvicorn never
+closes a connection that sends nothing, so that many idle sockets would turn every new request into a 503."""
 
 
-def start_api(env: dict[str, str], workers: int, port: int, log_path: Path, multiproc_dir: Path) -> subprocess.Popen:
-    """``uvicorn app:app --workers N`` with Prometheus multiprocess mode (a fresh metrics folder) and the flags
-    of ``make serve`` (:data:`API_SERVER_FLAGS`)."""
+def start_api(
+    env: dict[str, str], workers: int, port: int, log_path: Path, multiproc_dir: Path
+) -> subprocess.Popen:
+    """``uvicorn app:app --workers N`` with Prometheus multiprocess mode (a fresh metrics folder) and the
+    flags of ``make serve`` (:data:`API_SERVER_FLAGS`)."""
     shutil.rmtree(multiproc_dir, ignore_errors=True)
     multiproc_dir.mkdir(parents=True)
     env = dict(env, PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir))
-    command = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-               "--no-access-log", *API_SERVER_FLAGS]
-    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                               start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        *API_SERVER_FLAGS,
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=open(log_path, "ab"),  # noqa: SIM115 - the child keeps the log file open
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     wait_http(f"http://127.0.0.1:{port}/health", process)
     return process
 
@@ -306,5 +403,3 @@ def stop_process(pid_file: Path) -> None:
     else:
         os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
-
-

@@ -83,8 +83,10 @@ def postgres_unavailable() -> str | None:
     try:
         postgres_bin_dir()
     except UserError:
-        return ("no PostgreSQL found; to run them: apt-get install postgresql, or pip install pgserver, "
-                "or set HOUSING_TEST_POSTGRES_URL to an admin SQLAlchemy URL")
+        return (
+            "no PostgreSQL found; to run them: apt-get install postgresql, or pip install pgserver, "
+            "or set HOUSING_TEST_POSTGRES_URL to an admin SQLAlchemy URL"
+        )
     return None
 
 
@@ -101,7 +103,10 @@ class PostgresProvider:
 
     def tracking_credentials_env(self) -> dict[str, str]:
         """MLflow's credential variables for this session's tracking servers."""
-        return {"MLFLOW_TRACKING_USERNAME": TRACKING_ADMIN_USER, "MLFLOW_TRACKING_PASSWORD": self.tracking_password}
+        return {
+            "MLFLOW_TRACKING_USERNAME": TRACKING_ADMIN_USER,
+            "MLFLOW_TRACKING_PASSWORD": self.tracking_password,
+        }
 
     @property
     def admin_url(self) -> str:
@@ -128,8 +133,19 @@ def make_backend(name: str, work_dir: Path, postgres: PostgresProvider, label: s
     create_database(postgres.admin_url, database)
     port = free_port()
     db_url = database_url(postgres.admin_url, database)
-    auth = write_tracking_auth(work_dir / "mlflow-auth.ini", f"sqlite:///{work_dir / 'mlflow-auth.db'}", postgres.tracking_password,
-                               postgres.flask_secret_key)
+    auth = write_tracking_auth(
+        work_dir / "mlflow-auth.ini",
+        f"sqlite:///{work_dir / 'mlflow-auth.db'}",
+        postgres.tracking_password,
+        postgres.flask_secret_key,
+    )
     server = start_mlflow_server(db_url, work_dir / "mlartifacts", port, work_dir / "mlflow-server.log", auth)
-    return Backend(name, work_dir, f"http://127.0.0.1:{port}", admin_url=postgres.admin_url, tracking_db_url=db_url, tracking_auth=auth,
-                   processes=[server])
+    return Backend(
+        name,
+        work_dir,
+        f"http://127.0.0.1:{port}",
+        admin_url=postgres.admin_url,
+        tracking_db_url=db_url,
+        tracking_auth=auth,
+        processes=[server],
+    )

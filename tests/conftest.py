@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from housing.config import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-DATA_SOURCE = Path(os.environ.get("HOUSING_DATA_SOURCE") or PROJECT_DIR.parent / "shared" / "data" / "california_housing.csv")
+DATA_SOURCE = Path(
+    os.environ.get("HOUSING_DATA_SOURCE") or PROJECT_DIR.parent / "shared" / "data" / "california_housing.csv"
+)
 """Where the real dataset is expected; only the tiers that need it look there."""
 TEST_ESTIMATOR_SCALE = "0.3"
 """Tests train with 30 % of the configured trees; the README run uses the full configuration."""
@@ -42,10 +44,12 @@ REQUIRE_POSTGRES = os.environ.get("HOUSING_REQUIRE_POSTGRES") == "1"
 
 @pytest.fixture(scope="session")
 def dataset_path() -> Path:
-    """The real dataset's path. Its absence fails every test that asks for it, with one sentence, never a skip."""
+    """The real dataset's path. Its absence fails every test that asks for it, with one sentence, never a
+    skip."""
     if not DATA_SOURCE.is_file():
         pytest.fail(
-            f"this test tier needs the real California housing CSV at {DATA_SOURCE}: set HOUSING_DATA_SOURCE to its path",
+            f"this test tier needs the real California housing CSV at {DATA_SOURCE}: set HOUSING_DATA_SOURCE"
+            " to its path",
             pytrace=False,
         )
     return DATA_SOURCE
@@ -79,7 +83,9 @@ def stage_env(work_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_stage(script: str, *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_stage(
+    script: str, *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """Run a stage script of the project as a subprocess and return its completed process."""
     return subprocess.run(
         [sys.executable, str(PROJECT_DIR / script), *args],
@@ -120,13 +126,18 @@ class PipelineRun:
         from housing.registry.versions import get_version_by_alias, load_version, registry_client
 
         client = registry_client(self.tracking_uri)
-        found = (client.get_model_version("CaliforniaHousing", version) if version is not None
-                 else get_version_by_alias(client, "CaliforniaHousing", "production"))
+        found = (
+            client.get_model_version("CaliforniaHousing", version)
+            if version is not None
+            else get_version_by_alias(client, "CaliforniaHousing", "production")
+        )
         assert found is not None, "no production version"
         return load_version(client, found)
 
 
-def run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider) -> PipelineRun:
+def run_pipeline(
+    backend_name: str, label: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider
+) -> PipelineRun:
     """The four stage scripts, for real, with the real data, in a fresh temp dir on a fresh backend."""
     work_dir = tmp_path_factory.mktemp(f"{label}-{backend_name}")
     backend = make_backend(backend_name, work_dir, postgres, label)
@@ -136,13 +147,22 @@ def run_pipeline(backend_name: str, label: str, tmp_path_factory: pytest.TempPat
         result = run_stage(script, env=env, cwd=work_dir)
         assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
         outputs[script] = result
-    from mlflow import MlflowClient  # mlflow costs ~2 s to import: only the tiers that run the pipeline need it
+    from mlflow import (
+        MlflowClient,
+    )  # mlflow costs ~2 s to import: only the tiers that run the pipeline need it
 
-    production = MlflowClient(backend.tracking_uri).get_model_version_by_alias("CaliforniaHousing", "production")
+    production = MlflowClient(backend.tracking_uri).get_model_version_by_alias(
+        "CaliforniaHousing", "production"
+    )
     return PipelineRun(work_dir, env, outputs, backend, str(production.version))
 
 
-@pytest.fixture(scope="session", params=[pytest.param(name, marks=pytest.mark.postgres) if name == "postgres" else name for name in BACKENDS])
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param(name, marks=pytest.mark.postgres) if name == "postgres" else name for name in BACKENDS
+    ],
+)
 def backend_name(request: pytest.FixtureRequest) -> str:
     """Each backend in turn; the PostgreSQL one carries the ``postgres`` marker."""
     return request.param
@@ -163,7 +183,10 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProvi
 
 @pytest.fixture(scope="session")
 def pipeline_run(
-    backend_name: str, dataset_path: Path, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider
+    backend_name: str,
+    dataset_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresProvider,
 ) -> Iterator[PipelineRun]:
     """The four stage scripts run once, for real, with the real data, on each backend. Read-only for tests."""
     run = run_pipeline(backend_name, "pipeline", tmp_path_factory, postgres)

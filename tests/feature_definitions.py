@@ -17,7 +17,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-RAW_COLUMNS = ("MedInc", "HouseAge", "AveRooms", "AveBedrms", "Population", "AveOccup", "Latitude", "Longitude")
+RAW_COLUMNS = (
+    "MedInc",
+    "HouseAge",
+    "AveRooms",
+    "AveBedrms",
+    "Population",
+    "AveOccup",
+    "Latitude",
+    "Longitude",
+)
 """The contract's 8 input columns, in the order every step receives them."""
 
 
@@ -61,7 +70,8 @@ def quantile_by_definition(values: Sequence[float], q: float) -> float:
 
 
 def clipped_by_definition(train: np.ndarray, rows: np.ndarray, quantiles: tuple[float, float]) -> Columns:
-    """The outlier rule: a clipped column is held to its training quantiles, every other column is unchanged."""
+    """The outlier rule: a clipped column is held to its training quantiles, every other column is
+    unchanged."""
     expected = {}
     for name in RAW_COLUMNS:
         values = column(rows, name)
@@ -85,7 +95,10 @@ def spatial_by_definition(rows: np.ndarray, angles: Sequence[float]) -> Columns:
             derived.setdefault(f"rot{angle}_x", []).append(lon * cos + lat * sin)
             derived.setdefault(f"rot{angle}_y", []).append(lat * cos - lon * sin)
         for city, (city_lat, city_lon) in CITIES.items():
-            north_km, east_km = (lat - city_lat) * KM_PER_DEGREE_LATITUDE, (lon - city_lon) * KM_PER_DEGREE_LONGITUDE
+            north_km, east_km = (
+                (lat - city_lat) * KM_PER_DEGREE_LATITUDE,
+                (lon - city_lon) * KM_PER_DEGREE_LONGITUDE,
+            )
             derived.setdefault(f"km_to_{city}", []).append(math.sqrt(north_km**2 + east_km**2))
         derived.setdefault("rooms_per_person", []).append(district["AveRooms"] / district["AveOccup"])
         derived.setdefault("bedroom_share", []).append(district["AveBedrms"] / district["AveRooms"])
@@ -128,7 +141,10 @@ def neighbours_by_definition(
     the k nearest in any combination, so a column is defined up to that choice: the two mappings returned
     are its lowest and its highest value over every choice, one and the same value where nothing ties.
     """
-    train_north, train_east = column(train, "Latitude") * KM_PER_DEGREE_LATITUDE, column(train, "Longitude") * KM_PER_DEGREE_LONGITUDE
+    train_north, train_east = (
+        column(train, "Latitude") * KM_PER_DEGREE_LATITUDE,
+        column(train, "Longitude") * KM_PER_DEGREE_LONGITUDE,
+    )
     train_incomes = column(train, "MedInc")
     lowest: dict[str, list[float]] = {}
     highest: dict[str, list[float]] = {}
@@ -139,20 +155,36 @@ def neighbours_by_definition(
 
     for row in rows:
         district = dict(zip(RAW_COLUMNS, (float(value) for value in row[: len(RAW_COLUMNS)]), strict=True))
-        north, east = district["Latitude"] * KM_PER_DEGREE_LATITUDE, district["Longitude"] * KM_PER_DEGREE_LONGITUDE
+        north, east = (
+            district["Latitude"] * KM_PER_DEGREE_LATITUDE,
+            district["Longitude"] * KM_PER_DEGREE_LONGITUDE,
+        )
         distances = np.sqrt((train_north - north) ** 2 + (train_east - east) ** 2)
         for k in ks:
             closer, tied, m = nearest_choices(distances, k)
-            fewest_targets, most_targets = sorted(float(targets[i]) for i in tied)[:m], sorted(float(targets[i]) for i in tied)[-m:]
+            fewest_targets, most_targets = (
+                sorted(float(targets[i]) for i in tied)[:m],
+                sorted(float(targets[i]) for i in tied)[-m:],
+            )
             target_sum = sum(float(targets[i]) for i in closer)
-            define(f"neighbor{k}_target_mean", (target_sum + sum(fewest_targets)) / k, (target_sum + sum(most_targets)) / k)
+            define(
+                f"neighbor{k}_target_mean",
+                (target_sum + sum(fewest_targets)) / k,
+                (target_sum + sum(most_targets)) / k,
+            )
             define(f"neighbor{k}_km", float(distances[tied[0]]), float(distances[tied[0]]))
             tied_incomes = sorted(float(train_incomes[i]) for i in tied)
             income_sum = sum(float(train_incomes[i]) for i in closer)
-            poorest, richest = (income_sum + sum(tied_incomes[:m])) / k, (income_sum + sum(tied_incomes[-m:])) / k
+            poorest, richest = (
+                (income_sum + sum(tied_incomes[:m])) / k,
+                (income_sum + sum(tied_incomes[-m:])) / k,
+            )
             define(f"income_vs_neighbor{k}", district["MedInc"] / richest, district["MedInc"] / poorest)
         closer, tied, m = nearest_choices(distances, spread_k)
-        closer_targets, tied_targets = [float(targets[i]) for i in closer], sorted(float(targets[i]) for i in tied)
+        closer_targets, tied_targets = (
+            [float(targets[i]) for i in closer],
+            sorted(float(targets[i]) for i in tied),
+        )
         define(f"neighbor{spread_k}_target_std", *spread_range(closer_targets, tied_targets, m))
         closer_weights = [1.0 / (float(distances[i]) + IDW_OFFSET_KM) for i in closer]
         tied_weight = 1.0 / (float(distances[tied[0]]) + IDW_OFFSET_KM)  # the same for every tied district
@@ -163,7 +195,9 @@ def neighbours_by_definition(
             (weighted + tied_weight * sum(tied_targets[:m])) / weights,
             (weighted + tied_weight * sum(tied_targets[-m:])) / weights,
         )
-    return {name: np.array(values) for name, values in lowest.items()}, {name: np.array(values) for name, values in highest.items()}
+    return {name: np.array(values) for name, values in lowest.items()}, {
+        name: np.array(values) for name, values in highest.items()
+    }
 
 
 def assert_every_column_is_its_definition(
@@ -174,17 +208,23 @@ def assert_every_column_is_its_definition(
     rtol: float = 1e-12,
 ) -> None:
     """Each output column, by name, equals its definition (lies between ``expected`` and ``highest`` where
-    a definition leaves a choice); no column is left without a definition and no definition without a column."""
+    a definition leaves a choice); no column is left without a definition and no definition without a column.
+    """
     names = [str(name) for name in output_names]
     highest = expected if highest is None else highest
     assert out.shape[1] == len(names)
-    assert sorted(names) == sorted(expected), f"columns without definition: {set(names) - set(expected)}; missing: {set(expected) - set(names)}"
+    assert sorted(names) == sorted(expected), (
+        f"columns without definition: {set(names) - set(expected)}; missing: {set(expected) - set(names)}"
+    )
     for index, name in enumerate(names):
         low, high, got = expected[name], highest[name], out[:, index]
         slack = 1e-9 + rtol * np.maximum(np.abs(low), np.abs(high))
         off = np.flatnonzero(~((got >= low - slack) & (got <= high + slack)))  # NaN is off too
         first = off[0] if off.size else 0
-        assert off.size == 0, f"column {name}: {off.size} rows off, e.g. row {first}: {got[first]!r}, defined {low[first]!r}..{high[first]!r}"
+        assert off.size == 0, (
+            f"column {name}: {off.size} rows off, e.g. row {first}: {got[first]!r}, defined"
+            f" {low[first]!r}..{high[first]!r}"
+        )
 
 
 def exactly_defined(lowest: Columns, highest: Columns) -> np.ndarray:
@@ -195,14 +235,25 @@ def exactly_defined(lowest: Columns, highest: Columns) -> np.ndarray:
 def synthetic_districts(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Plausible districts (the contract's column order) and targets, deterministic for a seed."""
     rng = np.random.default_rng(seed)
-    values = np.column_stack([
-        rng.uniform(0.5, 15, rows), rng.uniform(1, 52, rows), rng.uniform(2, 10, rows), rng.uniform(0.8, 2, rows),
-        rng.uniform(50, 5000, rows), rng.uniform(1.2, 6, rows), rng.uniform(32.6, 41.9, rows), rng.uniform(-124.3, -114.4, rows),
-    ])
+    values = np.column_stack(
+        [
+            rng.uniform(0.5, 15, rows),
+            rng.uniform(1, 52, rows),
+            rng.uniform(2, 10, rows),
+            rng.uniform(0.8, 2, rows),
+            rng.uniform(50, 5000, rows),
+            rng.uniform(1.2, 6, rows),
+            rng.uniform(32.6, 41.9, rows),
+            rng.uniform(-124.3, -114.4, rows),
+        ]
+    )
     return values, rng.uniform(0.15, 5, rows)
 
 
-ENCODER_SETTINGS = [pytest.param((5, 20, 60), 20, 5, 42, id="served-settings"), pytest.param((3, 7), 10, 3, 0, id="other-settings")]
+ENCODER_SETTINGS = [
+    pytest.param((5, 20, 60), 20, 5, 42, id="served-settings"),
+    pytest.param((3, 7), 10, 3, 0, id="other-settings"),
+]
 
 
 def neighbour_input(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,13 @@ from housing.serving.model_service import LoadedModel
 from housing.serving.prometheus import Metrics
 from housing.serving.shadow import ServedBatch, ShadowScorer
 from housing.store.locks import create_lock_table, locks_table
-from housing.store.prediction_log import FeedbackResult, PredictionLog, count_rows, prediction_rows, read_window
+from housing.store.prediction_log import (
+    FeedbackResult,
+    PredictionLog,
+    count_rows,
+    prediction_rows,
+    read_window,
+)
 from housing.store.tables import create_tables
 from tests.conftest import DATA_SOURCE
 
@@ -45,14 +51,20 @@ def race_for_locks(targets: list[tuple[str, str]], racers: int, work_dir: Path) 
     work_dir.mkdir(parents=True, exist_ok=True)
     arguments = [part for target in targets for part in target]
     processes = {
-        f"racer-{index}": subprocess.Popen([sys.executable, "-c", RACER, str(work_dir), str(index), *arguments],
-                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        f"racer-{index}": subprocess.Popen(
+            [sys.executable, "-c", RACER, str(work_dir), str(index), *arguments],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for index in range(racers)
     }
     deadline = time.monotonic() + 60
     while len(list(work_dir.glob("ready-*"))) < racers:
         assert time.monotonic() < deadline, "the racing processes did not start"
-        assert all(process.poll() is None for process in processes.values()), "a racing process died before the race"
+        assert all(process.poll() is None for process in processes.values()), (
+            "a racing process died before the race"
+        )
         time.sleep(0.01)
     (work_dir / "go").touch()
     answers: list[dict[str, str]] = [{} for _ in targets]
@@ -76,14 +88,24 @@ def expired_lease(engine: Engine, name: str, owner: str) -> None:
     create_lock_table(engine)
     now = datetime.now(UTC)
     with engine.begin() as connection:
-        connection.execute(insert(locks_table).values(name=name, owner=owner, acquired_at=now - timedelta(hours=2),
-                                                      expires_at=now - timedelta(minutes=1)))
+        connection.execute(
+            insert(locks_table).values(
+                name=name,
+                owner=owner,
+                acquired_at=now - timedelta(hours=2),
+                expires_at=now - timedelta(minutes=1),
+            )
+        )
 
 
-def check_a_batch_retried_after_an_unclear_failure_is_stored_once(log_url: str, spill_dir: Path | None) -> None:
-    """The database commits a batch but the writer never hears back (the connection drops after COMMIT): it must
-    retry the batch, from memory or from the spill, and the retry must skip every row already stored."""
-    log = PredictionLog(log_url, flush_interval=0.01, max_buffer_rows=None if spill_dir is None else 10, spill_dir=spill_dir)
+def check_a_batch_retried_after_an_unclear_failure_is_stored_once(
+    log_url: str, spill_dir: Path | None
+) -> None:
+    """The database commits a batch but the writer never hears back (the connection drops after COMMIT): it
+    must retry the batch, from memory or from the spill, and the retry must skip every row already stored."""
+    log = PredictionLog(
+        log_url, flush_interval=0.01, max_buffer_rows=None if spill_dir is None else 10, spill_dir=spill_dir
+    )
     try:
         create_tables(log.engine)
         insert, inserted = log._insert_rows, []
@@ -92,14 +114,20 @@ def check_a_batch_retried_after_an_unclear_failure_is_stored_once(log_url: str, 
             insert(rows)
             inserted.append([row[0] for row in rows])
             if len(inserted) == 1:
-                raise OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection unexpectedly"))
+                raise OperationalError(
+                    "COMMIT", {}, ConnectionResetError("server closed the connection unexpectedly")
+                )
 
         log._insert_rows = commit_then_lose_the_answer  # type: ignore[method-assign]
         log.append(rows_for(log, ["a", "b", "c"]))
-        assert log.flush() is False and log.pending_rows == 3  # the writer cannot know the rows are stored: it keeps them
+        assert (
+            log.flush() is False and log.pending_rows == 3
+        )  # the writer cannot know the rows are stored: it keeps them
         log.append(rows_for(log, ["d"], minutes=1))
         assert log.flush() is True
-        assert inserted[0] == ["a", "b", "c"] and {"a", "b", "c"} <= {rid for batch in inserted[1:] for rid in batch}  # really retried
+        assert inserted[0] == ["a", "b", "c"] and {"a", "b", "c"} <= {
+            rid for batch in inserted[1:] for rid in batch
+        }  # really retried
         assert count_rows(log_url) == (4, 0) and log.pending_rows == 0
         assert sorted(read_window(log.engine)["request_id"]) == ["a", "b", "c", "d"]
     finally:
@@ -107,8 +135,8 @@ def check_a_batch_retried_after_an_unclear_failure_is_stored_once(log_url: str, 
 
 
 def check_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other(log_url: str) -> None:
-    """Two different labels for one prediction, both looking for a stored label before either inserts (the race, every
-    time): one is CREATED, the other a CONFLICT, and the stored label is the CREATED one."""
+    """Two different labels for one prediction, both looking for a stored label before either inserts (the
+    race, every time): one is CREATED, the other a CONFLICT, and the stored label is the CREATED one."""
     log = PredictionLog(log_url, flush_interval=0.01)
     try:
         log.append(rows_for(log, ["a", "b", "c"]))
@@ -117,7 +145,9 @@ def check_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other(lo
         for request_id in ("a", "b", "c"):
             together, looked = threading.Barrier(2), set[int]()
 
-            def look_together(rid: str, together: threading.Barrier = together, looked: set[int] = looked) -> float | None:
+            def look_together(
+                rid: str, together: threading.Barrier = together, looked: set[int] = looked
+            ) -> float | None:
                 stored = lookup(rid)
                 if threading.get_ident() not in looked:  # the first look of each thread: wait for the other's
                     looked.add(threading.get_ident())
@@ -213,12 +243,19 @@ for engine, name in engines:
 """
 
 
-def rows_for(log: PredictionLog, request_ids: list[str], *, minutes: int = 0, prediction: float = 2.0) -> list[tuple[Any, ...]]:
+def rows_for(
+    log: PredictionLog, request_ids: list[str], *, minutes: int = 0, prediction: float = 2.0
+) -> list[tuple[Any, ...]]:
     """Log rows for ``request_ids``, logged ``minutes`` after START; MedInc numbers the rows 1, 2, 3..."""
     features = np.array([[EXAMPLE_REQUEST[name] for name in FEATURE_NAMES]] * len(request_ids))
     features[:, FEATURE_NAMES.index("MedInc")] = np.arange(1, len(request_ids) + 1)
     return prediction_rows(
-        request_ids, features, [prediction] * len(request_ids), model_name="CaliforniaHousing", model_version="3", latency_ms=1.5,
+        request_ids,
+        features,
+        [prediction] * len(request_ids),
+        model_name="CaliforniaHousing",
+        model_version="3",
+        latency_ms=1.5,
         created_at=log.timestamp(START + timedelta(minutes=minutes)),
     )
 
@@ -229,10 +266,21 @@ PASSWD = Path("/etc/passwd")
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def stub_model(version: str, predict: Callable[[np.ndarray], np.ndarray], alias: str = "production") -> LoadedModel:
-    """A loaded model whose predict is ``predict`` (the compiled-path slot: no scikit-learn pipeline needed)."""
-    return LoadedModel(pipeline=None, name="M", version=version, alias=alias, run_id=None, metrics={},
-                       loaded_at=datetime.now(UTC), fast_predict=predict)
+def stub_model(
+    version: str, predict: Callable[[np.ndarray], np.ndarray], alias: str = "production"
+) -> LoadedModel:
+    """A loaded model whose predict is ``predict`` (the compiled-path slot: no scikit-learn pipeline
+    needed)."""
+    return LoadedModel(
+        pipeline=None,
+        name="M",
+        version=version,
+        alias=alias,
+        run_id=None,
+        metrics={},
+        loaded_at=datetime.now(UTC),
+        fast_predict=predict,
+    )
 
 
 def numbered_districts(count: int, start: int = 1) -> np.ndarray:
@@ -253,7 +301,9 @@ def served_batch(log: PredictionLog, ids: list[str], by: LoadedModel, start: int
     return ServedBatch(ids, x, by.predict(x).tolist(), by, by.alias, 1.0, log.timestamp(datetime.now(UTC)))
 
 
-def shadow_scorer(log: PredictionLog, other: Callable[[str], LoadedModel | None], **kwargs: Any) -> tuple[ShadowScorer, Metrics]:
+def shadow_scorer(
+    log: PredictionLog, other: Callable[[str], LoadedModel | None], **kwargs: Any
+) -> tuple[ShadowScorer, Metrics]:
     metrics = Metrics()
     return ShadowScorer(log, metrics, other, **kwargs), metrics
 
@@ -263,9 +313,12 @@ def record_label(log: PredictionLog, request_id: str, actual: float) -> None:
 
 
 def copy_store(pipeline_run: Any, tmp_path: Path) -> str:
-    """A consistent copy of the pipeline run's SQLite tracking store (SQLite's backup API); its tracking URI. The
-    models stay where the run logged them and are only read."""
-    source, copy = sqlite3.connect(pipeline_run.work_dir / "mlflow.db"), sqlite3.connect(tmp_path / "mlflow.db")
+    """A consistent copy of the pipeline run's SQLite tracking store (SQLite's backup API); its tracking URI.
+    The models stay where the run logged them and are only read."""
+    source, copy = (
+        sqlite3.connect(pipeline_run.work_dir / "mlflow.db"),
+        sqlite3.connect(tmp_path / "mlflow.db"),
+    )
     try:
         source.backup(copy)
     finally:
@@ -276,4 +329,8 @@ def copy_store(pipeline_run: Any, tmp_path: Path) -> str:
 
 def held_out_rows(pipeline_run: Any, rows: int) -> pd.DataFrame:
     """The first ``rows`` rows of the pipeline run's test split, the 8 features in contract order."""
-    return load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl").loc[:, list(FEATURE_NAMES)].iloc[:rows]
+    return (
+        load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl")
+        .loc[:, list(FEATURE_NAMES)]
+        .iloc[:rows]
+    )

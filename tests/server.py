@@ -51,13 +51,29 @@ class ApiServer:
     def start(self, timeout: float = 60) -> ApiServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", *self.extra_args],
-            cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                *self.extra_args,
+            ],
+            cwd=PROJECT_DIR,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+                raise AssertionError(
+                    f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self
@@ -96,7 +112,9 @@ class ApiServer:
 
 def server_env(base_env: dict[str, str], **extra: str) -> dict[str, str]:
     """Environment of a test server: ``base_env`` with ``extra`` on top, the project importable, and the
-    known feedback token :data:`FEEDBACK_TOKEN` unless one is set (simulate_traffic.py reads it from there too)."""
+    known feedback token :data:`FEEDBACK_TOKEN` unless one is set (simulate_traffic.py reads it from there
+    too).
+    """
     env = dict(base_env)
     env.update(extra)
     env.setdefault("HOUSING_FEEDBACK_TOKEN", FEEDBACK_TOKEN)
@@ -106,9 +124,9 @@ def server_env(base_env: dict[str, str], **extra: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Answer:
-    """What one client request of a :class:`LoadGenerator` got: the HTTP status (0 when no response arrived), the
-    model version of a 200, the rows sent, and ``error``: why the request failed on the client side (a connection
-    refused or reset, a timeout, a 200 without a readable body), else None."""
+    """What one client request of a :class:`LoadGenerator` got: the HTTP status (0 when no response arrived),
+    the model version of a 200, the rows sent, and ``error``: why the request failed on the client side (a
+    connection refused or reset, a timeout, a 200 without a readable body), else None."""
 
     status: int
     version: str | None
@@ -123,16 +141,20 @@ class Answer:
 
 class LoadGenerator:
     """Client threads that keep POSTing /predict (single rows, every Nth request a small batch) until stopped,
-    one request in flight per thread, recording an :class:`Answer` for each request in the order they complete.
+    one request in flight per thread, recording an :class:`Answer` for each request in the order they
+    complete.
 
-    A request that fails on the client side (connection refused or reset, timeout, unreadable body) is recorded as
-    a failure (status 0 with the error) and the thread goes on after a short pause: no thread dies, so
-    :attr:`failures` holds every request that did not get a good answer."""
+    A request that fails on the client side (connection refused or reset, timeout, unreadable body) is
+    recorded as a failure (status 0 with the error) and the thread goes on after a short pause: no thread
+    dies, so :attr:`failures` holds every request that did not get a good answer."""
 
     ERROR_PAUSE = 0.05
-    """Seconds a thread waits after a client error before its next request (no busy loop against a dead server)."""
+    """Seconds a thread waits after a client error before its next request (no busy loop against a dead
+    server)."""
 
-    def __init__(self, url: str, single: dict, batch: list[dict], batch_every: tuple[int, ...] = (3, 5, 7)) -> None:
+    def __init__(
+        self, url: str, single: dict, batch: list[dict], batch_every: tuple[int, ...] = (3, 5, 7)
+    ) -> None:
         self.url, self.single, self.batch, self.batch_every = url, single, batch, batch_every
         self.results: list[Answer] = []
         self._stop = threading.Event()
@@ -161,7 +183,8 @@ class LoadGenerator:
             response = http.post("/predict", json=body)
             status = response.status_code
             return Answer(status, response.json()["model_version"] if status == 200 else None, rows)
-        except Exception as error:  # noqa: BLE001 - every client-side failure is a recorded failure, never a dead thread
+        # every client-side failure is a recorded failure, never a dead thread
+        except Exception as error:  # noqa: BLE001
             return Answer(status, None, rows, f"{type(error).__name__}: {error}")
 
     def __enter__(self) -> LoadGenerator:
@@ -194,13 +217,15 @@ class LoadGenerator:
         return sum(answer.rows for answer in self.results if not answer.failed)
 
 
-def start_loop_server(mutable_run: Any, tmp_path: Path, label: str, candidates: str, **extra: str) -> tuple[dict[str, str], ApiServer]:
-    """An API over the mutable registry with a private copy of its artifacts and a fresh prediction log, as the loop
-    tests need it: reloads every second, decisions from 1,000 predictions, retrains limited to ``candidates`` (JSON);
-    ``extra``: more environment variables. It starts from the pipeline run's own production version without a
-    challenger, whatever earlier tests left (a version an earlier test retrained is not the original model, and its
-    evaluation rows are recorded in that test's prediction log, not in this fresh one): ``production`` and
-    ``staging`` name the version promote.py chose in the pipeline run."""
+def start_loop_server(
+    mutable_run: Any, tmp_path: Path, label: str, candidates: str, **extra: str
+) -> tuple[dict[str, str], ApiServer]:
+    """An API over the mutable registry with a private copy of its artifacts and a fresh prediction log, as
+    the loop tests need it: reloads every second, decisions from 1,000 predictions, retrains limited to
+    ``candidates`` (JSON); ``extra``: more environment variables. It starts from the pipeline run's own
+    production version without a challenger, whatever earlier tests left (a version an earlier test retrained
+    is not the original model, and its evaluation rows are recorded in that test's prediction log, not in this
+    fresh one): ``production`` and ``staging`` name the version promote.py chose in the pipeline run."""
     from mlflow import MlflowClient  # mlflow costs ~2 s to import: only the loop tests need it here
 
     client = MlflowClient(mutable_run.tracking_uri)

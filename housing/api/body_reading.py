@@ -66,7 +66,9 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         predict = scope["path"] == "/predict" and scope["method"] == "POST"
-        body = await read_body(scope, receive, send, self.max_predict_bytes if predict else self.max_body_bytes, self.clock)
+        body = await read_body(
+            scope, receive, send, self.max_predict_bytes if predict else self.max_body_bytes, self.clock
+        )
         if body is None:
             return
         if body and not predict:
@@ -78,7 +80,9 @@ class BodyLimits:
         await self.app(scope, replay(body, receive), send)
 
 
-async def read_body(scope: dict[str, Any], receive: Any, send: Any, limit: int, clock: BodyClock) -> bytes | None:
+async def read_body(
+    scope: dict[str, Any], receive: Any, send: Any, limit: int, clock: BodyClock
+) -> bytes | None:
     """The request's whole body; None once the request is answered 413 (past ``limit`` bytes, or a larger
     Content-Length) or 408 (by ``clock``), or when the client is gone."""
     declared = declared_length(scope["headers"])
@@ -107,16 +111,19 @@ async def read_body(scope: dict[str, Any], receive: Any, send: Any, limit: int, 
 
 async def send_json(send: Any, status: int, content: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     """Send a complete JSON response over raw ASGI."""
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [*JSON_HEADERS, (b"content-length", str(len(content)).encode()), *headers],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(content)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": content})
 
 
 class Reading:
-    """One body being read: when it must be complete, how to answer its request, and whether it was cut off."""
+    """One body being read: when it must be complete, how to answer its request, and whether it was cut
+    off."""
 
     __slots__ = ("cut_off", "deadline", "send")
 
@@ -169,7 +176,9 @@ class BodyClock:
 
     async def answer_late(self, send: Any) -> None:
         """408, and the connection closed."""
-        detail = f"the request body did not arrive within {self.timeout:g} seconds (HOUSING_BODY_READ_TIMEOUT)"
+        detail = (
+            f"the request body did not arrive within {self.timeout:g} seconds (HOUSING_BODY_READ_TIMEOUT)"
+        )
         try:
             await send_json(send, 408, problem_body(detail), CLOSE)
         except Exception:  # the client may be gone already; nothing else to do
@@ -178,7 +187,11 @@ class BodyClock:
 
 def too_large(limit: int, scope: dict[str, Any]) -> str:
     """The sentence of a 413: the limit and the setting that sets it."""
-    setting = "HOUSING_MAX_BATCH_ROWS KB + 64 KB" if scope["path"] == "/predict" and scope["method"] == "POST" else "HOUSING_MAX_BODY_BYTES"
+    setting = (
+        "HOUSING_MAX_BATCH_ROWS KB + 64 KB"
+        if scope["path"] == "/predict" and scope["method"] == "POST"
+        else "HOUSING_MAX_BODY_BYTES"
+    )
     return f"the request body is larger than {limit:,} bytes ({setting})"
 
 

@@ -36,7 +36,8 @@ def read_token_file(settings: Settings) -> str | None:
 
 
 def resolve_feedback_token(settings: Settings) -> str | None:
-    """The feedback token a client should send: HOUSING_FEEDBACK_TOKEN, else the kept file's; None if neither."""
+    """The feedback token a client should send: HOUSING_FEEDBACK_TOKEN, else the kept file's; None if
+    neither."""
     return environment_token(settings) or read_token_file(settings)
 
 
@@ -54,7 +55,10 @@ def ensure_feedback_token(settings: Settings) -> str:
         logger.info("feedback token: kept in %s", settings.feedback_token_path)
         return token
     token = write_new_token(settings)
-    logger.info("feedback token: generated in %s (owner-only); make simulate reads it from there", settings.feedback_token_path)
+    logger.info(
+        "feedback token: generated in %s (owner-only); make simulate reads it from there",
+        settings.feedback_token_path,
+    )
     return token
 
 

@@ -6,9 +6,9 @@ Going around all of that saves most of the per-request cost. It calls the same
 :func:`housing.api.predict_handler.handle_predict` as the documented route in ``routes/predict.py``,
 which stays for the OpenAPI docs and answers when the app is built with ``fast_path=False``; the two
 give the same status, body and content type (tests/integration/test_api_contract.py). Every other request
-goes to the app unchanged. It sits in front of :class:`housing.api.body_reading.BodyLimits` and reads its body with
-the same :func:`housing.api.body_reading.read_body`, within POST /predict's size limit and the read timeout, so
-that the hottest request does not pay for a second layer.
+goes to the app unchanged. It sits in front of :class:`housing.api.body_reading.BodyLimits` and reads its body
+with the same :func:`housing.api.body_reading.read_body`, within POST /predict's size limit and the read
+timeout, so that the hottest request does not pay for a second layer.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class PredictFastPath:
         if body is None:  # answered 413 or 408, or the client is gone
             return
         key = routing_key(scope["headers"]) if self.services.settings.canary_percent else None
-        status, content, headers = await handle_predict(self.services, body, key, scope.get("query_string", b""))
+        status, content, headers = await handle_predict(
+            self.services, body, key, scope.get("query_string", b"")
+        )
         await send_json(send, status, content, headers)
-

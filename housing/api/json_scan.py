@@ -30,15 +30,26 @@ from housing.api.problems import InputError
 from housing.config import Settings
 
 SLICE_BYTES = 65_536
-"""The scan works on slices of this size: a few MB of transient objects at most, and GIL breaks between them."""
+"""The scan works on slices of this size: a few MB of transient objects at most, and GIL breaks between
+them."""
 
 NUMBER_CHARS = b"+-.0123456789Ee"
 _NUMBER_MASK = bytes(ord("1") if byte in NUMBER_CHARS else ord(" ") for byte in range(256))
 """translate() table: each character a number literal may hold becomes ``1``, every other byte a space."""
 _GLANCE_MARKS = bytes(
-    ord("1") if byte in NUMBER_CHARS else ord("[") if byte in b"[{" else ord(",") if byte == ord(",") else ord(" ") for byte in range(256)
+    (
+        ord("1")
+        if byte in NUMBER_CHARS
+        else ord("[")
+        if byte in b"[{"
+        else ord(",")
+        if byte == ord(",")
+        else ord(" ")
+    )
+    for byte in range(256)
 )
-"""translate() table of the glance: number characters become ``1``, opening brackets ``[``, commas stay, the rest are spaces."""
+"""translate() table of the glance: number characters become ``1``, opening brackets ``[``, commas stay, the
+rest are spaces."""
 _NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b"[]{},")
 """translate() deletes these, keeping the brackets and commas that give the structure."""
 _BRACKETS_ONLY = bytes.maketrans(b"{}", b"[]")
@@ -66,7 +77,8 @@ class JsonLimits:
 
     @classmethod
     def of(cls, settings: Settings) -> JsonLimits:
-        """The limits ``settings`` sets; those of the last settings object asked for are kept (one identity check)."""
+        """The limits ``settings`` sets; those of the last settings object asked for are kept (one identity
+        check)."""
         last = _last_built.get("limits")
         if last is not None and last[0] is settings:
             return last[1]
@@ -97,8 +109,11 @@ def check_json_limits(body: bytes, limits: JsonLimits) -> int | None:
     if first_long >= 0:
         end = masked.find(b" ", first_long)
         length = (len(masked) if end < 0 else end) - first_long
-        raise InputError(422, f"a number in the body is {length:,} characters long; the limit is {limits.max_number_chars} "
-                              "(HOUSING_MAX_NUMBER_CHARS)")
+        raise InputError(
+            422,
+            f"a number in the body is {length:,} characters long; the limit is {limits.max_number_chars} "
+            "(HOUSING_MAX_NUMBER_CHARS)",
+        )
     structure = skeleton.translate(None, _NOT_STRUCTURE)
     check_depth(structure, limits.max_depth)
     return check_members(structure, limits)
@@ -110,11 +125,16 @@ def fits_at_a_glance(body: bytes, limits: JsonLimits) -> bool:
     if len(body) > limits.max_string_chars:
         return False
     marks = body.translate(_GLANCE_MARKS)
-    return marks.count(b",") < limits.max_keys and marks.count(b"[") <= limits.max_depth and limits.long_number not in marks
+    return (
+        marks.count(b",") < limits.max_keys
+        and marks.count(b"[") <= limits.max_depth
+        and limits.long_number not in marks
+    )
 
 
 def strip_strings(body: bytes, max_string_chars: int) -> bytes:
-    """``body`` with each string's content cut out (its quotes stay); 422 when a string is longer than the limit.
+    """``body`` with each string's content cut out (its quotes stay); 422 when a string is longer than the
+    limit.
 
     Escaped backslashes and quotes are blanked first, so every quote left opens or closes a string (outside
     a string a backslash is invalid JSON, and no parser reads past it). Slice by slice, with the string
@@ -132,7 +152,10 @@ def strip_strings(body: bytes, max_string_chars: int) -> bytes:
         if inside:
             open_length += len(parts[0])
         if max(longest, open_length) > max_string_chars:
-            raise InputError(422, f"a string in the body is longer than {max_string_chars:,} bytes (HOUSING_MAX_STRING_CHARS)")
+            raise InputError(
+                422,
+                f"a string in the body is longer than {max_string_chars:,} bytes (HOUSING_MAX_STRING_CHARS)",
+            )
         if not ends_inside:
             open_length = 0
         elif len(parts) > 1:  # a string opens in this slice and goes on into the next
@@ -154,7 +177,9 @@ def check_depth(structure: bytes, max_depth: int) -> None:
             return
         brackets = brackets.replace(b"[]", b"")
     if brackets and deepest_level(structure, max_depth) > max_depth:
-        raise InputError(400, f"the body nests arrays and objects deeper than {max_depth} levels (HOUSING_MAX_JSON_DEPTH)")
+        raise InputError(
+            400, f"the body nests arrays and objects deeper than {max_depth} levels (HOUSING_MAX_JSON_DEPTH)"
+        )
 
 
 def check_members(structure: bytes, limits: JsonLimits) -> int | None:
@@ -175,7 +200,11 @@ def check_members(structure: bytes, limits: JsonLimits) -> int | None:
         inner = pruned
     wide = limits.wide_container.search(inner)
     if wide is not None:
-        what = "an object in the body has more than {} keys" if wide.group(1) == b"{" else "an array in the body has more than {} items"
+        what = (
+            "an object in the body has more than {} keys"
+            if wide.group(1) == b"{"
+            else "an array in the body has more than {} items"
+        )
         raise InputError(422, what.format(f"{limits.max_keys:,}") + " (HOUSING_MAX_JSON_KEYS)")
     if not top_array or inner.translate(None, b","):  # brackets left: malformed, left to the parser
         return None
@@ -204,7 +233,9 @@ def deepest_level(structure: bytes, enough: int) -> int:
     """The deepest nesting a prefix of ``structure`` reaches (stops once past ``enough``), slice by slice."""
     level = peak = 0
     for start in range(0, len(structure), SLICE_BYTES):
-        levels = list(accumulate(map(_LEVEL_STEP.__getitem__, structure[start : start + SLICE_BYTES]), initial=level))
+        levels = list(
+            accumulate(map(_LEVEL_STEP.__getitem__, structure[start : start + SLICE_BYTES]), initial=level)
+        )
         highest = max(levels)
         level, peak = levels[-1], max(peak, highest)
         if peak > enough:

@@ -1,5 +1,5 @@
-"""What runs beside the requests: the prediction-log writer, the shadow scorer and the registry follower, and the
-final flush; and, once at startup, the labellers' token that POST /feedback checks."""
+"""What runs beside the requests: the prediction-log writer, the shadow scorer and the registry follower, and
+the final flush; and, once at startup, the labellers' token that POST /feedback checks."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the feedback token, start the log writer, the shadow scorer and the registry follower; on shutdown stop
-    following, score and hand over the shadow backlog, and flush every buffered row."""
+    """Load the feedback token, start the log writer, the shadow scorer and the registry follower; on shutdown
+    stop following, score and hand over the shadow backlog, and flush every buffered row."""
     services: Services = app.state.services
     if not logging.getLogger().handlers:  # under uvicorn: our progress lines beside its own
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
@@ -34,7 +34,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
-        await asyncio.to_thread(services.shadow.close)  # its rows go to the log's buffer before the log's final flush
+        await asyncio.to_thread(
+            services.shadow.close
+        )  # its rows go to the log's buffer before the log's final flush
         await asyncio.to_thread(services.prediction_log.close)
         worker_exiting()
         logger.info("prediction log flushed: %d row(s) written", services.prediction_log.written_rows)
@@ -44,11 +46,15 @@ async def load_feedback_token(services: Services) -> None:
     """Keep the labellers' token on ``services`` (HOUSING_FEEDBACK_TOKEN, else the generated file), or warn
     loudly when HOUSING_UNSAFE_OPEN_FEEDBACK lets anyone send labels."""
     if services.settings.unsafe_open_feedback:
-        logger.warning("HOUSING_UNSAFE_OPEN_FEEDBACK is set: POST /feedback labels are open to anyone who can reach "
-                       "the API, and labels steer retraining (label poisoning); never run this way outside a private demo")
+        logger.warning(
+            "HOUSING_UNSAFE_OPEN_FEEDBACK is set: POST /feedback labels are open to anyone who can reach the"
+            " API, and labels steer retraining (label poisoning); never run this way outside a private demo"
+        )
         return
     try:
         services.feedback_token = await asyncio.to_thread(ensure_feedback_token, services.settings)
     except OSError as error:
-        raise RuntimeError(f"cannot keep the feedback token in {services.settings.feedback_token_path} ({error.strerror}): "
-                           "set HOUSING_FEEDBACK_TOKEN, or make that directory writable") from None
+        raise RuntimeError(
+            f"cannot keep the feedback token in {services.settings.feedback_token_path} ({error.strerror}): "
+            "set HOUSING_FEEDBACK_TOKEN, or make that directory writable"
+        ) from None

@@ -38,9 +38,13 @@ def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> F
         lifespan=lifespan,
     )
     app.state.services = services
-    app.add_middleware(BodyLimits, settings=settings)  # inner: reads the bodies the fast path does not, within the limits
+    app.add_middleware(
+        BodyLimits, settings=settings
+    )  # inner: reads the bodies the fast path does not, within the limits
     if fast_path:
-        app.add_middleware(PredictFastPath, services=services)  # answers POST /predict without the router, within the same limits
+        app.add_middleware(
+            PredictFastPath, services=services
+        )  # answers POST /predict without the router, within the same limits
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)  # outer: counts every request
     install_exception_handlers(app)
     app.include_router(predict.create_router(settings.max_batch_rows))

@@ -1,4 +1,5 @@
-"""The OpenAPI document, with the HousingFeatures component that /predict's hand-written request body refers to."""
+"""The OpenAPI document, with the HousingFeatures component that /predict's hand-written request body refers
+to."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from housing.api.schemas import HousingFeatures
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """The app's OpenAPI document, built on first use: FastAPI's, plus the HousingFeatures component schema."""
+    """The app's OpenAPI document, built on first use: FastAPI's, plus the HousingFeatures component
+    schema."""
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes)
-        schema.setdefault("components", {}).setdefault("schemas", {})["HousingFeatures"] = HousingFeatures.model_json_schema()
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {})["HousingFeatures"] = (
+            HousingFeatures.model_json_schema()
+        )
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -47,7 +47,8 @@ from housing.store.prediction_log import LogUnavailable, prediction_rows
 INLINE_BATCH_ROWS = 64
 """Batches up to this size are predicted on the event loop; larger ones in a worker thread."""
 OFFLOAD_BODY_BYTES = 65_536
-"""Bodies larger than this are checked, parsed and validated in a worker thread; smaller ones on the event loop."""
+"""Bodies larger than this are checked, parsed and validated in a worker thread; smaller ones on the event
+loop."""
 VALIDATION_CHUNK_ROWS = 500
 """A batch is validated this many rows at a time (~2 ms each), so a worker thread holds the GIL briefly."""
 
@@ -58,10 +59,12 @@ _feature_values = operator.attrgetter(*FEATURE_NAMES)
 
 
 def parse_json(body: bytes, limits: JsonLimits = DEFAULT_JSON_LIMITS, max_rows: int | None = None) -> Any:
-    """Parse a request body once it is within ``limits`` (and, when it is an array, ``max_rows`` long at most);
-    NaN/Infinity literals parse too, so the validator can name their field."""
+    """Parse a request body once it is within ``limits`` (and, when it is an array, ``max_rows`` long at
+    most); NaN/Infinity literals parse too, so the validator can name their field."""
     if not body.strip():
-        raise InputError(400, "the request body is empty; send a JSON object with the 8 features, or a list of them")
+        raise InputError(
+            400, "the request body is empty; send a JSON object with the 8 features, or a list of them"
+        )
     rows = check_json_limits(body, limits)
     if rows is not None and max_rows is not None and rows > max_rows:
         raise batch_too_large(rows, max_rows)
@@ -93,7 +96,9 @@ def validate_row(payload: dict[str, Any], max_listed: int) -> BaseModel:
     try:
         return one_row_adapter.validate_python(payload)
     except ValidationError as error:
-        raise validation_problem(describe_errors(error.errors()[:max_listed], batch=False), error.error_count()) from None
+        raise validation_problem(
+            describe_errors(error.errors()[:max_listed], batch=False), error.error_count()
+        ) from None
 
 
 def validate_batch(payload: Any, max_rows: int, max_listed: int) -> list[BaseModel]:
@@ -122,14 +127,16 @@ def validate_batch(payload: Any, max_rows: int, max_listed: int) -> list[BaseMod
 
 
 def describe_rows(chunk: list[Any], first_row: int, wanted: int) -> list[dict[str, Any]]:
-    """Describe the errors of the rows of ``chunk`` (numbered from ``first_row``), row by row, until ``wanted``
-    are described: the entries of the rows after that are never built."""
+    """Describe the errors of the rows of ``chunk`` (numbered from ``first_row``), row by row, until
+    ``wanted`` are described: the entries of the rows after that are never built."""
     described: list[dict[str, Any]] = []
     for row, payload in enumerate(chunk, start=first_row):
         try:
             one_row_adapter.validate_python(payload)
         except ValidationError as error:
-            errors = [{**entry, "loc": (row, *entry["loc"])} for entry in error.errors()[: wanted - len(described)]]
+            errors = [
+                {**entry, "loc": (row, *entry["loc"])} for entry in error.errors()[: wanted - len(described)]
+            ]
             described += describe_errors(errors, batch=True)
             if len(described) >= wanted:
                 break
@@ -150,10 +157,18 @@ def new_request_ids(count: int) -> list[str]:
     return [f"{prefix}{index:06x}" for index in range(count)]
 
 
-def log_predictions(services: Services, request_ids: list[str], features: np.ndarray, values: list[float], model: LoadedModel,
-                    started: float) -> None:
-    """Buffer the predictions for the prediction log (through the shadow scorer while a challenger is loaded) and
-    count them in the Prometheus metrics. The model's alias says which one answered (staging: a canary request)."""
+def log_predictions(
+    services: Services,
+    request_ids: list[str],
+    features: np.ndarray,
+    values: list[float],
+    model: LoadedModel,
+    started: float,
+) -> None:
+    """Buffer the predictions for the prediction log (through the shadow scorer while a challenger is loaded)
+    and count them in the Prometheus metrics. The model's alias says which one answered (staging: a canary
+    request).
+    """
     served_alias = model.alias
     latency_ms = (time.perf_counter() - started) * 1000
     created_at = services.prediction_log.timestamp(datetime.now(UTC))
@@ -161,23 +176,37 @@ def log_predictions(services: Services, request_ids: list[str], features: np.nda
         ServedBatch(request_ids, features, values, model, served_alias, latency_ms, created_at)
     ):
         services.prediction_log.append(
-            prediction_rows(request_ids, features, values, model_name=model.name, model_version=model.version,
-                            latency_ms=latency_ms, created_at=created_at, served_alias=served_alias)
+            prediction_rows(
+                request_ids,
+                features,
+                values,
+                model_name=model.name,
+                model_version=model.version,
+                latency_ms=latency_ms,
+                created_at=created_at,
+                served_alias=served_alias,
+            )
         )
     services.metrics.predictions.labels(model.version).inc(len(request_ids))
     services.metrics.answered.labels(served_alias).inc(len(request_ids))
     services.metrics.observe_predictions(values)
 
 
-async def handle_predict(services: Services, body: bytes, routing_key: bytes | None = None, query: bytes = b"") -> tuple[int, bytes, Headers]:
+async def handle_predict(
+    services: Services, body: bytes, routing_key: bytes | None = None, query: bytes = b""
+) -> tuple[int, bytes, Headers]:
     """POST /predict on the raw body: (status, JSON body, extra headers). Never raises for bad input.
-    ``routing_key``: the client's X-Routing-Key, which keeps its canary routing stable. ``query``: the raw query
-    string; when there is one, it carries the 8 features and the body must be empty (the original report's form)."""
+    ``routing_key``: the client's X-Routing-Key, which keeps its canary routing stable. ``query``: the raw
+    query string; when there is one, it carries the 8 features and the body must be empty (the original
+    report's form).
+    """
     started = time.perf_counter()
     try:
         if query:
-            rows: BaseModel | list[BaseModel] = validate_row(query_payload(query, body, services.settings.max_body_bytes),
-                                                             services.settings.max_listed_errors)
+            rows: BaseModel | list[BaseModel] = validate_row(
+                query_payload(query, body, services.settings.max_body_bytes),
+                services.settings.max_listed_errors,
+            )
         elif len(body) > OFFLOAD_BODY_BYTES:
             rows = await asyncio.to_thread(parse_rows, body, services.settings)
         else:
@@ -196,7 +225,8 @@ async def handle_predict(services: Services, body: bytes, routing_key: bytes | N
 
 
 async def predict_one(services: Services, row: BaseModel, started: float, routing_key: bytes | None) -> bytes:
-    """Predict (micro-batched, by the model the routing picks) and log one validated row; the response body."""
+    """Predict (micro-batched, by the model the routing picks) and log one validated row; the response
+    body."""
     features = features_of([row])
     request_ids = new_request_ids(1)
     batcher = services.route(routing_key, request_ids[0])
@@ -205,29 +235,44 @@ async def predict_one(services: Services, row: BaseModel, started: float, routin
     except ModelUnavailable:
         if batcher is services.batcher:
             raise
-        value, model = await services.batcher.predict_one(features[0])  # the challenger was unloaded meanwhile
+        value, model = await services.batcher.predict_one(
+            features[0]
+        )  # the challenger was unloaded meanwhile
     log_predictions(services, request_ids, features, [value], model, started)
-    return orjson.dumps({
-        "request_id": request_ids[0], "MedHouseVal": value, "price_usd": round(value * TARGET_UNIT_DOLLARS, 2),
-        "model_name": model.name, "model_version": model.version,
-    })
+    return orjson.dumps(
+        {
+            "request_id": request_ids[0],
+            "MedHouseVal": value,
+            "price_usd": round(value * TARGET_UNIT_DOLLARS, 2),
+            "model_name": model.name,
+            "model_version": model.version,
+        }
+    )
 
 
-async def predict_batch(services: Services, rows: list[BaseModel], started: float, routing_key: bytes | None) -> bytes:
-    """Predict and log every validated row of a batch (in a worker thread when large), the whole batch by the model
-    the routing picks (keyed by X-Routing-Key, else the first request id); the response body."""
+async def predict_batch(
+    services: Services, rows: list[BaseModel], started: float, routing_key: bytes | None
+) -> bytes:
+    """Predict and log every validated row of a batch (in a worker thread when large), the whole batch by the
+    model the routing picks (keyed by X-Routing-Key, else the first request id); the response body."""
     features = features_of(rows)
     request_ids = new_request_ids(len(rows))
     canary = services.route(routing_key, request_ids[0]) is services.canary_batcher
     model = (canary and services.challenger()) or services.model_service.require()
-    predicted = model.predict(features) if len(rows) <= INLINE_BATCH_ROWS else await asyncio.to_thread(model.predict, features)
+    predicted = (
+        model.predict(features)
+        if len(rows) <= INLINE_BATCH_ROWS
+        else await asyncio.to_thread(model.predict, features)
+    )
     values = predicted.tolist()
     log_predictions(services, request_ids, features, values, model, started)
-    return orjson.dumps({
-        "model_name": model.name,
-        "model_version": model.version,
-        "predictions": [
-            {"request_id": rid, "MedHouseVal": v, "price_usd": round(v * TARGET_UNIT_DOLLARS, 2)}
-            for rid, v in zip(request_ids, values, strict=True)
-        ],
-    })
+    return orjson.dumps(
+        {
+            "model_name": model.name,
+            "model_version": model.version,
+            "predictions": [
+                {"request_id": rid, "MedHouseVal": v, "price_usd": round(v * TARGET_UNIT_DOLLARS, 2)}
+                for rid, v in zip(request_ids, values, strict=True)
+            ],
+        }
+    )

@@ -1,4 +1,5 @@
-"""The one way a client error becomes a response: the documented problem body ``{"detail": ..., "errors": [...]}``.
+"""The one way a client error becomes a response: the documented problem body ``{"detail": ..., "errors":
+[...]}``.
 
 ``detail`` is one sentence saying what is wrong; ``errors`` (validation errors only) names the row, the
 field and the rule of each error, the first ``max_listed_errors`` of them (the detail counts the rest, so
@@ -41,12 +42,16 @@ class InputError(Exception):
 
 
 def describe_errors(
-    errors: Sequence[Mapping[str, Any]], *, batch: bool, prefix: tuple[Any, ...] = (), expected: tuple[str, ...] = FEATURE_NAMES
+    errors: Sequence[Mapping[str, Any]],
+    *,
+    batch: bool,
+    prefix: tuple[Any, ...] = (),
+    expected: tuple[str, ...] = FEATURE_NAMES,
 ) -> list[dict[str, Any]]:
     """Turn pydantic errors into entries naming the row, the field and the rule."""
     described = []
     for error in errors:
-        loc = tuple(error["loc"])[len(prefix):]
+        loc = tuple(error["loc"])[len(prefix) :]
         row = loc[0] if batch and loc and isinstance(loc[0], int) else None
         field_path = [str(part) for part in (loc[1:] if row is not None else loc)]
         field = field_path[-1] if field_path else None
@@ -59,7 +64,9 @@ def describe_errors(
         elif spec is not None and error["type"] not in ("missing",):
             message = f"{message}; valid: {spec.rule()} {spec.unit}"
         where = (f"row {row}, " if row is not None else "") + (f"field {field}" if field else "the body")
-        described.append({"row": row, "field": field, "type": error["type"], "message": f"{where}: {message}"})
+        described.append(
+            {"row": row, "field": field, "type": error["type"], "message": f"{where}: {message}"}
+        )
     return described
 
 
@@ -82,9 +89,16 @@ def problem_body(detail: str, errors: list[dict[str, Any]] | None = None) -> byt
     return orjson.dumps(body)
 
 
-def problem_response(status: int, detail: str, errors: list[dict[str, Any]] | None = None, headers: Mapping[str, str] | None = None) -> Response:
+def problem_response(
+    status: int,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     """A problem body as a response with ``status`` and optional extra headers."""
-    return Response(problem_body(detail, errors), status_code=status, media_type="application/json", headers=headers)
+    return Response(
+        problem_body(detail, errors), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def retry_after(settings: Settings) -> str:
@@ -117,7 +131,9 @@ async def handle_request_validation_error(request: Request, error: Exception) ->
     errors = list(error.errors())
     if any(e["type"] == "json_invalid" for e in errors):
         return problem_response(400, "the request body is not valid JSON")
-    listed = describe_errors(errors[: max_listed_errors(request)], batch=False, prefix=("body",), expected=FEEDBACK_FIELDS)
+    listed = describe_errors(
+        errors[: max_listed_errors(request)], batch=False, prefix=("body",), expected=FEEDBACK_FIELDS
+    )
     problem = validation_problem(listed, len(errors))
     return problem_response(problem.status, problem.detail, problem.errors)
 
@@ -140,8 +156,12 @@ async def handle_model_unavailable(request: Request, error: Exception) -> Respon
     """Render :func:`model_unavailable` for a route."""
     assert isinstance(error, ModelUnavailable)
     status, body, headers = model_unavailable(error, get_services(request).settings)
-    return Response(body, status_code=status, media_type="application/json",
-                    headers={name.decode(): value.decode() for name, value in headers})
+    return Response(
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={name.decode(): value.decode() for name, value in headers},
+    )
 
 
 def install_exception_handlers(app: FastAPI) -> None:

@@ -1,10 +1,11 @@
 """POST /predict with the 8 features as query parameters and an empty body: the original report's request.
 
-The seed documented its endpoint as ``curl -X POST '.../predict?MedInc=3.5&HouseAge=28&...' -d ''``. That request
-gets the same prediction as the JSON body, through the same validator (:func:`housing.api.predict_handler.validate_row`),
-so the same field names, ranges and unknown-field rule apply. Query values are text, so each must look like a
-number (``3.5``, ``-118.3``, ``1e3``; not ``3,5``, ``1_000`` or ``0x10``) or it is a 422 naming the field; a field
-given twice is a 422; a query string and a body together are a 400, since it is not clear which one was meant.
+The seed documented its endpoint as ``curl -X POST '.../predict?MedInc=3.5&HouseAge=28&...' -d ''``. That
+request gets the same prediction as the JSON body, through the same validator
+(:func:`housing.api.predict_handler.validate_row`), so the same field names, ranges and unknown-field rule
+apply. Query values are text, so each must look like a number (``3.5``, ``-118.3``, ``1e3``; not ``3,5``,
+``1_000`` or ``0x10``) or it is a 422 naming the field; a field given twice is a 422; a query string and a
+body together are a 400, since it is not clear which one was meant.
 """
 
 from __future__ import annotations
@@ -17,19 +18,29 @@ from housing.api.problems import InputError, validation_problem
 from housing.schema import SPECS_BY_NAME
 
 NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-"""A decimal number as a person writes it (what float() accepts, minus underscores, hex, 'nan' and 'inf' words)."""
+"""A decimal number as a person writes it (what float() accepts, minus underscores, hex, 'nan' and 'inf'
+words)."""
 
 
 def query_payload(query: bytes, body: bytes, max_query_bytes: int) -> dict[str, Any]:
     """The query string's fields as a payload for the row validator; InputError for a bad query string."""
     if body.strip():
-        raise InputError(400, "send the 8 features either as query parameters with an empty body or as a JSON body, not both")
+        raise InputError(
+            400,
+            "send the 8 features either as query parameters with an empty body or as a JSON body, not both",
+        )
     if len(query) > max_query_bytes:
-        raise InputError(414, f"the query string has {len(query):,} bytes; the limit is {max_query_bytes:,} (HOUSING_MAX_BODY_BYTES)")
+        raise InputError(
+            414,
+            f"the query string has {len(query):,} bytes; the limit is {max_query_bytes:,}"
+            " (HOUSING_MAX_BODY_BYTES)",
+        )
     try:
         pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True, strict_parsing=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
-        raise InputError(400, "the query string is not valid: expected name=value pairs joined by '&'") from None
+        raise InputError(
+            400, "the query string is not valid: expected name=value pairs joined by '&'"
+        ) from None
     payload: dict[str, Any] = {}
     described: list[dict[str, Any]] = []
     for name, text in pairs:
@@ -40,8 +51,14 @@ def query_payload(query: bytes, body: bytes, max_query_bytes: int) -> dict[str, 
         else:
             payload[name] = text  # an unknown field is named by the validator; a known one is not a number:
             if name in SPECS_BY_NAME:
-                described.append(_error(name, f"{text[:40]!r} is not a number; valid: {SPECS_BY_NAME[name].rule()} "
-                                              f"{SPECS_BY_NAME[name].unit}", "float_parsing"))
+                described.append(
+                    _error(
+                        name,
+                        f"{text[:40]!r} is not a number; valid: {SPECS_BY_NAME[name].rule()} "
+                        f"{SPECS_BY_NAME[name].unit}",
+                        "float_parsing",
+                    )
+                )
     if described:
         raise validation_problem(described)
     return payload

@@ -16,7 +16,11 @@ EXAMPLE_FEATURES: dict[str, JsonValue] = {**EXAMPLE_REQUEST}
 def feature_field(spec: ColumnSpec) -> tuple[type[float], Any]:
     """The pydantic field of one contract column: a float within its range, described with its unit."""
     bound: dict[str, Any] = {"gt" if spec.exclusive_minimum else "ge": spec.minimum, "le": spec.maximum}
-    return float, Field(description=f"{spec.description}, in {spec.unit}. Valid: {spec.rule()}.", examples=[spec.example], **bound)
+    return float, Field(
+        description=f"{spec.description}, in {spec.unit}. Valid: {spec.rule()}.",
+        examples=[spec.example],
+        **bound,
+    )
 
 
 FEATURE_FIELDS: dict[str, Any] = {spec.name: feature_field(spec) for spec in FEATURES}
@@ -28,8 +32,10 @@ HousingFeatures: type[BaseModel] = create_model(
         allow_inf_nan=False,
         json_schema_extra={"examples": [EXAMPLE_FEATURES]},
     ),
-    __doc__="The 8 features of one district. Numbers only (no strings), finite, within the ranges shown; "
-    "unknown fields are refused so that a misspelt field never silently goes missing.",
+    __doc__=(
+        "The 8 features of one district. Numbers only (no strings), finite, within the ranges shown; "
+        "unknown fields are refused so that a misspelt field never silently goes missing."
+    ),
     **FEATURE_FIELDS,
 )
 one_row_adapter: TypeAdapter[Any] = TypeAdapter(HousingFeatures)
@@ -39,7 +45,9 @@ many_rows_adapter: TypeAdapter[list[Any]] = TypeAdapter(list[HousingFeatures])
 
 
 class Prediction(BaseModel):
-    request_id: str = Field(description="Id of this prediction in the log; send it back to /feedback with the true value.")
+    request_id: str = Field(
+        description="Id of this prediction in the log; send it back to /feedback with the true value."
+    )
     MedHouseVal: float = Field(description=f"Predicted median house value, in {TARGET.unit}.")
     price_usd: float = Field(description="The same prediction in US dollars (1990 values).")
 
@@ -56,10 +64,16 @@ class BatchPrediction(BaseModel):
 
 
 class Feedback(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False,
-                              json_schema_extra={"examples": [{"request_id": "3f2c9a1e0b7d4c5e8f6a2b1c0d9e8f7a", "actual": 2.1}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [{"request_id": "3f2c9a1e0b7d4c5e8f6a2b1c0d9e8f7a", "actual": 2.1}]},
+    )
     request_id: str = Field(min_length=1, max_length=32, description="The request_id /predict returned.")
-    actual: float = Field(gt=TARGET.minimum, le=TARGET.maximum, description=f"The true {TARGET.name}, in {TARGET.unit}.")
+    actual: float = Field(
+        gt=TARGET.minimum, le=TARGET.maximum, description=f"The true {TARGET.name}, in {TARGET.unit}."
+    )
 
 
 class FeedbackAccepted(BaseModel):
@@ -69,7 +83,9 @@ class FeedbackAccepted(BaseModel):
 
 class ProblemDetail(BaseModel):
     detail: str = Field(description="One sentence saying what is wrong.")
-    errors: list[dict[str, Any]] | None = Field(None, description="Every validation error: row, field, rule, message.")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Every validation error: row, field, rule, message."
+    )
 
 
 class ServedModel(BaseModel):
@@ -102,7 +118,9 @@ class RegistryState(BaseModel):
 
 
 class LogState(BaseModel):
-    pending_rows: int = Field(description="Rows answered and not yet in the database (memory and spill files).")
+    pending_rows: int = Field(
+        description="Rows answered and not yet in the database (memory and spill files)."
+    )
     written_rows: int
     last_error: str | None
 
@@ -149,8 +167,12 @@ class ModelInfo(BaseModel):
     run_id: str | None
     metrics: dict[str, float] = Field(description="The version's training metrics (test split).")
     loaded_at: datetime
-    compiled_predict: bool = Field(description="Every step compiled and the path verified against pipeline.predict.")
+    compiled_predict: bool = Field(
+        description="Every step compiled and the path verified against pipeline.predict."
+    )
     predict_path: list[StepInfo]
     history: list[str] = Field(description="Recent loads and switches, newest last.")
-    challenger: ChallengerInfo | None = Field(description="The version in shadow (staging), when one is loaded.")
+    challenger: ChallengerInfo | None = Field(
+        description="The version in shadow (staging), when one is loaded."
+    )
     challenger_status: ChallengerStatus

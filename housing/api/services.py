@@ -1,6 +1,6 @@
 """Everything the routes share, created once per app: settings, Prometheus metrics, the champion's and the
-challenger's model services and micro-batchers, the prediction log, the shadow scorer and the labellers' token;
-and the task that follows the registry's production and staging aliases."""
+challenger's model services and micro-batchers, the prediction log, the shadow scorer and the labellers'
+token; and the task that follows the registry's production and staging aliases."""
 
 from __future__ import annotations
 
@@ -25,18 +25,25 @@ class Services:
         self.settings = settings
         self.metrics = Metrics(settings.reports_dir)
         self.model_service = ModelService(settings)
-        self.challenger_service = ModelService(settings, settings.staging_alias, optional=True, peer=self.model_service)
+        self.challenger_service = ModelService(
+            settings, settings.staging_alias, optional=True, peer=self.model_service
+        )
         self.model_service.peer = self.challenger_service  # promoting the challenger reuses its loaded model
         self.batcher = MicroBatcher(self.model_service, on_batch=self.metrics.batch_rows.observe)
         self.canary_batcher = MicroBatcher(self.challenger_service, on_batch=self.metrics.batch_rows.observe)
         self.prediction_log = PredictionLog.from_settings(settings)
-        self.shadow = ShadowScorer(self.prediction_log, self.metrics, self.other_model, interval=settings.shadow_interval)
-        self.feedback_token: str | None = None  # set by the lifespan (housing.api.credentials); None refuses every label
+        self.shadow = ShadowScorer(
+            self.prediction_log, self.metrics, self.other_model, interval=settings.shadow_interval
+        )
+        self.feedback_token: str | None = (
+            None  # set by the lifespan (housing.api.credentials); None refuses every label
+        )
         self._logged_rows = 0
         self._failed_flushes = 0
 
     def challenger(self) -> LoadedModel | None:
-        """The challenger: the staging alias's model when it is loaded and is not the served production version."""
+        """The challenger: the staging alias's model when it is loaded and is not the served production
+        version."""
         challenger, champion = self.challenger_service.current, self.model_service.current
         if challenger is None or champion is None or challenger.version == champion.version:
             return None
@@ -49,16 +56,20 @@ class Services:
         return self.model_service.current
 
     def route(self, key: bytes | None, request_id: str) -> MicroBatcher:
-        """The batcher that answers a request: the challenger's for the canary share (stable in ``key``, else in the
-        request id) when a challenger is loaded, production's otherwise."""
+        """The batcher that answers a request: the challenger's for the canary share (stable in ``key``, else
+        in the request id) when a challenger is loaded, production's otherwise."""
         percent = self.settings.canary_percent
-        if percent and self.challenger() is not None and routes_to_challenger(key or request_id.encode(), percent):
+        if (
+            percent
+            and self.challenger() is not None
+            and routes_to_challenger(key or request_id.encode(), percent)
+        ):
             return self.canary_batcher
         return self.batcher
 
     def refresh_model(self) -> bool:
-        """Check the production and staging aliases and load their versions if they moved; True when the served
-        model changed."""
+        """Check the production and staging aliases and load their versions if they moved; True when the
+        served model changed."""
         changed = self.model_service.refresh()
         challenger_changed = self.challenger_service.refresh()
         self.update_gauges()
@@ -73,14 +84,26 @@ class Services:
     def update_gauges(self) -> None:
         """Bring the served-model, registry and prediction-log metrics up to date."""
         model = self.model_service.current
-        self.metrics.set_served_model(model.name if model else None, model.version if model else None, self.settings.production_alias)
+        self.metrics.set_served_model(
+            model.name if model else None, model.version if model else None, self.settings.production_alias
+        )
         challenger = self.challenger()
-        self.metrics.set_served_model(challenger.name if challenger else None, challenger.version if challenger else None,
-                                      self.settings.staging_alias, production=False)
-        self.metrics.set_predict_path(self.settings.production_alias, model.version if model else None,
-                                      model.predict_path if model else [])
-        self.metrics.set_predict_path(self.settings.staging_alias, challenger.version if challenger else None,
-                                      challenger.predict_path if challenger else [])
+        self.metrics.set_served_model(
+            challenger.name if challenger else None,
+            challenger.version if challenger else None,
+            self.settings.staging_alias,
+            production=False,
+        )
+        self.metrics.set_predict_path(
+            self.settings.production_alias,
+            model.version if model else None,
+            model.predict_path if model else [],
+        )
+        self.metrics.set_predict_path(
+            self.settings.staging_alias,
+            challenger.version if challenger else None,
+            challenger.predict_path if challenger else [],
+        )
         reachable = self.model_service.status.reachable
         self.metrics.registry_up.set(1 if reachable else 0)
         status = self.prediction_log.status()
@@ -92,7 +115,8 @@ class Services:
 
 
 async def follow_registry(services: Services) -> None:
-    """Check the production alias now and then every ``reload_interval`` seconds; swap models when it moves."""
+    """Check the production alias now and then every ``reload_interval`` seconds; swap models when it
+    moves."""
     while True:
         try:
             await asyncio.to_thread(services.refresh_model)

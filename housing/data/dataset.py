@@ -56,9 +56,11 @@ class RawSource:
         return hashlib.sha256(self.payload).hexdigest()
 
 
-def read_source(source: str | None, *, timeout: float = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
-    """Read the raw dataset from a local CSV path or an http(s) URL (at most ``max_bytes``, ``timeout`` seconds),
-    or from scikit-learn's downloader when ``source`` is None."""
+def read_source(
+    source: str | None, *, timeout: float = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES
+) -> pd.DataFrame:
+    """Read the raw dataset from a local CSV path or an http(s) URL (at most ``max_bytes``, ``timeout``
+    seconds), or from scikit-learn's downloader when ``source`` is None."""
     if source is None:
         return _fetch_from_sklearn()
     return parse_csv(fetch_source(source, timeout=timeout, max_bytes=max_bytes))
@@ -70,8 +72,10 @@ def fetch_source(source: str, *, timeout: float, max_bytes: int) -> RawSource:
     scheme = _SCHEME.match(source)
     if scheme is not None:
         if scheme["scheme"].lower() not in URL_SCHEMES:
-            raise DataSourceError(f"data source {mask_uri(source)} is refused: give a local path or an http(s) URL "
-                                  f"({scheme['scheme']}:// sources are not read)")
+            raise DataSourceError(
+                f"data source {mask_uri(source)} is refused: give a local path or an http(s) URL "
+                f"({scheme['scheme']}:// sources are not read)"
+            )
         return RawSource(_download(source, timeout=timeout, max_bytes=max_bytes), f"URL {mask_uri(source)}")
     path = Path(source).expanduser()
     if not path.exists():
@@ -86,7 +90,9 @@ def fetch_source(source: str, *, timeout: float, max_bytes: int) -> RawSource:
         with path.open("rb") as handle:
             payload = _read_capped(iter(lambda: handle.read(CHUNK_BYTES), b""), max_bytes, f"file {path}")
     except OSError as error:
-        raise DataSourceError(f"could not read data source {path} ({error.strerror or type(error).__name__})") from None
+        raise DataSourceError(
+            f"could not read data source {path} ({error.strerror or type(error).__name__})"
+        ) from None
     return RawSource(payload, f"file {path}")
 
 
@@ -98,7 +104,9 @@ def _download(url: str, *, timeout: float, max_bytes: int) -> bytes:
     try:
         with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
             if response.status_code != 200:
-                raise DataSourceError(f"could not download data source {what} (the server answered HTTP {response.status_code})")
+                raise DataSourceError(
+                    f"could not download data source {what} (the server answered HTTP {response.status_code})"
+                )
             length = response.headers.get("content-length", "")
             if length.isdigit() and int(length) > max_bytes:
                 raise _too_large(what, max_bytes)
@@ -106,11 +114,14 @@ def _download(url: str, *, timeout: float, max_bytes: int) -> bytes:
     except httpx.TimeoutException:
         raise _timed_out(what, timeout) from None
     except httpx.HTTPError as error:
-        raise DataSourceError(f"could not download data source {what} ({masked_first_line(error, url, limit=200)})") from None
+        raise DataSourceError(
+            f"could not download data source {what} ({masked_first_line(error, url, limit=200)})"
+        ) from None
 
 
 def _until(deadline: float, chunks: Iterator[bytes], what: str, timeout: float) -> Iterator[bytes]:
-    """``chunks``, refused once ``deadline`` passes (a server that trickles bytes gets no more time than one that stalls)."""
+    """``chunks``, refused once ``deadline`` passes (a server that trickles bytes gets no more time than one
+    that stalls)."""
     for chunk in chunks:
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout)
@@ -127,16 +138,22 @@ def _read_capped(chunks: Iterable[bytes], max_bytes: int, what: str) -> bytes:
 
 
 def _too_large(what: str, max_bytes: int) -> DataSourceError:
-    return DataSourceError(f"data source {what} is larger than the {max_bytes:,}-byte limit (HOUSING_DOWNLOAD_MAX_BYTES)")
+    return DataSourceError(
+        f"data source {what} is larger than the {max_bytes:,}-byte limit (HOUSING_DOWNLOAD_MAX_BYTES)"
+    )
 
 
 def _timed_out(what: str, timeout: float) -> DataSourceError:
-    return DataSourceError(f"could not download data source {what} within {timeout:g} s (HOUSING_DOWNLOAD_TIMEOUT)")
+    return DataSourceError(
+        f"could not download data source {what} within {timeout:g} s (HOUSING_DOWNLOAD_TIMEOUT)"
+    )
 
 
 def parse_csv(raw: RawSource) -> pd.DataFrame:
     """The CSV in ``raw`` as a frame. Errors name the problem (and a line number) but never quote the content:
-    parser messages can hold a line of the file, and a header with none of the contract's columns is not shown."""
+    parser messages can hold a line of the file, and a header with none of the contract's columns is not
+    shown.
+    """
     try:
         frame = pd.read_csv(io.BytesIO(raw.payload), float_precision="round_trip")
     except pd.errors.EmptyDataError:
@@ -148,8 +165,10 @@ def parse_csv(raw: RawSource) -> pd.DataFrame:
         where = f"at line {line[1]}" if line else type(error).__name__
         raise DataSourceError(f"data source {raw.what} is not a readable CSV ({where})") from None
     if not any(name in COLUMN_NAMES for name in frame.columns):
-        raise DataSourceError(f"data source {raw.what} has none of the columns {', '.join(COLUMN_NAMES)} in its "
-                              f"first line ({frame.shape[1]} column(s) found): is it the California housing CSV?")
+        raise DataSourceError(
+            f"data source {raw.what} has none of the columns {', '.join(COLUMN_NAMES)} in its "
+            f"first line ({frame.shape[1]} column(s) found): is it the California housing CSV?"
+        )
     return frame
 
 
@@ -178,8 +197,12 @@ class DatasetManifest:
 
 
 def load_and_store(
-    source: str | None, dataset_path: Path, manifest_path: Path, *,
-    timeout: float = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES,
+    source: str | None,
+    dataset_path: Path,
+    manifest_path: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DatasetManifest:
     """Read ``source`` (a local path or an http(s) URL, at most ``max_bytes`` within ``timeout`` seconds),
     validate it against the contract, then write the CSV and its manifest atomically.
@@ -250,7 +273,9 @@ class Split:
 
 def save_split(split: Split, split_dir: Path, *, provenance: dict[str, object]) -> None:
     """Write the four split pickles and ``split.json`` (seed, sizes, dataset sha256) atomically."""
-    for file_name, part in zip(Split.FILES, (split.x_train, split.x_test, split.y_train, split.y_test), strict=True):
+    for file_name, part in zip(
+        Split.FILES, (split.x_train, split.x_test, split.y_train, split.y_test), strict=True
+    ):
         save_pickle(part, split_dir / file_name)
     save_json(
         {**provenance, "train_rows": len(split.x_train), "test_rows": len(split.x_test)},
@@ -262,6 +287,8 @@ def load_split(split_dir: Path) -> Split:
     """Read the split preprocess wrote; a clear error if it is missing."""
     missing = [name for name in Split.FILES if not (split_dir / name).exists()]
     if missing:
-        raise UserError(f"no train/test split in {split_dir} (missing {', '.join(missing)}); run preprocess.py first")
+        raise UserError(
+            f"no train/test split in {split_dir} (missing {', '.join(missing)}); run preprocess.py first"
+        )
     parts = [load_pickle(split_dir / name) for name in Split.FILES]
     return Split(*parts)

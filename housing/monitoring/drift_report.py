@@ -66,15 +66,18 @@ class WindowFigures:
         return bool(self.drifted.get(PREDICTION))
 
 
-def reference_frame(features: pd.DataFrame, held_out_x: pd.DataFrame, held_out_y: pd.Series, model: Pipeline) -> pd.DataFrame:
+def reference_frame(
+    features: pd.DataFrame, held_out_x: pd.DataFrame, held_out_y: pd.Series, model: Pipeline
+) -> pd.DataFrame:
     """The monitor's reference: two samples side by side, which the report never joins.
 
     The 8 feature columns are ``features``, the data the model learnt from: drift is measured against what it
     was trained on. The target and prediction columns are the model's predictions on held-out rows it never
-    trained on (``held_out_x``, ``held_out_y``), repeated in order to the features' length: the reference error
-    (and the prediction's reference distribution) compares like with like, never with in-sample predictions,
-    which are far better than the model's real error. Every statistic of the report is of one column or of the
-    (target, prediction) pair, so which feature row stands beside which held-out pair is never read.
+    trained on (``held_out_x``, ``held_out_y``), repeated in order to the features' length: the reference
+    error (and the prediction's reference distribution) compares like with like, never with in-sample
+    predictions, which are far better than the model's real error. Every statistic of the report is of one
+    column or of the (target, prediction) pair, so which feature row stands beside which held-out pair is
+    never read.
     """
     frame = features.loc[:, list(FEATURE_NAMES)].reset_index(drop=True)
     predictions = np.asarray(model.predict(held_out_x.loc[:, list(FEATURE_NAMES)]), dtype=np.float64)
@@ -84,8 +87,9 @@ def reference_frame(features: pd.DataFrame, held_out_x: pd.DataFrame, held_out_y
     return frame
 
 
-def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Settings,
-                    metadata: dict[str, str] | None = None) -> tuple[Snapshot | None, WindowFigures]:
+def evaluate_window(
+    reference: pd.DataFrame, current: pd.DataFrame, settings: Settings, metadata: dict[str, str] | None = None
+) -> tuple[Snapshot | None, WindowFigures]:
     """One Evidently 0.7 report: drift of the 8 features and the prediction, then regression quality.
 
     The drift metrics come first on purpose: Evidently's regression metrics drop the unlabelled rows
@@ -98,27 +102,46 @@ def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Se
     # Evidently is imported here, not at the top: its import takes ~5 s and only the monitor needs it
     # (the API, the stages and the pure policies import this package without paying for it).
     with quiet_third_party_warnings():
-        from evidently import DataDefinition, Dataset, Regression, Report  # expensive (~5 s), monitor only: see above
+        from evidently import (
+            DataDefinition,
+            Dataset,
+            Regression,
+            Report,
+        )  # expensive (~5 s), monitor only: see above
         from evidently.core.report import ReferenceMetricNotFound  # expensive (~5 s), monitor only: see above
-        from evidently.metrics import MAE, RMSE, R2Score, ValueDrift  # expensive (~5 s), monitor only: see above
+        from evidently.metrics import (
+            MAE,
+            RMSE,
+            R2Score,
+            ValueDrift,
+        )  # expensive (~5 s), monitor only: see above
         from evidently.presets import DataDriftPreset  # expensive (~5 s), monitor only: see above
         from evidently.tests import gte, lte  # expensive (~5 s), monitor only: see above
 
     columns = [*FEATURE_NAMES, TARGET.name, PREDICTION]
-    definition = DataDefinition(numerical_columns=columns, regression=[Regression(target=TARGET.name, prediction=PREDICTION)])
-    # Every threshold the report shows is the one the decision uses (housing.monitoring.retrain_policy): the per-column drift
-    # threshold, the drifted share (Evidently flags share >= drift_share, the decision share > it: with 8 features the
-    # share moves in steps of 1/8, so for any threshold that is not a multiple of 1/8, 0.2 included, the two agree),
-    # RMSE and R2 against the decision's limits instead of Evidently's default "within 10 % of the reference", and
-    # no test on MAE, which the decision does not judge.
+    definition = DataDefinition(
+        numerical_columns=columns, regression=[Regression(target=TARGET.name, prediction=PREDICTION)]
+    )
+    # Every threshold the report shows is the one the decision uses (housing.monitoring.retrain_policy): the
+    # per-column drift threshold, the drifted share (Evidently flags share >= drift_share, the decision share
+    # > it: with 8 features the share moves in steps of 1/8, so for any threshold that is not a multiple of
+    # 1/8, 0.2 included, the two agree), RMSE and R2 against the decision's limits instead of Evidently's
+    # default "within 10 % of the reference", and no test on MAE, which the decision does not judge.
     metrics: list[Any] = [
-        DataDriftPreset(columns=list(FEATURE_NAMES), num_method=settings.drift_method, num_threshold=settings.drift_threshold,
-                        drift_share=settings.drift_share_threshold),
+        DataDriftPreset(
+            columns=list(FEATURE_NAMES),
+            num_method=settings.drift_method,
+            num_threshold=settings.drift_threshold,
+            drift_share=settings.drift_share_threshold,
+        ),
         ValueDrift(column=PREDICTION, method=settings.drift_method, threshold=settings.drift_threshold),
     ]
     if labelled >= 2:
-        metrics += [RMSE(error_distr=False, tests=[lte(settings.rmse_threshold)]), R2Score(tests=[gte(settings.r2_threshold)]),
-                    MAE(error_distr=False, mean_tests=[], std_tests=[])]
+        metrics += [
+            RMSE(error_distr=False, tests=[lte(settings.rmse_threshold)]),
+            R2Score(tests=[gte(settings.r2_threshold)]),
+            MAE(error_distr=False, mean_tests=[], std_tests=[]),
+        ]
     current = current.loc[:, columns].astype(float)
     with quiet_third_party_warnings():
         snapshot = Report(metrics, include_tests=True).run(
@@ -127,7 +150,11 @@ def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Se
             metadata=metadata or {},
         )
     result = snapshot.dict()
-    drift_status = {test["metric_config"]["metric_id"]: str(test["status"]) for test in result["tests"] if test["id"] == "drift"}
+    drift_status = {
+        test["metric_config"]["metric_id"]: str(test["status"])
+        for test in result["tests"]
+        if test["id"] == "drift"
+    }
     scores: dict[str, float] = {}
     drifted: dict[str, bool] = {}
     quality: dict[str, float] = {}
@@ -137,13 +164,18 @@ def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Se
         kind = config["type"].rsplit(":", 1)[-1]
         if kind == "ValueDrift":
             scores[config["column"]] = float(metric["value"])
-            drifted[config["column"]] = drift_status.get(metric["id"], "").endswith("FAIL")  # FAIL = drift detected
+            drifted[config["column"]] = drift_status.get(metric["id"], "").endswith(
+                "FAIL"
+            )  # FAIL = drift detected
         elif kind in QUALITY_METRICS:
             name = QUALITY_METRICS[kind]
             quality[name] = _scalar(metric["value"])
-            # reference values live on the snapshot's context, not in dict(); ReferenceMetricNotFound is a BaseException
+            # reference values live on the snapshot's context, not in dict(); ReferenceMetricNotFound is a
+            # BaseException
             with contextlib.suppress(ReferenceMetricNotFound):
-                reference_quality[name] = _scalar(snapshot.context.get_reference_metric_result(metric["id"]).to_dict()["value"])
+                reference_quality[name] = _scalar(
+                    snapshot.context.get_reference_metric_result(metric["id"]).to_dict()["value"]
+                )
     ordered = [name for name in MONITORED_COLUMNS if name in scores]
     figures = WindowFigures(
         window_rows=len(current),
@@ -151,8 +183,12 @@ def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, settings: Se
         drift_scores={name: scores[name] for name in ordered},
         drifted={name: drifted[name] for name in ordered},
         drift_method=settings.drift_method,
-        rmse=quality.get("rmse"), r2=quality.get("r2"), mae=quality.get("mae"),
-        reference_rmse=reference_quality.get("rmse"), reference_r2=reference_quality.get("r2"), reference_mae=reference_quality.get("mae"),
+        rmse=quality.get("rmse"),
+        r2=quality.get("r2"),
+        mae=quality.get("mae"),
+        reference_rmse=reference_quality.get("rmse"),
+        reference_r2=reference_quality.get("r2"),
+        reference_mae=reference_quality.get("mae"),
     )
     return snapshot, figures
 
@@ -167,10 +203,16 @@ def quiet_third_party_warnings() -> Iterator[None]:
     statistics warn on tiny bins (R2 of one sample, 0/0 share of infinities); they are not ours to fix."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
-        warnings.filterwarnings("ignore", message="invalid value encountered in scalar divide", category=RuntimeWarning)
+        warnings.filterwarnings(
+            "ignore", message="invalid value encountered in scalar divide", category=RuntimeWarning
+        )
         warnings.filterwarnings("ignore", message=r"numpy\.core is deprecated", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r".*deprecated.*", category=DeprecationWarning, module=r"litestar.*")
-        warnings.filterwarnings("ignore", message=r"Call to deprecated|Use of deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*deprecated.*", category=DeprecationWarning, module=r"litestar.*"
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"Call to deprecated|Use of deprecated", category=DeprecationWarning
+        )
         yield
 
 
@@ -183,12 +225,17 @@ class SavedReport:
     decision_path: Path
 
 
-def save_report(snapshot: Snapshot, decision: dict[str, Any], reports_dir: Path, when: datetime) -> SavedReport:
+def save_report(
+    snapshot: Snapshot, decision: dict[str, Any], reports_dir: Path, when: datetime
+) -> SavedReport:
     """HTML and JSON report plus the decision record under ``reports_dir``, timestamped and as *_latest."""
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
     reports_dir.mkdir(parents=True, exist_ok=True)
-    html_path, json_path, decision_path = (reports_dir / f"monitor_{stamp}.html", reports_dir / f"monitor_{stamp}.json",
-                                           reports_dir / f"decision_{stamp}.json")
+    html_path, json_path, decision_path = (
+        reports_dir / f"monitor_{stamp}.html",
+        reports_dir / f"monitor_{stamp}.json",
+        reports_dir / f"decision_{stamp}.json",
+    )
     with atomic_path(html_path) as tmp:
         snapshot.save_html(str(tmp))
     with atomic_path(json_path) as tmp:

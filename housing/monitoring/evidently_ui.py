@@ -66,8 +66,8 @@ class EvidentlyWorkspaceError(UserError):
 
 @dataclass(frozen=True)
 class MonitorRun:
-    """What one monitor run adds beside its report: the version serving, the decision (as the policy words it),
-    the window's first and last prediction time, and the decision's own figures."""
+    """What one monitor run adds beside its report: the version serving, the decision (as the policy words
+    it), the window's first and last prediction time, and the decision's own figures."""
 
     production_version: str
     decision: str
@@ -90,18 +90,25 @@ def record_snapshot(settings: Settings, snapshot: Snapshot, run: MonitorRun) -> 
     from requests import RequestException  # imported with Evidently, which only the monitor needs (~5 s)
 
     with quiet_third_party_warnings():
-        from evidently.errors import EvidentlyError  # expensive (~5 s), monitor only: see the module docstring
+        from evidently.errors import (
+            EvidentlyError,
+        )  # expensive (~5 s), monitor only: see the module docstring
 
     where = settings.evidently_url or str(settings.evidently_workspace_dir)
     try:
         workspace = open_workspace(settings)
         project = find_or_create_project(workspace, settings.model_name)
         sync_dashboard(workspace, project.id, dashboard_panels(settings))
-        reference = workspace.add_run(project.id, monitor_snapshot(settings, snapshot, run),
-                                      name=f"version {run.production_version}: {run.decision}")
+        reference = workspace.add_run(
+            project.id,
+            monitor_snapshot(settings, snapshot, run),
+            name=f"version {run.production_version}: {run.decision}",
+        )
     except (OSError, ValueError, RequestException, EvidentlyError) as error:
-        raise EvidentlyWorkspaceError(f"could not record the monitor snapshot in the Evidently workspace at {where}: "
-                                      f"{first_line(error)}") from error
+        raise EvidentlyWorkspaceError(
+            f"could not record the monitor snapshot in the Evidently workspace at {where}: "
+            f"{first_line(error)}"
+        ) from error
     logger.info("monitor snapshot %s added to Evidently project %r at %s", reference.id, project.name, where)
     return str(reference.id)
 
@@ -110,7 +117,10 @@ def open_workspace(settings: Settings) -> WorkspaceBase:
     """The remote Evidently UI service at ``evidently_url`` when set (a team's shared UI), else the local
     workspace directory (created if missing)."""
     with quiet_third_party_warnings():
-        from evidently.ui.workspace import RemoteWorkspace, Workspace  # expensive (~5 s), monitor only: see the module docstring
+        from evidently.ui.workspace import (
+            RemoteWorkspace,
+            Workspace,
+        )  # expensive (~5 s), monitor only: see the module docstring
 
     if settings.evidently_url:
         secret = settings.evidently_secret.get_secret_value() if settings.evidently_secret else None
@@ -122,14 +132,23 @@ def open_workspace(settings: Settings) -> WorkspaceBase:
 
 def find_or_create_project(workspace: WorkspaceBase, name: str) -> Project:
     """The one project called ``name``, created on first use. Lists and compares exact names, the same way on
-    a local directory and a remote service; if duplicates exist (made by hand), the oldest (uuid7 ids) is used."""
-    matches = sorted((project for project in workspace.list_projects() if project.name == name), key=lambda project: str(project.id))
+    a local directory and a remote service; if duplicates exist (made by hand), the oldest (uuid7 ids) is
+    used.
+    """
+    matches = sorted(
+        (project for project in workspace.list_projects() if project.name == name),
+        key=lambda project: str(project.id),
+    )
     if len(matches) > 1:
-        logger.warning("%d Evidently projects are named %r; recording in %s", len(matches), name, matches[0].id)
+        logger.warning(
+            "%d Evidently projects are named %r; recording in %s", len(matches), name, matches[0].id
+        )
     if matches:
         return matches[0]
     logger.info("creating the Evidently project %r", name)
-    return workspace.create_project(name, description=f"Monitor runs of the registered model {name}: drift, error, decisions.")
+    return workspace.create_project(
+        name, description=f"Monitor runs of the registered model {name}: drift, error, decisions."
+    )
 
 
 def stable_id(*parts: str) -> uuid.UUID:
@@ -147,51 +166,107 @@ def _figure(column: str, legend: str) -> PanelMetric:
 def dashboard_panels(settings: Settings) -> list[DashboardPanelPlot]:
     """The dashboard, panel by panel, each with its stable id; thresholds in titles and as a second line."""
     from evidently.sdk.models import PanelMetric  # expensive (~5 s), monitor only: see the module docstring
-    from evidently.sdk.panels import bar_plot_panel, counter_panel, line_plot_panel  # expensive (~5 s), monitor only: see the module docstring
+    from evidently.sdk.panels import (
+        bar_plot_panel,
+        counter_panel,
+        line_plot_panel,
+    )  # expensive (~5 s), monitor only: see the module docstring
 
     threshold = THRESHOLD_LEGEND
     drift = f"{settings.drift_method} distance"
     panels = {
         "latest": counter_panel(
-            "Latest monitor run", [PanelMetric(metric="RMSE", legend="RMSE"), PanelMetric(metric="R2Score", legend="R²"),
-                                   _figure("labelled_rows", "labelled rows"), _figure(VERSION_FIGURE, "version serving")],
-            description="The newest snapshot's figures (Evidently's counter shows a 0 as 'no value': the drift share is charted below).",
-            aggregation="last"),
+            "Latest monitor run",
+            [
+                PanelMetric(metric="RMSE", legend="RMSE"),
+                PanelMetric(metric="R2Score", legend="R²"),
+                _figure("labelled_rows", "labelled rows"),
+                _figure(VERSION_FIGURE, "version serving"),
+            ],
+            description=(
+                "The newest snapshot's figures (Evidently's counter shows a 0 as 'no value': the drift share"
+                " is charted below)."
+            ),
+            aggregation="last",
+        ),
         "drift_share": line_plot_panel(
             f"Share of drifted features (retrain above {settings.drift_share_threshold:g})",
-            [_figure("drift_share", "share of the 8 features that drifted"), _figure("drift_share_threshold", threshold)],
-            description="As the retrain decision counts it: features whose drift score is above their threshold.", size="half"),
+            [
+                _figure("drift_share", "share of the 8 features that drifted"),
+                _figure("drift_share_threshold", threshold),
+            ],
+            description=(
+                "As the retrain decision counts it: features whose drift score is above their threshold."
+            ),
+            size="half",
+        ),
         "drift_scores": line_plot_panel(
             f"Drift score per column ({drift}, drifted above {settings.drift_threshold:g})",
-            [*(PanelMetric(metric="ValueDrift", metric_labels={"column": column}, legend=column) for column in MONITORED_COLUMNS),
-             _figure("drift_threshold", threshold)],
-            description=f"Evidently ValueDrift of the {len(FEATURE_NAMES)} features and the prediction against the reference.",
-            size="half"),
+            [
+                *(
+                    PanelMetric(metric="ValueDrift", metric_labels={"column": column}, legend=column)
+                    for column in MONITORED_COLUMNS
+                ),
+                _figure("drift_threshold", threshold),
+            ],
+            description=(
+                f"Evidently ValueDrift of the {len(FEATURE_NAMES)} features and the prediction against the"
+                " reference."
+            ),
+            size="half",
+        ),
         "rmse": line_plot_panel(
             f"RMSE on labelled traffic (retrain above {settings.rmse_threshold:g})",
             [PanelMetric(metric="RMSE", legend="RMSE"), _figure("rmse_threshold", threshold)],
-            description=f"Evidently RMSE of the labelled rows; the decision judges it from {settings.monitor_min_labels} labels.",
-            size="half"),
+            description=(
+                "Evidently RMSE of the labelled rows; the decision judges it from"
+                f" {settings.monitor_min_labels} labels."
+            ),
+            size="half",
+        ),
         "r2": line_plot_panel(
             f"R² on labelled traffic (retrain below {settings.r2_threshold:g})",
             [PanelMetric(metric="R2Score", legend="R²"), _figure("r2_threshold", threshold)],
-            description=f"Evidently R2Score of the labelled rows; the decision judges it from {settings.monitor_min_labels} labels.",
-            size="half"),
+            description=(
+                "Evidently R2Score of the labelled rows; the decision judges it from"
+                f" {settings.monitor_min_labels} labels."
+            ),
+            size="half",
+        ),
         "estimated_rmse": line_plot_panel(
-            f"RMSE estimated without labels beside the realized one (alert when the interval is above {settings.rmse_threshold:g})",
-            [_figure("estimated_rmse", "estimated (unlabelled predictions)"), _figure("estimated_rmse_low", "interval low"),
-             _figure("estimated_rmse_high", "interval high"), PanelMetric(metric="RMSE", legend="realized (labelled predictions)"),
-             _figure("rmse_threshold", threshold)],
-            description="Direct loss estimation: each version's loss model estimates the error of predictions whose labels have "
-                        "not come back; the realized RMSE shows where labels did.", size="half"),
+            "RMSE estimated without labels beside the realized one (alert when the interval is above"
+            f" {settings.rmse_threshold:g})",
+            [
+                _figure("estimated_rmse", "estimated (unlabelled predictions)"),
+                _figure("estimated_rmse_low", "interval low"),
+                _figure("estimated_rmse_high", "interval high"),
+                PanelMetric(metric="RMSE", legend="realized (labelled predictions)"),
+                _figure("rmse_threshold", threshold),
+            ],
+            description=(
+                "Direct loss estimation: each version's loss model estimates the error of predictions whose"
+                " labels have not come back; the realized RMSE shows where labels did."
+            ),
+            size="half",
+        ),
         "labelled_rows": line_plot_panel(
             f"Labelled rows per window (error judged from {settings.monitor_min_labels})",
-            [_figure("labelled_rows", "labelled rows"), _figure("window_rows", "rows in the window"),
-             _figure("min_labels", "labels needed to judge the error")],
-            description="How much ground truth came back for the traffic each run judged.", size="half"),
+            [
+                _figure("labelled_rows", "labelled rows"),
+                _figure("window_rows", "rows in the window"),
+                _figure("min_labels", "labels needed to judge the error"),
+            ],
+            description="How much ground truth came back for the traffic each run judged.",
+            size="half",
+        ),
         "version": bar_plot_panel(
-            "Model version serving", [_figure(VERSION_FIGURE, f"{settings.model_name} version")],
-            description=f"The registry version the '{settings.production_alias}' alias named when the monitor ran.", size="half"),
+            "Model version serving",
+            [_figure(VERSION_FIGURE, f"{settings.model_name} version")],
+            description=(
+                f"The registry version the '{settings.production_alias}' alias named when the monitor ran."
+            ),
+            size="half",
+        ),
     }
     return [panel.copy(update={"id": stable_id(settings.model_name, key)}) for key, panel in panels.items()]
 
@@ -204,7 +279,9 @@ def _as_json(panel: DashboardPanelPlot) -> Any:
 def sync_dashboard(workspace: WorkspaceBase, project_id: uuid.UUID, panels: list[DashboardPanelPlot]) -> bool:
     """Make the project's dashboard hold ``panels``: add the missing ones, replace the changed ones (same id),
     leave the rest (a user's own panels) alone. Writes only when something changed; returns whether it did."""
-    from evidently.sdk.models import DashboardTabModel  # expensive (~5 s), monitor only: see the module docstring
+    from evidently.sdk.models import (
+        DashboardTabModel,
+    )  # expensive (~5 s), monitor only: see the module docstring
 
     dashboard = workspace.get_dashboard(project_id)
     position = {panel.id: index for index, panel in enumerate(dashboard.panels)}
@@ -228,7 +305,9 @@ def sync_dashboard(workspace: WorkspaceBase, project_id: uuid.UUID, panels: list
         changed = True
     if changed:
         workspace.save_dashboard(project_id, dashboard)
-        logger.info("Evidently dashboard of project %s updated (%d panels)", project_id, len(dashboard.panels))
+        logger.info(
+            "Evidently dashboard of project %s updated (%d panels)", project_id, len(dashboard.panels)
+        )
     return changed
 
 
@@ -237,15 +316,22 @@ def tag_value(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def monitor_values(settings: Settings, production_version: str, figures: dict[str, float | None]) -> dict[str, float]:
+def monitor_values(
+    settings: Settings, production_version: str, figures: dict[str, float | None]
+) -> dict[str, float]:
     """The one-row values a run adds: the caller's figures (missing or non-finite ones left out), the
     version serving (when it is a number, as registry versions are) and the thresholds judged with."""
-    values = {name: float(value) for name, value in figures.items() if value is not None and math.isfinite(value)}
+    values = {
+        name: float(value) for name, value in figures.items() if value is not None and math.isfinite(value)
+    }
     if production_version.isdigit():
         values[VERSION_FIGURE] = float(production_version)
     values.update(
-        drift_share_threshold=settings.drift_share_threshold, drift_threshold=settings.drift_threshold,
-        rmse_threshold=settings.rmse_threshold, r2_threshold=settings.r2_threshold, min_labels=float(settings.monitor_min_labels),
+        drift_share_threshold=settings.drift_share_threshold,
+        drift_threshold=settings.drift_threshold,
+        rmse_threshold=settings.rmse_threshold,
+        r2_threshold=settings.r2_threshold,
+        min_labels=float(settings.monitor_min_labels),
     )
     return values
 
@@ -254,32 +340,62 @@ def monitor_snapshot(settings: Settings, snapshot: Snapshot, run: MonitorRun) ->
     """A copy of ``snapshot`` with the run's tags, metadata and one-row values added (the original is kept
     as it is: the monitor also saves it as the HTML and JSON report)."""
     with quiet_third_party_warnings():
-        from evidently import DataDefinition, Dataset, Report  # expensive (~5 s), monitor only: see the module docstring
+        from evidently import (
+            DataDefinition,
+            Dataset,
+            Report,
+        )  # expensive (~5 s), monitor only: see the module docstring
         from evidently.core.report import Snapshot  # expensive (~5 s), monitor only: see the module docstring
         from evidently.metrics import MeanValue  # expensive (~5 s), monitor only: see the module docstring
 
     values = monitor_values(settings, run.production_version, run.figures)
-    one_row = Dataset.from_pandas(pd.DataFrame([values]), data_definition=DataDefinition(numerical_columns=list(values)))
+    one_row = Dataset.from_pandas(
+        pd.DataFrame([values]), data_definition=DataDefinition(numerical_columns=list(values))
+    )
     with quiet_third_party_warnings():
         extra = Report([MeanValue(column=name) for name in values]).run(one_row, None)
     model = snapshot.to_snapshot_model()
-    tags = [*model.tags, f"production_version={run.production_version}", f"decision={tag_value(run.decision)}"]
-    metadata = {**model.metadata, "model_name": settings.model_name, "production_version": run.production_version,
-                "decision": run.decision}
-    metadata.update({key: when.isoformat() for key, when in (("window_start", run.window_start), ("window_end", run.window_end)) if when})
-    merged = model.copy(update={
-        "metric_results": {**model.metric_results, **extra.metric_results},
-        "tags": list(dict.fromkeys(tags)),
-        "metadata": metadata,
-    })
+    tags = [
+        *model.tags,
+        f"production_version={run.production_version}",
+        f"decision={tag_value(run.decision)}",
+    ]
+    metadata = {
+        **model.metadata,
+        "model_name": settings.model_name,
+        "production_version": run.production_version,
+        "decision": run.decision,
+    }
+    metadata.update(
+        {
+            key: when.isoformat()
+            for key, when in (("window_start", run.window_start), ("window_end", run.window_end))
+            if when
+        }
+    )
+    merged = model.copy(
+        update={
+            "metric_results": {**model.metric_results, **extra.metric_results},
+            "tags": list(dict.fromkeys(tags)),
+            "metadata": metadata,
+        }
+    )
     return Snapshot.load_model(merged)
 
 
 def ui_command(settings: Settings) -> list[str]:
     """The ``evidently ui`` command serving the local workspace on loopback at ``monitor_ui_port``."""
     evidently = Path(sys.executable).with_name("evidently")
-    return [str(evidently), "ui", "--workspace", str(settings.evidently_workspace_dir),
-            "--host", UI_HOST, "--port", str(settings.monitor_ui_port)]
+    return [
+        str(evidently),
+        "ui",
+        "--workspace",
+        str(settings.evidently_workspace_dir),
+        "--host",
+        UI_HOST,
+        "--port",
+        str(settings.monitor_ui_port),
+    ]
 
 
 def serve_ui(args: argparse.Namespace) -> int:
@@ -288,14 +404,20 @@ def serve_ui(args: argparse.Namespace) -> int:
     (``DO_NOT_TRACK``): the UI shows private traffic and often runs without internet."""
     settings = cli.settings_from_args(args)
     if settings.evidently_url:
-        raise UserError(f"the monitor records to the Evidently UI service at {settings.evidently_url} "
-                        "(HOUSING_EVIDENTLY_URL): open that one")
+        raise UserError(
+            f"the monitor records to the Evidently UI service at {settings.evidently_url} "
+            "(HOUSING_EVIDENTLY_URL): open that one"
+        )
     command = ui_command(settings)
     if not Path(command[0]).is_file():
         raise UserError(f"Evidently's command line is not installed at {command[0]}: run make setup")
     settings.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("Evidently UI on http://%s:%d (workspace %s); Ctrl-C stops it",
-                UI_HOST, settings.monitor_ui_port, settings.evidently_workspace_dir)
+    logger.info(
+        "Evidently UI on http://%s:%d (workspace %s); Ctrl-C stops it",
+        UI_HOST,
+        settings.monitor_ui_port,
+        settings.evidently_workspace_dir,
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(command[0], command, {**os.environ, "DO_NOT_TRACK": "1"})
@@ -304,8 +426,10 @@ def serve_ui(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m housing.monitoring.evidently_ui",
-        description="Serve the monitor's Evidently workspace (one snapshot per monitor run, the dashboard built by "
-                    "the monitor) with Evidently's own UI, on 127.0.0.1.",
+        description=(
+            "Serve the monitor's Evidently workspace (one snapshot per monitor run, the dashboard built by "
+            "the monitor) with Evidently's own UI, on 127.0.0.1."
+        ),
     )
     cli.add_setting_flags(parser, "monitor_ui_port", "evidently_workspace", "artifacts_dir")
     return parser

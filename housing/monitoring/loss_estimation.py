@@ -62,8 +62,15 @@ ARTIFACT_PATH = "loss_estimator"
 """Where a version's loss estimator is logged in its run's artifacts."""
 MODEL_FILE, NUMBERS_FILE = "loss_model.skops", "loss_estimator.json"
 LOSS_MODEL_PARAMS: dict[str, Any] = {
-    "n_estimators": 300, "learning_rate": 0.06, "num_leaves": 31, "min_child_samples": 20,
-    "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.9, "verbose": -1, "n_jobs": 1,
+    "n_estimators": 300,
+    "learning_rate": 0.06,
+    "num_leaves": 31,
+    "min_child_samples": 20,
+    "subsample": 0.8,
+    "subsample_freq": 1,
+    "colsample_bytree": 0.9,
+    "verbose": -1,
+    "n_jobs": 1,
 }
 """The loss model: small (about 0.7 s on the 16,512 training rows with one core)."""
 MIN_SEGMENT_ROWS = 30
@@ -77,10 +84,14 @@ REGIONS: tuple[tuple[str, tuple[tuple[float, float, float, float], ...]], ...] =
     ("San Diego", ((32.5, 33.5, -117.6, -116.8),)),
     ("Central Valley", ((37.5, 40.7, -122.5, -120.8), (35.0, 37.5, -121.2, -118.7))),
 )
-"""Approximate boxes (latitude from, to; longitude from, to), first match wins; anything else is "rest of California"."""
+"""Approximate boxes (latitude from, to; longitude from, to), first match wins; anything else is "rest of
+California"."""
 REST = "rest of California"
 INCOME_BANDS: tuple[tuple[str, float, float], ...] = (
-    ("income < $30k", -math.inf, 3.0), ("income $30k-60k", 3.0, 6.0), ("income >= $60k", 6.0, math.inf))
+    ("income < $30k", -math.inf, 3.0),
+    ("income $30k-60k", 3.0, 6.0),
+    ("income >= $60k", 6.0, math.inf),
+)
 """Median-income bands (MedInc is in $10,000s)."""
 
 
@@ -100,7 +111,8 @@ def region_of(features: pd.DataFrame) -> np.ndarray:
 
 
 def segment_masks(features: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Every segment's rows: ``region: <name>`` for the five regions, ``<income band>`` for the three bands."""
+    """Every segment's rows: ``region: <name>`` for the five regions, ``<income band>`` for the three
+    bands."""
     regions = region_of(features)
     masks = {f"region: {name}": regions == name for name in (*(name for name, _ in REGIONS), REST)}
     income = features["MedInc"].to_numpy(dtype=np.float64)
@@ -126,8 +138,8 @@ class Estimate:
         return self.rmse_low > threshold
 
     def labels_needed(self, threshold: float) -> int | None:
-        """Labelled predictions needed for the realized RMSE's own interval to clear ``threshold`` if the estimate
-        is right (None when the estimate is not above it)."""
+        """Labelled predictions needed for the realized RMSE's own interval to clear ``threshold`` if the
+        estimate is right (None when the estimate is not above it)."""
         gap = self.rmse**2 - threshold**2
         if gap <= 0:
             return None
@@ -136,8 +148,13 @@ class Estimate:
 
     def as_dict(self) -> dict[str, float | int]:
         """Rounded, for the decision file."""
-        return {"rows": self.rows, "rmse": round(self.rmse, 4), "rmse_low": round(self.rmse_low, 4),
-                "rmse_high": round(self.rmse_high, 4), "mae": round(self.mae, 4)}
+        return {
+            "rows": self.rows,
+            "rmse": round(self.rmse, 4),
+            "rmse_low": round(self.rmse_low, 4),
+            "rmse_high": round(self.rmse_high, 4),
+            "mae": round(self.mae, 4),
+        }
 
 
 @dataclass(frozen=True)
@@ -157,7 +174,9 @@ class LossEstimator:
 
     def squared_errors(self, features: pd.DataFrame, predictions: np.ndarray) -> np.ndarray:
         """Each row's estimated squared error (on the final model's level)."""
-        raw = np.maximum(np.asarray(self.model.predict(loss_inputs(features, predictions)), dtype=np.float64), FLOOR)
+        raw = np.maximum(
+            np.asarray(self.model.predict(loss_inputs(features, predictions)), dtype=np.float64), FLOOR
+        )
         return np.maximum(self.mse_slope * raw + self.mse_intercept, FLOOR)
 
     def estimate(self, features: pd.DataFrame, predictions: np.ndarray, confidence: float) -> Estimate:
@@ -168,11 +187,20 @@ class LossEstimator:
             raise ValueError("no rows to estimate")
         z = NormalDist().inv_cdf(0.5 + confidence / 2)
         mse = float(g.mean())
-        half = z * math.sqrt(self.variance_ratio * float(np.square(g).sum()) / n**2 + (self.level_sd * mse) ** 2)
+        half = z * math.sqrt(
+            self.variance_ratio * float(np.square(g).sum()) / n**2 + (self.level_sd * mse) ** 2
+        )
         row_var = max(float(np.square(g).mean()) * (1 + self.variance_ratio) - mse**2, 0.0)
         mae = float(np.sqrt(g).mean()) * self.mae_scale
-        return Estimate(n, math.sqrt(mse), math.sqrt(max(mse - half, 0.0)), math.sqrt(mse + half), mae, confidence,
-                        math.sqrt(row_var))
+        return Estimate(
+            n,
+            math.sqrt(mse),
+            math.sqrt(max(mse - half, 0.0)),
+            math.sqrt(mse + half),
+            mae,
+            confidence,
+            math.sqrt(row_var),
+        )
 
     def numbers(self) -> dict[str, Any]:
         """Everything but the loss model itself (saved as JSON beside it)."""
@@ -185,24 +213,42 @@ def loss_inputs(features: pd.DataFrame, predictions: np.ndarray) -> np.ndarray:
     return np.column_stack([values, np.asarray(predictions, dtype=np.float64)])
 
 
-def fit_loss_estimator(features: pd.DataFrame, y: pd.Series | np.ndarray, out_of_fold: np.ndarray,
-                       sample_weight: np.ndarray | None = None, random_state: int = 42) -> LossEstimator:
+def fit_loss_estimator(
+    features: pd.DataFrame,
+    y: pd.Series | np.ndarray,
+    out_of_fold: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    random_state: int = 42,
+) -> LossEstimator:
     """The loss model fitted on out-of-fold predictions (level not yet anchored: call :func:`anchor`)."""
-    from lightgbm import LGBMRegressor  # lightgbm loads its native library: only training and the monitor need it, not simulate_traffic
+    from lightgbm import (
+        LGBMRegressor,
+    )  # lightgbm loads its native library: only training and the monitor need it, not simulate_traffic
 
     target = np.square(np.asarray(y, dtype=np.float64) - np.asarray(out_of_fold, dtype=np.float64))
     model = LGBMRegressor(random_state=random_state, **LOSS_MODEL_PARAMS)
     model.fit(loss_inputs(features, out_of_fold), target, sample_weight=sample_weight)
-    return LossEstimator(model, fitted_rows=len(target),
-                         description=f"loss model fitted on {len(target):,} out-of-fold predictions of the training rows")
+    return LossEstimator(
+        model,
+        fitted_rows=len(target),
+        description=f"loss model fitted on {len(target):,} out-of-fold predictions of the training rows",
+    )
 
 
-def anchor(estimator: LossEstimator, features: pd.DataFrame, y: pd.Series | np.ndarray, predictions: np.ndarray,
-           sample_weight: np.ndarray | None = None, described: str = "held-out rows") -> LossEstimator:
+def anchor(
+    estimator: LossEstimator,
+    features: pd.DataFrame,
+    y: pd.Series | np.ndarray,
+    predictions: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    described: str = "held-out rows",
+) -> LossEstimator:
     """Put the estimates on the final model's level: the line a * g + b (weighted least squares) from the raw
-    estimates g to the realized squared errors of held-out rows (a plain rescaling if the line is degenerate); the
-    MAE's scale and the interval's variance ratio are measured on the same rows."""
-    raw = np.maximum(np.asarray(estimator.model.predict(loss_inputs(features, predictions)), dtype=np.float64), FLOOR)
+    estimates g to the realized squared errors of held-out rows (a plain rescaling if the line is degenerate);
+    the MAE's scale and the interval's variance ratio are measured on the same rows."""
+    raw = np.maximum(
+        np.asarray(estimator.model.predict(loss_inputs(features, predictions)), dtype=np.float64), FLOOR
+    )
     errors = np.asarray(y, dtype=np.float64) - np.asarray(predictions, dtype=np.float64)
     squared = np.square(errors)
     w = np.ones(len(raw)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
@@ -213,9 +259,16 @@ def anchor(estimator: LossEstimator, features: pd.DataFrame, y: pd.Series | np.n
     mae_scale = float(np.average(np.abs(errors), weights=w) / np.average(np.sqrt(g), weights=w))
     variance_ratio = float(np.sum(w * np.square(squared - g)) / np.sum(w * np.square(g)))
     level_sd = float(np.sqrt(np.sum(np.square(w * (squared - g)))) / np.sum(w * g))
-    return replace(estimator, mse_slope=float(slope), mse_intercept=float(intercept), mae_scale=mae_scale,
-                   variance_ratio=variance_ratio, level_sd=level_sd, anchored_rows=len(raw),
-                   description=f"{estimator.description}; level anchored on {len(raw):,} {described}")
+    return replace(
+        estimator,
+        mse_slope=float(slope),
+        mse_intercept=float(intercept),
+        mae_scale=mae_scale,
+        variance_ratio=variance_ratio,
+        level_sd=level_sd,
+        anchored_rows=len(raw),
+        description=f"{estimator.description}; level anchored on {len(raw):,} {described}",
+    )
 
 
 def save_loss_estimator(estimator: LossEstimator, directory: Path) -> None:
@@ -228,20 +281,38 @@ def save_loss_estimator(estimator: LossEstimator, directory: Path) -> None:
 
 
 def read_loss_estimator(directory: Path, described: str) -> LossEstimator:
-    """Load a saved estimator, trusting only :data:`~housing.registry.model_files.SKOPS_TRUSTED_TYPES` (never pickle)."""
+    """Load a saved estimator, trusting only :data:`~housing.registry.model_files.SKOPS_TRUSTED_TYPES` (never
+    pickle)."""
     import skops.io  # only saving and loading need skops
-    from lightgbm import LGBMRegressor  # lightgbm loads its native library: only training and the monitor need it, not simulate_traffic
+    from lightgbm import (
+        LGBMRegressor,
+    )  # lightgbm loads its native library: only training and the monitor need it, not simulate_traffic
 
     from housing.registry.model_files import SKOPS_TRUSTED_TYPES  # imports skops: only loading needs it
 
     try:
         model = skops.io.load(directory / MODEL_FILE, trusted=list(SKOPS_TRUSTED_TYPES))
         numbers = json.loads((directory / NUMBERS_FILE).read_text())
-    except (OSError, ValueError, TypeError) as error:  # skops raises UntrustedTypesFoundException (a TypeError) on untrusted types
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+    ) as error:  # skops raises UntrustedTypesFoundException (a TypeError) on untrusted types
         raise UserError(f"the loss estimator of {described} could not be loaded safely: {error}") from error
     if not isinstance(model, LGBMRegressor):
-        raise UserError(f"the loss estimator of {described} is a {type(model).__name__}, not a LightGBM regressor")
-    fields = {"mse_slope", "mse_intercept", "mae_scale", "variance_ratio", "level_sd", "fitted_rows", "anchored_rows", "description"}
+        raise UserError(
+            f"the loss estimator of {described} is a {type(model).__name__}, not a LightGBM regressor"
+        )
+    fields = {
+        "mse_slope",
+        "mse_intercept",
+        "mae_scale",
+        "variance_ratio",
+        "level_sd",
+        "fitted_rows",
+        "anchored_rows",
+        "description",
+    }
     return LossEstimator(model, **{key: value for key, value in numbers.items() if key in fields})
 
 
@@ -270,8 +341,9 @@ def load_loss_estimator(client: MlflowClient, version: ModelVersion) -> LossEsti
     if MODEL_FILE not in names:
         return None
     with tempfile.TemporaryDirectory(prefix="housing-loss-") as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=ARTIFACT_PATH, dst_path=tmp,
-                                                    tracking_uri=client.tracking_uri)
+        local = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=ARTIFACT_PATH, dst_path=tmp, tracking_uri=client.tracking_uri
+        )
         return read_loss_estimator(Path(local), described)
 
 
@@ -285,7 +357,8 @@ class WindowEstimate:
     """Which rows were estimated ("unlabelled", or "all" when every row of the window is labelled)."""
     by_segment: dict[str, Estimate]
     calibration: dict[str, Any] | None
-    """On the labelled rows: estimated vs realized RMSE, relative gap, whether the realized one is in the interval."""
+    """On the labelled rows: estimated vs realized RMSE, relative gap, whether the realized one is in the
+    interval."""
     calibration_by_segment: dict[str, dict[str, Any]]
 
     def as_record(self) -> dict[str, Any]:
@@ -297,7 +370,9 @@ class WindowEstimate:
             "estimated_rows": self.overall.rows,
             "estimated_over": self.over,
             "estimation_confidence": self.overall.confidence,
-            "estimated_rmse_by_segment": {name: estimate.as_dict() for name, estimate in self.by_segment.items()},
+            "estimated_rmse_by_segment": {
+                name: estimate.as_dict() for name, estimate in self.by_segment.items()
+            },
             "estimation_calibration": self.calibration,
             "estimation_calibration_by_segment": self.calibration_by_segment,
         }
@@ -306,13 +381,18 @@ class WindowEstimate:
 def calibration_of(estimate: Estimate, y: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
     """The estimate of labelled rows beside their realized error."""
     realized = float(np.sqrt(np.mean(np.square(y - predictions))))
-    return {"rows": estimate.rows, "estimated_rmse": round(estimate.rmse, 4), "realized_rmse": round(realized, 4),
-            "relative_gap": round(estimate.rmse / realized - 1, 4) if realized > 0 else None,
-            "inside_interval": bool(estimate.rmse_low <= realized <= estimate.rmse_high)}
+    return {
+        "rows": estimate.rows,
+        "estimated_rmse": round(estimate.rmse, 4),
+        "realized_rmse": round(realized, 4),
+        "relative_gap": round(estimate.rmse / realized - 1, 4) if realized > 0 else None,
+        "inside_interval": bool(estimate.rmse_low <= realized <= estimate.rmse_high),
+    }
 
 
-def estimate_window(estimator: LossEstimator, window: pd.DataFrame, target: str, prediction: str,
-                    confidence: float) -> WindowEstimate | None:
+def estimate_window(
+    estimator: LossEstimator, window: pd.DataFrame, target: str, prediction: str, confidence: float
+) -> WindowEstimate | None:
     """Estimate a window of logged predictions (None when it is empty)."""
     if window.empty:
         return None
@@ -321,13 +401,21 @@ def estimate_window(estimator: LossEstimator, window: pd.DataFrame, target: str,
     rows = window[~labelled] if over == "unlabelled" else window
     predictions = rows[prediction].to_numpy(dtype=np.float64)
     overall = estimator.estimate(rows, predictions, confidence)
-    by_segment = {name: estimator.estimate(rows[mask], predictions[mask], confidence)
-                  for name, mask in segment_masks(rows).items() if mask.sum() >= MIN_SEGMENT_ROWS}
+    by_segment = {
+        name: estimator.estimate(rows[mask], predictions[mask], confidence)
+        for name, mask in segment_masks(rows).items()
+        if mask.sum() >= MIN_SEGMENT_ROWS
+    }
     calibration, calibration_by_segment = None, {}
     if labelled.sum() >= MIN_SEGMENT_ROWS:
         known = window[labelled]
-        y, known_predictions = known[target].to_numpy(dtype=np.float64), known[prediction].to_numpy(dtype=np.float64)
-        calibration = calibration_of(estimator.estimate(known, known_predictions, confidence), y, known_predictions)
+        y, known_predictions = (
+            known[target].to_numpy(dtype=np.float64),
+            known[prediction].to_numpy(dtype=np.float64),
+        )
+        calibration = calibration_of(
+            estimator.estimate(known, known_predictions, confidence), y, known_predictions
+        )
         for name, mask in segment_masks(known).items():
             if mask.sum() >= MIN_SEGMENT_ROWS:
                 segment = estimator.estimate(known[mask], known_predictions[mask], confidence)

@@ -4,12 +4,13 @@ Pure: :class:`~housing.monitoring.drift_report.WindowFigures`, thresholds and th
 :class:`Decision` out (no Evidently, no MLflow, no database). Something is wrong when more than
 ``drift_share_threshold`` of the features drifted, or, with at least ``min_labels`` labelled predictions,
 when RMSE is above ``rmse_threshold`` or R2 below ``r2_threshold``. Then it retrains only with evidence:
-at least ``min_labels`` labelled districts that no model has learnt from (:mod:`housing.store.retrain_evidence`);
-without it the decision is an alert that says how many more are needed, never a retrain. With fewer than
-``min_window`` predictions it makes no decision (small windows raise false alarms). While the error cannot be
-judged from labels, an error *estimated* without labels (:mod:`housing.monitoring.loss_estimation`) whose whole interval
-is above ``rmse_threshold`` is a reason too ("expected degradation"): an alert that asks for the labels
-needed to confirm it; retraining still needs the evidence.
+at least ``min_labels`` labelled districts that no model has learnt from
+(:mod:`housing.store.retrain_evidence`); without it the decision is an alert that says how many more are
+needed, never a retrain. With fewer than ``min_window`` predictions it makes no decision (small windows raise
+false alarms). While the error cannot be judged from labels, an error *estimated* without labels
+(:mod:`housing.monitoring.loss_estimation`) whose whole interval is above ``rmse_threshold`` is a reason too
+("expected degradation"): an alert that asks for the labels needed to confirm it; retraining still needs the
+evidence.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from housing.config import Settings
 from housing.monitoring.drift_report import PREDICTION, WindowFigures
 from housing.monitoring.loss_estimation import Estimate
 
-RETRAIN, NO_ACTION, INSUFFICIENT_DATA, ALERT = "retrain", "no retrain", "insufficient data", "alert, no retrain"
+RETRAIN, NO_ACTION, INSUFFICIENT_DATA, ALERT = (
+    "retrain",
+    "no retrain",
+    "insufficient data",
+    "alert, no retrain",
+)
 
 
 @dataclass
@@ -63,19 +69,27 @@ class RetrainThresholds:
         )
 
 
-def decide(figures: WindowFigures, thresholds: RetrainThresholds, new_districts: int | None = None,
-           estimate: Estimate | None = None) -> Decision:
-    """Apply the thresholds (drift share; RMSE / R2 when there are enough labels, else the estimated RMSE), then
-    the evidence rule.
+def decide(
+    figures: WindowFigures,
+    thresholds: RetrainThresholds,
+    new_districts: int | None = None,
+    estimate: Estimate | None = None,
+) -> Decision:
+    """Apply the thresholds (drift share; RMSE / R2 when there are enough labels, else the estimated RMSE),
+    then the evidence rule.
 
     ``new_districts``: labelled districts no model has learnt from; None counts every labelled row as new
     (for callers that track no evidence, such as the benchmark's synthetic windows). ``estimate``: the error
     estimated without labels on the window's unlabelled predictions (None: no loss estimator).
     """
     if figures.window_rows < thresholds.min_window:
-        return Decision(INSUFFICIENT_DATA, notes=[
-            f"only {figures.window_rows:,} logged predictions in the window; {thresholds.min_window:,} are needed "
-            "before a decision (small windows raise false alarms)"])
+        return Decision(
+            INSUFFICIENT_DATA,
+            notes=[
+                f"only {figures.window_rows:,} logged predictions in the window; {thresholds.min_window:,}"
+                " are needed before a decision (small windows raise false alarms)"
+            ],
+        )
     reasons, notes = _reasons(figures, thresholds, estimated=estimate is not None)
     labels_to_confirm = 0
     if estimate is not None and figures.labelled_rows < thresholds.min_labels:
@@ -86,40 +100,65 @@ def decide(figures: WindowFigures, thresholds: RetrainThresholds, new_districts:
     if evidence >= thresholds.min_labels:
         return Decision(RETRAIN, reasons, notes, labels_to_confirm=labels_to_confirm)
     needed = thresholds.min_labels - evidence
-    notes.insert(0, f"not retraining: only {evidence:,} labelled districts that no model has learnt from; "
-                    f"{needed:,} more are needed before a retrain")
+    notes.insert(
+        0,
+        f"not retraining: only {evidence:,} labelled districts that no model has learnt from; "
+        f"{needed:,} more are needed before a retrain",
+    )
     return Decision(ALERT, reasons, notes, evidence_needed=needed, labels_to_confirm=labels_to_confirm)
 
 
-def _expected_degradation(estimate: Estimate, thresholds: RetrainThresholds, reasons: list[str], notes: list[str]) -> int:
+def _expected_degradation(
+    estimate: Estimate, thresholds: RetrainThresholds, reasons: list[str], notes: list[str]
+) -> int:
     """An estimated RMSE whose interval clears the threshold is a reason (expected degradation); one above the
     threshold whose interval does not is a note. Returns the labels needed to confirm (0 when none)."""
     needed = estimate.labels_needed(thresholds.rmse_threshold)
-    described = (f"estimated RMSE {estimate.rmse:.3f} ({estimate.confidence:.0%} interval {estimate.rmse_low:.3f}-{estimate.rmse_high:.3f}) "
-                 f"on {estimate.rows:,} unlabelled predictions")
+    described = (
+        f"estimated RMSE {estimate.rmse:.3f} ({estimate.confidence:.0%} interval"
+        f" {estimate.rmse_low:.3f}-{estimate.rmse_high:.3f}) on {estimate.rows:,} unlabelled predictions"
+    )
     if estimate.clears(thresholds.rmse_threshold) and needed is not None:
-        reasons.append(f"expected degradation: {described} is above {thresholds.rmse_threshold}; about {needed:,} labels "
-                       "are needed to confirm it")
+        reasons.append(
+            f"expected degradation: {described} is above {thresholds.rmse_threshold}; about {needed:,} labels"
+            " are needed to confirm it"
+        )
         return needed
     if estimate.rmse > thresholds.rmse_threshold:
         notes.append(f"{described} is above {thresholds.rmse_threshold}, but its interval is not clear of it")
     return 0
 
 
-def _reasons(figures: WindowFigures, thresholds: RetrainThresholds, *, estimated: bool = False) -> tuple[list[str], list[str]]:
+def _reasons(
+    figures: WindowFigures, thresholds: RetrainThresholds, *, estimated: bool = False
+) -> tuple[list[str], list[str]]:
     """What is wrong with the window (reasons) and what could not be judged (notes)."""
     reasons, notes = [], []
     if figures.drift_share > thresholds.drift_share_threshold:
-        reasons.append(f"{figures.drift_share:.0%} of the features drifted ({', '.join(figures.drifted_features)}), "
-                       f"above {thresholds.drift_share_threshold:.0%}")
+        reasons.append(
+            f"{figures.drift_share:.0%} of the features drifted ({', '.join(figures.drifted_features)}), "
+            f"above {thresholds.drift_share_threshold:.0%}"
+        )
     if figures.prediction_drifted:
-        notes.append(f"the prediction's distribution drifted (score {figures.drift_scores.get(PREDICTION, float('nan')):.3f})")
+        notes.append(
+            "the prediction's distribution drifted (score"
+            f" {figures.drift_scores.get(PREDICTION, float('nan')):.3f})"
+        )
     if figures.labelled_rows < thresholds.min_labels:
-        notes.append(f"only {figures.labelled_rows:,} labelled predictions (fewer than {thresholds.min_labels:,}): "
-                     "error not judged from labels, decision on drift" + (" and the error estimated without labels" if estimated else " alone"))
+        notes.append(
+            f"only {figures.labelled_rows:,} labelled predictions (fewer than {thresholds.min_labels:,}): "
+            "error not judged from labels, decision on drift"
+            + (" and the error estimated without labels" if estimated else " alone")
+        )
     else:
         if figures.rmse is not None and figures.rmse > thresholds.rmse_threshold:
-            reasons.append(f"RMSE {figures.rmse:.3f} on {figures.labelled_rows:,} labelled predictions is above {thresholds.rmse_threshold}")
+            reasons.append(
+                f"RMSE {figures.rmse:.3f} on {figures.labelled_rows:,} labelled predictions is above"
+                f" {thresholds.rmse_threshold}"
+            )
         if figures.r2 is not None and figures.r2 < thresholds.r2_threshold:
-            reasons.append(f"R2 {figures.r2:.3f} on {figures.labelled_rows:,} labelled predictions is below {thresholds.r2_threshold}")
+            reasons.append(
+                f"R2 {figures.r2:.3f} on {figures.labelled_rows:,} labelled predictions is below"
+                f" {thresholds.r2_threshold}"
+            )
     return reasons, notes

@@ -68,7 +68,9 @@ class RetrainingSets:
 def age_weights(created_at: pd.Series, now: datetime, half_life_days: float) -> np.ndarray:
     """Weight 0.5 ** (age / half-life) per row: a row as old as the half-life counts half."""
     moments = pd.to_datetime(created_at, utc=True)
-    age_days = np.clip((pd.Timestamp(now).tz_convert("UTC") - moments).dt.total_seconds().to_numpy() / 86_400, 0, None)
+    age_days = np.clip(
+        (pd.Timestamp(now).tz_convert("UTC") - moments).dt.total_seconds().to_numpy() / 86_400, 0, None
+    )
     return np.power(0.5, age_days / half_life_days)
 
 
@@ -111,8 +113,15 @@ class PriceIndex:
         return self.base * self.applied_step
 
 
-def price_index(labels: np.ndarray, predictions: np.ndarray, *, base: float, samples: int, confidence: float,
-                seed: int = 0) -> PriceIndex:
+def price_index(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    *,
+    base: float,
+    samples: int,
+    confidence: float,
+    seed: int = 0,
+) -> PriceIndex:
     """Σ labels / Σ predictions of the new evidence, with its percentile bootstrap interval (pure)."""
     labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
     if labels.size == 0 or predictions.sum() <= 0:
@@ -121,7 +130,9 @@ def price_index(labels: np.ndarray, predictions: np.ndarray, *, base: float, sam
     return PriceIndex(float(labels.sum() / predictions.sum()), low, high, base)
 
 
-def _combine(parts: list[tuple[pd.DataFrame, pd.Series, np.ndarray]]) -> tuple[pd.DataFrame, pd.Series, np.ndarray]:
+def _combine(
+    parts: list[tuple[pd.DataFrame, pd.Series, np.ndarray]],
+) -> tuple[pd.DataFrame, pd.Series, np.ndarray]:
     features = list(FEATURE_NAMES)
     parts = [part for part in parts if len(part[0])] or parts[:1]
     x = pd.concat([part[0][features] for part in parts], ignore_index=True)
@@ -129,14 +140,23 @@ def _combine(parts: list[tuple[pd.DataFrame, pd.Series, np.ndarray]]) -> tuple[p
     return x, y, np.concatenate([part[2] for part in parts])
 
 
-def build_retraining_sets(split: Split, remembered: pd.DataFrame, new: pd.DataFrame, settings: Settings, *,
-                          base_source: str, now: datetime, base_index: float = 1.0) -> RetrainingSets:
+def build_retraining_sets(
+    split: Split,
+    remembered: pd.DataFrame,
+    new: pd.DataFrame,
+    settings: Settings,
+    *,
+    base_source: str,
+    now: datetime,
+    base_index: float = 1.0,
+) -> RetrainingSets:
     """Training = train split + remembered traffic (decayed) + older new evidence; evaluation = test split
     (+ the newest new evidence, when there is enough of it). Pure: frames in, sets out.
 
     ``remembered``: the labelled traffic the production model trained on; ``new``: new labelled districts,
-    one row each. Both with features, ``MedHouseVal``, ``request_id`` and ``created_at``; ``new`` also with the
-    served ``prediction`` (for the price index). ``base_index``: the price index production was trained with.
+    one row each. Both with features, ``MedHouseVal``, ``request_id`` and ``created_at``; ``new`` also with
+    the served ``prediction`` (for the price index). ``base_index``: the price index production was trained
+    with.
     """
     if len(new) < MIN_NEW_ROWS:
         raise UserError(f"only {len(new)} new labelled districts; retraining needs at least {MIN_NEW_ROWS}")
@@ -149,52 +169,100 @@ def build_retraining_sets(split: Split, remembered: pd.DataFrame, new: pd.DataFr
     eval_traffic = new.iloc[-held_out:].reset_index(drop=True)
 
     raw = age_weights(traffic["created_at"], now, settings.retrain_traffic_half_life_days)
-    share = traffic_share(effective_rows(raw), settings.retrain_traffic_weight, settings.retrain_traffic_ramp_rows)
-    x_train, y_train, train_weight = _combine([
-        (split.x_train, split.y_train, np.ones(len(split.x_train))),
-        (traffic, traffic[TARGET.name], scale_to_share(raw, share, len(split.x_train))),
-    ])
-    keep = ~pd.MultiIndex.from_frame(split.x_test[list(FEATURE_NAMES)]).isin(pd.MultiIndex.from_frame(traffic[list(FEATURE_NAMES)]))
+    share = traffic_share(
+        effective_rows(raw), settings.retrain_traffic_weight, settings.retrain_traffic_ramp_rows
+    )
+    x_train, y_train, train_weight = _combine(
+        [
+            (split.x_train, split.y_train, np.ones(len(split.x_train))),
+            (traffic, traffic[TARGET.name], scale_to_share(raw, share, len(split.x_train))),
+        ]
+    )
+    keep = ~pd.MultiIndex.from_frame(split.x_test[list(FEATURE_NAMES)]).isin(
+        pd.MultiIndex.from_frame(traffic[list(FEATURE_NAMES)])
+    )
     x_test, y_test = split.x_test[keep], split.y_test[keep]
     judged = eval_traffic if len(eval_traffic) >= settings.gate_min_labelled_rows else eval_traffic.iloc[0:0]
-    eval_share = traffic_share(float(len(judged)), settings.retrain_traffic_weight, settings.retrain_traffic_ramp_rows)
-    x_eval, y_eval, eval_weight = _combine([
-        (x_test, y_test, np.ones(len(x_test))),
-        (judged, judged[TARGET.name], scale_to_share(np.ones(len(judged)), eval_share, len(x_test))),
-    ])
+    eval_share = traffic_share(
+        float(len(judged)), settings.retrain_traffic_weight, settings.retrain_traffic_ramp_rows
+    )
+    x_eval, y_eval, eval_weight = _combine(
+        [
+            (x_test, y_test, np.ones(len(x_test))),
+            (judged, judged[TARGET.name], scale_to_share(np.ones(len(judged)), eval_share, len(x_test))),
+        ]
+    )
     sha = frame_sha256(x_train, y_train, train_weight)
     provenance = {
-        "training_data": f"train split ({len(split.x_train):,} rows) + {len(remembered):,} remembered and "
-                         f"{len(new) - held_out:,} new labelled production rows",
+        "training_data": (
+            f"train split ({len(split.x_train):,} rows) + {len(remembered):,} remembered and "
+            f"{len(new) - held_out:,} new labelled production rows"
+        ),
         "traffic_rows": str(len(traffic)),
         "traffic_weight_share": f"{share:.4f}",
         "price_index": f"{index.level:.6f}",
-        "price_index_step": f"{index.step:.4f} [{index.low:.4f}, {index.high:.4f}]" + ("" if index.applied_step != 1.0 else " (not applied)"),
+        "price_index_step": (
+            f"{index.step:.4f} [{index.low:.4f}, {index.high:.4f}]"
+            + ("" if index.applied_step != 1.0 else " (not applied)")
+        ),
         "traffic_from": str(traffic["created_at"].min()) if len(traffic) else "",
         "traffic_to": str(traffic["created_at"].max()) if len(traffic) else "",
     }
     manifest = {
-        "rows": len(x_train), "sha256": sha, "train_split_rows": len(split.x_train), "remembered_traffic_rows": len(remembered),
-        "new_traffic_train_rows": len(new) - held_out, "traffic_eval_rows": len(judged), "held_out_new_rows": held_out,
-        "test_rows_kept": int(keep.sum()), "traffic_train_share": share, "traffic_eval_share": eval_share, "provenance": provenance,
-        "price_index": index.level, "price_index_step": index.step, "price_index_interval": [index.low, index.high],
+        "rows": len(x_train),
+        "sha256": sha,
+        "train_split_rows": len(split.x_train),
+        "remembered_traffic_rows": len(remembered),
+        "new_traffic_train_rows": len(new) - held_out,
+        "traffic_eval_rows": len(judged),
+        "held_out_new_rows": held_out,
+        "test_rows_kept": int(keep.sum()),
+        "traffic_train_share": share,
+        "traffic_eval_share": eval_share,
+        "provenance": provenance,
+        "price_index": index.level,
+        "price_index_step": index.step,
+        "price_index_interval": [index.low, index.high],
     }
     training = TrainingData(
-        x_train=x_train, y_train=y_train, x_test=x_eval, y_test=y_eval, source=f"{base_source} + prediction log",
-        data_sha256=sha, train_weight=train_weight, test_weight=eval_weight, provenance=provenance,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_eval,
+        y_test=y_eval,
+        source=f"{base_source} + prediction log",
+        data_sha256=sha,
+        train_weight=train_weight,
+        test_weight=eval_weight,
+        provenance=provenance,
     )
-    traffic_note = (f" + the newest {len(judged):,} new labelled production rows ({eval_share:.0%} of the weight)" if len(judged)
-                    else f" alone ({held_out:,} new labelled rows are fewer than {settings.gate_min_labelled_rows:,}: not judged on)")
-    evaluation = EvaluationData(x_eval, y_eval, sample_weight=eval_weight,
-                                description=f"the test split ({int(keep.sum()):,} rows){traffic_note}")
+    traffic_note = (
+        f" + the newest {len(judged):,} new labelled production rows ({eval_share:.0%} of the weight)"
+        if len(judged)
+        else (
+            f" alone ({held_out:,} new labelled rows are fewer than {settings.gate_min_labelled_rows:,}: not"
+            " judged on)"
+        )
+    )
+    evaluation = EvaluationData(
+        x_eval,
+        y_eval,
+        sample_weight=eval_weight,
+        description=f"the test split ({int(keep.sum()):,} rows){traffic_note}",
+    )
     return RetrainingSets(training, evaluation, manifest, traffic, eval_traffic)
 
 
 def _index_of(rows: pd.DataFrame, base_index: float, settings: Settings) -> PriceIndex:
     if "prediction" not in rows:
         return PriceIndex(1.0, 1.0, 1.0, base_index)
-    return price_index(rows[TARGET.name].to_numpy(), rows["prediction"].to_numpy(), base=base_index,
-                       samples=settings.gate_bootstrap_samples, confidence=settings.gate_confidence, seed=settings.random_state)
+    return price_index(
+        rows[TARGET.name].to_numpy(),
+        rows["prediction"].to_numpy(),
+        base=base_index,
+        samples=settings.gate_bootstrap_samples,
+        confidence=settings.gate_confidence,
+        seed=settings.random_state,
+    )
 
 
 @dataclass
@@ -206,23 +274,54 @@ class RetrainOutcome:
     data_dir: Path
 
 
-def retrain(settings: Settings, split: Split, remembered: pd.DataFrame, new: pd.DataFrame, *, base_source: str,
-            base_index: float = 1.0) -> RetrainOutcome:
+def retrain(
+    settings: Settings,
+    split: Split,
+    remembered: pd.DataFrame,
+    new: pd.DataFrame,
+    *,
+    base_source: str,
+    base_index: float = 1.0,
+) -> RetrainOutcome:
     """Train every candidate on the new data, register them, record which traffic rows the run used, and run
     promote's gates on the new evaluation data."""
-    sets = build_retraining_sets(split, remembered, new, settings, base_source=base_source, now=datetime.now(UTC), base_index=base_index)
+    sets = build_retraining_sets(
+        split,
+        remembered,
+        new,
+        settings,
+        base_source=base_source,
+        now=datetime.now(UTC),
+        base_index=base_index,
+    )
     data_dir = settings.artifacts_dir / "retraining" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name, part in {"X_train": sets.training.x_train, "y_train": sets.training.y_train, "X_eval": sets.training.x_test,
-                       "y_eval": sets.training.y_test}.items():
+    for name, part in {
+        "X_train": sets.training.x_train,
+        "y_train": sets.training.y_train,
+        "X_eval": sets.training.x_test,
+        "y_eval": sets.training.y_test,
+    }.items():
         save_pickle(part, data_dir / f"{name}.pkl")
     save_pickle(sets.training.train_weight, data_dir / "train_weight.pkl")
     save_json(sets.manifest, data_dir / "manifest.json")
-    logger.info("retraining on %s (sha256 %s)", sets.training.provenance["training_data"], sets.training.data_sha256[:12])
+    logger.info(
+        "retraining on %s (sha256 %s)",
+        sets.training.provenance["training_data"],
+        sets.training.data_sha256[:12],
+    )
     specs = load_candidate_specs(settings.candidates_path, settings.candidates)
     outcome = train_and_register(settings, sets.training, specs)
-    with opened_engine(settings.log_database_url) as engine:  # recorded before promotion: even a rejected challenger has used this evidence
+    with opened_engine(
+        settings.log_database_url
+    ) as engine:  # recorded before promotion: even a rejected challenger has used this evidence
         record_used_rows(engine, outcome.parent_run_id, sets.train_traffic, TRAIN_ROLE)
         record_used_rows(engine, outcome.parent_run_id, sets.eval_traffic, EVAL_ROLE)
     client = tracking.connect(settings)
-    report = promote(client, settings, sets.evaluation, training_run_id=outcome.parent_run_id, command="monitor.py (retrain)")
+    report = promote(
+        client,
+        settings,
+        sets.evaluation,
+        training_run_id=outcome.parent_run_id,
+        command="monitor.py (retrain)",
+    )
     return RetrainOutcome(outcome, report, data_dir)

@@ -6,8 +6,8 @@ their rows from :func:`scenario_rows`, so every one of them shapes traffic the s
 
   baseline          held-out rows as they are (no drift)
   income-shift      MedInc x 1.2 (the original report's simulated drift), true labels
-  subpopulation     only one real sub-population (high-income, bay-area, inland-low-income, old-house), true labels
-  market-inflation  features as they are, labels x inflation (a price move only the error can reveal)
+  subpopulation     only one real sub-population (high-income, bay-area, inland-low-income, old-house), true
+  labels market-inflation  features as they are, labels x inflation (a price move only the error can reveal)
 """
 
 from __future__ import annotations
@@ -40,7 +40,13 @@ SUBPOPULATIONS = {
 
 
 def scenario_rows(
-    x: pd.DataFrame, y: pd.Series, scenario: str, *, count: int, seed: int, subpopulation: str = "high-income",
+    x: pd.DataFrame,
+    y: pd.Series,
+    scenario: str,
+    *,
+    count: int,
+    seed: int,
+    subpopulation: str = "high-income",
     inflation: float = 1.3,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """``count`` real rows (sampled with replacement) shaped by ``scenario``: (features, true labels)."""
@@ -60,7 +66,8 @@ def scenario_rows(
 
 @dataclass(frozen=True)
 class TrafficPlan:
-    """How the rows are sent: where, how fast, how many at once, and which share of them gets its label back."""
+    """How the rows are sent: where, how fast, how many at once, and which share of them gets its label
+    back."""
 
     url: str
     scenario: str = "baseline"
@@ -89,21 +96,26 @@ class Outcome:
     versions: Counter[str] = field(default_factory=Counter)
     """Responses by the model version that answered (two while a canary runs)."""
 
-
     def rmse(self) -> float:
-        """RMSE of every answered prediction against the true label kept for it (NaN when none was answered)."""
+        """RMSE of every answered prediction against the true label kept for it (NaN when none was
+        answered)."""
         return float(np.sqrt(np.mean(self.squared_errors))) if self.squared_errors else float("nan")
 
     def rmse_by_segment(self, features: pd.DataFrame) -> str:
         """The same RMSE per region and income band (segments with enough answered rows), as one line."""
         segments = segment_masks(features.iloc[self.answered])
         errors = np.asarray(self.squared_errors)
-        parts = [f"{name} {np.sqrt(errors[mask].mean()):.4f} ({int(mask.sum()):,})" for name, mask in segments.items()
-                 if mask.sum() >= MIN_SEGMENT_ROWS]
+        parts = [
+            f"{name} {np.sqrt(errors[mask].mean()):.4f} ({int(mask.sum()):,})"
+            for name, mask in segments.items()
+            if mask.sum() >= MIN_SEGMENT_ROWS
+        ]
         return "; ".join(parts) or "no segment with enough rows"
 
 
-async def drive(plan: TrafficPlan, features: pd.DataFrame, labels: pd.Series, label_headers: dict[str, str]) -> Outcome:
+async def drive(
+    plan: TrafficPlan, features: pd.DataFrame, labels: pd.Series, label_headers: dict[str, str]
+) -> Outcome:
     """Send every row to /predict (``plan.concurrency`` at a time, at ``plan.rate``) and, for a share of the
     answered ones, the true label to /feedback after ``plan.label_delay`` seconds."""
     outcome = Outcome()
@@ -115,16 +127,21 @@ async def drive(plan: TrafficPlan, features: pd.DataFrame, labels: pd.Series, la
     pending_labels: list[asyncio.Task[None]] = []
     interval = 1.0 / plan.rate if plan.rate > 0 else 0.0
     started = time.monotonic()
-    progress = tqdm(total=len(records), desc=f"{plan.scenario}", unit="req", disable=plan.quiet or not sys.stderr.isatty())
+    progress = tqdm(
+        total=len(records), desc=f"{plan.scenario}", unit="req", disable=plan.quiet or not sys.stderr.isatty()
+    )
 
     # Predictions and labels use separate connection pools, and at most --concurrency labels are in
     # flight, so a burst of labels never starves the predictions of connections.
     labels_in_flight = asyncio.Semaphore(plan.concurrency)
-    async with httpx.AsyncClient(base_url=plan.url, timeout=30) as client, \
-            httpx.AsyncClient(base_url=plan.url, timeout=30, headers=label_headers) as label_client:
+    async with (
+        httpx.AsyncClient(base_url=plan.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=plan.url, timeout=30, headers=label_headers) as label_client,
+    ):
 
         async def send_label(request_id: str, actual: float) -> None:
-            """POST the label; retried on a 5xx or a transport error (the endpoint is idempotent), not on 4xx."""
+            """POST the label; retried on a 5xx or a transport error (the endpoint is idempotent), not on
+            4xx."""
             await asyncio.sleep(plan.label_delay)
             async with labels_in_flight:
                 await post_label(request_id, actual)
@@ -133,7 +150,9 @@ async def drive(plan: TrafficPlan, features: pd.DataFrame, labels: pd.Series, la
             problem = ""
             for attempt in range(3):
                 try:
-                    response = await label_client.post("/feedback", json={"request_id": request_id, "actual": actual})
+                    response = await label_client.post(
+                        "/feedback", json={"request_id": request_id, "actual": actual}
+                    )
                 except httpx.HTTPError as error:
                     problem = f"feedback {error!r}"
                 else:
@@ -187,8 +206,8 @@ async def drive(plan: TrafficPlan, features: pd.DataFrame, labels: pd.Series, la
 
 def simulation_frame(settings: Settings) -> pd.DataFrame:
     """The dataset the rows come from: --source / HOUSING_DATA_SOURCE when given, else the copy load_data.py
-    stored under the artifacts dir (so `make simulate` works offline after `make pipeline`), else scikit-learn's
-    downloader."""
+    stored under the artifacts dir (so `make simulate` works offline after `make pipeline`), else
+    scikit-learn's downloader."""
     if settings.data_source is None and settings.dataset_path.is_file():
         return read_dataset(settings.dataset_path)
     return validate_frame(read_source(settings.data_source))
@@ -201,6 +220,14 @@ def describe_challenger(url: str) -> None:
     except (httpx.HTTPError, ValueError):
         return
     if challenger:
-        print(f"challenger: version {challenger['version']} ({challenger['candidate']}) scored every request in shadow"
-              + (f" and answered {challenger['canary_percent']:g} % of them (canary)" if challenger["canary_percent"] else "")
-              + "; once labels are back, `promote.py --from-shadow` (or the next monitor run) promotes or drops it")
+        print(
+            f"challenger: version {challenger['version']} ({challenger['candidate']}) scored every request in"
+            " shadow"
+            + (
+                f" and answered {challenger['canary_percent']:g} % of them (canary)"
+                if challenger["canary_percent"]
+                else ""
+            )
+            + "; once labels are back, `promote.py --from-shadow` (or the next monitor run) promotes or"
+            " drops it"
+        )

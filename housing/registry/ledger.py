@@ -77,7 +77,9 @@ def record_change(engine: Engine, entry: LedgerEntry) -> None:
 def read_history(engine: Engine, model_name: str, limit: int | None = None) -> list[LedgerEntry]:
     """The ledger of ``model_name``, oldest first (with ``limit``: its newest ``limit`` entries)."""
     create_ledger_table(engine)
-    query = select(ledger_table).where(ledger_table.c.model_name == model_name).order_by(ledger_table.c.id.desc())
+    query = (
+        select(ledger_table).where(ledger_table.c.model_name == model_name).order_by(ledger_table.c.id.desc())
+    )
     if limit is not None:
         query = query.limit(limit)
     with engine.connect() as connection:
@@ -98,7 +100,8 @@ def read_history(engine: Engine, model_name: str, limit: int | None = None) -> l
 
 
 def previous_production(engine: Engine, model_name: str, current_version: str) -> str | None:
-    """The version production named before ``current_version`` became production; None when the ledger has none.
+    """The version production named before ``current_version`` became production; None when the ledger has
+    none.
 
     That is the ``from_version`` of the newest entry, rollbacks aside, that moved production to
     ``current_version``. Rollbacks are passed over so that rolling back twice walks further back
@@ -121,5 +124,11 @@ def previous_production(engine: Engine, model_name: str, current_version: str) -
 
 def summarise_evidence(evidence: dict[str, Any], limit: int = 160) -> str:
     """The evidence on one line: ``key=value`` pairs, values as compact JSON, cut at ``limit`` characters."""
-    text = ", ".join(f"{key}={json.dumps(value, separators=(',', ':'), default=str)}" for key, value in evidence.items()) or "-"
+    text = (
+        ", ".join(
+            f"{key}={json.dumps(value, separators=(',', ':'), default=str)}"
+            for key, value in evidence.items()
+        )
+        or "-"
+    )
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,13 +1,15 @@
-"""Promotion from live evidence: champion and challenger judged on the same labelled requests, and the verdict applied.
+"""Promotion from live evidence: champion and challenger judged on the same labelled requests, and the verdict
+applied.
 
 While ``staging`` names another version than ``production``, the API scores every request with both
 (:mod:`housing.serving.shadow`), and the labels come back through /feedback. :func:`paired_requests` reads the
 labelled requests both models scored, one per district (a district labelled again adds no evidence);
-:func:`housing.registry.promotion_policy.decide_challenger` applies the gate's evidence rule; :func:`judge_challenger` applies
-its verdict: ``promote`` moves production to the challenger (compare-and-set, recorded in the production
-ledger with the live evidence), ``reject`` and ``expire`` remove the ``staging`` alias (the version keeps a
-``shadow_verdict`` tag saying why), ``wait`` changes nothing. Called by ``promote.py --from-shadow`` and by
-every monitor run while a challenger is in shadow; the caller holds the retrain lock.
+:func:`housing.registry.promotion_policy.decide_challenger` applies the gate's evidence rule;
+:func:`judge_challenger` applies its verdict: ``promote`` moves production to the challenger (compare-and-set,
+recorded in the production ledger with the live evidence), ``reject`` and ``expire`` remove the ``staging``
+alias (the version keeps a ``shadow_verdict`` tag saying why), ``wait`` changes nothing. Called by
+``promote.py --from-shadow`` and by every monitor run while a challenger is in shadow; the caller holds the
+retrain lock.
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ def paired_requests(engine: Engine, champion: str, challenger: str) -> pd.DataFr
     the 8 features, ``champion`` and ``challenger`` (their predictions), ``actual``."""
     p, f = predictions_table.c, feedback_table.c
     query = (
-        select(*(p[name] for name in FEATURE_NAMES), p.model_version, p.prediction, p.shadow_prediction, f.actual)
+        select(
+            *(p[name] for name in FEATURE_NAMES), p.model_version, p.prediction, p.shadow_prediction, f.actual
+        )
         .select_from(predictions_table.join(feedback_table, p.request_id == f.request_id))
         .where(p.shadow_prediction.is_not(None))
-        .where(or_(and_(p.model_version == champion, p.shadow_model_version == challenger),
-                   and_(p.model_version == challenger, p.shadow_model_version == champion)))
+        .where(
+            or_(
+                and_(p.model_version == champion, p.shadow_model_version == challenger),
+                and_(p.model_version == challenger, p.shadow_model_version == champion),
+            )
+        )
         .order_by(p.created_at)
     )
     with engine.connect() as connection:
@@ -57,8 +65,12 @@ def paired_requests(engine: Engine, champion: str, challenger: str) -> pd.DataFr
     if frame.empty:
         return pd.DataFrame(columns=[*FEATURE_NAMES, "champion", "challenger", "actual"])
     answered_by_champion = (frame["model_version"] == champion).to_numpy()
-    frame["champion"] = np.where(answered_by_champion, frame["prediction"], frame["shadow_prediction"]).astype(float)
-    frame["challenger"] = np.where(answered_by_champion, frame["shadow_prediction"], frame["prediction"]).astype(float)
+    frame["champion"] = np.where(
+        answered_by_champion, frame["prediction"], frame["shadow_prediction"]
+    ).astype(float)
+    frame["challenger"] = np.where(
+        answered_by_champion, frame["shadow_prediction"], frame["prediction"]
+    ).astype(float)
     frame["actual"] = frame["actual"].astype(float)
     frame = frame[~row_digests(frame).duplicated()]
     return frame[[*FEATURE_NAMES, "champion", "challenger", "actual"]].reset_index(drop=True)
@@ -67,8 +79,12 @@ def paired_requests(engine: Engine, champion: str, challenger: str) -> pd.DataFr
 def first_scored(engine: Engine, challenger: str) -> datetime | None:
     """When ``challenger`` first scored a request (in shadow or as the canary); None if it never has."""
     p = predictions_table.c
-    query = select(func.min(p.created_at)).where(or_(p.shadow_model_version == challenger,
-                                                     and_(p.model_version == challenger, p.served_alias.is_not(None))))
+    query = select(func.min(p.created_at)).where(
+        or_(
+            p.shadow_model_version == challenger,
+            and_(p.model_version == challenger, p.served_alias.is_not(None)),
+        )
+    )
     with engine.connect() as connection:
         first = connection.execute(query).scalar_one_or_none()
     return None if first is None else aware(first)
@@ -87,14 +103,25 @@ class ChallengerOutcome:
     def as_dict(self) -> dict[str, object]:
         """For the monitor's decision file."""
         evidence = self.verdict.evidence
-        return {"champion": self.champion, "challenger": self.challenger, "action": self.verdict.action, "message": self.verdict.message,
-                "paired_rows": self.paired_rows, "more_needed": self.verdict.more_needed, "applied": self.applied,
-                "evidence": evidence.as_dict() if evidence else None}
+        return {
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "action": self.verdict.action,
+            "message": self.verdict.message,
+            "paired_rows": self.paired_rows,
+            "more_needed": self.verdict.more_needed,
+            "applied": self.applied,
+            "evidence": evidence.as_dict() if evidence else None,
+        }
 
 
-def judge_challenger(client: MlflowClient, settings: Settings, engine: Engine, *, command: str, apply: bool = True) -> ChallengerOutcome:
-    """Judge the challenger on the live paired evidence and (``apply``) act on the verdict. The caller holds the
-    retrain lock. Without a challenger (staging unset, or naming production's version) the action is ``none``."""
+def judge_challenger(
+    client: MlflowClient, settings: Settings, engine: Engine, *, command: str, apply: bool = True
+) -> ChallengerOutcome:
+    """Judge the challenger on the live paired evidence and (``apply``) act on the verdict. The caller holds
+    the retrain lock. Without a challenger (staging unset, or naming production's version) the action is
+    ``none``.
+    """
     name = settings.model_name
     production = get_version_by_alias(client, name, settings.production_alias)
     staging = get_version_by_alias(client, name, settings.staging_alias)
@@ -102,29 +129,55 @@ def judge_challenger(client: MlflowClient, settings: Settings, engine: Engine, *
     challenger = str(staging.version) if staging else None
     if champion is None or challenger is None or champion == challenger:
         named = "no version" if challenger is None else "the production version"
-        verdict = ChallengerVerdict("none", f"no challenger in shadow ('{settings.staging_alias}' names {named})")
+        verdict = ChallengerVerdict(
+            "none", f"no challenger in shadow ('{settings.staging_alias}' names {named})"
+        )
         return ChallengerOutcome(champion, challenger, verdict)
     pairs = paired_requests(engine, champion, challenger)
     started = first_scored(engine, challenger)
     waited = None if started is None else (datetime.now(UTC) - started).total_seconds() / 3600
-    verdict = decide_challenger(np.square(pairs["actual"] - pairs["champion"]), np.square(pairs["actual"] - pairs["challenger"]),
-                                champion=champion, challenger=challenger, min_rows=settings.gate_min_labelled_rows,
-                                confidence=settings.gate_confidence, waited_hours=waited, max_wait_hours=settings.shadow_max_wait_hours)
-    outcome = ChallengerOutcome(champion, challenger, verdict, len(pairs), applied=apply and verdict.action != "wait")
+    verdict = decide_challenger(
+        np.square(pairs["actual"] - pairs["champion"]),
+        np.square(pairs["actual"] - pairs["challenger"]),
+        champion=champion,
+        challenger=challenger,
+        min_rows=settings.gate_min_labelled_rows,
+        confidence=settings.gate_confidence,
+        waited_hours=waited,
+        max_wait_hours=settings.shadow_max_wait_hours,
+    )
+    outcome = ChallengerOutcome(
+        champion, challenger, verdict, len(pairs), applied=apply and verdict.action != "wait"
+    )
     if apply:
         apply_verdict(client, settings, outcome, pairs, command)
     return outcome
 
 
-def apply_verdict(client: MlflowClient, settings: Settings, outcome: ChallengerOutcome, pairs: pd.DataFrame, command: str) -> None:
-    """Promote the challenger (ledger entry with the live evidence), or drop it (staging removed, tag kept), or nothing."""
+def apply_verdict(
+    client: MlflowClient, settings: Settings, outcome: ChallengerOutcome, pairs: pd.DataFrame, command: str
+) -> None:
+    """Promote the challenger (ledger entry with the live evidence), or drop it (staging removed, tag kept),
+    or nothing."""
     verdict, name = outcome.verdict, settings.model_name
     if verdict.action == "promote" and outcome.challenger is not None:
         evidence = verdict.evidence.as_dict() if verdict.evidence else None
-        rmse = {role: float(np.sqrt(np.mean(np.square(pairs["actual"] - pairs[role])))) for role in ("champion", "challenger")}
-        move_production(client, settings, expected=outcome.champion, to_version=outcome.challenger, command=command,
-                        reason=verdict.message, evidence={"live": evidence, "live_rmse": rmse})
+        rmse = {
+            role: float(np.sqrt(np.mean(np.square(pairs["actual"] - pairs[role]))))
+            for role in ("champion", "challenger")
+        }
+        move_production(
+            client,
+            settings,
+            expected=outcome.champion,
+            to_version=outcome.challenger,
+            command=command,
+            reason=verdict.message,
+            evidence={"live": evidence, "live_rmse": rmse},
+        )
     elif verdict.action in ("reject", "expire") and outcome.challenger is not None:
-        client.set_model_version_tag(name, outcome.challenger, VERDICT_TAG, f"{verdict.action}: {verdict.message}"[:5000])
+        client.set_model_version_tag(
+            name, outcome.challenger, VERDICT_TAG, f"{verdict.action}: {verdict.message}"[:5000]
+        )
         client.delete_registered_model_alias(name, settings.staging_alias)
         logger.info("'%s' of %s removed: %s", settings.staging_alias, name, verdict.message)

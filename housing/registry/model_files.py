@@ -48,7 +48,8 @@ def untrusted_types(pipeline: Pipeline) -> list[str]:
 
 
 def load_skops_model(model_dir: Path, described: str) -> Pipeline:
-    """Load the pipeline of an MLflow model folder saved with skops, trusting only :data:`SKOPS_TRUSTED_TYPES`."""
+    """Load the pipeline of an MLflow model folder saved with skops, trusting only
+    :data:`SKOPS_TRUSTED_TYPES`."""
     flavor = Model.load(model_dir / "MLmodel").flavors.get("sklearn")
     if flavor is None or flavor.get("serialization_format") != "skops":
         raise UserError(f"model {described} is not a skops-serialized scikit-learn model")
@@ -67,7 +68,9 @@ def read_model_file(path: Path) -> bytes:
         renamed = io.BytesIO()
         with zipfile.ZipFile(renamed, "w", compression=zipfile.ZIP_DEFLATED) as target:
             for info in archive.infolist():
-                content = json.dumps(schema).encode() if info.filename == "schema.json" else archive.read(info)
+                content = (
+                    json.dumps(schema).encode() if info.filename == "schema.json" else archive.read(info)
+                )
                 target.writestr(info, content)
     return renamed.getvalue()
 

@@ -87,23 +87,46 @@ def score_model_version(client: MlflowClient, version: ModelVersion, evaluation:
     predictions = np.asarray(pipeline.predict(evaluation.x.loc[:, list(FEATURE_NAMES)]), dtype=np.float64)
     metrics = regression_metrics(evaluation.y, predictions, sample_weight=evaluation.sample_weight)
     squared_errors = np.square(evaluation.y.to_numpy(dtype=np.float64) - predictions)
-    return Score(str(version.version), version.tags.get("candidate", "?"), metrics["r2"], metrics["rmse"], squared_errors)
+    return Score(
+        str(version.version),
+        version.tags.get("candidate", "?"),
+        metrics["r2"],
+        metrics["rmse"],
+        squared_errors,
+    )
 
 
-def gate_evidence(scores: list[Score], production: Score | None, evaluation: EvaluationData, settings: Settings) -> GateEvidence | None:
+def gate_evidence(
+    scores: list[Score], production: Score | None, evaluation: EvaluationData, settings: Settings
+) -> GateEvidence | None:
     """The paired evidence of the best candidate against production on the evaluation rows (None when
     there is no production to compare with, or the best candidate is production)."""
     best = ranked(scores)[0]
-    if production is None or production.version == best.version or production.squared_errors is None or best.squared_errors is None:
+    if (
+        production is None
+        or production.version == best.version
+        or production.squared_errors is None
+        or best.squared_errors is None
+    ):
         return None
-    return paired_bootstrap(production.squared_errors, best.squared_errors, evaluation.sample_weight,
-                            samples=settings.gate_bootstrap_samples, confidence=settings.gate_confidence,
-                            seed=settings.random_state)
+    return paired_bootstrap(
+        production.squared_errors,
+        best.squared_errors,
+        evaluation.sample_weight,
+        samples=settings.gate_bootstrap_samples,
+        confidence=settings.gate_confidence,
+        seed=settings.random_state,
+    )
 
 
-def score_candidates(client: MlflowClient, candidates: list[ModelVersion], evaluation: EvaluationData,
-                     staging_r2_threshold: float) -> list[Score]:
-    """Score every candidate and record on each version its scores, the evaluation data and its staging gate."""
+def score_candidates(
+    client: MlflowClient,
+    candidates: list[ModelVersion],
+    evaluation: EvaluationData,
+    staging_r2_threshold: float,
+) -> list[Score]:
+    """Score every candidate and record on each version its scores, the evaluation data and its staging
+    gate."""
     scores = []
     for version in candidates:
         score = score_model_version(client, version, evaluation)
@@ -119,37 +142,65 @@ def score_candidates(client: MlflowClient, candidates: list[ModelVersion], evalu
     return scores
 
 
-def apply_promotion(client: MlflowClient, settings: Settings, decision: PromotionDecision, *, expected_production: str | None,
-                    command: str, evidence: GateEvidence | None) -> None:
+def apply_promotion(
+    client: MlflowClient,
+    settings: Settings,
+    decision: PromotionDecision,
+    *,
+    expected_production: str | None,
+    command: str,
+    evidence: GateEvidence | None,
+) -> None:
     """Point the aliases where the decision says; an alias that does not move is not touched. Production
     moves by compare-and-set against ``expected_production`` and is recorded in the production ledger."""
     if decision.move_staging and decision.staging_version is not None:
-        client.set_registered_model_alias(settings.model_name, settings.staging_alias, decision.staging_version)
+        client.set_registered_model_alias(
+            settings.model_name, settings.staging_alias, decision.staging_version
+        )
     if decision.move_production and decision.production_version is not None:
-        move_production(client, settings, expected=expected_production, to_version=decision.production_version, command=command,
-                        reason=decision.messages[-1], evidence={"gate": evidence.as_dict() if evidence else None})
+        move_production(
+            client,
+            settings,
+            expected=expected_production,
+            to_version=decision.production_version,
+            command=command,
+            reason=decision.messages[-1],
+            evidence={"gate": evidence.as_dict() if evidence else None},
+        )
 
 
-def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData, training_run_id: str | None = None, *,
-            command: str = "promote.py") -> PromotionReport:
+def promote(
+    client: MlflowClient,
+    settings: Settings,
+    evaluation: EvaluationData,
+    training_run_id: str | None = None,
+    *,
+    command: str = "promote.py",
+) -> PromotionReport:
     """Apply the staging and production gates to the candidates of the latest (or given) training run.
 
-    Reads the registry, scores the candidates, lets :func:`housing.registry.promotion_policy.decide_promotion` decide,
-    applies the decision. Idempotent: re-running on the same registry and data changes nothing.
+    Reads the registry, scores the candidates, lets :func:`housing.registry.promotion_policy.decide_promotion`
+    decide, applies the decision. Idempotent: re-running on the same registry and data changes nothing.
     """
     name = settings.model_name
     run_id = training_run_id or latest_training_run_id(client, settings.experiment_name)
-    candidates = [version for version in all_versions(client, name) if version.tags.get("training_run_id") == run_id]
+    candidates = [
+        version for version in all_versions(client, name) if version.tags.get("training_run_id") == run_id
+    ]
     if not candidates:
         raise UserError(f"training run {run_id} registered no version of {name}; run train.py first")
     production = get_version_by_alias(client, name, settings.production_alias)
     production_version = str(production.version) if production else None
-    scoring = (f"scoring {len(candidates)} candidate(s) of training run {run_id} on {evaluation.description} "
-               f"({len(evaluation.y):,} rows)")
+    scoring = (
+        f"scoring {len(candidates)} candidate(s) of training run {run_id} on {evaluation.description} "
+        f"({len(evaluation.y):,} rows)"
+    )
     scores = score_candidates(client, candidates, evaluation, settings.staging_r2_threshold)
     staging = get_version_by_alias(client, name, settings.staging_alias)
     production_score = next((score for score in scores if score.version == production_version), None)
-    if production is not None and production_score_needed(scores, production_version, settings.production_r2_threshold):
+    if production is not None and production_score_needed(
+        scores, production_version, settings.production_r2_threshold
+    ):
         production_score = score_model_version(client, production, evaluation)
     evidence = gate_evidence(scores, production_score, evaluation, settings)
     decision = decide_promotion(
@@ -165,7 +216,9 @@ def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData
     )
     if settings.promotion_mode == "shadow":
         decision = for_shadow_mode(decision, production_version, settings.staging_alias)
-    apply_promotion(client, settings, decision, expected_production=production_version, command=command, evidence=evidence)
+    apply_promotion(
+        client, settings, decision, expected_production=production_version, command=command, evidence=evidence
+    )
     return PromotionReport(
         training_run_id=run_id,
         scores=scores,
@@ -175,5 +228,3 @@ def promote(client: MlflowClient, settings: Settings, evaluation: EvaluationData
         messages=[scoring, *decision.messages],
         versions=version_status(client, settings),
     )
-
-

@@ -48,14 +48,16 @@ def connect(settings: Settings) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"could not reach the MLflow tracking store at {mask_uri(settings.tracking_uri)} "
-                        f"({masked_first_line(error, settings.tracking_uri)})") from None
+        raise UserError(
+            f"could not reach the MLflow tracking store at {mask_uri(settings.tracking_uri)} "
+            f"({masked_first_line(error, settings.tracking_uri)})"
+        ) from None
     return client
 
 
 def registry_client_for(settings: Settings) -> MlflowClient:
-    """A client of the settings' tracking store that leaves MLflow's process-wide tracking URI alone (connect()
-    sets it, for the stages' fluent API; a helper called inside another program must not)."""
+    """A client of the settings' tracking store that leaves MLflow's process-wide tracking URI alone
+    (connect() sets it, for the stages' fluent API; a helper called inside another program must not)."""
     quiet_mlflow()
     return MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
 
@@ -83,7 +85,9 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     model-training experiment (an existing one is marked too: the tag is set once, idempotently)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+        )
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return experiment.experiment_id
@@ -92,16 +96,24 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 def model_description() -> str:
     """The registered model's description: what it predicts, in which unit, from which features."""
     features = "\n".join(f"- `{spec.name}`: {spec.description} ({spec.unit})" for spec in FEATURES)
-    return (f"Predicts `{TARGET.name}`, the {TARGET.description.lower()} of a California district (1990 census block "
-            f"group), in {TARGET.unit} (x {TARGET_UNIT_DOLLARS:,} = US dollars; the API also returns `price_usd`), from 8 "
-            f"features:\n{features}\n\nAliases: `production` is served by the API; `staging` is the challenger the API "
-            "scores in shadow (see the project's README). Every version says which candidate it is and what data it learnt from.")
+    return (
+        f"Predicts `{TARGET.name}`, the {TARGET.description.lower()} of a California district (1990 census"
+        f" block group), in {TARGET.unit} (x {TARGET_UNIT_DOLLARS:,} = US dollars; the API also returns"
+        f" `price_usd`), from 8 features:\n{features}\n\nAliases: `production` is served by the API;"
+        " `staging` is the challenger the API scores in shadow (see the project's README). Every version"
+        " says which candidate it is and what data it learnt from."
+    )
 
 
-def version_description(candidate: str, candidate_description: str, data_sha256: str, training_run_id: str) -> str:
-    """A version's description: the candidate, the target and its unit, the features, the training data's sha256."""
-    return (f"{candidate}: {candidate_description}. Predicts {TARGET.name} ({TARGET.unit}) from "
-            f"{', '.join(FEATURE_NAMES)}. Trained on data sha256 {data_sha256} (training run {training_run_id}).")
+def version_description(
+    candidate: str, candidate_description: str, data_sha256: str, training_run_id: str
+) -> str:
+    """A version's description: the candidate, the target and its unit, the features, the training data's
+    sha256."""
+    return (
+        f"{candidate}: {candidate_description}. Predicts {TARGET.name} ({TARGET.unit}) from "
+        f"{', '.join(FEATURE_NAMES)}. Trained on data sha256 {data_sha256} (training run {training_run_id})."
+    )
 
 
 def describe_registered_model(client: MlflowClient, name: str) -> None:
@@ -115,7 +127,12 @@ def git_commit() -> str:
     """The project's current git commit (``unknown`` outside a git checkout)."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -151,11 +168,15 @@ def dataset_source(source: str) -> DatasetSource:
     with warnings.catch_warnings():
         # MLflow registers the same LocalArtifactDatasetSource for "" and "file" and warns that the
         # two identical candidates are ambiguous; either one is the right answer.
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        warnings.filterwarnings(
+            "ignore", message="The specified dataset source can be interpreted in multiple ways"
+        )
         return resolve_dataset_source(uri)
 
 
-def log_model(pipeline: Pipeline, *, registered_model_name: str, predictions: np.ndarray, x_sample: pd.DataFrame) -> ModelVersion:
+def log_model(
+    pipeline: Pipeline, *, registered_model_name: str, predictions: np.ndarray, x_sample: pd.DataFrame
+) -> ModelVersion:
     """Log ``pipeline`` in the active run with skops and the explicit trusted-types list, and register it.
 
     (tests/code/test_candidates.py checks that every candidate holds only trusted types, so it loads back.)

@@ -5,7 +5,6 @@ passed the staging gate (or the challenger in shadow); ``production`` names the 
 gets which alias is decided in :mod:`housing.registry.promotion`.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -32,7 +31,9 @@ STAGING_GATE_TAG = "staging_gate"
 
 def get_version_by_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
     """The version an alias points to, or None when the model or the alias does not exist."""
-    from mlflow.exceptions import MlflowException  # mlflow costs ~2 s to import: paid on first use, not on import
+    from mlflow.exceptions import (
+        MlflowException,
+    )  # mlflow costs ~2 s to import: paid on first use, not on import
 
     try:
         return client.get_model_version_by_alias(model_name, alias)
@@ -45,8 +46,8 @@ def get_version_by_alias(client: MlflowClient, model_name: str, alias: str) -> M
 def load_version(client: MlflowClient, version: ModelVersion) -> Pipeline:
     """Load a registered version's pipeline with skops (read in place from a local store, else downloaded).
 
-    Only :data:`housing.registry.model_files.SKOPS_TRUSTED_TYPES` are trusted. That list comes from this code, not from
-    the model's own MLmodel file, so a tampered model can't widen it (and no pickle is ever loaded).
+    Only :data:`housing.registry.model_files.SKOPS_TRUSTED_TYPES` are trusted. That list comes from this code,
+    not from the model's own MLmodel file, so a tampered model can't widen it (and no pickle is ever loaded).
     """
     import mlflow  # mlflow costs ~2 s to import: paid on first use, not on import
 
@@ -56,7 +57,11 @@ def load_version(client: MlflowClient, version: ModelVersion) -> Pipeline:
     if local is not None:  # a local artifact store: read in place, no copy
         return load_skops_model(local, f"{version.name} version {version.version}")
     with tempfile.TemporaryDirectory(prefix="housing-model-") as tmp:
-        local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri))
+        local_dir = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri
+            )
+        )
         return load_skops_model(local_dir, f"{version.name} version {version.version}")
 
 

@@ -6,9 +6,9 @@ forest goes through joblib over its trees: for a batch of a few rows that costs 
 arithmetic. ``compile_pipeline`` turns each fitted step into the same arithmetic on a float64 array (the
 API validates the input once, against the feature contract): the feature steps' numba kernels, the
 scaler's formula, a linear model's ``values @ coef_ + intercept_``, and every tree ensemble the project
-trains through the compiled tree kernels (``housing.serving.trees``, ``housing.serving.sklearn_trees``). For a step it
-does not know it keeps the step's own method, and ``step_paths`` says so. The API serves with the compiled
-path only when every step is compiled and it reproduces ``pipeline.predict`` on real-looking rows;
+trains through the compiled tree kernels (``housing.serving.trees``, ``housing.serving.sklearn_trees``). For a
+step it does not know it keeps the step's own method, and ``step_paths`` says so. The API serves with the
+compiled path only when every step is compiled and it reproduces ``pipeline.predict`` on real-looking rows;
 otherwise it uses the pipeline's own predict.
 """
 
@@ -37,7 +37,15 @@ logger = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
-PLAIN_LINEAR_PREDICTS = frozenset({LinearModel.predict, MultiOutputLinearModel.predict, Ridge.predict, BayesianRidge.predict, ARDRegression.predict})
+PLAIN_LINEAR_PREDICTS = frozenset(
+    {
+        LinearModel.predict,
+        MultiOutputLinearModel.predict,
+        Ridge.predict,
+        BayesianRidge.predict,
+        ARDRegression.predict,
+    }
+)
 """Linear models' predict methods that return ``_decision_function(X)`` when a pipeline calls them (read in
 scikit-learn 1.9's source: the others only re-document it, or add ``return_std``)."""
 PLAIN_DECISION_FUNCTIONS = frozenset({LinearModel._decision_function, ElasticNet._decision_function})
@@ -108,11 +116,16 @@ def _predict_step(step: Any) -> Predict | None:
 
 
 def _compile_steps(pipeline: Pipeline) -> tuple[Predict, list[StepPath]]:
-    """The compiled predict and what runs for each step (the step's own method where there is no arithmetic)."""
+    """The compiled predict and what runs for each step (the step's own method where there is no
+    arithmetic)."""
     paths, transforms = [], []
     for name, step in pipeline.steps[:-1]:
         transform = _transform_step(step)
-        paths.append(StepPath(name, "passthrough" if _is_passthrough(step) else type(step).__name__, transform is not None))
+        paths.append(
+            StepPath(
+                name, "passthrough" if _is_passthrough(step) else type(step).__name__, transform is not None
+            )
+        )
         transforms.append(transform if transform is not None else step.transform)
     name, estimator = pipeline.steps[-1]
     try:
@@ -153,7 +166,9 @@ def probe_rows(n: int = 2_048, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(columns, columns=list(FEATURE_NAMES))
 
 
-def fast_predict_or_default(pipeline: Pipeline, reference: pd.DataFrame | None = None) -> tuple[Predict, bool]:
+def fast_predict_or_default(
+    pipeline: Pipeline, reference: pd.DataFrame | None = None
+) -> tuple[Predict, bool]:
     """The compiled path if every step is compiled and it reproduces ``pipeline.predict`` exactly (to
     1e-9), else the pipeline's own. The flag says which (True: compiled).
 
@@ -163,7 +178,9 @@ def fast_predict_or_default(pipeline: Pipeline, reference: pd.DataFrame | None =
     rows = probe_rows() if reference is None else reference.loc[:, list(FEATURE_NAMES)]
 
     def default(values: np.ndarray) -> np.ndarray:
-        return np.asarray(pipeline.predict(pd.DataFrame(values, columns=list(FEATURE_NAMES))), dtype=np.float64)
+        return np.asarray(
+            pipeline.predict(pd.DataFrame(values, columns=list(FEATURE_NAMES))), dtype=np.float64
+        )
 
     try:
         compiled, paths = _compile_steps(pipeline)

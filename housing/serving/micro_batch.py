@@ -22,7 +22,9 @@ class MicroBatcher:
     separate predictor thread was measured slower: the hand-offs and the GIL cost more than they save.)
     """
 
-    def __init__(self, service: ModelService, max_rows: int = 256, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, service: ModelService, max_rows: int = 256, on_batch: Callable[[int], None] | None = None
+    ) -> None:
         self.service = service
         self.max_rows = max_rows
         self.on_batch = on_batch

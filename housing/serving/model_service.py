@@ -56,8 +56,14 @@ class LoadedModel:
     @property
     def predict_path(self) -> list[dict[str, object]]:
         """Per step, what really runs (all library when the compiled path was not verified), for /model."""
-        return [{"name": step.name, "kind": step.kind, "compiled": step.compiled and self.fast_predict is not None}
-                for step in self.steps]
+        return [
+            {
+                "name": step.name,
+                "kind": step.kind,
+                "compiled": step.compiled and self.fast_predict is not None,
+            }
+            for step in self.steps
+        ]
 
     @property
     def compiled_predict(self) -> bool:
@@ -75,7 +81,8 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class FailedVersion:
-    """A version the production alias named that could not be loaded: not tried again until the alias moves."""
+    """A version the production alias named that could not be loaded: not tried again until the alias
+    moves."""
 
     version: str
     reason: str
@@ -96,7 +103,8 @@ class RegistryStatus:
     alias_version: str | None = None
     """The version the production alias named at the last successful check (None: it named none)."""
     failed_version: FailedVersion | None = None
-    """The version the alias names that failed to load, remembered so that it is not loaded again and again."""
+    """The version the alias names that failed to load, remembered so that it is not loaded again and
+    again."""
 
     @property
     def alias_missing(self) -> bool:
@@ -105,7 +113,8 @@ class RegistryStatus:
 
 
 class ModelService:
-    """Loads the version an alias names (``production`` unless told otherwise), and reloads when the alias moves.
+    """Loads the version an alias names (``production`` unless told otherwise), and reloads when the alias
+    moves.
 
     A version that fails to load is remembered (:attr:`RegistryStatus.failed_version`) and not loaded again
     until the alias names another version or the process restarts; the current model keeps serving. So does
@@ -116,8 +125,14 @@ class ModelService:
     Every error sentence has the credentials of the tracking URI masked (:mod:`housing.errors`).
     """
 
-    def __init__(self, settings: Settings, alias: str | None = None, *, optional: bool = False,
-                 peer: ModelService | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        alias: str | None = None,
+        *,
+        optional: bool = False,
+        peer: ModelService | None = None,
+    ) -> None:
         self.settings = settings
         self.alias = alias or settings.production_alias
         self.optional = optional
@@ -141,8 +156,10 @@ class ModelService:
         if self.status.reachable is None:
             return "no model is loaded yet: the first look at the model registry has not finished"
         if self.status.reachable is False:
-            return (f"no model is loaded: the model registry at {mask_uri(self.settings.tracking_uri)} is unreachable "
-                    f"({self.status.last_error})")
+            return (
+                f"no model is loaded: the model registry at {mask_uri(self.settings.tracking_uri)} is"
+                f" unreachable ({self.status.last_error})"
+            )
         return f"no model is loaded: {self.status.last_error}"
 
     def refresh(self) -> bool:
@@ -175,7 +192,9 @@ class ModelService:
             return False
         failed = self.status.failed_version
         if failed is not None and failed.version == number:
-            self.status.last_error = self._failure_sentence(failed)  # remembered: not downloaded and loaded again
+            self.status.last_error = self._failure_sentence(
+                failed
+            )  # remembered: not downloaded and loaded again
             return False
         try:
             loaded = self._shared(number) or self._load(client, version, alias)
@@ -186,7 +205,8 @@ class ModelService:
         return True
 
     def _shared(self, number: str) -> LoadedModel | None:
-        """The peer's model when it is this version (same pipeline and compiled path, this service's alias)."""
+        """The peer's model when it is this version (same pipeline and compiled path, this service's
+        alias)."""
         theirs = self.peer.current if self.peer is not None else None
         if theirs is None or theirs.version != number:
             return None
@@ -201,8 +221,16 @@ class ModelService:
     def _alias_missing(self, name: str, alias: str) -> None:
         if self.optional:  # no challenger: nothing is wrong
             if self._current is not None:
-                logger.info("the '%s' alias of %s was removed: version %s unloaded", alias, name, self._current.version)
-                self.status.history.append(f"{datetime.now(UTC).isoformat(timespec='seconds')} unloaded version {self._current.version}")
+                logger.info(
+                    "the '%s' alias of %s was removed: version %s unloaded",
+                    alias,
+                    name,
+                    self._current.version,
+                )
+                self.status.history.append(
+                    f"{datetime.now(UTC).isoformat(timespec='seconds')} unloaded version"
+                    f" {self._current.version}"
+                )
             self._current = None
             self.status.alias_version = self.status.failed_version = self.status.last_error = None
             return
@@ -232,9 +260,11 @@ class ModelService:
 
     def _failure_sentence(self, failed: FailedVersion) -> str:
         serving = f"still serving {self._describe()}" if self._current else "no other version to serve"
-        return (f"could not load {self.settings.model_name} version {failed.version} ({failed.reason}); {serving}; "
-                f"version {failed.version} is not tried again until "
-                f"the '{self.alias}' alias names another version or the service restarts")
+        return (
+            f"could not load {self.settings.model_name} version {failed.version} ({failed.reason});"
+            f" {serving}; version {failed.version} is not tried again until the '{self.alias}' alias names"
+            " another version or the service restarts"
+        )
 
     def _serve(self, loaded: LoadedModel) -> None:
         previous = self._current
@@ -259,10 +289,23 @@ class ModelService:
         fast_predict, compiled = fast_predict_or_default(pipeline)
         steps = tuple(step_paths(pipeline))
         library = [step.kind for step in steps if not step.compiled]
-        logger.info("%s version %s: %s", version.name, version.version,
-                    ("compiled predict path verified against pipeline.predict"
-                     + (f" (the library's own code runs for {', '.join(library)})" if library else " (every step compiled)"))
-                    if compiled else "serving with pipeline.predict")
+        logger.info(
+            "%s version %s: %s",
+            version.name,
+            version.version,
+            (
+                (
+                    "compiled predict path verified against pipeline.predict"
+                    + (
+                        f" (the library's own code runs for {', '.join(library)})"
+                        if library
+                        else " (every step compiled)"
+                    )
+                )
+                if compiled
+                else "serving with pipeline.predict"
+            ),
+        )
         loaded = LoadedModel(
             pipeline=pipeline,
             fast_predict=fast_predict if compiled else None,

@@ -30,7 +30,19 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PREDICTION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
-ROUTES = frozenset({"/predict", "/feedback", "/health", "/ready", "/model", "/metrics", "/admin/reload", "/docs", "/openapi.json"})
+ROUTES = frozenset(
+    {
+        "/predict",
+        "/feedback",
+        "/health",
+        "/ready",
+        "/model",
+        "/metrics",
+        "/admin/reload",
+        "/docs",
+        "/openapi.json",
+    }
+)
 
 
 def multiprocess_dir() -> str | None:
@@ -50,10 +62,14 @@ def process_alive(pid: int) -> bool:
 
 
 def forget_dead_workers(path: str) -> list[int]:
-    """Remove the live gauges of workers that are gone (``mark_process_dead``: the client library's own clean-up),
-    so a worker killed without a shutdown (kill -9, OOM) stops showing; returns their ids. Counters and
-    histograms of a dead worker stay: they are totals, and dropping them would make the totals go back."""
-    pids = {int(pid) for pid in (file.stem.rsplit("_", 1)[-1] for file in Path(path).glob("gauge_live*_*.db")) if pid.isdigit()}
+    """Remove the live gauges of workers that are gone (``mark_process_dead``: the client library's own
+    clean-up), so a worker killed without a shutdown (kill -9, OOM) stops showing; returns their ids. Counters
+    and histograms of a dead worker stay: they are totals, and dropping them would make the totals go back."""
+    pids = {
+        int(pid)
+        for pid in (file.stem.rsplit("_", 1)[-1] for file in Path(path).glob("gauge_live*_*.db"))
+        if pid.isdigit()
+    }
     dead = sorted(pid for pid in pids if pid != os.getpid() and not process_alive(pid))
     for pid in dead:
         multiprocess.mark_process_dead(pid, path)
@@ -61,11 +77,11 @@ def forget_dead_workers(path: str) -> list[int]:
 
 
 class MonitorFigures(Collector):
-    """The latest monitor decision's figures (``decision_latest.json`` in the reports folder), read when /metrics is
-    scraped (re-read only when the file changed): the error estimated without labels, overall and per segment, with
-    its interval, the realized error on labelled traffic, the estimate's calibration gap and the labels needed to
-    confirm an expected degradation. The monitor is a batch job with no endpoint of its own; the API it watches
-    exposes what it found. Nothing is exposed before the first monitor run."""
+    """The latest monitor decision's figures (``decision_latest.json`` in the reports folder), read when
+    /metrics is scraped (re-read only when the file changed): the error estimated without labels, overall and
+    per segment, with its interval, the realized error on labelled traffic, the estimate's calibration gap and
+    the labels needed to confirm an expected degradation. The monitor is a batch job with no endpoint of its
+    own; the API it watches exposes what it found. Nothing is exposed before the first monitor run."""
 
     def __init__(self, decision_path: Path) -> None:
         self.path = decision_path
@@ -101,18 +117,40 @@ class MonitorFigures(Collector):
         interval = record.get("estimated_rmse_interval") or [None, None]
         calibration = record.get("estimation_calibration") or {}
         families = (
-            family("housing_monitor_estimated_rmse", "RMSE estimated without labels on the last monitor window's unlabelled "
-                   "predictions (segment=all, or a region / income band).",
-                   {"all": record.get("estimated_rmse"), **{name: value.get("rmse") for name, value in segments.items()}}),
-            family("housing_monitor_estimated_rmse_low", "Lower end of the estimated RMSE's interval.",
-                   {"all": interval[0], **{name: value.get("rmse_low") for name, value in segments.items()}}),
-            family("housing_monitor_estimated_rmse_high", "Upper end of the estimated RMSE's interval.",
-                   {"all": interval[1], **{name: value.get("rmse_high") for name, value in segments.items()}}),
-            family("housing_monitor_realized_rmse", "RMSE on the last monitor window's labelled predictions.", {"all": record.get("rmse")}),
-            family("housing_monitor_estimation_gap", "Estimated / realized RMSE - 1 on the window's labelled predictions (calibration).",
-                   {"all": calibration.get("relative_gap")}),
-            family("housing_monitor_labels_to_confirm", "Labels needed to confirm an expected degradation (0: none expected).",
-                   {"all": record.get("labels_to_confirm")}),
+            family(
+                "housing_monitor_estimated_rmse",
+                "RMSE estimated without labels on the last monitor window's unlabelled "
+                "predictions (segment=all, or a region / income band).",
+                {
+                    "all": record.get("estimated_rmse"),
+                    **{name: value.get("rmse") for name, value in segments.items()},
+                },
+            ),
+            family(
+                "housing_monitor_estimated_rmse_low",
+                "Lower end of the estimated RMSE's interval.",
+                {"all": interval[0], **{name: value.get("rmse_low") for name, value in segments.items()}},
+            ),
+            family(
+                "housing_monitor_estimated_rmse_high",
+                "Upper end of the estimated RMSE's interval.",
+                {"all": interval[1], **{name: value.get("rmse_high") for name, value in segments.items()}},
+            ),
+            family(
+                "housing_monitor_realized_rmse",
+                "RMSE on the last monitor window's labelled predictions.",
+                {"all": record.get("rmse")},
+            ),
+            family(
+                "housing_monitor_estimation_gap",
+                "Estimated / realized RMSE - 1 on the window's labelled predictions (calibration).",
+                {"all": calibration.get("relative_gap")},
+            ),
+            family(
+                "housing_monitor_labels_to_confirm",
+                "Labels needed to confirm an expected degradation (0: none expected).",
+                {"all": record.get("labels_to_confirm")},
+            ),
         )
         yield from (gauge for gauge in families if gauge is not None)
 
@@ -123,45 +161,114 @@ class Metrics:
     def __init__(self, reports_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.monitor_figures = MonitorFigures(reports_dir / "decision_latest.json") if reports_dir is not None else None
+        self.monitor_figures = (
+            MonitorFigures(reports_dir / "decision_latest.json") if reports_dir is not None else None
+        )
         if self.monitor_figures is not None:
             r.register(self.monitor_figures)
-        self.requests = Counter("housing_http_requests_total", "HTTP requests by route, method and status.",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("housing_http_request_duration_seconds", "HTTP request latency by route, method and status.",
-                                 ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.prediction_value = Histogram("housing_prediction_value", "Predicted MedHouseVal (units of $100,000).",
-                                          buckets=PREDICTION_BUCKETS, registry=r)
-        self.predictions = Counter("housing_predictions_total", "Rows predicted, by model version.", ["model_version"], registry=r)
-        self.model_info = Gauge("housing_model_info", "The version loaded for each alias (value 1; 0: no longer loaded).",
-                                ["name", "version", "alias"],
-                                registry=r, multiprocess_mode="liveall")
-        self.model_loaded = Gauge("housing_model_loaded", "1 when a production model is loaded.", registry=r,
-                                  multiprocess_mode="livemin")
-        self.registry_up = Gauge("housing_registry_up", "1 when the last look at the model registry succeeded.",
-                                 registry=r, multiprocess_mode="livemin")
-        self.reloads = Counter("housing_model_reloads_total", "Model switches after the production alias moved.", registry=r)
-        self.log_rows = Counter("housing_prediction_log_rows_total", "Rows written to the prediction log.", registry=r)
-        self.log_pending = Gauge("housing_prediction_log_pending_rows", "Rows buffered, not yet written to the log.",
-                                 registry=r, multiprocess_mode="livesum")
-        self.log_failed_flushes = Counter("housing_prediction_log_failed_flushes_total",
-                                          "Batched writes of the prediction log that failed (and were retried).", registry=r)
-        self.batch_rows = Histogram("housing_microbatch_rows", "Single-row requests merged into one model call.",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.feedback = Counter("housing_feedback_total", "Feedback labels by outcome.", ["outcome"], registry=r)
-        self.answered = Counter("housing_answered_rows_total", "Rows answered, by the alias of the model that answered "
-                                "(staging: the canary share).", ["alias"], registry=r)
-        self.shadow_rows = Counter("housing_shadow_rows_total", "Rows also scored by the model that did not answer (shadow).",
-                                   registry=r)
-        self.shadow_failures = Counter("housing_shadow_failures_total", "Shadow predictions that failed or were skipped "
-                                       "(the rows were logged without them).", ["reason"], registry=r)
-        self.shadow_latency = Histogram("housing_shadow_predict_seconds", "Time of one shadow predict call (a batch of rows).",
-                                        buckets=LATENCY_BUCKETS, registry=r)
-        self.shadow_difference = Summary("housing_shadow_abs_difference", "|answer - shadow prediction| per row; the running "
-                                         "mean is _sum / _count.", registry=r)
-        self.predict_path = Gauge("housing_model_predict_path", "What runs for each step of the loaded models: path=compiled "
-                                  "(array arithmetic) or library (its own transform/predict); value 1 (0: no longer loaded).",
-                                  ["alias", "version", "step", "kind", "path"], registry=r, multiprocess_mode="liveall")
+        self.requests = Counter(
+            "housing_http_requests_total",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "housing_http_request_duration_seconds",
+            "HTTP request latency by route, method and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prediction_value = Histogram(
+            "housing_prediction_value",
+            "Predicted MedHouseVal (units of $100,000).",
+            buckets=PREDICTION_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "housing_predictions_total", "Rows predicted, by model version.", ["model_version"], registry=r
+        )
+        self.model_info = Gauge(
+            "housing_model_info",
+            "The version loaded for each alias (value 1; 0: no longer loaded).",
+            ["name", "version", "alias"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.model_loaded = Gauge(
+            "housing_model_loaded",
+            "1 when a production model is loaded.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.registry_up = Gauge(
+            "housing_registry_up",
+            "1 when the last look at the model registry succeeded.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.reloads = Counter(
+            "housing_model_reloads_total", "Model switches after the production alias moved.", registry=r
+        )
+        self.log_rows = Counter(
+            "housing_prediction_log_rows_total", "Rows written to the prediction log.", registry=r
+        )
+        self.log_pending = Gauge(
+            "housing_prediction_log_pending_rows",
+            "Rows buffered, not yet written to the log.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.log_failed_flushes = Counter(
+            "housing_prediction_log_failed_flushes_total",
+            "Batched writes of the prediction log that failed (and were retried).",
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "housing_microbatch_rows",
+            "Single-row requests merged into one model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.feedback = Counter(
+            "housing_feedback_total", "Feedback labels by outcome.", ["outcome"], registry=r
+        )
+        self.answered = Counter(
+            "housing_answered_rows_total",
+            "Rows answered, by the alias of the model that answered (staging: the canary share).",
+            ["alias"],
+            registry=r,
+        )
+        self.shadow_rows = Counter(
+            "housing_shadow_rows_total",
+            "Rows also scored by the model that did not answer (shadow).",
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "housing_shadow_failures_total",
+            "Shadow predictions that failed or were skipped (the rows were logged without them).",
+            ["reason"],
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "housing_shadow_predict_seconds",
+            "Time of one shadow predict call (a batch of rows).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_difference = Summary(
+            "housing_shadow_abs_difference",
+            "|answer - shadow prediction| per row; the running mean is _sum / _count.",
+            registry=r,
+        )
+        self.predict_path = Gauge(
+            "housing_model_predict_path",
+            "What runs for each step of the loaded models: path=compiled "
+            "(array arithmetic) or library (its own transform/predict); value 1 (0: no longer loaded).",
+            ["alias", "version", "step", "kind", "path"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self._served: dict[str, tuple[str, str, str]] = {}
         self._paths: dict[str, list[tuple[str, ...]]] = {}
 
@@ -181,20 +288,26 @@ class Metrics:
             return
         # prometheus_client has no bulk observe; this adds the same counts its observe() would.
         array = np.asarray(values, dtype=np.float64)
-        counts = np.bincount(np.searchsorted(np.asarray(PREDICTION_BUCKETS), array, side="left"), minlength=len(buckets))
+        counts = np.bincount(
+            np.searchsorted(np.asarray(PREDICTION_BUCKETS), array, side="left"), minlength=len(buckets)
+        )
         for bucket, count in zip(buckets, counts.tolist(), strict=False):
             if count:
                 bucket.inc(count)
         total.inc(float(array.sum()))
 
-    def set_served_model(self, name: str | None, version: str | None, alias: str, *, production: bool = True) -> None:
-        """Point housing_model_info's series of ``alias`` at the version loaded for it (and drop the previous one);
-        ``production``: this alias answers the requests (housing_model_loaded follows it)."""
+    def set_served_model(
+        self, name: str | None, version: str | None, alias: str, *, production: bool = True
+    ) -> None:
+        """Point housing_model_info's series of ``alias`` at the version loaded for it (and drop the previous
+        one); ``production``: this alias answers the requests (housing_model_loaded follows it)."""
         served = (name, version, alias) if name and version else None
         previous = self._served.pop(alias, None)
         if served != previous:
             if previous is not None and multiprocess_dir():
-                self.model_info.labels(*previous).set(0)  # the client library cannot remove a label set across processes
+                self.model_info.labels(*previous).set(
+                    0
+                )  # the client library cannot remove a label set across processes
             elif previous is not None:
                 self.model_info.remove(*previous)
             if served is not None:
@@ -205,9 +318,22 @@ class Metrics:
             self.model_loaded.set(1 if served else 0)
 
     def set_predict_path(self, alias: str, version: str | None, steps: list[dict[str, object]]) -> None:
-        """Point housing_model_predict_path's series of ``alias`` at the loaded version's steps (no version: none)."""
-        series: list[tuple[str, ...]] = [(alias, version, str(step["name"]), str(step["kind"]), "compiled" if step["compiled"] else "library")
-                  for step in steps] if version else []
+        """Point housing_model_predict_path's series of ``alias`` at the loaded version's steps (no version:
+        none)."""
+        series: list[tuple[str, ...]] = (
+            [
+                (
+                    alias,
+                    version,
+                    str(step["name"]),
+                    str(step["kind"]),
+                    "compiled" if step["compiled"] else "library",
+                )
+                for step in steps
+            ]
+            if version
+            else []
+        )
         previous = self._paths.get(alias, [])
         if series == previous:
             return
@@ -225,8 +351,13 @@ class Metrics:
         self.shadow_rows.inc(len(shadow))
         self.shadow_latency.observe(seconds)
         differences = np.abs(np.asarray(answers, dtype=np.float64) - shadow)
-        total, count = getattr(self.shadow_difference, "_sum", None), getattr(self.shadow_difference, "_count", None)
-        if total is None or count is None:  # prometheus_client has no bulk observe; this adds what observe() would
+        total, count = (
+            getattr(self.shadow_difference, "_sum", None),
+            getattr(self.shadow_difference, "_count", None),
+        )
+        if (
+            total is None or count is None
+        ):  # prometheus_client has no bulk observe; this adds what observe() would
             for value in differences.tolist():
                 self.shadow_difference.observe(value)
             return
@@ -234,7 +365,8 @@ class Metrics:
         count.inc(len(differences))
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text exposition format of every metric (aggregated over the live workers in multiprocess mode)."""
+        """The text exposition format of every metric (aggregated over the live workers in multiprocess
+        mode)."""
         path = multiprocess_dir()
         if path:
             forget_dead_workers(path)
@@ -276,4 +408,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.metrics.observe_request(scope["path"], scope["method"], status, time.perf_counter() - started)
+            self.metrics.observe_request(
+                scope["path"], scope["method"], status, time.perf_counter() - started
+            )

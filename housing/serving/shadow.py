@@ -2,13 +2,13 @@
 
 While the ``staging`` alias names a version other than production's, every served prediction is also scored
 by the model that did not answer (the challenger in shadow; the champion when a canary request was answered by
-the challenger), and both go into the same prediction-log row (``shadow_*`` columns, :mod:`housing.store.tables`).
-The request handler never waits for it: it hands the served rows to :class:`ShadowScorer` and answers. The
-scorer's thread wakes every ``interval`` seconds, scores everything handed over since with one predict call per
-model, and appends the rows to the prediction log. A shadow model that fails or is gone costs nothing but its
-column: the rows are logged without it and the failure is counted. When the scorer is behind (its backlog is
-full), the handler logs directly, without the shadow prediction, so a slow challenger can never stall serving
-or grow memory without bound.
+the challenger), and both go into the same prediction-log row (``shadow_*`` columns,
+:mod:`housing.store.tables`). The request handler never waits for it: it hands the served rows to
+:class:`ShadowScorer` and answers. The scorer's thread wakes every ``interval`` seconds, scores everything
+handed over since with one predict call per model, and appends the rows to the prediction log. A shadow model
+that fails or is gone costs nothing but its column: the rows are logged without it and the failure is counted.
+When the scorer is behind (its backlog is full), the handler logs directly, without the shadow prediction, so
+a slow challenger can never stall serving or grow memory without bound.
 
 :func:`routes_to_challenger` is the canary's choice: a stable hash of the routing key (the client's
 ``X-Routing-Key``, else the request id), so the same key always gets the same model.
@@ -37,7 +37,8 @@ BUCKETS = 10_000
 
 
 def routing_bucket(key: bytes) -> int:
-    """The key's stable bucket in [0, BUCKETS): the same key, the same bucket, in every process and release."""
+    """The key's stable bucket in [0, BUCKETS): the same key, the same bucket, in every process and
+    release."""
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % BUCKETS
 
 
@@ -66,15 +67,24 @@ class ShadowScorer:
     ``max_rows`` bounds the backlog: :meth:`submit` refuses past it and the caller logs without shadow.
     """
 
-    def __init__(self, log: PredictionLog, metrics: Metrics, other_model: Callable[[str], LoadedModel | None], *,
-                 interval: float = 0.02, max_rows: int = 20_000) -> None:
+    def __init__(
+        self,
+        log: PredictionLog,
+        metrics: Metrics,
+        other_model: Callable[[str], LoadedModel | None],
+        *,
+        interval: float = 0.02,
+        max_rows: int = 20_000,
+    ) -> None:
         self.log = log
         self.metrics = metrics
         self.other_model = other_model
         self.interval = interval
         self.max_rows = max_rows
         self._queue: list[ServedBatch] = []
-        self._ready: list[tuple[Any, ...]] = []  # scored rows the log refused (it was full): appended first next time
+        self._ready: list[
+            tuple[Any, ...]
+        ] = []  # scored rows the log refused (it was full): appended first next time
         self._rows = 0  # rows in the queue and in _ready
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()
@@ -101,7 +111,8 @@ class ShadowScorer:
         self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread and hand every waiting row to the log (called on shutdown, before the log closes)."""
+        """Stop the thread and hand every waiting row to the log (called on shutdown, before the log
+        closes)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -131,7 +142,8 @@ class ShadowScorer:
             return len(rows)
 
     def _score(self, group: list[ServedBatch]) -> list[tuple[Any, ...]]:
-        """Log rows of batches answered by the same model, with the other model's predictions when it works."""
+        """Log rows of batches answered by the same model, with the other model's predictions when it
+        works."""
         served = group[0]
         other = self.other_model(served.served_alias)
         features = np.vstack([batch.features for batch in group])
@@ -141,10 +153,16 @@ class ShadowScorer:
             try:
                 shadow = np.asarray(other.predict(features), dtype=np.float64)
                 if shadow.shape != (len(features),):
-                    raise ValueError(f"the shadow model returned shape {shadow.shape} for {len(features)} rows")
-            except Exception as error:  # noqa: BLE001 - a failing challenger is counted and logged, never seen by a client
+                    raise ValueError(
+                        f"the shadow model returned shape {shadow.shape} for {len(features)} rows"
+                    )
+            # a failing challenger is counted and logged, never seen by a client
+            except Exception as error:  # noqa: BLE001
                 self.metrics.shadow_failures.labels("error").inc(len(features))
-                self._warn(f"version {other.version} failed to score {len(features)} row(s) in shadow: {type(error).__name__}: {error}")
+                self._warn(
+                    f"version {other.version} failed to score {len(features)} row(s) in shadow:"
+                    f" {type(error).__name__}: {error}"
+                )
                 shadow = None
             else:
                 answers = np.concatenate([np.asarray(batch.values, dtype=np.float64) for batch in group])
@@ -155,16 +173,27 @@ class ShadowScorer:
             count = len(batch.request_ids)
             values = None if shadow is None else shadow[offset : offset + count].tolist()
             offset += count
-            rows += prediction_rows(batch.request_ids, batch.features, batch.values, model_name=batch.model.name,
-                                    model_version=batch.model.version, latency_ms=batch.latency_ms, created_at=batch.created_at,
-                                    served_alias=batch.served_alias, shadow=values,
-                                    shadow_version=None if shadow is None or other is None else other.version)
+            rows += prediction_rows(
+                batch.request_ids,
+                batch.features,
+                batch.values,
+                model_name=batch.model.name,
+                model_version=batch.model.version,
+                latency_ms=batch.latency_ms,
+                created_at=batch.created_at,
+                served_alias=batch.served_alias,
+                shadow=values,
+                shadow_version=None if shadow is None or other is None else other.version,
+            )
         return rows
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()
         if now - self._last_warning >= 60:
-            logger.warning("shadow scorer: %s (logged without the shadow prediction; warned at most once a minute)", message)
+            logger.warning(
+                "shadow scorer: %s (logged without the shadow prediction; warned at most once a minute)",
+                message,
+            )
             self._last_warning = now
 
 

@@ -1,6 +1,6 @@
-"""scikit-learn's tree ensembles copied into :class:`housing.serving.trees.FlatForest`, so that they are evaluated
-by the same compiled kernels as LightGBM instead of by scikit-learn's own predict (which starts an OpenMP
-thread pool per call for HistGradientBoosting and goes through joblib over every tree for a forest).
+"""scikit-learn's tree ensembles copied into :class:`housing.serving.trees.FlatForest`, so that they are
+evaluated by the same compiled kernels as LightGBM instead of by scikit-learn's own predict (which starts an
+OpenMP thread pool per call for HistGradientBoosting and goes through joblib over every tree for a forest).
 
 Each estimator's own predict, read in scikit-learn 1.9's source, and how the copy reproduces it:
 
@@ -37,7 +37,14 @@ from sklearn.tree import DecisionTreeRegressor
 from sklearn.tree._classes import BaseDecisionTree
 from sklearn.utils import get_tags
 
-from housing.serving.trees import INPUT_ALLOW_NAN, INPUT_ANY, INPUT_FINITE, MISSING_NAN, NODE_DTYPE, FlatForest
+from housing.serving.trees import (
+    INPUT_ALLOW_NAN,
+    INPUT_ANY,
+    INPUT_FINITE,
+    MISSING_NAN,
+    NODE_DTYPE,
+    FlatForest,
+)
 
 TreeArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """One tree as (left, right, feature, threshold, value, missing_go_to_left); left < 0 marks a leaf."""
@@ -46,12 +53,16 @@ TreeArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, n
 def flatten_sklearn(estimator: Any) -> FlatForest | None:
     """The estimator's trees as a :class:`FlatForest`; None for an estimator that is not one of
     scikit-learn's tree regressors. Raises ValueError for one whose predict the kernels don't reproduce
-    (categorical splits, several outputs, a non-identity link, a custom init estimator, an overridden predict)."""
+    (categorical splits, several outputs, a non-identity link, a custom init estimator, an overridden
+    predict).
+    """
     if isinstance(estimator, ForestRegressor):
         return _flatten_forest(estimator)
     if isinstance(estimator, DecisionTreeRegressor):
         _require_own_predict(estimator, BaseDecisionTree)
-        return _assemble([_tree_arrays(estimator, 1.0)], estimator.n_features_in_, 0.0, _tree_input_check(estimator), True)
+        return _assemble(
+            [_tree_arrays(estimator, 1.0)], estimator.n_features_in_, 0.0, _tree_input_check(estimator), True
+        )
     if isinstance(estimator, GradientBoostingRegressor):
         return _flatten_gradient_boosting(estimator)
     if isinstance(estimator, HistGradientBoostingRegressor):
@@ -95,7 +106,10 @@ def _flatten_gradient_boosting(model: GradientBoostingRegressor) -> FlatForest:
     _require_own_predict(model, GradientBoostingRegressor)
     if model.estimators_.shape[1] != 1:
         raise ValueError("several trees per stage are not supported")
-    if not (isinstance(model.init_, str) and model.init_ == "zero") and type(model.init_) is not DummyRegressor:
+    if (
+        not (isinstance(model.init_, str) and model.init_ == "zero")
+        and type(model.init_) is not DummyRegressor
+    ):
         raise ValueError(f"init estimator {type(model.init_).__name__} is not a constant")
     # sklearn's own initial raw prediction (a constant, checked above) on one row
     base = float(model._raw_predict_init(np.zeros((1, model.n_features_in_), dtype=np.float32))[0, 0])
@@ -116,17 +130,32 @@ def _flatten_hist_gradient_boosting(model: HistGradientBoostingRegressor) -> Fla
             raise ValueError("categorical splits are not supported")
         leaf = nodes["is_leaf"].astype(bool)
         left = np.where(leaf, -1, nodes["left"].astype(np.int64))
-        trees.append((left, nodes["right"], nodes["feature_idx"], nodes["num_threshold"], nodes["value"], nodes["missing_go_to_left"]))
+        trees.append(
+            (
+                left,
+                nodes["right"],
+                nodes["feature_idx"],
+                nodes["num_threshold"],
+                nodes["value"],
+                nodes["missing_go_to_left"],
+            )
+        )
     base = float(np.asarray(model._baseline_prediction).ravel()[0])
     return _assemble(trees, model.n_features_in_, base, INPUT_ANY, False)
 
 
-def _assemble(trees: list[TreeArrays], n_features: int, base: float, input_check: str, float32_input: bool) -> FlatForest:
+def _assemble(
+    trees: list[TreeArrays], n_features: int, base: float, input_check: str, float32_input: bool
+) -> FlatForest:
     """Re-lay the trees out so that each node's two children sit side by side, in one array."""
     sizes = np.array([len(tree[0]) for tree in trees], dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    left = np.concatenate([np.where(tree[0] < 0, -1, tree[0] + offset) for tree, offset in zip(trees, offsets, strict=True)]).astype(np.int64)
-    right = np.concatenate([np.asarray(tree[1], dtype=np.int64) + offset for tree, offset in zip(trees, offsets, strict=True)])
+    left = np.concatenate(
+        [np.where(tree[0] < 0, -1, tree[0] + offset) for tree, offset in zip(trees, offsets, strict=True)]
+    ).astype(np.int64)
+    right = np.concatenate(
+        [np.asarray(tree[1], dtype=np.int64) + offset for tree, offset in zip(trees, offsets, strict=True)]
+    )
     feature = np.concatenate([np.asarray(tree[2], dtype=np.int64) for tree in trees])
     threshold = np.concatenate([np.asarray(tree[3], dtype=np.float64) for tree in trees])
     value = np.concatenate([np.asarray(tree[4], dtype=np.float64) for tree in trees])
@@ -134,7 +163,9 @@ def _assemble(trees: list[TreeArrays], n_features: int, base: float, input_check
     inner = left >= 0
     if inner.any() and (feature[inner].min() < 0 or feature[inner].max() >= n_features):
         raise ValueError("a split names a feature outside the input")
-    new_threshold, new_feature, child, leaf_value, default_left, roots, depth = _relayout(left, right, feature, threshold, value, go_left, offsets)
+    new_threshold, new_feature, child, leaf_value, default_left, roots, depth = _relayout(
+        left, right, feature, threshold, value, go_left, offsets
+    )
     nodes = np.empty(len(child), dtype=NODE_DTYPE)
     nodes["threshold"], nodes["feature"], nodes["child"] = new_threshold, new_feature, child
     return FlatForest(

@@ -74,13 +74,17 @@ class FlatForest:
             self._check_non_finite(values)
         out = np.full(values.shape[0], self.base, dtype=np.float64)
         if self.has_zero_missing or math.isnan(total):
-            _predict_with_missing(values, self.nodes, self.leaf_value, self.roots, self.missing, self.default_left, out)
+            _predict_with_missing(
+                values, self.nodes, self.leaf_value, self.roots, self.missing, self.default_left, out
+            )
         elif values.shape[0] < LOCKSTEP_MIN_ROWS:
             _predict_rows(values, self.nodes, self.leaf_value, self.roots, out)
         elif values.shape[0] >= PARALLEL_MIN_ROWS:
             _predict_parallel(values, self.nodes, self.leaf_value, self.roots, self.depth, out)
         else:
-            _predict_blocks(values, self.nodes, self.leaf_value, self.roots, self.depth, 0, values.shape[0], out)
+            _predict_blocks(
+                values, self.nodes, self.leaf_value, self.roots, self.depth, 0, values.shape[0], out
+            )
         return out
 
     def _check_non_finite(self, values: np.ndarray) -> None:
@@ -176,7 +180,9 @@ def _predict_parallel(values, nodes, leaf_value, roots, depth, out):
     n_blocks = (values.shape[0] + BLOCK_ROWS - 1) // BLOCK_ROWS
     for b in prange(n_blocks):
         start = b * BLOCK_ROWS
-        _predict_blocks(values, nodes, leaf_value, roots, depth, start, min(start + BLOCK_ROWS, values.shape[0]), out)
+        _predict_blocks(
+            values, nodes, leaf_value, roots, depth, start, min(start + BLOCK_ROWS, values.shape[0]), out
+        )
 
 
 @njit(nogil=True, cache=True)
@@ -190,7 +196,9 @@ def _predict_with_missing(values, nodes, leaf_value, roots, missing, default_lef
                 kind = missing[node]
                 if kind != MISSING_NAN and np.isnan(value):
                     value = 0.0
-                if (kind == MISSING_ZERO and abs(value) <= ZERO_THRESHOLD) or (kind == MISSING_NAN and np.isnan(value)):
+                if (kind == MISSING_ZERO and abs(value) <= ZERO_THRESHOLD) or (
+                    kind == MISSING_NAN and np.isnan(value)
+                ):
                     node = nodes[node].child + (0 if default_left[node] else 1)
                 else:
                     node = nodes[node].child + (value > nodes[node].threshold)

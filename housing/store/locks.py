@@ -1,4 +1,5 @@
-"""Lease locks in the prediction-log database: one retrain or promotion at a time, across processes and machines.
+"""Lease locks in the prediction-log database: one retrain or promotion at a time, across processes and
+machines.
 
 A lock is a row of the ``locks`` table (name, owner, acquired_at, expires_at) in the prediction log's
 database (SQLite file or PostgreSQL), so every process that can reach that database sees it. Taking a
@@ -22,7 +23,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Column, ColumnElement, Connection, DateTime, Engine, MetaData, String, Table, delete, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from housing.errors import UserError, first_line
@@ -71,10 +86,14 @@ def create_table(engine: Engine, table: Table) -> None:
         try:
             table.create(engine, checkfirst=True)
             return
-        except SQLAlchemyError as error:  # the other process created it between the check and CREATE: check again
+        except (
+            SQLAlchemyError
+        ) as error:  # the other process created it between the check and CREATE: check again
             if attempt == CREATE_ATTEMPTS or not lost_a_create_race(error):
                 where = engine.url.render_as_string(hide_password=True)
-                raise UserError(f"could not create table {table.name} in {where} ({first_line(error)})") from None
+                raise UserError(
+                    f"could not create table {table.name} in {where} ({first_line(error)})"
+                ) from None
             time.sleep(0.05 * attempt)  # until the other process's CREATE is committed and visible
 
 
@@ -105,9 +124,15 @@ def acquire_lock(engine: Engine, name: str, *, owner: str, lease_seconds: float)
     try:
         with engine.begin() as connection:
             now = database_now(connection)
-            connection.execute(delete(locks_table).where(locks_table.c.name == name, locks_table.c.expires_at <= now))
+            connection.execute(
+                delete(locks_table).where(locks_table.c.name == name, locks_table.c.expires_at <= now)
+            )
             lock = Lock(name, owner, now, now + timedelta(seconds=lease_seconds))
-            connection.execute(insert(locks_table).values(name=name, owner=owner, acquired_at=lock.acquired_at, expires_at=lock.expires_at))
+            connection.execute(
+                insert(locks_table).values(
+                    name=name, owner=owner, acquired_at=lock.acquired_at, expires_at=lock.expires_at
+                )
+            )
     except IntegrityError:
         return None
     logger.info("lock %r taken by %s until %s", name, owner, f"{lock.expires_at:%Y-%m-%d %H:%M:%S} UTC")
@@ -128,7 +153,11 @@ def release_lock(engine: Engine, lock: Lock) -> bool:
     with engine.begin() as connection:
         deleted = connection.execute(delete(locks_table).where(_is_lease(lock))).rowcount
     if not deleted:
-        logger.warning("lock %r was no longer held by %s (its lease expired and another process took it)", lock.name, lock.owner)
+        logger.warning(
+            "lock %r was no longer held by %s (its lease expired and another process took it)",
+            lock.name,
+            lock.owner,
+        )
     return bool(deleted)
 
 
@@ -137,7 +166,9 @@ def renew_lock(engine: Engine, lock: Lock, lease_seconds: float) -> Lock | None:
     with engine.begin() as connection:
         now = database_now(connection)
         expires_at = now + timedelta(seconds=lease_seconds)
-        changed = connection.execute(update(locks_table).where(_is_lease(lock)).values(expires_at=expires_at)).rowcount
+        changed = connection.execute(
+            update(locks_table).where(_is_lease(lock)).values(expires_at=expires_at)
+        ).rowcount
     return Lock(lock.name, lock.owner, lock.acquired_at, expires_at) if changed else None
 
 
@@ -155,7 +186,8 @@ def read_lock(engine: Engine, name: str) -> Lock | None:
 
 
 def describe_holder(engine: Engine, name: str) -> str | None:
-    """``<owner> since <time> UTC`` of the unexpired lease of ``name`` (None when free), for a one-sentence message."""
+    """``<owner> since <time> UTC`` of the unexpired lease of ``name`` (None when free), for a one-sentence
+    message."""
     lock = read_lock(engine, name)
     if lock is None:
         return None
@@ -163,7 +195,9 @@ def describe_holder(engine: Engine, name: str) -> str | None:
 
 
 @contextmanager
-def held_lock(url_or_engine: str | Engine, name: str, *, lease_seconds: float, owner: str | None = None) -> Iterator[Lock | None]:
+def held_lock(
+    url_or_engine: str | Engine, name: str, *, lease_seconds: float, owner: str | None = None
+) -> Iterator[Lock | None]:
     """Hold the lock ``name`` for the ``with`` block: yields the lease, or None when another process holds it.
 
     The lease is released on the way out, also when the block raises. Given a URL, the engine is made here

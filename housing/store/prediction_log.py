@@ -1,12 +1,13 @@
 """The prediction log: every served prediction and every feedback label, durably in an SQL database.
 
-SQLite in WAL mode by default, PostgreSQL by setting (for teams; other databases are refused: see make_engine). The
-API never writes to the database on a request's critical path: rows wait in a capped buffer (housing.store.spill: in
-memory, or on local disk past the cap and while the database is failing) that a writer thread flushes in batches,
-one transaction per batch. A kill -9 loses at most the rows of the last flush interval and of the flush then in
-progress; a graceful shutdown writes everything (or leaves it on disk for the next start). Inserts skip request ids
-already stored, so a batch retried or replayed twice never duplicates a row. Database calls have connect and
-statement timeouts: an outage becomes an error within seconds.
+SQLite in WAL mode by default, PostgreSQL by setting (for teams; other databases are refused: see
+make_engine). The API never writes to the database on a request's critical path: rows wait in a capped buffer
+(housing.store.spill: in memory, or on local disk past the cap and while the database is failing) that a
+writer thread flushes in batches, one transaction per batch. A kill -9 loses at most the rows of the last
+flush interval and of the flush then in progress; a graceful shutdown writes everything (or leaves it on disk
+for the next start). Inserts skip request ids already stored, so a batch retried or replayed twice never
+duplicates a row. Database calls have connect and statement timeouts: an outage becomes an error within
+seconds.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ MAX_BACKOFF_SECONDS = 5.0
 
 
 class LogUnavailable(Exception):
-    """The prediction log can take no more rows: its database is unreachable, the memory buffer is full and the spill
-    file cannot be written. The API answers 503 with this sentence and Retry-After, rather than lose rows silently."""
+    """The prediction log can take no more rows: its database is unreachable, the memory buffer is full and
+    the spill file cannot be written. The API answers 503 with this sentence and Retry-After, rather than lose
+    rows silently.
+    """
 
     retry_after = math.ceil(MAX_BACKOFF_SECONDS)  # seconds: the writer's longest pause between attempts
 
@@ -60,7 +63,9 @@ class FeedbackResult:
 
     CREATED = "created"
     UNCHANGED = "unchanged"
-    PENDING = "pending"  # in this process's buffer, not yet in the database: ask again shortly (the writer was woken)
+    PENDING = (  # in this process's buffer, not yet in the database: ask again shortly (the writer was woken)
+        "pending"
+    )
     UNKNOWN_REQUEST = "unknown_request"
     CONFLICT = "conflict"
 
@@ -78,19 +83,35 @@ class LogStatus:
 
 
 class PredictionLog:
-    """Buffered, batched writer of prediction rows, spilling to disk when needed, plus synchronous feedback writes.
+    """Buffered, batched writer of prediction rows, spilling to disk when needed, plus synchronous feedback
+    writes.
 
-    ``max_buffer_rows`` caps the memory buffer, ``spill_dir`` is where rows wait on disk (None: no cap / no spill);
-    ``connect_timeout`` and ``statement_timeout`` bound every database call. The API uses :meth:`from_settings`."""
+    ``max_buffer_rows`` caps the memory buffer, ``spill_dir`` is where rows wait on disk (None: no cap / no
+    spill); ``connect_timeout`` and ``statement_timeout`` bound every database call. The API uses
+    :meth:`from_settings`.
+    """
 
-    def __init__(self, url: str, *, flush_interval: float = 0.2, max_batch_rows: int = 5_000, max_buffer_rows: int | None = None,
-                 spill_dir: Path | None = None, connect_timeout: float | None = None, statement_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        flush_interval: float = 0.2,
+        max_batch_rows: int = 5_000,
+        max_buffer_rows: int | None = None,
+        spill_dir: Path | None = None,
+        connect_timeout: float | None = None,
+        statement_timeout: float | None = None,
+    ) -> None:
         self.url = url
         self.flush_interval = flush_interval
         self.max_batch_rows = max_batch_rows
         self.engine = make_engine(url, connect_timeout=connect_timeout, statement_timeout=statement_timeout)
-        self.pending = SpillingBuffer(max_rows=max_buffer_rows, spill_dir=spill_dir, stall_seconds=2 * flush_interval,
-                                      database=self.engine.url.render_as_string(hide_password=True))
+        self.pending = SpillingBuffer(
+            max_rows=max_buffer_rows,
+            spill_dir=spill_dir,
+            stall_seconds=2 * flush_interval,
+            database=self.engine.url.render_as_string(hide_password=True),
+        )
         self._restore = row_restorer(self.engine.dialect.name, len(PREDICTION_COLUMNS))
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -104,9 +125,16 @@ class PredictionLog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PredictionLog:
-        """The API's log: URL, flush interval, buffer cap, spill folder and database timeouts from ``settings``."""
-        return cls(settings.log_database_url, flush_interval=settings.log_flush_interval, max_buffer_rows=settings.log_buffer_max_rows,
-                   spill_dir=settings.spill_dir, connect_timeout=settings.db_connect_timeout, statement_timeout=settings.db_statement_timeout)
+        """The API's log: URL, flush interval, buffer cap, spill folder and database timeouts from
+        ``settings``."""
+        return cls(
+            settings.log_database_url,
+            flush_interval=settings.log_flush_interval,
+            max_buffer_rows=settings.log_buffer_max_rows,
+            spill_dir=settings.spill_dir,
+            connect_timeout=settings.db_connect_timeout,
+            statement_timeout=settings.db_statement_timeout,
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,8 +149,8 @@ class PredictionLog:
         self._thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the writer and write every pending row (called on graceful shutdown); rows the database does not take
-        in time stay in the spill file, which the next start replays."""
+        """Stop the writer and write every pending row (called on graceful shutdown); rows the database does
+        not take in time stay in the spill file, which the next start replays."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -131,8 +159,12 @@ class PredictionLog:
         while not self.flush() and self.pending.memory_rows and time.monotonic() < deadline:
             time.sleep(0.2)
         if self.pending.memory_rows:
-            logger.error("prediction log: %d row(s) could not be written or spilled before shutdown (%s; %s)",
-                         self.pending.memory_rows, self.last_error, self.pending.error)
+            logger.error(
+                "prediction log: %d row(s) could not be written or spilled before shutdown (%s; %s)",
+                self.pending.memory_rows,
+                self.last_error,
+                self.pending.error,
+            )
         if self.pending.spill is not None:
             self.pending.spill.close()
         self.engine.dispose()
@@ -145,12 +177,15 @@ class PredictionLog:
     def append(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Queue rows (tuples in PREDICTION_COLUMNS order) for the writer; never touches the database.
 
-        While the database is failing, or the buffer is full, the rows go to the spill file; if that cannot be written
-        they stay in memory up to the cap, past which :class:`LogUnavailable` is raised (nothing queued)."""
+        While the database is failing, or the buffer is full, the rows go to the spill file; if that cannot be
+        written they stay in memory up to the cap, past which :class:`LogUnavailable` is raised (nothing
+        queued)."""
         if not self.pending.append(rows):
             raise LogUnavailable(
-                f"the prediction log cannot take more rows: its database is unreachable or stalled ({self.last_error or 'a write is hanging'}), "
-                f"its memory buffer is full ({self.pending.max_rows:,} rows) and its spill file cannot be written ({self.pending.error})"
+                "the prediction log cannot take more rows: its database is unreachable or stalled"
+                f" ({self.last_error or 'a write is hanging'}), its memory buffer is full"
+                f" ({self.pending.max_rows:,} rows) and its spill file cannot be written"
+                f" ({self.pending.error})"
             )
         if self.pending.memory_rows >= self.max_batch_rows:
             self._wake.set()
@@ -165,9 +200,9 @@ class PredictionLog:
             self._tables_ready = True
 
     def flush(self) -> bool:
-        """Write everything pending: the spill's backlog, in order, then the memory buffer; then, every few seconds,
-        the spill files of processes that are gone. On failure the buffer moves to the spill (or stays in memory when
-        the spill cannot be written) for the next attempt, and False is returned."""
+        """Write everything pending: the spill's backlog, in order, then the memory buffer; then, every few
+        seconds, the spill files of processes that are gone. On failure the buffer moves to the spill (or
+        stays in memory when the spill cannot be written) for the next attempt, and False is returned."""
         with self._flush_lock:
             self.pending.busy_since = time.monotonic()
             try:
@@ -187,14 +222,20 @@ class PredictionLog:
             return True
 
     def _insert_rows(self, rows: Sequence[Sequence[Any]]) -> None:
-        """One transaction: full groups of ROWS_PER_STATEMENT rows as multi-row statements, the rest row by row."""
+        """One transaction: full groups of ROWS_PER_STATEMENT rows as multi-row statements, the rest row by
+        row."""
         grouped = len(rows) - len(rows) % ROWS_PER_STATEMENT
         step = max(ROWS_PER_STATEMENT, self.max_batch_rows - self.max_batch_rows % ROWS_PER_STATEMENT)
         with self.engine.begin() as connection:
             for start in range(0, grouped, step):
                 stop = min(start + step, grouped)
-                connection.exec_driver_sql(self._insert_many, [tuple(chain.from_iterable(rows[group : group + ROWS_PER_STATEMENT]))
-                                                                for group in range(start, stop, ROWS_PER_STATEMENT)])
+                connection.exec_driver_sql(
+                    self._insert_many,
+                    [
+                        tuple(chain.from_iterable(rows[group : group + ROWS_PER_STATEMENT]))
+                        for group in range(start, stop, ROWS_PER_STATEMENT)
+                    ],
+                )
             if grouped < len(rows):
                 connection.exec_driver_sql(self._insert, list(rows[grouped:]))
 
@@ -218,7 +259,9 @@ class PredictionLog:
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
-            if self.last_error is not None or self.pending.spilling:  # once per interval: rows durable on disk
+            if (
+                self.last_error is not None or self.pending.spilling
+            ):  # once per interval: rows durable on disk
                 self.pending.divert_memory()
                 self.pending.sync()
             if time.monotonic() < next_attempt:
@@ -229,17 +272,24 @@ class PredictionLog:
         self.pending.sync()
 
     def status(self) -> LogStatus:
-        return LogStatus(self.pending_rows, self.written_rows, self.failed_flushes, self.last_error, self.pending.spilled_rows,
-                         self.pending.error)
+        return LogStatus(
+            self.pending_rows,
+            self.written_rows,
+            self.failed_flushes,
+            self.last_error,
+            self.pending.spilled_rows,
+            self.pending.error,
+        )
 
     # --- feedback ----------------------------------------------------------------------------------
     def record_feedback(self, request_id: str, actual: float) -> str:
-        """Store the true value of a logged prediction; see :class:`FeedbackResult` for the outcomes. Never waits.
+        """Store the true value of a logged prediction; see :class:`FeedbackResult` for the outcomes. Never
+        waits.
 
-        The same label twice is accepted (idempotent retry, also when both arrive at once); a different label for an
-        id that already has one is a conflict. An id still in this process's buffer is PENDING (the writer is woken);
-        an id the database does not hold is UNKNOWN_REQUEST: another worker process may not have flushed it yet, so
-        callers ask again after a flush interval, without holding a thread."""
+        The same label twice is accepted (idempotent retry, also when both arrive at once); a different label
+        for an id that already has one is a conflict. An id still in this process's buffer is PENDING (the
+        writer is woken); an id the database does not hold is UNKNOWN_REQUEST: another worker process may not
+        have flushed it yet, so callers ask again after a flush interval, without holding a thread."""
         if self.pending.contains(request_id):
             self._wake.set()
             return FeedbackResult.PENDING
@@ -249,7 +299,10 @@ class PredictionLog:
         if stored is None:
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(feedback_table.insert(), {"request_id": request_id, "actual": actual, "received_at": datetime.now(UTC)})
+                    connection.execute(
+                        feedback_table.insert(),
+                        {"request_id": request_id, "actual": actual, "received_at": datetime.now(UTC)},
+                    )
                 return FeedbackResult.CREATED
             except IntegrityError:  # a concurrent request stored a label first: compare with it
                 stored = self._stored_label(request_id)
@@ -259,7 +312,9 @@ class PredictionLog:
 
     def _stored_label(self, request_id: str) -> float | None:
         with self.engine.connect() as connection:
-            return connection.execute(select(feedback_table.c.actual).where(feedback_table.c.request_id == request_id)).scalar_one_or_none()
+            return connection.execute(
+                select(feedback_table.c.actual).where(feedback_table.c.request_id == request_id)
+            ).scalar_one_or_none()
 
     def _is_logged(self, request_id: str) -> bool:
         with self.engine.connect() as connection:
@@ -267,12 +322,19 @@ class PredictionLog:
             return connection.execute(query).first() is not None
 
 
-def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | None = None,
-                model_version: str | None = None) -> pd.DataFrame:
+def read_window(
+    engine: Engine,
+    *,
+    last_n: int | None = None,
+    since: datetime | None = None,
+    model_version: str | None = None,
+) -> pd.DataFrame:
     """The most recent logged predictions (newest ``last_n`` rows and/or rows since ``since``; only those
     ``model_version`` served, when given), oldest first, with their feedback label in ``MedHouseVal`` (NaN
     when none has arrived)."""
-    joined = predictions_table.outerjoin(feedback_table, predictions_table.c.request_id == feedback_table.c.request_id)
+    joined = predictions_table.outerjoin(
+        feedback_table, predictions_table.c.request_id == feedback_table.c.request_id
+    )
     query = select(
         predictions_table.c.request_id,
         predictions_table.c.created_at,
@@ -285,14 +347,18 @@ def read_window(engine: Engine, *, last_n: int | None = None, since: datetime | 
         query = query.where(predictions_table.c.created_at >= since)
     if model_version is not None:
         query = query.where(predictions_table.c.model_version == model_version)
-    query = query.order_by(predictions_table.c.created_at.desc())  # the indexed column only: no sort of the table
+    query = query.order_by(
+        predictions_table.c.created_at.desc()
+    )  # the indexed column only: no sort of the table
     if last_n is not None:
         query = query.limit(last_n)
     with engine.connect() as connection:
         result = connection.execute(query)
         frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     if frame.empty:
-        return pd.DataFrame(columns=["request_id", "created_at", *FEATURE_NAMES, "prediction", "model_version", TARGET.name])
+        return pd.DataFrame(
+            columns=["request_id", "created_at", *FEATURE_NAMES, "prediction", "model_version", TARGET.name]
+        )
     frame[TARGET.name] = frame[TARGET.name].astype(float)
     return frame.iloc[::-1].reset_index(drop=True)
 
@@ -305,17 +371,53 @@ def count_rows(url: str) -> tuple[int, int]:
     return int(predictions), int(labels)
 
 
-def prediction_rows(request_ids: Sequence[str], features: Any, predictions: Sequence[float], *, model_name: str, model_version: str,
-                    latency_ms: float, created_at: Any, served_alias: str = "production", shadow: Sequence[float | None] | None = None,
-                    shadow_version: str | None = None) -> list[tuple[Any, ...]]:
+def prediction_rows(
+    request_ids: Sequence[str],
+    features: Any,
+    predictions: Sequence[float],
+    *,
+    model_name: str,
+    model_version: str,
+    latency_ms: float,
+    created_at: Any,
+    served_alias: str = "production",
+    shadow: Sequence[float | None] | None = None,
+    shadow_version: str | None = None,
+) -> list[tuple[Any, ...]]:
     """Log rows for a batch of predictions (``features``: an (n, 8) array in contract order), in
     :data:`PREDICTION_COLUMNS` order; ``shadow``: the other model's predictions, when one was scored."""
     if shadow is None:
         return [
-            (request_id, created_at, *values, prediction, model_name, model_version, latency_ms, served_alias, None, None)
-            for request_id, values, prediction in zip(request_ids, features.tolist(), predictions, strict=True)
+            (
+                request_id,
+                created_at,
+                *values,
+                prediction,
+                model_name,
+                model_version,
+                latency_ms,
+                served_alias,
+                None,
+                None,
+            )
+            for request_id, values, prediction in zip(
+                request_ids, features.tolist(), predictions, strict=True
+            )
         ]
     return [
-        (request_id, created_at, *values, prediction, model_name, model_version, latency_ms, served_alias, other, shadow_version)
-        for request_id, values, prediction, other in zip(request_ids, features.tolist(), predictions, shadow, strict=True)
+        (
+            request_id,
+            created_at,
+            *values,
+            prediction,
+            model_name,
+            model_version,
+            latency_ms,
+            served_alias,
+            other,
+            shadow_version,
+        )
+        for request_id, values, prediction, other in zip(
+            request_ids, features.tolist(), predictions, shadow, strict=True
+        )
     ]

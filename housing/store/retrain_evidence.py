@@ -62,7 +62,8 @@ class Evidence:
 def new_evidence(labelled: pd.DataFrame, used_districts: set[str]) -> Evidence:
     """The labelled rows whose district is in no used set, one row per district (pure).
 
-    ``labelled``: logged predictions with their label (features, ``MedHouseVal``, ``request_id``, ``created_at``).
+    ``labelled``: logged predictions with their label (features, ``MedHouseVal``, ``request_id``,
+    ``created_at``).
     """
     if labelled.empty:
         return Evidence(labelled.assign(district=pd.Series(dtype=object)), 0, 0, 0)
@@ -85,7 +86,8 @@ def used_districts(engine: Engine) -> set[str]:
 
 
 def record_used_rows(engine: Engine, training_run_id: str, rows: pd.DataFrame, role: str) -> None:
-    """Record that ``training_run_id`` used these labelled traffic rows (``request_id`` and features) in ``role``."""
+    """Record that ``training_run_id`` used these labelled traffic rows (``request_id`` and features) in
+    ``role``."""
     if rows.empty:
         return
     ensure_tables(engine)
@@ -94,25 +96,31 @@ def record_used_rows(engine: Engine, training_run_id: str, rows: pd.DataFrame, r
         for request_id, district in zip(rows["request_id"], row_digests(rows), strict=True)
     ]
     with engine.begin() as connection:
-        connection.execute(delete(used_rows_table).where(
-            used_rows_table.c.training_run_id == training_run_id,
-            used_rows_table.c.request_id.in_([record["request_id"] for record in records]),
-        ))
+        connection.execute(
+            delete(used_rows_table).where(
+                used_rows_table.c.training_run_id == training_run_id,
+                used_rows_table.c.request_id.in_([record["request_id"] for record in records]),
+            )
+        )
         connection.execute(insert(used_rows_table), records)
 
 
 def trained_rows(engine: Engine, training_run_id: str, role: str = TRAIN_ROLE) -> pd.DataFrame:
-    """The labelled traffic rows ``training_run_id`` trained on (features, label, ``request_id``, ``created_at``);
-    with ``role=EVAL_ROLE``, those it held out to judge with."""
+    """The labelled traffic rows ``training_run_id`` trained on (features, label, ``request_id``,
+    ``created_at``); with ``role=EVAL_ROLE``, those it held out to judge with."""
     ensure_tables(engine)
     query = (
         select(
-            predictions_table.c.request_id, predictions_table.c.created_at,
-            *(predictions_table.c[name] for name in FEATURE_NAMES), feedback_table.c.actual.label(TARGET.name),
+            predictions_table.c.request_id,
+            predictions_table.c.created_at,
+            *(predictions_table.c[name] for name in FEATURE_NAMES),
+            feedback_table.c.actual.label(TARGET.name),
         )
-        .select_from(used_rows_table
-                     .join(predictions_table, predictions_table.c.request_id == used_rows_table.c.request_id)
-                     .join(feedback_table, feedback_table.c.request_id == used_rows_table.c.request_id))
+        .select_from(
+            used_rows_table.join(
+                predictions_table, predictions_table.c.request_id == used_rows_table.c.request_id
+            ).join(feedback_table, feedback_table.c.request_id == used_rows_table.c.request_id)
+        )
         .where(used_rows_table.c.training_run_id == training_run_id, used_rows_table.c.role == role)
         .order_by(predictions_table.c.created_at)
     )

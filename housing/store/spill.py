@@ -1,21 +1,25 @@
-"""Where prediction-log rows wait before the database takes them: a capped memory buffer that spills to local disk.
+"""Where prediction-log rows wait before the database takes them: a capped memory buffer that spills to local
+disk.
 
-:class:`SpillingBuffer` keeps rows in memory, in arrival order, with an index of their request ids. Past its cap, or
-while the database is failing (the writer says so) or a flush is stalled, it moves them, and every row after them, to
-this process's spill file until the writer has replayed all of it into the database; then rows wait in memory again.
+:class:`SpillingBuffer` keeps rows in memory, in arrival order, with an index of their request ids. Past its
+cap, or while the database is failing (the writer says so) or a flush is stalled, it moves them, and every row
+after them, to this process's spill file until the writer has replayed all of it into the database; then rows
+wait in memory again.
 
-Each API process spills to its own append-only file in the spill folder, ``prediction_log-<db>-<pid>-<random>.jsonl``
-(``<db>``: a digest of the database URL without its password, so rows only ever go to the database they were logged
-for, even when several logs share an artifacts folder): one JSON array per line, the values in the order of
-:data:`housing.store.prediction_log.PREDICTION_COLUMNS` (times as ISO 8601 strings). A batch of rows is written whole by
-one ``os.write`` (``O_APPEND``) and the writer thread fsyncs the file once per flush interval: a kill -9 loses
-nothing already written (the kernel holds it), a power cut at most one interval. A write that fails half-way is cut
-back, so a full disk never leaves a torn line.
+Each API process spills to its own append-only file in the spill folder,
+``prediction_log-<db>-<pid>-<random>.jsonl`` (``<db>``: a digest of the database URL without its password, so
+rows only ever go to the database they were logged for, even when several logs share an artifacts folder): one
+JSON array per line, the values in the order of :data:`housing.store.prediction_log.PREDICTION_COLUMNS` (times
+as ISO 8601 strings). A batch of rows is written whole by one ``os.write`` (``O_APPEND``) and the writer
+thread fsyncs the file once per flush interval: a kill -9 loses nothing already written (the kernel holds it),
+a power cut at most one interval. A write that fails half-way is cut back, so a full disk never leaves a torn
+line.
 
-The owner holds an exclusive ``flock`` on its file for its whole life, taken before the file gets its visible name.
-A file whose lock another process can take therefore belongs to a process that is gone (killed, or shut down while
-the database was down): that process replays it into the database and deletes it while still holding the lock, so
-two processes never replay the same file. Replaying twice after a crash is harmless: inserts skip stored ids.
+The owner holds an exclusive ``flock`` on its file for its whole life, taken before the file gets its visible
+name. A file whose lock another process can take therefore belongs to a process that is gone (killed, or shut
+down while the database was down): that process replays it into the database and deletes it while still
+holding the lock, so two processes never replay the same file. Replaying twice after a crash is harmless:
+inserts skip stored ids.
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ def encode_rows(rows: Sequence[Sequence[Any]]) -> bytes:
 
 
 def read_rows(fd: int, offset: int, max_rows: int) -> tuple[list[list[Any]], int]:
-    """Up to ``max_rows`` complete lines of the file ``fd`` from byte ``offset``, decoded, and the offset after them.
+    """Up to ``max_rows`` complete lines of the file ``fd`` from byte ``offset``, decoded, and the offset
+    after them.
 
-    A last line without its newline (being written, or torn by a crash) is left for later; an undecodable line is
-    skipped with a warning."""
+    A last line without its newline (being written, or torn by a crash) is left for later; an undecodable line
+    is skipped with a warning."""
     rows: list[list[Any]] = []
     while len(rows) < max_rows:
         data = os.pread(fd, READ_CHUNK_BYTES, offset)
@@ -64,7 +69,9 @@ def read_rows(fd: int, offset: int, max_rows: int) -> tuple[list[list[Any]], int
             try:
                 rows.append(orjson.loads(data[position:end]))
             except orjson.JSONDecodeError:
-                logger.warning("prediction log spill: skipped an unreadable line at byte %d", offset + position)
+                logger.warning(
+                    "prediction log spill: skipped an unreadable line at byte %d", offset + position
+                )
             position = end + 1
         if position == 0:
             break
@@ -73,7 +80,8 @@ def read_rows(fd: int, offset: int, max_rows: int) -> tuple[list[list[Any]], int
 
 
 def spill_prefix(database: str) -> str:
-    """The name prefix of the spill files of the database at URL ``database`` (rendered without its password)."""
+    """The name prefix of the spill files of the database at URL ``database`` (rendered without its
+    password)."""
     return f"{SPILL_PREFIX}{hashlib.sha256(database.encode()).hexdigest()[:12]}-"
 
 
@@ -87,7 +95,8 @@ def fsync_directory(directory: Path) -> None:
 
 
 class SpillFile:
-    """This process's spill file: created and locked on the first spill, kept (and locked) until :meth:`close`."""
+    """This process's spill file: created and locked on the first spill, kept (and locked) until
+    :meth:`close`."""
 
     def __init__(self, directory: Path, prefix: str) -> None:
         self.directory, self.prefix = directory, prefix
@@ -104,7 +113,9 @@ class SpillFile:
             hidden = self.directory / f".{name}.tmp"
             fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # before the name is visible: never taken for an orphan
+                fcntl.flock(
+                    fd, fcntl.LOCK_EX | fcntl.LOCK_NB
+                )  # before the name is visible: never taken for an orphan
                 path = self.directory / f"{name}{SPILL_SUFFIX}"
                 os.rename(hidden, path)
                 fsync_directory(self.directory)
@@ -117,7 +128,8 @@ class SpillFile:
         return self._fd
 
     def append(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Write ``rows`` at the end of the file (not yet fsynced); raises OSError, leaving the file as it was."""
+        """Write ``rows`` at the end of the file (not yet fsynced); raises OSError, leaving the file as it
+        was."""
         data = encode_rows(rows)
         fd = self._open()
         view, written = memoryview(data), 0
@@ -142,7 +154,8 @@ class SpillFile:
             os.fsync(self._fd)
 
     def reset(self) -> None:
-        """Empty the file once the database holds all of it; the file and its lock stay for the next outage."""
+        """Empty the file once the database holds all of it; the file and its lock stay for the next
+        outage."""
         if self._fd is not None and self.size:
             os.ftruncate(self._fd, 0)
             self.size = 0
@@ -155,14 +168,17 @@ class SpillFile:
             self.path.unlink(missing_ok=True)
         else:
             os.fsync(self._fd)
-            logger.warning("prediction log: %s keeps rows the database has not taken; the next start replays it", self.path)
+            logger.warning(
+                "prediction log: %s keeps rows the database has not taken; the next start replays it",
+                self.path,
+            )
         os.close(self._fd)
         self._fd = None
 
 
 def orphan_paths(directory: Path, prefix: str, own: Path | None) -> list[Path]:
-    """Spill files in ``directory`` named ``prefix*`` other than ``own``, oldest first (their owners may be alive: see
-    :func:`claim`)."""
+    """Spill files in ``directory`` named ``prefix*`` other than ``own``, oldest first (their owners may be
+    alive: see :func:`claim`)."""
     try:
         paths = [path for path in directory.glob(f"{prefix}*{SPILL_SUFFIX}") if path != own]
     except OSError:
@@ -177,8 +193,10 @@ def orphan_paths(directory: Path, prefix: str, own: Path | None) -> list[Path]:
 
 
 def claim(path: Path) -> int | None:
-    """A descriptor of ``path`` holding its lock when no live process owns it; None when one does, or when another
-    process replayed and deleted it meanwhile. The caller replays, unlinks ``path``, then closes the descriptor."""
+    """A descriptor of ``path`` holding its lock when no live process owns it; None when one does, or when
+    another process replayed and deleted it meanwhile. The caller replays, unlinks ``path``, then closes the
+    descriptor.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -194,10 +212,12 @@ def claim(path: Path) -> int | None:
     return fd
 
 
-def replay_orphans(directory: Path, prefix: str, own: Path | None, insert: Callable[[list[list[Any]]], None], max_rows: int) -> int:
-    """Replay every spill file of ``prefix`` in ``directory`` whose owner is gone through ``insert`` (chunks of ``max_rows`` rows, in
-    file order), deleting each once it is all in; the number of rows replayed. An error of ``insert`` propagates and
-    leaves the file (and its lock) for a later attempt."""
+def replay_orphans(
+    directory: Path, prefix: str, own: Path | None, insert: Callable[[list[list[Any]]], None], max_rows: int
+) -> int:
+    """Replay every spill file of ``prefix`` in ``directory`` whose owner is gone through ``insert`` (chunks
+    of ``max_rows`` rows, in file order), deleting each once it is all in; the number of rows replayed. An
+    error of ``insert`` propagates and leaves the file (and its lock) for a later attempt."""
     replayed = 0
     for path in orphan_paths(directory, prefix, own):
         fd = claim(path)
@@ -212,22 +232,31 @@ def replay_orphans(directory: Path, prefix: str, own: Path | None, insert: Calla
                 insert(rows)
                 offset, rows_in_file = next_offset, rows_in_file + len(rows)
             if os.fstat(fd).st_size > offset:
-                logger.warning("prediction log spill: %s ends with a torn line (its writer died mid-write); skipped", path.name)
+                logger.warning(
+                    "prediction log spill: %s ends with a torn line (its writer died mid-write); skipped",
+                    path.name,
+                )
             path.unlink()
             replayed += rows_in_file
-            logger.info("prediction log: replayed %d row(s) spilled by a process that is gone (%s)", rows_in_file, path.name)
+            logger.info(
+                "prediction log: replayed %d row(s) spilled by a process that is gone (%s)",
+                rows_in_file,
+                path.name,
+            )
         finally:
             os.close(fd)
     return replayed
 
 
 class SpillingBuffer:
-    """Rows waiting for the database, oldest first: in memory (at most ``max_rows``, None: no cap), or in the spill file
-    in ``spill_dir`` (None: nothing spills) named after the ``database`` URL. One writer takes batches
-    (:meth:`take_batch`), replays the spill (:meth:`replay`) and marks its database work (:attr:`busy_since`): work
-    lasting longer than ``stall_seconds`` counts as a failure for new rows."""
+    """Rows waiting for the database, oldest first: in memory (at most ``max_rows``, None: no cap), or in the
+    spill file in ``spill_dir`` (None: nothing spills) named after the ``database`` URL. One writer takes
+    batches (:meth:`take_batch`), replays the spill (:meth:`replay`) and marks its database work
+    (:attr:`busy_since`): work lasting longer than ``stall_seconds`` counts as a failure for new rows."""
 
-    def __init__(self, *, max_rows: int | None, spill_dir: Path | None, database: str, stall_seconds: float) -> None:
+    def __init__(
+        self, *, max_rows: int | None, spill_dir: Path | None, database: str, stall_seconds: float
+    ) -> None:
         self.max_rows, self.spill_dir, self.stall_seconds = max_rows, spill_dir, stall_seconds
         self.lock = threading.Lock()
         self.prefix = spill_prefix(database)
@@ -262,8 +291,10 @@ class SpillingBuffer:
             return request_id in self._ids
 
     def append(self, rows: Sequence[tuple[Any, ...]]) -> bool:
-        """Queue ``rows``: to the spill while spilling, past the cap or while a flush is stalled; in memory otherwise, or
-        when the spill cannot be written but the cap allows. False, nothing queued, when neither can take them."""
+        """Queue ``rows``: to the spill while spilling, past the cap or while a flush is stalled; in memory
+        otherwise, or when the spill cannot be written but the cap allows. False, nothing queued, when neither
+        can take them.
+        """
         with self.lock:
             if self.spilling or self._must_spill(len(rows)):
                 if self._divert(rows):
@@ -280,8 +311,10 @@ class SpillingBuffer:
         return self.busy_since is not None and time.monotonic() - self.busy_since > self.stall_seconds
 
     def _divert(self, rows: Sequence[tuple[Any, ...]]) -> bool:
-        """Append the rows in memory (the batch in flight unless spilled already, then the buffer) and ``rows`` to the
-        spill, in that order, and keep spilling (caller holds the lock). False, all left as it was, when it cannot."""
+        """Append the rows in memory (the batch in flight unless spilled already, then the buffer) and
+        ``rows`` to the spill, in that order, and keep spilling (caller holds the lock). False, all left as it
+        was, when it cannot.
+        """
         if self.spill is None:
             self.error = "no spill folder is set"
             return False
@@ -304,7 +337,8 @@ class SpillingBuffer:
         return True
 
     def divert_memory(self) -> None:
-        """The database is failing: move what memory holds to the spill (kept in memory if the spill cannot be written)."""
+        """The database is failing: move what memory holds to the spill (kept in memory if the spill cannot be
+        written)."""
         with self.lock:
             if self._rows or (self._inflight is not None and not self._inflight_spilled):
                 self._divert(())
@@ -323,15 +357,18 @@ class SpillingBuffer:
             self._ids.difference_update(row[0] for row in batch)
 
     def batch_failed(self, batch: list[tuple[Any, ...]]) -> None:
-        """The batch in flight was not written: to the spill, followed by the buffer, or back to the front of memory."""
+        """The batch in flight was not written: to the spill, followed by the buffer, or back to the front of
+        memory."""
         with self.lock:
             if not self._inflight_spilled and not self._divert(()):
                 self._rows[:0] = batch
             self._inflight = None
 
     def replay(self, insert: Callable[[list[list[Any]]], None], max_rows: int) -> int:
-        """Insert the spill's backlog in order, ``max_rows`` at a time; once all of it is in, empty the file and stop
-        spilling. The number of rows inserted; an error of ``insert`` propagates, keeping the rest for a later call."""
+        """Insert the spill's backlog in order, ``max_rows`` at a time; once all of it is in, empty the file
+        and stop spilling. The number of rows inserted; an error of ``insert`` propagates, keeping the rest
+        for a later call.
+        """
         replayed = 0
         while self.spilling and self.spill is not None:
             rows, offset = self.spill.read(self._replay_offset, max_rows)
@@ -351,11 +388,14 @@ class SpillingBuffer:
         return replayed
 
     def replay_orphans(self, insert: Callable[[list[list[Any]]], None], max_rows: int) -> int:
-        """Every :data:`ORPHAN_SCAN_SECONDS`, replay the spill files of processes that are gone (:func:`replay_orphans`)."""
+        """Every :data:`ORPHAN_SCAN_SECONDS`, replay the spill files of processes that are gone
+        (:func:`replay_orphans`)."""
         if self.spill_dir is None or time.monotonic() < self._next_orphan_scan:
             return 0
         self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
-        return replay_orphans(self.spill_dir, self.prefix, self.spill.path if self.spill is not None else None, insert, max_rows)
+        return replay_orphans(
+            self.spill_dir, self.prefix, self.spill.path if self.spill is not None else None, insert, max_rows
+        )
 
     def sync(self) -> None:
         """fsync the spill file (the writer calls it once per flush interval)."""
@@ -368,9 +408,9 @@ class SpillingBuffer:
 
 
 def row_restorer(dialect: str, width: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """Turns a spilled row (JSON values) back into the driver's values: ``width`` values (a row spilled by an older
-    release, before columns were added, gets NULL in them), created_at a datetime again, except on SQLite, whose
-    rows hold it as text."""
+    """Turns a spilled row (JSON values) back into the driver's values: ``width`` values (a row spilled by an
+    older release, before columns were added, gets NULL in them), created_at a datetime again, except on
+    SQLite, whose rows hold it as text."""
 
     def restore(row: Sequence[Any]) -> tuple[Any, ...]:
         values = list(row) + [None] * (width - len(row))

@@ -1,11 +1,11 @@
-"""The prediction log's schema: its two tables, the engine every process opens it with, the row insert, and the
-migration that keeps an existing log readable when columns are added.
+"""The prediction log's schema: its two tables, the engine every process opens it with, the row insert, and
+the migration that keeps an existing log readable when columns are added.
 
-``predictions`` holds one row per served prediction: the 8 features, the prediction and the version that answered
-(``served_alias``: ``production``, or ``staging`` for a canary request), and, while a challenger is loaded, the
-prediction of the model that did *not* answer (``shadow_prediction``, ``shadow_model_version``): the challenger's
-in shadow, the champion's on a canary request. The three columns are nullable: rows logged before they existed,
-and rows logged without a challenger, leave them empty. ``feedback`` holds the labels.
+``predictions`` holds one row per served prediction: the 8 features, the prediction and the version that
+answered (``served_alias``: ``production``, or ``staging`` for a canary request), and, while a challenger is
+loaded, the prediction of the model that did *not* answer (``shadow_prediction``, ``shadow_model_version``):
+the challenger's in shadow, the champion's on a canary request. The three columns are nullable: rows logged
+before they existed, and rows logged without a challenger, leave them empty. ``feedback`` holds the labels.
 """
 
 from __future__ import annotations
@@ -20,7 +20,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, Float, MetaData, String, Table, create_engine, event, inspect, make_url, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+    text,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from housing.errors import UserError, masked_first_line
@@ -43,8 +56,14 @@ predictions_table = Table(
     Column("model_name", String(200), nullable=False),
     Column("model_version", String(20), nullable=False),
     Column("latency_ms", Float, nullable=False),
-    *(Column(name, type_, nullable=True) for name, type_ in (("served_alias", String(20)), ("shadow_prediction", Float()),
-                                                          ("shadow_model_version", String(20)))),
+    *(
+        Column(name, type_, nullable=True)
+        for name, type_ in (
+            ("served_alias", String(20)),
+            ("shadow_prediction", Float()),
+            ("shadow_model_version", String(20)),
+        )
+    ),
 )
 
 feedback_table = Table(
@@ -59,27 +78,41 @@ feedback_table = Table(
 ADDED_COLUMNS: tuple[str, ...] = ("served_alias", "shadow_prediction", "shadow_model_version")
 """Columns added after the first release, in order: :func:`create_tables` adds them to an older log."""
 PREDICTION_COLUMNS: tuple[str, ...] = (
-    "request_id", "created_at", *FEATURE_NAMES, "prediction", "model_name", "model_version", "latency_ms", *ADDED_COLUMNS,
+    "request_id",
+    "created_at",
+    *FEATURE_NAMES,
+    "prediction",
+    "model_name",
+    "model_version",
+    "latency_ms",
+    *ADDED_COLUMNS,
 )
 """Order of the values in a buffered prediction row (a tuple: cheap to build on the request path)."""
 
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
-"""Databases whose insert skips stored request ids (``ON CONFLICT DO NOTHING``): the only ones the log accepts."""
+"""Databases whose insert skips stored request ids (``ON CONFLICT DO NOTHING``): the only ones the log
+accepts."""
 SQLITE_BUSY_SECONDS = 30.0
 """How long SQLite waits for another process's write lock when no statement timeout is given."""
 
 
-def make_engine(url: str, *, connect_timeout: float | None = None, statement_timeout: float | None = None) -> Engine:
-    """An engine for ``url``. SQLite gets WAL, synchronous=NORMAL, its folder created on connect, and a busy timeout
-    (``statement_timeout``, else 30 s) for concurrent processes; PostgreSQL gets libpq's ``connect_timeout`` and a
-    server-side ``statement_timeout`` when given. A thread never waits longer than ``connect_timeout`` for a pooled
-    connection. Other databases are refused in one sentence: the insert that skips stored request ids (so that a
-    retried or replayed batch never duplicates a row, nor blocks the log on its primary key) exists for these two only."""
+def make_engine(
+    url: str, *, connect_timeout: float | None = None, statement_timeout: float | None = None
+) -> Engine:
+    """An engine for ``url``. SQLite gets WAL, synchronous=NORMAL, its folder created on connect, and a busy
+    timeout (``statement_timeout``, else 30 s) for concurrent processes; PostgreSQL gets libpq's
+    ``connect_timeout`` and a server-side ``statement_timeout`` when given. A thread never waits longer than
+    ``connect_timeout`` for a pooled connection. Other databases are refused in one sentence: the insert that
+    skips stored request ids (so that a retried or replayed batch never duplicates a row, nor blocks the log
+    on its primary key) exists for these two only.
+    """
     backend = make_url(url).get_backend_name()
     if backend not in SUPPORTED_BACKENDS:
-        raise UserError(f"the prediction log supports SQLite and PostgreSQL URLs only (got a {backend!r} URL): set "
-                        "HOUSING_PREDICTION_LOG_URL to sqlite:///PATH or postgresql+psycopg://...")
+        raise UserError(
+            f"the prediction log supports SQLite and PostgreSQL URLs only (got a {backend!r} URL): set "
+            "HOUSING_PREDICTION_LOG_URL to sqlite:///PATH or postgresql+psycopg://..."
+        )
     pool_args: dict[str, Any] = {} if connect_timeout is None else {"pool_timeout": connect_timeout}
     if url.startswith("sqlite"):
         busy = SQLITE_BUSY_SECONDS if statement_timeout is None else statement_timeout
@@ -105,7 +138,9 @@ def make_engine(url: str, *, connect_timeout: float | None = None, statement_tim
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
         if connect_timeout is not None:
-            connect_args["connect_timeout"] = max(2, math.ceil(connect_timeout))  # libpq: whole seconds, at least 2
+            connect_args["connect_timeout"] = max(
+                2, math.ceil(connect_timeout)
+            )  # libpq: whole seconds, at least 2
         if statement_timeout is not None:
             connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool_args)
@@ -157,8 +192,10 @@ def create_tables(engine: Engine) -> None:
             return
         except SQLAlchemyError as error:  # another process created a table at the same moment: check again
             if attempt == CREATE_ATTEMPTS or not lost_a_create_race(error):
-                raise UserError(f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
-                                f"({masked_first_line(error, str(engine.url))})") from None
+                raise UserError(
+                    f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
+                    f"({masked_first_line(error, str(engine.url))})"
+                ) from None
             time.sleep(0.05 * attempt)
 
 
@@ -168,8 +205,8 @@ def lost_a_create_race(error: Exception) -> bool:
 
 
 def add_missing_columns(engine: Engine) -> list[str]:
-    """``ALTER TABLE predictions ADD COLUMN`` each of :data:`ADDED_COLUMNS` it lacks (nullable: the old rows keep
-    NULL); returns the columns added."""
+    """``ALTER TABLE predictions ADD COLUMN`` each of :data:`ADDED_COLUMNS` it lacks (nullable: the old rows
+    keep NULL); returns the columns added."""
     present = {column["name"] for column in inspect(engine).get_columns("predictions")}
     added = []
     for name in ADDED_COLUMNS:

@@ -30,12 +30,18 @@ ESTIMATORS: dict[str, str] = {
 arbitrary classes). Imported when a pipeline is built, so a stage only loads the libraries it uses."""
 
 FEATURE_SETS = ("raw", "spatial")
-"""``raw``: the 8 features; ``spatial``: plus engineered spatial features and out-of-fold neighbour targets."""
+"""``raw``: the 8 features; ``spatial``: plus engineered spatial features and out-of-fold neighbour
+targets."""
 
 TREE_COUNT_PARAMS = ("n_estimators", "max_iter")
 """Constructor parameters that count trees; ``estimator_scale`` multiplies them."""
 
-RELATIVE_FIT_COST = {"GradientBoostingRegressor": 39.0, "RandomForestRegressor": 62.0, "LGBMRegressor": 4.0, "HistGradientBoostingRegressor": 2.0}
+RELATIVE_FIT_COST = {
+    "GradientBoostingRegressor": 39.0,
+    "RandomForestRegressor": 62.0,
+    "LGBMRegressor": 4.0,
+    "HistGradientBoostingRegressor": 2.0,
+}
 """Rough fit seconds per 1,000 trees, only used to start the slowest fits first."""
 
 
@@ -47,7 +53,8 @@ class CandidateSpec:
     estimator: str
     params: dict[str, Any] = field(default_factory=dict)
     features: str = "raw"
-    """``raw``: the 8 features; ``spatial``: plus engineered spatial features and out-of-fold neighbour targets."""
+    """``raw``: the 8 features; ``spatial``: plus engineered spatial features and out-of-fold neighbour
+    targets."""
     description: str = ""
 
     def scaled_params(self, estimator_scale: float) -> dict[str, Any]:
@@ -76,7 +83,10 @@ def load_candidate_specs(path: Path, names: list[str] | None = None) -> list[Can
     specs = {}
     for name, entry in (raw or {}).items():
         if entry.get("features", "raw") not in FEATURE_SETS:
-            raise UserError(f"candidate {name} in {path} names unknown feature set {entry.get('features')!r}; known: {', '.join(FEATURE_SETS)}")
+            raise UserError(
+                f"candidate {name} in {path} names unknown feature set {entry.get('features')!r}; known:"
+                f" {', '.join(FEATURE_SETS)}"
+            )
         if entry.get("estimator") not in ESTIMATORS:
             raise UserError(
                 f"candidate {name} in {path} names unknown estimator {entry.get('estimator')!r}; "
@@ -92,7 +102,11 @@ def load_candidate_specs(path: Path, names: list[str] | None = None) -> list[Can
 
 
 def build_pipeline(
-    spec: CandidateSpec, *, outlier_quantiles: tuple[float, float], estimator_scale: float, random_state: int = 42
+    spec: CandidateSpec,
+    *,
+    outlier_quantiles: tuple[float, float],
+    estimator_scale: float,
+    random_state: int = 42,
 ) -> Pipeline:
     """The unfitted pipeline of a candidate, raw 8 features in: outlier rule, [spatial features and
     out-of-fold neighbour targets,] scaler, estimator."""
@@ -100,6 +114,9 @@ def build_pipeline(
     estimator = estimator_class(**spec.scaled_params(estimator_scale))
     steps: list[tuple[str, Any]] = [("outliers", OutlierClipper(quantiles=outlier_quantiles))]
     if spec.features == "spatial":
-        steps += [("spatial", SpatialFeatures()), ("neighbors", NeighborTargetEncoder(random_state=random_state))]
+        steps += [
+            ("spatial", SpatialFeatures()),
+            ("neighbors", NeighborTargetEncoder(random_state=random_state)),
+        ]
     steps += [("scaler", StandardScaler()), ("model", estimator)]
     return Pipeline(steps)

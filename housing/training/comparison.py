@@ -79,7 +79,9 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
         sample_weight=data.train_weight,
     )
     client = tracking.connect(settings)
-    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.mlflow_artifact_location)
+    experiment_id = tracking.ensure_experiment(
+        client, settings.experiment_name, settings.mlflow_artifact_location
+    )
     common_tags = {
         RUN_TYPE_TAG: TRAINING_RUN_TYPE,
         "git_commit": tracking.git_commit(),
@@ -88,10 +90,16 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
         **data.provenance,
     }
     datasets = {
-        "training": tracking.make_dataset(data.x_train.assign(**{TARGET.name: data.y_train.to_numpy()}),
-                                          name="california_housing_train", source=data.source),
-        "evaluation": tracking.make_dataset(data.x_test.assign(**{TARGET.name: data.y_test.to_numpy()}),
-                                            name="california_housing_test", source=data.source),
+        "training": tracking.make_dataset(
+            data.x_train.assign(**{TARGET.name: data.y_train.to_numpy()}),
+            name="california_housing_train",
+            source=data.source,
+        ),
+        "evaluation": tracking.make_dataset(
+            data.x_test.assign(**{TARGET.name: data.y_test.to_numpy()}),
+            name="california_housing_test",
+            source=data.source,
+        ),
     }
     results = []
     with mlflow.start_run(experiment_id=experiment_id, run_name=PARENT_RUN_NAME, tags=common_tags) as parent:
@@ -112,7 +120,10 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
             results.append(_log_candidate(settings, candidate, data, datasets, parent.info, child_tags))
         results.sort(key=lambda result: best_first(result.metrics))
         comparison = pd.DataFrame(
-            [{"model": r.name, "version": r.version, **r.metrics, "fit_seconds": r.fit_seconds} for r in results]
+            [
+                {"model": r.name, "version": r.version, **r.metrics, "fit_seconds": r.fit_seconds}
+                for r in results
+            ]
         )
         mlflow.log_table(comparison, artifact_file="comparison.json")
         mlflow.log_metrics({"best_r2": results[0].metrics["r2"], "best_rmse": results[0].metrics["rmse"]})
@@ -132,19 +143,28 @@ def _log_candidate(
     metrics = regression_metrics(data.y_test, y_pred, sample_weight=data.test_weight)
     metrics.update(cv_r2_mean=candidate.cv_r2_mean, cv_r2_std=candidate.cv_r2_std)
     title = f"{spec.name} (R2 {metrics['r2']:.3f}, RMSE {metrics['rmse']:.3f})"
-    with mlflow.start_run(experiment_id=parent.experiment_id, run_name=spec.name, nested=True, tags=tags) as run:
+    with mlflow.start_run(
+        experiment_id=parent.experiment_id, run_name=spec.name, nested=True, tags=tags
+    ) as run:
         mlflow.log_params({"estimator": spec.estimator, **spec.scaled_params(settings.estimator_scale)})
-        mlflow.log_params({"outlier_quantiles": list(settings.outlier_quantiles), "cv_folds": settings.cv_folds})
+        mlflow.log_params(
+            {"outlier_quantiles": list(settings.outlier_quantiles), "cv_folds": settings.cv_folds}
+        )
         mlflow.log_metrics({**metrics, "fit_seconds": candidate.fit_seconds})
         for context, dataset in datasets.items():
             mlflow.log_input(dataset, context=context)
         y_true = data.y_test.to_numpy()
-        mlflow.log_figure(plots.plot_predicted_vs_actual(y_true, y_pred, title), "plots/predicted_vs_actual.png")
+        mlflow.log_figure(
+            plots.plot_predicted_vs_actual(y_true, y_pred, title), "plots/predicted_vs_actual.png"
+        )
         mlflow.log_figure(plots.plot_residuals(y_true, y_pred, title), "plots/residuals.png")
         importances = plots.feature_importances(candidate.pipeline)
         if importances is not None:
             mlflow.log_dict(importances.sort_values(ascending=False).to_dict(), "feature_importances.json")
-            mlflow.log_figure(plots.plot_importances(importances, f"{spec.name} feature importances"), "plots/feature_importances.png")
+            mlflow.log_figure(
+                plots.plot_importances(importances, f"{spec.name} feature importances"),
+                "plots/feature_importances.png",
+            )
         version = tracking.log_model(
             candidate.pipeline,
             registered_model_name=settings.model_name,
@@ -152,16 +172,40 @@ def _log_candidate(
             x_sample=data.x_test.iloc[:100],
         )
         if candidate.out_of_fold is not None:
-            estimator = fit_loss_estimator(data.x_train, data.y_train, candidate.out_of_fold, data.train_weight, settings.random_state)
-            estimator = anchor(estimator, data.x_test, data.y_test, y_pred, data.test_weight, described="evaluation rows")
+            estimator = fit_loss_estimator(
+                data.x_train, data.y_train, candidate.out_of_fold, data.train_weight, settings.random_state
+            )
+            estimator = anchor(
+                estimator, data.x_test, data.y_test, y_pred, data.test_weight, described="evaluation rows"
+            )
             log_loss_estimator(estimator)
-            mlflow.log_metrics({"loss_estimator_slope": estimator.mse_slope, "loss_estimator_intercept": estimator.mse_intercept,
-                                "loss_estimator_variance_ratio": estimator.variance_ratio})
+            mlflow.log_metrics(
+                {
+                    "loss_estimator_slope": estimator.mse_slope,
+                    "loss_estimator_intercept": estimator.mse_intercept,
+                    "loss_estimator_variance_ratio": estimator.variance_ratio,
+                }
+            )
         client = mlflow.MlflowClient()
-        for key, value in {"candidate": spec.name, "training_run_id": parent.run_id, "data_sha256": data.data_sha256}.items():
+        for key, value in {
+            "candidate": spec.name,
+            "training_run_id": parent.run_id,
+            "data_sha256": data.data_sha256,
+        }.items():
             client.set_model_version_tag(settings.model_name, version.version, key, value)
-        client.update_model_version(settings.model_name, version.version,
-                                    description=tracking.version_description(spec.name, spec.description, data.data_sha256, parent.run_id))
+        client.update_model_version(
+            settings.model_name,
+            version.version,
+            description=tracking.version_description(
+                spec.name, spec.description, data.data_sha256, parent.run_id
+            ),
+        )
         tracking.describe_registered_model(client, settings.model_name)
-    logger.info("%s: R2 %.4f RMSE %.4f, registered as version %s", spec.name, metrics["r2"], metrics["rmse"], version.version)
+    logger.info(
+        "%s: R2 %.4f RMSE %.4f, registered as version %s",
+        spec.name,
+        metrics["r2"],
+        metrics["rmse"],
+        version.version,
+    )
     return CandidateResult(spec.name, str(version.version), run.info.run_id, metrics, candidate.fit_seconds)

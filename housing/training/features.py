@@ -30,7 +30,9 @@ CLIPPED_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in FEATURES if spec.
 class OutlierClipper(TransformerMixin, BaseEstimator):
     """Clip the named columns to quantile bounds learned in ``fit``; other columns pass through unchanged."""
 
-    def __init__(self, columns: Sequence[str] = CLIPPED_COLUMNS, quantiles: tuple[float, float] = (0.001, 0.999)):
+    def __init__(
+        self, columns: Sequence[str] = CLIPPED_COLUMNS, quantiles: tuple[float, float] = (0.001, 0.999)
+    ):
         self.columns = columns
         self.quantiles = quantiles
 
@@ -60,7 +62,8 @@ class OutlierClipper(TransformerMixin, BaseEstimator):
 
 
 def build_preprocessor(quantiles: tuple[float, float]) -> Pipeline:
-    """The preprocessing every model shares: outlier clipping, then standard scaling (fitted on train only)."""
+    """The preprocessing every model shares: outlier clipping, then standard scaling (fitted on train
+    only)."""
     return Pipeline([("outliers", OutlierClipper(quantiles=quantiles)), ("scaler", StandardScaler())])
 
 
@@ -92,7 +95,10 @@ FEATURE_INDEX: dict[str, int] = {name: index for index, name in enumerate(FEATUR
 def _positions_km(values: np.ndarray) -> np.ndarray:
     """Approximate planar positions (km) from latitude/longitude, for nearest-neighbour search."""
     return np.column_stack(
-        [values[:, FEATURE_INDEX[LATITUDE]] * KM_PER_DEGREE_LAT, values[:, FEATURE_INDEX[LONGITUDE]] * KM_PER_DEGREE_LON]
+        [
+            values[:, FEATURE_INDEX[LATITUDE]] * KM_PER_DEGREE_LAT,
+            values[:, FEATURE_INDEX[LONGITUDE]] * KM_PER_DEGREE_LON,
+        ]
     )
 
 
@@ -123,8 +129,12 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
     def transform_array(self, values: np.ndarray) -> np.ndarray:
         """``transform`` on an already validated float64 array (the serving fast path)."""
         theta = np.deg2rad(np.asarray(self.angles, dtype=np.float64))
-        out = np.empty((values.shape[0], values.shape[1] + 2 * len(theta) + len(CITIES) + 4), dtype=np.float64)
-        _spatial_kernel(np.ascontiguousarray(values), np.cos(theta), np.sin(theta), CITY_LATITUDES, CITY_LONGITUDES, out)
+        out = np.empty(
+            (values.shape[0], values.shape[1] + 2 * len(theta) + len(CITIES) + 4), dtype=np.float64
+        )
+        _spatial_kernel(
+            np.ascontiguousarray(values), np.cos(theta), np.sin(theta), CITY_LATITUDES, CITY_LONGITUDES, out
+        )
         return out
 
     def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
@@ -148,7 +158,9 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
     training rows, which never include the row being predicted. Only training rows are ever stored.
     """
 
-    def __init__(self, ks: Sequence[int] = (5, 20, 60), spread_k: int = 20, folds: int = 5, random_state: int = 42):
+    def __init__(
+        self, ks: Sequence[int] = (5, 20, 60), spread_k: int = 20, folds: int = 5, random_state: int = 42
+    ):
         self.ks = ks
         self.spread_k = spread_k
         self.folds = folds
@@ -158,7 +170,9 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
         values = validate_data(self, X, dtype=np.float64, reset=True)
         needed = max(*self.ks, self.spread_k) * self.folds // (self.folds - 1) + 1
         if len(values) < needed:
-            raise ValueError(f"NeighborTargetEncoder needs at least {needed} training rows, got {len(values)}")
+            raise ValueError(
+                f"NeighborTargetEncoder needs at least {needed} training rows, got {len(values)}"
+            )
         self.positions_ = _positions_km(values)
         self.targets_ = np.asarray(y, dtype=np.float64)
         self.incomes_ = values[:, FEATURE_INDEX["MedInc"]].copy()
@@ -173,7 +187,9 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
         encoded = np.empty((len(values), values.shape[1] + self._n_outputs()), dtype=np.float64)
         for fold_train, fold_rows in kfold_indices(len(values), self.folds, self.random_state):
             tree = cKDTree(self.positions_[fold_train])
-            encoded[fold_rows] = self._encode(values[fold_rows], tree, self.targets_[fold_train], self.incomes_[fold_train])
+            encoded[fold_rows] = self._encode(
+                values[fold_rows], tree, self.targets_[fold_train], self.incomes_[fold_train]
+            )
         return encoded
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -185,7 +201,8 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
         return self._encode(values, self.tree_, self.targets_, self.incomes_)
 
     def __getstate__(self) -> dict[str, object]:
-        # The KD-tree is rebuilt from the stored positions on load, so the saved model holds plain arrays only.
+        # The KD-tree is rebuilt from the stored positions on load, so the saved model holds plain arrays
+        # only.
         state = dict(self.__dict__)
         state.pop("tree_", None)
         return state
@@ -199,13 +216,19 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
         """Number of neighbour columns appended to the input columns."""
         return 3 * len(self.ks) + 2
 
-    def _encode(self, values: np.ndarray, tree: cKDTree, targets: np.ndarray, incomes: np.ndarray) -> np.ndarray:
+    def _encode(
+        self, values: np.ndarray, tree: cKDTree, targets: np.ndarray, incomes: np.ndarray
+    ) -> np.ndarray:
         """The raw columns followed by the neighbour columns (see get_feature_names_out)."""
         ks = np.asarray(self.ks, dtype=np.int64)
         workers = -1 if len(values) >= 2_000 else 1  # big batches: every core
-        distances, neighbours = tree.query(_positions_km(values), k=int(max(ks.max(), self.spread_k)), workers=workers)
+        distances, neighbours = tree.query(
+            _positions_km(values), k=int(max(ks.max(), self.spread_k)), workers=workers
+        )
         out = np.empty((values.shape[0], values.shape[1] + self._n_outputs()), dtype=np.float64)
-        _neighbour_kernel(np.ascontiguousarray(values), distances, neighbours, targets, incomes, ks, self.spread_k, out)
+        _neighbour_kernel(
+            np.ascontiguousarray(values), distances, neighbours, targets, incomes, ks, self.spread_k, out
+        )
         return out
 
     def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
@@ -236,7 +259,9 @@ def _spatial_kernel(values, cos_t, sin_t, city_lat, city_lon, out):
             out[r, c + 1] = lat * cos_t[a] - lon * sin_t[a]
             c += 2
         for q in range(city_lat.shape[0]):
-            out[r, c] = math.hypot((lat - city_lat[q]) * KM_PER_DEGREE_LAT, (lon - city_lon[q]) * KM_PER_DEGREE_LON)
+            out[r, c] = math.hypot(
+                (lat - city_lat[q]) * KM_PER_DEGREE_LAT, (lon - city_lon[q]) * KM_PER_DEGREE_LON
+            )
             c += 1
         out[r, c] = values[r, _ROOMS] / values[r, _OCCUPANCY]
         out[r, c + 1] = values[r, _BEDROOMS] / values[r, _ROOMS]

@@ -31,7 +31,8 @@ class FittedCandidate:
     fit_seconds: float
     cv_r2: list[float]
     out_of_fold: np.ndarray | None = None
-    """Each training row predicted by the fold model that did not train on it (the loss estimator learns from these)."""
+    """Each training row predicted by the fold model that did not train on it (the loss estimator learns from
+    these)."""
 
     @property
     def cv_r2_mean(self) -> float:
@@ -43,7 +44,8 @@ class FittedCandidate:
 
 
 FitResult = tuple[int, int | None, Pipeline | None, float, float | None, tuple[np.ndarray, np.ndarray] | None]
-"""(candidate index, fold or None for the full fit, the fitted pipeline, fit seconds, fold R2, fold (rows, predictions))."""
+"""(candidate index, fold or None for the full fit, the fitted pipeline, fit seconds, fold R2, fold (rows,
+predictions))."""
 
 
 def _fit_params(sample_weight: np.ndarray | None) -> dict[str, Any]:
@@ -59,7 +61,8 @@ def _fit_task(
     sample_weight: np.ndarray | None,
     rows: tuple[np.ndarray, np.ndarray] | None,
 ) -> FitResult:
-    """Fit on all rows (``rows`` None: return the model) or on one CV fold (return its held-out R2 and predictions)."""
+    """Fit on all rows (``rows`` None: return the model) or on one CV fold (return its held-out R2 and
+    predictions)."""
     pipeline = clone(pipeline)
     if rows is None:
         started = time.perf_counter()
@@ -96,22 +99,49 @@ def fit_candidates(
     x_train = x_train.loc[:, list(FEATURE_NAMES)]
     folds = kfold_indices(len(x_train), cv_folds, random_state)
     pipelines = [
-        build_pipeline(spec, outlier_quantiles=outlier_quantiles, estimator_scale=estimator_scale, random_state=random_state)
+        build_pipeline(
+            spec,
+            outlier_quantiles=outlier_quantiles,
+            estimator_scale=estimator_scale,
+            random_state=random_state,
+        )
         for spec in specs
     ]
     tasks = [(index, fold) for index in range(len(specs)) for fold in [None, *range(cv_folds)]]
     fold_share = (cv_folds - 1) / cv_folds
-    tasks.sort(key=lambda task: -specs[task[0]].expected_cost(estimator_scale) * (1.0 if task[1] is None else fold_share))
-    logger.info("fitting %d candidates x (1 + %d CV folds) on %d rows with %d process(es)", len(specs), cv_folds, len(x_train), n_jobs)
+    tasks.sort(
+        key=lambda task: (
+            -specs[task[0]].expected_cost(estimator_scale) * (1.0 if task[1] is None else fold_share)
+        )
+    )
+    logger.info(
+        "fitting %d candidates x (1 + %d CV folds) on %d rows with %d process(es)",
+        len(specs),
+        cv_folds,
+        len(x_train),
+        n_jobs,
+    )
     started = time.perf_counter()
-    results = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential", return_as="generator_unordered")(
-        delayed(_fit_task)(index, fold, pipelines[index], x_train, y_train, sample_weight, None if fold is None else folds[fold])
+    results = Parallel(
+        n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential", return_as="generator_unordered"
+    )(
+        delayed(_fit_task)(
+            index,
+            fold,
+            pipelines[index],
+            x_train,
+            y_train,
+            sample_weight,
+            None if fold is None else folds[fold],
+        )
         for index, fold in tasks
     )
     return _collect(specs, cv_folds, len(x_train), results, started)
 
 
-def _collect(specs: list[CandidateSpec], cv_folds: int, rows: int, results: Iterator[FitResult], started: float) -> Iterator[FittedCandidate]:
+def _collect(
+    specs: list[CandidateSpec], cv_folds: int, rows: int, results: Iterator[FitResult], started: float
+) -> Iterator[FittedCandidate]:
     fitted: dict[int, tuple[Pipeline, float]] = {}
     scores: dict[int, list[float]] = {index: [] for index in range(len(specs))}
     out_of_fold = {index: np.full(rows, np.nan) for index in range(len(specs))}
@@ -125,6 +155,11 @@ def _collect(specs: list[CandidateSpec], cv_folds: int, rows: int, results: Iter
         if index in fitted and len(scores[index]) == cv_folds:
             pipeline, seconds = fitted.pop(index)
             predictions = out_of_fold.pop(index)
-            yield FittedCandidate(spec=specs[index], pipeline=pipeline, fit_seconds=seconds, cv_r2=scores[index],
-                                  out_of_fold=predictions if np.isfinite(predictions).all() else None)
+            yield FittedCandidate(
+                spec=specs[index],
+                pipeline=pipeline,
+                fit_seconds=seconds,
+                cv_r2=scores[index],
+                out_of_fold=predictions if np.isfinite(predictions).all() else None,
+            )
     logger.info("fitted every candidate in %.1f s", time.perf_counter() - started)

@@ -16,7 +16,9 @@ from sklearn.metrics import (
 from sklearn.model_selection import KFold
 
 
-def regression_metrics(y_true: np.ndarray | pd.Series, y_pred: np.ndarray, sample_weight: np.ndarray | None = None) -> dict[str, float]:
+def regression_metrics(
+    y_true: np.ndarray | pd.Series, y_pred: np.ndarray, sample_weight: np.ndarray | None = None
+) -> dict[str, float]:
     """The project's one definition of r2, rmse, mae and mse (optionally weighted)."""
     return {
         "r2": float(r2_score(y_true, y_pred, sample_weight=sample_weight)),
@@ -41,8 +43,15 @@ def kfold_indices(rows: int, folds: int, random_state: int) -> list[tuple[np.nda
     return list(KFold(n_splits=folds, shuffle=True, random_state=random_state).split(np.empty((rows, 1))))
 
 
-def ratio_bootstrap(numerator: np.ndarray, denominator: np.ndarray, *, samples: int, confidence: float, seed: int = 0,
-                    chunk: int = 100) -> tuple[float, float]:
+def ratio_bootstrap(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    *,
+    samples: int,
+    confidence: float,
+    seed: int = 0,
+    chunk: int = 100,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``sum(numerator) / sum(denominator)``: rows resampled with replacement
     ``samples`` times (the same rows for both), ``chunk`` resamples at a time to bound memory."""
     numerator = np.asarray(numerator, dtype=np.float64)

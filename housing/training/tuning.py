@@ -60,8 +60,12 @@ class TuningResult:
 
 def cv_r2(spec: CandidateSpec, x: pd.DataFrame, y: pd.Series, settings: Settings) -> float:
     """Mean K-fold R2 of a candidate on the training split."""
-    pipeline = build_pipeline(spec, outlier_quantiles=settings.outlier_quantiles, estimator_scale=settings.estimator_scale,
-                              random_state=settings.random_state)
+    pipeline = build_pipeline(
+        spec,
+        outlier_quantiles=settings.outlier_quantiles,
+        estimator_scale=settings.estimator_scale,
+        random_state=settings.random_state,
+    )
     scores = []
     for train_rows, held_out in kfold_indices(len(x), settings.cv_folds, settings.random_state):
         fitted = clone(pipeline).fit(x.iloc[train_rows], y.iloc[train_rows])
@@ -69,8 +73,15 @@ def cv_r2(spec: CandidateSpec, x: pd.DataFrame, y: pd.Series, settings: Settings
     return float(np.mean(scores))
 
 
-def tune(settings: Settings, spec: CandidateSpec, x_train: pd.DataFrame, y_train: pd.Series, *, trials: int,
-         proposal_path: Path) -> TuningResult:
+def tune(
+    settings: Settings,
+    spec: CandidateSpec,
+    x_train: pd.DataFrame,
+    y_train: pd.Series,
+    *,
+    trials: int,
+    proposal_path: Path,
+) -> TuningResult:
     """Search ``spec``'s hyperparameters; every trial is a nested MLflow run; write the best as a proposal."""
     import optuna  # optional and slow to import: only `train.py --tune` needs it
 
@@ -78,23 +89,38 @@ def tune(settings: Settings, spec: CandidateSpec, x_train: pd.DataFrame, y_train
         raise UserError(f"--tune searches LightGBM candidates; {spec.name} is a {spec.estimator}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = tracking.connect(settings)
-    experiment_id = tracking.ensure_experiment(client, settings.experiment_name, settings.mlflow_artifact_location)
+    experiment_id = tracking.ensure_experiment(
+        client, settings.experiment_name, settings.mlflow_artifact_location
+    )
     tags = {RUN_TYPE_TAG: TUNING_RUN_TYPE, "candidate": spec.name, "git_commit": tracking.git_commit()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"Tuning {spec.name}", tags=tags) as parent:
-        mlflow.log_params({"trials": trials, "cv_folds": settings.cv_folds, "random_state": settings.random_state,
-                           "sampler": "TPE", "estimator_scale": settings.estimator_scale})
+        mlflow.log_params(
+            {
+                "trials": trials,
+                "cv_folds": settings.cv_folds,
+                "random_state": settings.random_state,
+                "sampler": "TPE",
+                "estimator_scale": settings.estimator_scale,
+            }
+        )
 
         def objective(trial: Any) -> float:
             params = {**spec.params, **suggest_lightgbm(trial)}
             score = cv_r2(replace(spec, params=params), x_train, y_train, settings)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial {trial.number}", nested=True,
-                                  tags={RUN_TYPE_TAG: "tuning-trial", "candidate": spec.name}):
+            with mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=f"trial {trial.number}",
+                nested=True,
+                tags={RUN_TYPE_TAG: "tuning-trial", "candidate": spec.name},
+            ):
                 mlflow.log_params(params)
                 mlflow.log_metric("cv_r2_mean", score)
             logger.info("trial %d: CV R2 %.4f", trial.number, score)
             return score
 
-        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.random_state))
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.random_state)
+        )
         study.optimize(objective, n_trials=trials)
         best = {**spec.params, **study.best_params}
         mlflow.log_params({f"best_{key}": value for key, value in study.best_params.items()})
@@ -103,15 +129,25 @@ def tune(settings: Settings, spec: CandidateSpec, x_train: pd.DataFrame, y_train
     return TuningResult(parent.info.run_id, best, float(study.best_value), trials, proposal_path)
 
 
-def write_proposal(spec: CandidateSpec, params: dict[str, Any], score: float, trials: int, run_id: str, path: Path) -> None:
+def write_proposal(
+    spec: CandidateSpec, params: dict[str, Any], score: float, trials: int, run_id: str, path: Path
+) -> None:
     """The best parameters as a candidates.yaml entry, for review (nothing reads this file by itself)."""
     header = (
-        f"# Proposal from `train.py --tune {trials}` on {datetime.now(UTC):%Y-%m-%d} (MLflow run {run_id}):\n"
-        f"# best {spec.name} parameters by {'K'}-fold R2 on the training split = {score:.4f}.\n"
-        "# Review, then copy the params into housing/training/candidates.yaml; the default pipeline then reproduces\n"
-        "# the result without searching.\n"
+        f"# Proposal from `train.py --tune {trials}` on {datetime.now(UTC):%Y-%m-%d} (MLflow run"
+        f" {run_id}):\n# best {spec.name} parameters by {'K'}-fold R2 on the training split = {score:.4f}.\n#"
+        " Review, then copy the params into housing/training/candidates.yaml; the default pipeline then"
+        " reproduces\n# the result without searching.\n"
     )
-    entry = {spec.name: {"description": spec.description, "estimator": spec.estimator, "features": spec.features,
-                         "params": {key: (float(value) if isinstance(value, float) else value) for key, value in params.items()}}}
+    entry = {
+        spec.name: {
+            "description": spec.description,
+            "estimator": spec.estimator,
+            "features": spec.features,
+            "params": {
+                key: float(value) if isinstance(value, float) else value for key, value in params.items()
+            },
+        }
+    }
     payload = (header + yaml.safe_dump(entry, sort_keys=False)).encode()
     write_atomic(path, lambda handle: handle.write(payload))

@@ -16,4 +16,6 @@ def test_the_same_key_always_gets_the_same_model_and_the_share_is_the_setting():
     assert not any(routes_to_challenger(key, 0) for key in keys[:1000])
     assert all(routes_to_challenger(key, 100) for key in keys[:1000])
     inside_ten = {key for key, picked in zip(keys, chosen, strict=True) if picked}
-    assert inside_ten <= {key for key in keys if routes_to_challenger(key, 20)}  # raising the share keeps the canary's clients
+    assert inside_ten <= {
+        key for key in keys if routes_to_challenger(key, 20)
+    }  # raising the share keeps the canary's clients

@@ -32,9 +32,19 @@ def test_weighted_metrics_ignore_zero_weight_rows():
 def test_seed_candidates_keep_the_seed_hyperparameters():
     specs = {spec.name: spec for spec in load_candidate_specs(get_settings().candidates_path)}
     assert specs["random_forest"].params | {"n_jobs": 1} == {
-        "n_estimators": 200, "max_depth": 15, "min_samples_split": 5, "random_state": 42, "n_jobs": 1}
+        "n_estimators": 200,
+        "max_depth": 15,
+        "min_samples_split": 5,
+        "random_state": 42,
+        "n_jobs": 1,
+    }
     assert specs["gradient_boosting"].params == {
-        "n_estimators": 500, "learning_rate": 0.05, "max_depth": 5, "subsample": 0.8, "random_state": 42}
+        "n_estimators": 500,
+        "learning_rate": 0.05,
+        "max_depth": 5,
+        "subsample": 0.8,
+        "random_state": 42,
+    }
     assert {"linear_regression", "hist_gradient_boosting"} <= set(specs)
 
 
@@ -46,8 +56,9 @@ def test_estimator_scale_shrinks_tree_counts_only():
 
 def test_pipeline_is_outliers_scaler_estimator():
     spec = CandidateSpec("lr", "LinearRegression")
-    assert [name for name, _ in build_pipeline(spec, outlier_quantiles=(0.01, 0.99), estimator_scale=1).steps] == [
-        "outliers", "scaler", "model"]
+    assert [
+        name for name, _ in build_pipeline(spec, outlier_quantiles=(0.01, 0.99), estimator_scale=1).steps
+    ] == ["outliers", "scaler", "model"]
 
 
 def test_bad_candidate_files_are_one_sentence(tmp_path):

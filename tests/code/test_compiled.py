@@ -18,7 +18,13 @@ from threadpoolctl import threadpool_limits
 
 from housing.config import get_settings
 from housing.schema import FEATURE_NAMES
-from housing.serving.compiled import StepPath, compile_pipeline, fast_predict_or_default, probe_rows, step_paths
+from housing.serving.compiled import (
+    StepPath,
+    compile_pipeline,
+    fast_predict_or_default,
+    probe_rows,
+    step_paths,
+)
 from housing.serving.trees import PARALLEL_MIN_ROWS
 from housing.training.candidates import build_pipeline, load_candidate_specs
 from housing.training.features import SpatialFeatures
@@ -65,7 +71,9 @@ def count_library_calls(pipeline: Pipeline) -> Counter[str]:
             if hasattr(step, method):
                 original = getattr(step, method)
 
-                def counted(*args: Any, _original: Any = original, _key: str = f"{name}.{method}", **kwargs: Any) -> Any:
+                def counted(
+                    *args: Any, _original: Any = original, _key: str = f"{name}.{method}", **kwargs: Any
+                ) -> Any:
                     calls[_key] += 1
                     return _original(*args, **kwargs)
 
@@ -75,7 +83,11 @@ def count_library_calls(pipeline: Pipeline) -> Counter[str]:
 
 def probe_batches() -> dict[str, pd.DataFrame]:
     """A batch, a single row, and a batch big enough for the parallel kernels."""
-    return {"batch": probe_rows(300, seed=1), "single": probe_rows(1, seed=2), "parallel": probe_rows(PARALLEL_MIN_ROWS + 5, seed=3)}
+    return {
+        "batch": probe_rows(300, seed=1),
+        "single": probe_rows(1, seed=2),
+        "parallel": probe_rows(PARALLEL_MIN_ROWS + 5, seed=3),
+    }
 
 
 def assert_compiled_equals_pipeline(pipeline: Pipeline) -> None:
@@ -121,7 +133,10 @@ def categorical_hist_gradient_boosting() -> tuple[Pipeline, pd.DataFrame]:
 @pytest.mark.parametrize("case", ["k_neighbors", "categorical_hist_gradient_boosting"])
 def test_an_estimator_without_a_compiled_form_is_served_by_pipeline_predict(case):
     if case == "k_neighbors":
-        pipeline, rows = fitted_candidate("linear_regression", KNeighborsRegressor(n_neighbors=3)), probe_rows(50)
+        pipeline, rows = (
+            fitted_candidate("linear_regression", KNeighborsRegressor(n_neighbors=3)),
+            probe_rows(50),
+        )
     else:
         pipeline, rows = categorical_hist_gradient_boosting()
     paths = step_paths(pipeline)

@@ -8,6 +8,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,8 @@ from housing.config import Settings
 
 def settings_in(artifacts_dir: Path, **overrides: object) -> Settings:
     """Settings with their own artifacts dir and, unless given, no feedback token from the environment."""
-    return Settings(artifacts_dir=artifacts_dir, **{"feedback_token": None, **overrides})  # type: ignore[arg-type]
+    options: dict[str, Any] = {"feedback_token": None, **overrides}
+    return Settings(artifacts_dir=artifacts_dir, **options)
 
 
 def mode(path: Path) -> int:
@@ -44,7 +46,9 @@ def test_resolve_reads_the_file_when_the_environment_is_unset(tmp_path):
     settings.secrets_dir.mkdir(parents=True)
     settings.feedback_token_path.write_text("kept-token\n")
     assert resolve_feedback_token(settings) == "kept-token"
-    assert resolve_feedback_token(settings_in(tmp_path / "artifacts", feedback_token="  ")) == "kept-token"  # blank = unset
+    assert (
+        resolve_feedback_token(settings_in(tmp_path / "artifacts", feedback_token="  ")) == "kept-token"
+    )  # blank = unset
 
 
 def test_ensure_creates_an_owner_only_token_and_keeps_it(tmp_path):
@@ -55,7 +59,9 @@ def test_ensure_creates_an_owner_only_token_and_keeps_it(tmp_path):
     assert settings.feedback_token_path.read_text().strip() == token
     assert ensure_feedback_token(settings) == token  # the second call (the next start) reads the same token
     assert resolve_feedback_token(settings) == token  # what make simulate finds
-    assert sorted(path.name for path in settings.secrets_dir.iterdir()) == ["feedback_token"]  # no temp file left
+    assert sorted(path.name for path in settings.secrets_dir.iterdir()) == [
+        "feedback_token"
+    ]  # no temp file left
 
 
 def test_ensure_tightens_an_existing_secrets_dir(tmp_path):
@@ -88,7 +94,9 @@ def test_an_empty_token_file_is_replaced(tmp_path):
 def test_workers_starting_together_agree_on_one_token(tmp_path):
     settings = settings_in(tmp_path / "artifacts")
     tokens: list[str] = []
-    threads = [threading.Thread(target=lambda: tokens.append(ensure_feedback_token(settings))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: tokens.append(ensure_feedback_token(settings))) for _ in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -99,7 +107,9 @@ def test_workers_starting_together_agree_on_one_token(tmp_path):
 
 @pytest.mark.parametrize("from_environment", [False, True], ids=["generated", "environment"])
 def test_the_token_never_appears_in_the_log(tmp_path, caplog, from_environment):
-    settings = settings_in(tmp_path / "artifacts", **({"feedback_token": "env-secret-token-value"} if from_environment else {}))
+    settings = settings_in(
+        tmp_path / "artifacts", **({"feedback_token": "env-secret-token-value"} if from_environment else {})
+    )
     with caplog.at_level(logging.DEBUG):
         token = ensure_feedback_token(settings)
         ensure_feedback_token(settings)

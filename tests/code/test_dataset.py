@@ -40,7 +40,10 @@ def test_store_writes_csv_and_manifest(tmp_path):
     assert manifest.rows == 10 and len(manifest.sha256) == 64
     stored = pd.read_csv(tmp_path / "out" / "data.csv")
     assert tuple(stored.columns) == COLUMN_NAMES
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["source_sha256"] == manifest.source_sha256
+    assert (
+        json.loads((tmp_path / "out" / "manifest.json").read_text())["source_sha256"]
+        == manifest.source_sha256
+    )
 
 
 @pytest.mark.parametrize("content", ["", "MedInc,HouseAge\n", "\x00\x01binary"])

@@ -1,4 +1,5 @@
-"""The Evidently drift and quality report on synthetic in-memory frames, and what the retrain policy makes of it."""
+"""The Evidently drift and quality report on synthetic in-memory frames, and what the retrain policy makes of
+it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import pytest
 
 from housing.config import Settings
 from housing.monitoring.drift_report import PREDICTION, evaluate_window, save_report
-from housing.monitoring.retrain_policy import ALERT, INSUFFICIENT_DATA, NO_ACTION, RETRAIN, RetrainThresholds, decide
+from housing.monitoring.retrain_policy import (
+    ALERT,
+    INSUFFICIENT_DATA,
+    NO_ACTION,
+    RETRAIN,
+    RetrainThresholds,
+    decide,
+)
 from housing.monitoring.round import decision_record
 from housing.schema import TARGET
 from housing.store.retrain_evidence import new_evidence
@@ -19,11 +27,18 @@ from housing.store.retrain_evidence import new_evidence
 
 def districts(rows: int, seed: int, *, noise: float = 0.3, labelled: float = 1.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "MedInc": rng.gamma(4.0, 1.0, rows), "HouseAge": rng.uniform(1, 52, rows), "AveRooms": rng.normal(5.4, 1.0, rows),
-        "AveBedrms": rng.normal(1.1, 0.1, rows), "Population": rng.gamma(2.0, 700, rows), "AveOccup": rng.normal(3.0, 0.5, rows),
-        "Latitude": rng.uniform(32.6, 41.9, rows), "Longitude": rng.uniform(-124.3, -114.4, rows),
-    })
+    frame = pd.DataFrame(
+        {
+            "MedInc": rng.gamma(4.0, 1.0, rows),
+            "HouseAge": rng.uniform(1, 52, rows),
+            "AveRooms": rng.normal(5.4, 1.0, rows),
+            "AveBedrms": rng.normal(1.1, 0.1, rows),
+            "Population": rng.gamma(2.0, 700, rows),
+            "AveOccup": rng.normal(3.0, 0.5, rows),
+            "Latitude": rng.uniform(32.6, 41.9, rows),
+            "Longitude": rng.uniform(-124.3, -114.4, rows),
+        }
+    )
     frame[TARGET.name] = 0.45 * frame["MedInc"] + rng.normal(0, 0.4, rows)
     frame[PREDICTION] = frame[TARGET.name] + rng.normal(0, noise, rows)
     frame.loc[rng.random(rows) >= labelled, TARGET.name] = np.nan
@@ -58,7 +73,10 @@ def test_clear_drift_retrains(reference):
     assert set(figures.drifted_features) == {"MedInc", "AveRooms", "Population"}
     assert figures.drift_share == pytest.approx(3 / 8)
     decision = decide(figures, THRESHOLDS)
-    assert decision.action == RETRAIN and "38% of the features drifted (MedInc, AveRooms, Population)" in decision.reasons[0]
+    assert (
+        decision.action == RETRAIN
+        and "38% of the features drifted (MedInc, AveRooms, Population)" in decision.reasons[0]
+    )
 
 
 def test_error_above_threshold_retrains_without_drift(reference):
@@ -100,21 +118,50 @@ def test_reports_are_saved_timestamped_and_as_latest(reference, tmp_path):
     assert snapshot is not None
     when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
     decision = decide(figures, THRESHOLDS)
-    evidence = new_evidence(current[current[TARGET.name].notna()].assign(request_id="r", created_at=when), set())
+    evidence = new_evidence(
+        current[current[TARGET.name].notna()].assign(request_id="r", created_at=when), set()
+    )
     record = decision_record(figures, decision, when, production_version="3", evidence=evidence)
     saved = save_report(snapshot, record, tmp_path / "reports", when)
     assert (saved.html_path.name, saved.json_path.name, saved.decision_path.name) == (
-        "monitor_20240506T070809Z.html", "monitor_20240506T070809Z.json", "decision_20240506T070809Z.json")
+        "monitor_20240506T070809Z.html",
+        "monitor_20240506T070809Z.json",
+        "decision_20240506T070809Z.json",
+    )
     for path in (saved.html_path, saved.json_path, saved.decision_path):
         latest = path.with_name(path.name.replace("20240506T070809Z", "latest"))
         assert latest.read_bytes() == path.read_bytes() and path.stat().st_size > 0
-    assert "<html" in saved.html_path.read_text().lower() and json.loads(saved.json_path.read_text())["metrics"]
+    assert (
+        "<html" in saved.html_path.read_text().lower() and json.loads(saved.json_path.read_text())["metrics"]
+    )
     written = json.loads(saved.decision_path.read_text())
-    assert written["at"] == "2024-05-06T07:08:09+00:00" and written["decision"] == decision.action == NO_ACTION
-    assert set(written) == {"at", "decision", "reasons", "notes", "drift_share", "drifted_features", "window_rows", "labelled_rows",
-                            "drift_scores", "drift_method", "rmse", "r2", "mae", "reference_rmse", "reference_r2", "reference_mae",
-                            "production_version", "new_labelled_districts", "labelled_rows_already_used", "evidence_needed",
-                            "labels_to_confirm", "challenger"}
+    assert (
+        written["at"] == "2024-05-06T07:08:09+00:00" and written["decision"] == decision.action == NO_ACTION
+    )
+    assert set(written) == {
+        "at",
+        "decision",
+        "reasons",
+        "notes",
+        "drift_share",
+        "drifted_features",
+        "window_rows",
+        "labelled_rows",
+        "drift_scores",
+        "drift_method",
+        "rmse",
+        "r2",
+        "mae",
+        "reference_rmse",
+        "reference_r2",
+        "reference_mae",
+        "production_version",
+        "new_labelled_districts",
+        "labelled_rows_already_used",
+        "evidence_needed",
+        "labels_to_confirm",
+        "challenger",
+    }
     assert written["production_version"] == "3" and written["new_labelled_districts"] == 600
     assert written["window_rows"] == 600 and written["drift_scores"].keys() == figures.drift_scores.keys()
 
@@ -123,8 +170,11 @@ def report_tests(snapshot) -> dict[str, tuple[str, str]]:
     """The report's tests: {metric type: (status, description)} of the drift-share, RMSE, R2 and MAE tests."""
     result = snapshot.dict()
     types = {metric["id"]: metric["config"]["type"].rsplit(":", 1)[-1] for metric in result["metrics"]}
-    return {types[test["metric_config"]["metric_id"]]: (str(test["status"]), test["description"]) for test in result["tests"]
-            if types.get(test["metric_config"]["metric_id"]) in ("DriftedColumnsCount", "RMSE", "R2Score", "MAE")}
+    return {
+        types[test["metric_config"]["metric_id"]]: (str(test["status"]), test["description"])
+        for test in result["tests"]
+        if types.get(test["metric_config"]["metric_id"]) in ("DriftedColumnsCount", "RMSE", "R2Score", "MAE")
+    }
 
 
 @pytest.mark.parametrize("shifted", [False, True])
@@ -145,7 +195,16 @@ def test_the_report_shows_the_decisions_thresholds_and_agrees_with_it(reference,
     assert str(SETTINGS.r2_threshold) in r2_text
     drift_reason = any("features drifted" in reason for reason in decision.reasons)
     assert share_status.endswith("FAIL") == drift_reason == shifted
-    assert rmse_status.endswith("FAIL") == any(reason.startswith("RMSE") for reason in decision.reasons) == shifted
-    assert r2_status.endswith("FAIL") == any(reason.startswith("R2") for reason in decision.reasons) == shifted
+    assert (
+        rmse_status.endswith("FAIL")
+        == any(reason.startswith("RMSE") for reason in decision.reasons)
+        == shifted
+    )
+    assert (
+        r2_status.endswith("FAIL") == any(reason.startswith("R2") for reason in decision.reasons) == shifted
+    )
     html = snapshot.get_html_str(as_iframe=False)
-    assert f"Dataset drift detection threshold is {SETTINGS.drift_share_threshold}" in html and "threshold is 0.5" not in html
+    assert (
+        f"Dataset drift detection threshold is {SETTINGS.drift_share_threshold}" in html
+        and "threshold is 0.5" not in html
+    )

@@ -6,7 +6,12 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
-from housing.training.features import CLIPPED_COLUMNS, NeighborTargetEncoder, OutlierClipper, build_preprocessor
+from housing.training.features import (
+    CLIPPED_COLUMNS,
+    NeighborTargetEncoder,
+    OutlierClipper,
+    build_preprocessor,
+)
 
 
 def frame_with(column: str, values: list[float]) -> pd.DataFrame:
@@ -23,7 +28,9 @@ def test_bounds_come_from_fit_data_only_and_apply_to_new_rows():
     train = frame_with("AveOccup", [float(v) for v in range(1, 101)])
     clipper = OutlierClipper(quantiles=(0.05, 0.95)).fit(train)
     occup = list(FEATURE_NAMES).index("AveOccup")
-    assert clipper.lower_bounds_[CLIPPED_COLUMNS.index("AveOccup")] == pytest.approx(np.quantile(range(1, 101), 0.05))
+    assert clipper.lower_bounds_[CLIPPED_COLUMNS.index("AveOccup")] == pytest.approx(
+        np.quantile(range(1, 101), 0.05)
+    )
     served = clipper.transform(frame_with("AveOccup", [1000.0, 0.5, 50.0]))
     assert served[:, occup].tolist() == pytest.approx([95.05, 5.95, 50.0])
 
@@ -53,16 +60,26 @@ def test_scaler_is_fitted_on_the_given_rows_only():
     preprocessor = build_preprocessor((0.001, 0.999)).fit(train)
     scaler = preprocessor.named_steps["scaler"]
     assert scaler.mean_[0] == pytest.approx(2.0)
-    assert preprocessor.transform(test)[:, 0].tolist() == pytest.approx([(v - 2.0) / np.std([1, 2, 3]) for v in (100, 200, 300)])
+    assert preprocessor.transform(test)[:, 0].tolist() == pytest.approx(
+        [(v - 2.0) / np.std([1, 2, 3]) for v in (100, 200, 300)]
+    )
 
 
 # --- out-of-fold neighbour targets (every column's definition: test_feature_definitions.py) ---------------
 def random_districts(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    values = np.column_stack([
-        rng.uniform(1, 10, rows), rng.uniform(1, 52, rows), rng.uniform(3, 8, rows), rng.uniform(0.8, 1.3, rows),
-        rng.uniform(100, 3000, rows), rng.uniform(1.5, 4, rows), rng.uniform(32.6, 41.9, rows), rng.uniform(-124.3, -114.4, rows),
-    ])
+    values = np.column_stack(
+        [
+            rng.uniform(1, 10, rows),
+            rng.uniform(1, 52, rows),
+            rng.uniform(3, 8, rows),
+            rng.uniform(0.8, 1.3, rows),
+            rng.uniform(100, 3000, rows),
+            rng.uniform(1.5, 4, rows),
+            rng.uniform(32.6, 41.9, rows),
+            rng.uniform(-124.3, -114.4, rows),
+        ]
+    )
     return values, rng.uniform(0.5, 5, rows)
 
 
@@ -83,7 +100,9 @@ def test_training_rows_never_see_their_own_target():
     before = encoder.fit_transform(train, targets)
     changed = targets.copy()
     changed[17] = 1000.0
-    after = NeighborTargetEncoder(ks=(5, 20), spread_k=20, folds=5, random_state=0).fit_transform(train, changed)
+    after = NeighborTargetEncoder(ks=(5, 20), spread_k=20, folds=5, random_state=0).fit_transform(
+        train, changed
+    )
     assert np.array_equal(before[17], after[17])
     assert not np.array_equal(before, after)  # other rows do see it: it is a real neighbour value
 

@@ -46,16 +46,42 @@ def members(count: int, *, array: bool = False) -> bytes:
     return b"{" + b",".join(b'"k%d": 1' % key for key in range(count)) + b"}"
 
 
-# --- each limit: at it passes, past it is refused with one sentence naming it -------------------------------------
+# --- each limit: at it passes, past it is refused with one sentence naming it
+# -------------------------------------
 @pytest.mark.parametrize(
     ("within", "beyond", "status", "words"),
     [
         (nested(8), nested(9), 400, "deeper than 8 levels (HOUSING_MAX_JSON_DEPTH)"),
-        (members(64), members(65), 422, "an object in the body has more than 64 keys (HOUSING_MAX_JSON_KEYS)"),
-        (members(64, array=True), members(65, array=True), 422, "an array in the body has more than 64 items (HOUSING_MAX_JSON_KEYS)"),
-        (b"[" + b"7" * 40 + b"]", b"[" + b"7" * 41 + b"]", 422, "41 characters long; the limit is 40 (HOUSING_MAX_NUMBER_CHARS)"),
-        (b'["' + b"s" * 256 + b'"]', b'["' + b"s" * 257 + b'"]', 422, "longer than 256 bytes (HOUSING_MAX_STRING_CHARS)"),
-        (b'{"' + b"k" * 256 + b'": 1}', b'{"' + b"k" * 257 + b'": 1}', 422, "longer than 256 bytes (HOUSING_MAX_STRING_CHARS)"),
+        (
+            members(64),
+            members(65),
+            422,
+            "an object in the body has more than 64 keys (HOUSING_MAX_JSON_KEYS)",
+        ),
+        (
+            members(64, array=True),
+            members(65, array=True),
+            422,
+            "an array in the body has more than 64 items (HOUSING_MAX_JSON_KEYS)",
+        ),
+        (
+            b"[" + b"7" * 40 + b"]",
+            b"[" + b"7" * 41 + b"]",
+            422,
+            "41 characters long; the limit is 40 (HOUSING_MAX_NUMBER_CHARS)",
+        ),
+        (
+            b'["' + b"s" * 256 + b'"]',
+            b'["' + b"s" * 257 + b'"]',
+            422,
+            "longer than 256 bytes (HOUSING_MAX_STRING_CHARS)",
+        ),
+        (
+            b'{"' + b"k" * 256 + b'": 1}',
+            b'{"' + b"k" * 257 + b'": 1}',
+            422,
+            "longer than 256 bytes (HOUSING_MAX_STRING_CHARS)",
+        ),
     ],
     ids=["depth", "keys", "nested array items", "number", "string", "key"],
 )
@@ -66,9 +92,15 @@ def test_each_limit_is_exact(within, beyond, status, words):
 
 
 def test_the_issues_bodies_are_refused_with_one_sentence():
-    assert refusal(b"[" * 100_000) == (400, "the body nests arrays and objects deeper than 8 levels (HOUSING_MAX_JSON_DEPTH)")
+    assert refusal(b"[" * 100_000) == (
+        400,
+        "the body nests arrays and objects deeper than 8 levels (HOUSING_MAX_JSON_DEPTH)",
+    )
     nan_and_long = b'{"MedInc": NaN, "HouseAge": ' + b"1" * 5000 + b"}"
-    assert refusal(nan_and_long) == (422, "a number in the body is 5,000 characters long; the limit is 40 (HOUSING_MAX_NUMBER_CHARS)")
+    assert refusal(nan_and_long) == (
+        422,
+        "a number in the body is 5,000 characters long; the limit is 40 (HOUSING_MAX_NUMBER_CHARS)",
+    )
     many_keys = b"{" + b",".join(b'"%06d":0' % key for key in range(880_000)) + b"}"
     assert refusal(many_keys) == (422, "an object in the body has more than 64 keys (HOUSING_MAX_JSON_KEYS)")
 
@@ -77,11 +109,14 @@ def test_a_wide_object_cannot_hide_among_empty_ones():
     hidden = b"[" + b"{}," * 20_000 + members(1_000) + b"]"  # the average object has few keys; one has 1,000
     assert refusal(hidden) == (422, "an object in the body has more than 64 keys (HOUSING_MAX_JSON_KEYS)")
     deep_behind_a_string = b'[[[[["]]]]]", [[[[1]]]]]]]]]'  # the string's brackets do not close anything
-    assert refusal(deep_behind_a_string) is not None and refusal(deep_behind_a_string)[0] == 400  # type: ignore[index]
+    refused = refusal(deep_behind_a_string)
+    assert refused is not None and refused[0] == 400
 
 
 def test_what_strings_hold_does_not_count():
-    inside = json.dumps({"a": "[[[[[[[[[[{{{{{{{{{{" + "," * 100 + "1" * 100, "b": 'say "hi" \\', "c": "\\\\\\\""}).encode()
+    inside = json.dumps(
+        {"a": "[[[[[[[[[[{{{{{{{{{{" + "," * 100 + "1" * 100, "b": 'say "hi" \\', "c": '\\\\\\"'}
+    ).encode()
     assert refusal(inside) is None
 
 
@@ -92,7 +127,14 @@ def test_the_top_level_array_is_the_callers_to_limit():
 
 
 def test_malformed_json_within_the_limits_is_left_to_the_parser():
-    for malformed in (b'{"a": 1', b"]]]]]]]]]]]]", b"[1, 2,]", b"{'a': 1}", b'{"a": "unterminated', b"{[}]" * 20):
+    for malformed in (
+        b'{"a": 1',
+        b"]]]]]]]]]]]]",
+        b"[1, 2,]",
+        b"{'a': 1}",
+        b'{"a": "unterminated',
+        b"{[}]" * 20,
+    ):
         assert not fits_at_a_glance(b" " * 300 + malformed, LIMITS)  # long enough to be scanned
         assert refusal(malformed) is None and refusal(b" " * 300 + malformed) is None
 
@@ -102,7 +144,8 @@ def test_a_single_row_fits_at_a_glance_and_a_batch_is_scanned():
     assert not fits_at_a_glance(orjson.dumps([EXAMPLE_REQUEST] * 2), LIMITS)
 
 
-# --- the scan agrees with a parser on random documents, whatever the slicing -------------------------------------
+# --- the scan agrees with a parser on random documents, whatever the slicing
+# -------------------------------------
 @dataclass
 class Document:
     """A random JSON text and what a parser finds in it."""
@@ -122,33 +165,53 @@ def random_literal(rng: random.Random, kind: str) -> str:
     """A number or a string; now and then one over the test's limits (10 characters, 12 bytes)."""
     if kind == "number":
         digits = rng.choice([rng.randint(0, 8)] * 30 + [14])
-        return rng.choice(["", "-"]) + rng.choice("123456789") + "".join(rng.choice("0123456789") for _ in range(digits))
+        return (
+            rng.choice(["", "-"])
+            + rng.choice("123456789")
+            + "".join(rng.choice("0123456789") for _ in range(digits))
+        )
     length = rng.choice([rng.randint(0, 8)] * 30 + [16])
     return json.dumps("".join(rng.choice(ALPHABET) for _ in range(length)), ensure_ascii=False)
 
 
 def random_value(rng: random.Random, level: int) -> tuple[str, int, int, int, int]:
     """(JSON text, depth, widest container, longest string, longest number) of a random value."""
-    kind = rng.choice(["number", "string", "array", "object", "array", "object"] if level < 6 else ["number", "string"])
+    kind = rng.choice(
+        ["number", "string", "array", "object", "array", "object"] if level < 6 else ["number", "string"]
+    )
     if kind in ("number", "string"):
         literal = random_literal(rng, kind)
-        return (literal, 0, 0, len(literal.encode()) - 2, 0) if kind == "string" else (literal, 0, 0, 0, len(literal))
+        return (
+            (literal, 0, 0, len(literal.encode()) - 2, 0)
+            if kind == "string"
+            else (literal, 0, 0, 0, len(literal))
+        )
     items = [random_value(rng, level + 1) for _ in range(rng.choice([rng.randint(0, 3)] * 12 + [8]))]
     keys = [random_literal(rng, "string") for _ in items] if kind == "object" else []
     if kind == "object":
         text = "{" + ", ".join(f"{key}: {item[0]}" for key, item in zip(keys, items, strict=True)) + "}"
     else:
         text = "[" + ", ".join(item[0] for item in items) + "]"
-    return (text, 1 + max((item[1] for item in items), default=0), max([len(items), *(item[2] for item in items)]),
-            max([*(len(key.encode()) - 2 for key in keys), *(item[3] for item in items)], default=0),
-            max((item[4] for item in items), default=0))
+    return (
+        text,
+        1 + max((item[1] for item in items), default=0),
+        max([len(items), *(item[2] for item in items)]),
+        max([*(len(key.encode()) - 2 for key in keys), *(item[3] for item in items)], default=0),
+        max((item[4] for item in items), default=0),
+    )
 
 
 def random_document(rng: random.Random) -> Document:
     items = [random_value(rng, 1) for _ in range(rng.randint(0, 12))]
     text = "[" + ", ".join(i[0] for i in items) + "]"
-    return Document(text.encode(), 1 + max((i[1] for i in items), default=0), max((i[2] for i in items), default=0),
-                    max((i[3] for i in items), default=0), max((i[4] for i in items), default=0), len(items))
+    return Document(
+        text.encode(),
+        1 + max((i[1] for i in items), default=0),
+        max((i[2] for i in items), default=0),
+        max((i[3] for i in items), default=0),
+        max((i[4] for i in items), default=0),
+        len(items),
+    )
 
 
 def expected_refusal(doc: Document, limits: JsonLimits) -> int | None:
@@ -181,7 +244,8 @@ def test_the_scan_agrees_with_a_parser_on_random_documents(monkeypatch, slice_by
     assert seen == {200, 400, 422}
 
 
-# --- the handler: a body past a limit never reaches the parser; error lists are capped ---------------------------
+# --- the handler: a body past a limit never reaches the parser; error lists are capped
+# ---------------------------
 def test_parse_json_refuses_the_issues_bodies_without_a_500():
     with pytest.raises(InputError) as deep:
         parse_json(b"[" * 100_000)
@@ -193,7 +257,10 @@ def test_parse_json_refuses_the_issues_bodies_without_a_500():
 def test_a_batch_longer_than_the_limit_is_refused_before_parsing():
     with pytest.raises(InputError) as caught:
         parse_json(b"[" + b"[]," * 99_999 + b"[]]", max_rows=10_000)
-    assert caught.value.status == 413 and caught.value.detail == "the batch has 100,000 rows; the limit is 10,000 (HOUSING_MAX_BATCH_ROWS)"
+    assert (
+        caught.value.status == 413
+        and caught.value.detail == "the batch has 100,000 rows; the limit is 10,000 (HOUSING_MAX_BATCH_ROWS)"
+    )
 
 
 def test_error_lists_are_capped_and_the_rest_counted():
@@ -208,10 +275,14 @@ def test_error_lists_are_capped_and_the_rest_counted():
 def test_a_problem_listing_every_error_says_only_how_many_more():
     described = [{"message": f"field f{index}: wrong"} for index in range(3)]
     assert validation_problem(described).detail == "field f0: wrong (and 2 more error(s))"
-    assert validation_problem(described[:1], 3).detail == "field f0: wrong (and 2 more error(s); the first 1 are listed)"
+    assert (
+        validation_problem(described[:1], 3).detail
+        == "field f0: wrong (and 2 more error(s); the first 1 are listed)"
+    )
 
 
-# --- the body middleware, driven in memory ------------------------------------------------------------------------
+# --- the body middleware, driven in memory
+# ------------------------------------------------------------------------
 class Recorder:
     """An ASGI app that records the body it receives and answers 200."""
 
@@ -225,7 +296,9 @@ class Recorder:
         await send({"type": "http.response.body", "body": b""})
 
 
-def call(settings: Settings, path: str, chunks: list[bytes], *, declared: int | None = None, stall: bool = False) -> tuple[int, bytes, Recorder, int]:
+def call(
+    settings: Settings, path: str, chunks: list[bytes], *, declared: int | None = None, stall: bool = False
+) -> tuple[int, bytes, Recorder, int]:
     """Send ``chunks`` as a request's body to BodyLimits over a Recorder: (status, body, app, chunks read).
 
     With ``stall`` the client stops after the chunks; like the server, receive() then waits until the
@@ -240,7 +313,11 @@ def call(settings: Settings, path: str, chunks: list[bytes], *, declared: int | 
             await answered.wait()
             return {"type": "http.disconnect"}
         read[0] += 1
-        return {"type": "http.request", "body": chunks[read[0] - 1], "more_body": read[0] < len(chunks) or stall}
+        return {
+            "type": "http.request",
+            "body": chunks[read[0] - 1],
+            "more_body": read[0] < len(chunks) or stall,
+        }
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -262,7 +339,9 @@ def test_a_body_within_its_limit_reaches_the_app_whole():
 def test_a_declared_length_over_the_limit_is_refused_before_reading():
     status, body, app, read = call(SETTINGS, "/feedback", [b"{}"], declared=10**9)
     assert (status, read, app.bodies) == (413, 0, [])
-    assert orjson.loads(body) == {"detail": "the request body is larger than 2,048 bytes (HOUSING_MAX_BODY_BYTES)"}
+    assert orjson.loads(body) == {
+        "detail": "the request body is larger than 2,048 bytes (HOUSING_MAX_BODY_BYTES)"
+    }
 
 
 def test_a_streamed_body_is_refused_as_soon_as_it_passes_the_limit():
@@ -279,13 +358,17 @@ def test_predict_has_the_larger_limit_of_a_full_batch():
 def test_a_body_that_stops_arriving_is_cut_off_with_408():
     status, body, app, _ = call(SETTINGS, "/feedback", [b"{"], stall=True)
     assert status == 408 and app.bodies == []
-    assert orjson.loads(body) == {"detail": "the request body did not arrive within 0.2 seconds (HOUSING_BODY_READ_TIMEOUT)"}
+    assert orjson.loads(body) == {
+        "detail": "the request body did not arrive within 0.2 seconds (HOUSING_BODY_READ_TIMEOUT)"
+    }
 
 
 def test_other_routes_get_their_json_checked_before_the_framework_parses_it():
     status, body, app, _ = call(SETTINGS, "/feedback", [b"[" * 1_000])
     assert status == 400 and app.bodies == [] and b"HOUSING_MAX_JSON_DEPTH" in body
-    assert call(SETTINGS, "/predict", [b"[" * 1_000])[0] == 200  # POST /predict checks its own, in its handler
+    assert (
+        call(SETTINGS, "/predict", [b"[" * 1_000])[0] == 200
+    )  # POST /predict checks its own, in its handler
 
 
 def test_one_clock_cuts_off_only_the_late_bodies():
@@ -315,7 +398,9 @@ def test_one_clock_cuts_off_only_the_late_bodies():
         return statuses[0], asyncio.get_running_loop().time() - started
 
     async def both() -> list[tuple[int, float]]:
-        return list(await asyncio.gather(request(0, stall=False), request(0.1, stall=True), request(0.2, stall=False)))
+        return list(
+            await asyncio.gather(request(0, stall=False), request(0.1, stall=True), request(0.2, stall=False))
+        )
 
     (prompt, _), (late, waited), (also_prompt, _) = asyncio.run(both())
     assert (prompt, late, also_prompt) == (200, 408, 200) and 0.29 < waited < 2.0

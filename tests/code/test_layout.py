@@ -29,7 +29,11 @@ def test_the_package_has_modules():
 def test_modules_and_functions_stay_small(path):
     source = path.read_text()
     assert source.count("\n") <= MAX_MODULE_LINES, f"{path.name} has {source.count(chr(10))} lines"
-    too_long = [f"{node.name} ({span(node)} lines)" for node in functions(ast.parse(source)) if span(node) > MAX_FUNCTION_LINES]
+    too_long = [
+        f"{node.name} ({span(node)} lines)"
+        for node in functions(ast.parse(source))
+        if span(node) > MAX_FUNCTION_LINES
+    ]
     assert not too_long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines: {too_long}"
 
 
@@ -48,7 +52,10 @@ def test_imports_inside_functions_say_why(path):
 
 def test_the_app_factory_is_short():
     factories = [
-        (path, node) for path in MODULES for node in functions(ast.parse(path.read_text())) if node.name == "create_app"
+        (path, node)
+        for path in MODULES
+        for node in functions(ast.parse(path.read_text()))
+        if node.name == "create_app"
     ]
     assert factories, "no create_app under housing/"
     for path, node in factories:
@@ -56,10 +63,14 @@ def test_the_app_factory_is_short():
 
 
 def test_only_preprocess_names_the_inspection_pickles():
-    """README: outliers.pkl and scaler.pkl are for inspection only, nothing reads them (the rule and the scaler travel
-    inside every logged pipeline). No code but preprocess.py, which writes them, names either file."""
+    """README: outliers.pkl and scaler.pkl are for inspection only, nothing reads them (the rule and the
+    scaler travel inside every logged pipeline). No code but preprocess.py, which writes them, names either
+    file."""
     project = PACKAGE_DIR.parent
     sources = [*MODULES, *project.glob("*.py"), *(project / "localteam").rglob("*.py")]
-    naming = sorted(str(path.relative_to(project)) for path in sources
-                    if "outliers.pkl" in path.read_text() or "scaler.pkl" in path.read_text())
+    naming = sorted(
+        str(path.relative_to(project))
+        for path in sources
+        if "outliers.pkl" in path.read_text() or "scaler.pkl" in path.read_text()
+    )
     assert naming == ["preprocess.py"]

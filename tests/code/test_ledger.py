@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from housing.registry.ledger import ROLLBACK_REASON, LedgerEntry, previous_production, read_history, record_change, summarise_evidence
+from housing.registry.ledger import (
+    ROLLBACK_REASON,
+    LedgerEntry,
+    previous_production,
+    read_history,
+    record_change,
+    summarise_evidence,
+)
 from housing.store.tables import make_engine
 
 START = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
@@ -21,10 +28,24 @@ def engine(tmp_path: Path):
     opened.dispose()
 
 
-def entry(minutes: int, from_version: str | None, to_version: str, *, model: str = "CaliforniaHousing", reason: str = "beats production",
-          command: str = "promote.py") -> LedgerEntry:
-    return LedgerEntry(START + timedelta(minutes=minutes), model, from_version, to_version, command, reason,
-                       {"r2": 0.81, "candidates": ["lightgbm", "ridge"], "run": f"run-{to_version}"})
+def entry(
+    minutes: int,
+    from_version: str | None,
+    to_version: str,
+    *,
+    model: str = "CaliforniaHousing",
+    reason: str = "beats production",
+    command: str = "promote.py",
+) -> LedgerEntry:
+    return LedgerEntry(
+        START + timedelta(minutes=minutes),
+        model,
+        from_version,
+        to_version,
+        command,
+        reason,
+        {"r2": 0.81, "candidates": ["lightgbm", "ridge"], "run": f"run-{to_version}"},
+    )
 
 
 def test_an_empty_ledger_has_no_history_and_no_previous_production(engine):
@@ -33,12 +54,18 @@ def test_an_empty_ledger_has_no_history_and_no_previous_production(engine):
 
 
 def test_history_comes_back_oldest_first_with_its_evidence_and_per_model(engine):
-    written = [entry(0, None, "1"), entry(5, "1", "2", model="Other"), entry(10, "1", "3", command="monitor.py", reason="drift")]
+    written = [
+        entry(0, None, "1"),
+        entry(5, "1", "2", model="Other"),
+        entry(10, "1", "3", command="monitor.py", reason="drift"),
+    ]
     for each in written:
         record_change(engine, each)
     history = read_history(engine, "CaliforniaHousing")
-    assert [(e.from_version, e.to_version, e.command, e.reason) for e in history] == [(None, "1", "promote.py", "beats production"),
-                                                                                   ("1", "3", "monitor.py", "drift")]
+    assert [(e.from_version, e.to_version, e.command, e.reason) for e in history] == [
+        (None, "1", "promote.py", "beats production"),
+        ("1", "3", "monitor.py", "drift"),
+    ]
     assert [e.at for e in history] == [START, START + timedelta(minutes=10)]  # time-zone aware, in UTC
     assert history[1].evidence == {"r2": 0.81, "candidates": ["lightgbm", "ridge"], "run": "run-3"}
     assert history[0].id is not None and history[1].id is not None and history[0].id < history[1].id
@@ -56,7 +83,9 @@ def test_previous_production_is_the_version_the_newest_move_to_production_came_f
         record_change(engine, entry(minutes, before, after))
     assert previous_production(engine, "CaliforniaHousing", "3") == "1"
     assert previous_production(engine, "CaliforniaHousing", "1") == "2"  # the newest move to 1 came from 2
-    assert previous_production(engine, "CaliforniaHousing", "7") is None  # never moved there through the ledger
+    assert (
+        previous_production(engine, "CaliforniaHousing", "7") is None
+    )  # never moved there through the ledger
     assert previous_production(engine, "Other", "3") is None
 
 
@@ -74,7 +103,9 @@ def test_rolling_back_twice_walks_further_back_instead_of_undoing_the_first_roll
 
 
 def test_evidence_is_summarised_on_one_short_line():
-    assert summarise_evidence({"r2": 0.81, "reasons": ["drift", "rmse"]}) == 'r2=0.81, reasons=["drift","rmse"]'
+    assert (
+        summarise_evidence({"r2": 0.81, "reasons": ["drift", "rmse"]}) == 'r2=0.81, reasons=["drift","rmse"]'
+    )
     assert summarise_evidence({}) == "-"
     long = summarise_evidence({"notes": "x\ny" * 200}, limit=40)
     assert len(long) == 40 and "\n" not in long and long.endswith("…")

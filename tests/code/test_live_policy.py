@@ -6,9 +6,20 @@ from typing import Any
 
 import numpy as np
 
-from housing.registry.live_policy import confidence_sequence, decide_challenger, labels_needed, sequence_radius
+from housing.registry.live_policy import (
+    confidence_sequence,
+    decide_challenger,
+    labels_needed,
+    sequence_radius,
+)
 
-RULE: dict[str, Any] = {"champion": "3", "challenger": "7", "min_rows": 100, "confidence": 0.95, "max_wait_hours": 72.0}
+RULE: dict[str, Any] = {
+    "champion": "3",
+    "challenger": "7",
+    "min_rows": 100,
+    "confidence": 0.95,
+    "max_wait_hours": 72.0,
+}
 
 
 def errors(rng: np.random.Generator, rows: int, challenger_scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +41,9 @@ def test_too_few_labels_waits_and_says_how_many_more_then_expires():
     verdict = decide_challenger(*errors(rng, 40, 0.5), waited_hours=1.0, **RULE)
     assert (verdict.action, verdict.more_needed) == ("wait", 60)
     assert "needs 60 more labelled requests" in verdict.message
-    assert decide_challenger(*errors(rng, 40, 0.5), waited_hours=None, **RULE).action == "wait"  # the wait has not started
+    assert (
+        decide_challenger(*errors(rng, 40, 0.5), waited_hours=None, **RULE).action == "wait"
+    )  # the wait has not started
     expired = decide_challenger(*errors(rng, 40, 0.5), waited_hours=73.0, **RULE)
     assert expired.action == "expire"
 
@@ -43,7 +56,11 @@ def test_an_indistinguishable_challenger_waits_with_an_estimate_then_expires():
     assert f"needs about {verdict.more_needed:,} more labelled requests" in verdict.message
     assert decide_challenger(champion_se, challenger_se, waited_hours=100.0, **RULE).action == "expire"
     identical = decide_challenger(champion_se, champion_se, waited_hours=1.0, **RULE)
-    assert identical.action == "wait" and identical.more_needed is None and "no number of labelled requests" in identical.message
+    assert (
+        identical.action == "wait"
+        and identical.more_needed is None
+        and "no number of labelled requests" in identical.message
+    )
 
 
 def test_labels_needed_is_the_first_count_whose_time_uniform_interval_clears_zero():

@@ -17,8 +17,17 @@ def test_paired_requests_reads_both_arms_once_per_district(log):
     shadow.submit(served_batch(log, ["c"], CHALLENGER, start=3))  # district 3, canary
     shadow.submit(served_batch(log, ["d"], CHAMPION, start=1))  # district 1 again: no new evidence
     shadow.drain()
-    log.append(prediction_rows(["e"], numbered_districts(1, start=4), [9.0], model_name="M", model_version="3", latency_ms=1.0,
-                               created_at=log.timestamp(datetime.now(UTC))))  # no challenger then: not paired
+    log.append(
+        prediction_rows(
+            ["e"],
+            numbered_districts(1, start=4),
+            [9.0],
+            model_name="M",
+            model_version="3",
+            latency_ms=1.0,
+            created_at=log.timestamp(datetime.now(UTC)),
+        )
+    )  # no challenger then: not paired
     log.flush()
     for request_id in "abcde":
         record_label(log, request_id, 1.0)

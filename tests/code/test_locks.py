@@ -39,20 +39,24 @@ def engine(log_url: str):
     opened.dispose()
 
 
-
-
 def test_processes_racing_for_a_lock_exactly_one_wins_on_a_fresh_database_and_over_an_expired_lease(tmp_path):
-    fresh_url, expired_url = (f"sqlite:///{tmp_path / name / 'predictions.db'}" for name in ("fresh", "expired"))
+    fresh_url, expired_url = (
+        f"sqlite:///{tmp_path / name / 'predictions.db'}" for name in ("fresh", "expired")
+    )
     expired_engine = make_engine(expired_url)
     try:
         expired_lease(expired_engine, RETRAIN_LOCK, "dead-host:1:monitor.py")
-        fresh, expired = race_for_locks([(fresh_url, RETRAIN_LOCK), (expired_url, RETRAIN_LOCK)], racers=3, work_dir=tmp_path / "race")
+        fresh, expired = race_for_locks(
+            [(fresh_url, RETRAIN_LOCK), (expired_url, RETRAIN_LOCK)], racers=3, work_dir=tmp_path / "race"
+        )
         holders = {}
         for url, answers in ((fresh_url, fresh), (expired_url, expired)):
             engine = make_engine(url)
             holders[url] = read_lock(engine, RETRAIN_LOCK)
             with engine.connect() as connection:
-                assert connection.execute(select(locks_table.c.owner)).scalars().all() == [the_winner(answers)]  # the dead lease is gone
+                assert connection.execute(select(locks_table.c.owner)).scalars().all() == [
+                    the_winner(answers)
+                ]  # the dead lease is gone
             engine.dispose()
     finally:
         expired_engine.dispose()
@@ -65,8 +69,12 @@ def test_a_held_lock_is_refused_to_another_owner_and_named_in_the_message(engine
     lock = acquire_lock(engine, "retrain", owner="host-a:10:monitor.py", lease_seconds=60)
     assert lock is not None and lock.expires_at - lock.acquired_at == timedelta(seconds=60)
     assert acquire_lock(engine, "retrain", owner="host-b:20:promote.py", lease_seconds=60) is None
-    assert acquire_lock(engine, "retrain", owner="host-a:10:monitor.py", lease_seconds=60) is None  # not re-entrant
-    assert acquire_lock(engine, "other", owner="host-b:20:promote.py", lease_seconds=60) is not None  # names are independent
+    assert (
+        acquire_lock(engine, "retrain", owner="host-a:10:monitor.py", lease_seconds=60) is None
+    )  # not re-entrant
+    assert (
+        acquire_lock(engine, "other", owner="host-b:20:promote.py", lease_seconds=60) is not None
+    )  # names are independent
     description = describe_holder(engine, "retrain")
     assert description == f"host-a:10:monitor.py since {lock.acquired_at:%Y-%m-%d %H:%M:%S} UTC"
 
@@ -120,7 +128,9 @@ def test_held_lock_yields_none_when_held_and_always_releases_its_own_lease(log_u
 
 
 def test_the_owner_names_host_process_and_script_but_never_the_arguments(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["/work/main/promote.py", "--tracking-uri", "postgresql://user:secret@db/mlflow"])
+    monkeypatch.setattr(
+        sys, "argv", ["/work/main/promote.py", "--tracking-uri", "postgresql://user:secret@db/mlflow"]
+    )
     host, pid, command = current_owner().split(":")
     assert (pid, command) == (str(os.getpid()), "promote.py")
     assert host and "secret" not in current_owner()

@@ -1,6 +1,6 @@
-"""Direct loss estimation (housing.monitoring.loss_estimation) and the decision it feeds, on synthetic data whose true error
-is known row by row: no dataset, no store (the real-data figures are bench/monitor.py's, the real-server check is
-tests/integration/test_estimation.py)."""
+"""Direct loss estimation (housing.monitoring.loss_estimation) and the decision it feeds, on synthetic data
+whose true error is known row by row: no dataset, no store (the real-data figures are bench/monitor.py's, the
+real-server check is tests/integration/test_estimation.py)."""
 
 from __future__ import annotations
 
@@ -31,12 +31,21 @@ from housing.schema import FEATURE_NAMES
 from housing.serving.prometheus import MonitorFigures
 
 CITIES = {  # (latitude, longitude) -> the region a reader of a map would name
-    "San Francisco": (37.77, -122.42, "Bay Area"), "San Jose": (37.34, -121.89, "Bay Area"), "Oakland": (37.80, -122.27, "Bay Area"),
-    "Los Angeles": (34.05, -118.24, "Los Angeles"), "Irvine": (33.68, -117.83, "Los Angeles"), "Pasadena": (34.15, -118.14, "Los Angeles"),
-    "San Diego": (32.72, -117.16, "San Diego"), "Escondido": (33.12, -117.09, "San Diego"),
-    "Sacramento": (38.58, -121.49, "Central Valley"), "Stockton": (37.96, -121.29, "Central Valley"),
-    "Fresno": (36.74, -119.79, "Central Valley"), "Bakersfield": (35.37, -119.02, "Central Valley"),
-    "Eureka": (40.80, -124.16, REST), "Palm Springs": (33.83, -116.55, REST), "Santa Barbara": (34.42, -119.70, REST),
+    "San Francisco": (37.77, -122.42, "Bay Area"),
+    "San Jose": (37.34, -121.89, "Bay Area"),
+    "Oakland": (37.80, -122.27, "Bay Area"),
+    "Los Angeles": (34.05, -118.24, "Los Angeles"),
+    "Irvine": (33.68, -117.83, "Los Angeles"),
+    "Pasadena": (34.15, -118.14, "Los Angeles"),
+    "San Diego": (32.72, -117.16, "San Diego"),
+    "Escondido": (33.12, -117.09, "San Diego"),
+    "Sacramento": (38.58, -121.49, "Central Valley"),
+    "Stockton": (37.96, -121.29, "Central Valley"),
+    "Fresno": (36.74, -119.79, "Central Valley"),
+    "Bakersfield": (35.37, -119.02, "Central Valley"),
+    "Eureka": (40.80, -124.16, REST),
+    "Palm Springs": (33.83, -116.55, REST),
+    "Santa Barbara": (34.42, -119.70, REST),
 }
 
 
@@ -44,16 +53,23 @@ def frame_of(rows: int, rng: np.random.Generator) -> pd.DataFrame:
     """Plausible feature rows spread over California's cities."""
     cities = np.array([(lat, lon) for lat, lon, _ in CITIES.values()])
     picked = cities[rng.integers(0, len(cities), rows)] + rng.normal(0, 0.05, (rows, 2))
-    return pd.DataFrame({
-        "MedInc": rng.gamma(4.0, 1.0, rows), "HouseAge": rng.integers(1, 53, rows).astype(float),
-        "AveRooms": rng.normal(5.0, 1.0, rows), "AveBedrms": rng.normal(1.0, 0.1, rows),
-        "Population": rng.integers(100, 5000, rows).astype(float), "AveOccup": rng.normal(3.0, 0.5, rows),
-        "Latitude": picked[:, 0], "Longitude": picked[:, 1],
-    })[list(FEATURE_NAMES)]
+    return pd.DataFrame(
+        {
+            "MedInc": rng.gamma(4.0, 1.0, rows),
+            "HouseAge": rng.integers(1, 53, rows).astype(float),
+            "AveRooms": rng.normal(5.0, 1.0, rows),
+            "AveBedrms": rng.normal(1.0, 0.1, rows),
+            "Population": rng.integers(100, 5000, rows).astype(float),
+            "AveOccup": rng.normal(3.0, 0.5, rows),
+            "Latitude": picked[:, 0],
+            "Longitude": picked[:, 1],
+        }
+    )[list(FEATURE_NAMES)]
 
 
 def noise_sd(frame: pd.DataFrame) -> np.ndarray:
-    """The true error's standard deviation: larger for rich districts and for old houses (what the loss model must learn)."""
+    """The true error's standard deviation: larger for rich districts and for old houses (what the loss model
+    must learn)."""
     return 0.2 + 0.6 * (frame["MedInc"].to_numpy() > 6) + 0.2 * (frame["HouseAge"].to_numpy() > 40)
 
 
@@ -78,7 +94,9 @@ def estimator():
 
 def test_regions_are_where_a_map_puts_the_cities():
     frame = pd.DataFrame([(lat, lon) for lat, lon, _ in CITIES.values()], columns=["Latitude", "Longitude"])
-    assert dict(zip(CITIES, region_of(frame), strict=True)) == {city: region for city, (_, _, region) in CITIES.items()}
+    assert dict(zip(CITIES, region_of(frame), strict=True)) == {
+        city: region for city, (_, _, region) in CITIES.items()
+    }
 
 
 def test_every_row_is_in_one_region_and_one_income_band():
@@ -88,14 +106,19 @@ def test_every_row_is_in_one_region_and_one_income_band():
     regions = np.column_stack([mask for name, mask in masks.items() if name.startswith("region: ")])
     bands = np.column_stack([mask for name, mask in masks.items() if name.startswith("income")])
     assert (regions.sum(axis=1) == 1).all() and (bands.sum(axis=1) == 1).all()
-    assert [name for name, mask in masks.items() if name.startswith("income") and mask[1]] == ["income $30k-60k"]
-    assert [name for name, mask in masks.items() if name.startswith("income") and mask[2]] == ["income >= $60k"]
+    assert [name for name, mask in masks.items() if name.startswith("income") and mask[1]] == [
+        "income $30k-60k"
+    ]
+    assert [name for name, mask in masks.items() if name.startswith("income") and mask[2]] == [
+        "income >= $60k"
+    ]
 
 
 def test_the_anchor_puts_the_estimates_on_the_final_models_level(estimator):
-    """Fold predictions carry an extra error (sd 0.15 on every row): the raw loss model overestimates the final model's
-    error; anchored, the estimates' mean over the anchoring rows is the final model's realized MSE there (a least-squares
-    line with an intercept), and the interval's variance ratio is near a normal error's 2."""
+    """Fold predictions carry an extra error (sd 0.15 on every row): the raw loss model overestimates the
+    final model's error; anchored, the estimates' mean over the anchoring rows is the final model's realized
+    MSE there (a least-squares line with an intercept), and the interval's variance ratio is near a normal
+    error's 2."""
     held_x, held_y, held_predictions = world(4000, seed=2)
     realized = float(np.mean(np.square(held_y - held_predictions)))
     raw = estimator.model.predict(np.column_stack([held_x.to_numpy(), held_predictions]))
@@ -113,11 +136,11 @@ SUBPOPULATIONS = {
 
 
 def test_estimated_rmse_follows_the_realized_one_under_covariate_shift(estimator):
-    """Windows of 500 unseen rows drawn from one subpopulation at a time (their true error differs fourfold): the
-    estimates rank the subpopulations as the realized errors do and each is within 40 % of it, averaged over 10
-    windows (the anchoring line of a noisy loss model compresses the spread: here the low-error group is overestimated
-    by about a third; the real-data accuracy is bench/monitor.py's table); the interval covers the realized RMSE in
-    most baseline windows."""
+    """Windows of 500 unseen rows drawn from one subpopulation at a time (their true error differs fourfold):
+    the estimates rank the subpopulations as the realized errors do and each is within 40 % of it, averaged
+    over 10 windows (the anchoring line of a noisy loss model compresses the spread: here the low-error group
+    is overestimated by about a third; the real-data accuracy is bench/monitor.py's table); the interval
+    covers the realized RMSE in most baseline windows."""
     x, y, predictions = world(40_000, seed=3)
     estimated, realized, covered = {}, {}, 0
     for name, select in SUBPOPULATIONS.items():
@@ -130,8 +153,14 @@ def test_estimated_rmse_follows_the_realized_one_under_covariate_shift(estimator
             pairs.append((estimate.rmse, truth))
             covered += name == "baseline" and estimate.rmse_low <= truth <= estimate.rmse_high
         estimated[name], realized[name] = np.mean(pairs, axis=0)
-    assert sorted(estimated, key=estimated.__getitem__) == sorted(realized, key=realized.__getitem__), (estimated, realized)
-    assert all(abs(estimated[name] / realized[name] - 1) < 0.40 for name in SUBPOPULATIONS), (estimated, realized)
+    assert sorted(estimated, key=estimated.__getitem__) == sorted(realized, key=realized.__getitem__), (
+        estimated,
+        realized,
+    )
+    assert all(abs(estimated[name] / realized[name] - 1) < 0.40 for name in SUBPOPULATIONS), (
+        estimated,
+        realized,
+    )
     assert covered >= 7
 
 
@@ -144,16 +173,26 @@ def test_labels_needed_are_enough_for_the_realized_interval_to_clear_the_thresho
     assert needed is not None
     z = 1.959963984540054
     assert z * estimate.mse_row_sd / math.sqrt(needed) <= estimate.rmse**2 - 0.25 + 1e-12  # enough...
-    assert z * estimate.mse_row_sd / math.sqrt(needed - 1) > estimate.rmse**2 - 0.25 if needed > 1 else True  # ...and no more
+    assert (
+        z * estimate.mse_row_sd / math.sqrt(needed - 1) > estimate.rmse**2 - 0.25 if needed > 1 else True
+    )  # ...and no more
     assert estimate.labels_needed(estimate.rmse + 0.01) is None
 
 
 def figures(window_rows: int, labelled_rows: int, rmse: float | None = None) -> WindowFigures:
-    return WindowFigures(window_rows=window_rows, labelled_rows=labelled_rows, drift_scores={}, drifted={},
-                         drift_method="wasserstein", rmse=rmse)
+    return WindowFigures(
+        window_rows=window_rows,
+        labelled_rows=labelled_rows,
+        drift_scores={},
+        drifted={},
+        drift_method="wasserstein",
+        rmse=rmse,
+    )
 
 
-THRESHOLDS = RetrainThresholds(min_window=500, min_labels=200, drift_share_threshold=0.2, rmse_threshold=0.5, r2_threshold=0.6)
+THRESHOLDS = RetrainThresholds(
+    min_window=500, min_labels=200, drift_share_threshold=0.2, rmse_threshold=0.5, r2_threshold=0.6
+)
 
 
 def test_an_expected_degradation_is_an_alert_asking_for_labels_never_a_retrain(estimator):
@@ -164,8 +203,11 @@ def test_an_expected_degradation_is_an_alert_asking_for_labels_never_a_retrain(e
     decision = decide(figures(1000, 0), THRESHOLDS, new_districts=0, estimate=estimate)
     assert decision.action == ALERT and not decision.retrain
     assert decision.labels_to_confirm == estimate.labels_needed(0.5) > 0
-    assert any(reason.startswith("expected degradation: estimated RMSE") and f"{decision.labels_to_confirm:,} labels" in reason
-               for reason in decision.reasons)
+    assert any(
+        reason.startswith("expected degradation: estimated RMSE")
+        and f"{decision.labels_to_confirm:,} labels" in reason
+        for reason in decision.reasons
+    )
 
 
 def test_a_good_estimate_raises_nothing_and_labels_overrule_the_estimate(estimator):
@@ -177,7 +219,9 @@ def test_a_good_estimate_raises_nothing_and_labels_overrule_the_estimate(estimat
     rich = x["MedInc"].to_numpy() > 6
     bad = estimator.estimate(x[rich], predictions[rich], 0.95)
     assert bad.rmse_low > 0.5
-    judged = decide(figures(1000, 400, rmse=0.3), THRESHOLDS, new_districts=400, estimate=bad)  # enough labels: they decide
+    judged = decide(
+        figures(1000, 400, rmse=0.3), THRESHOLDS, new_districts=400, estimate=bad
+    )  # enough labels: they decide
     assert judged.action == NO_ACTION and judged.labels_to_confirm == 0
 
 
@@ -207,7 +251,11 @@ def test_window_estimate_uses_the_unlabelled_rows_and_calibrates_on_the_labelled
     assert all(segment.rows >= MIN_SEGMENT_ROWS for segment in estimate.by_segment.values())
     assert "region: Bay Area" in estimate.by_segment and "income >= $60k" in estimate.by_segment
     record = estimate.as_record()
-    assert record["estimated_rmse_interval"][0] <= record["estimated_rmse"] <= record["estimated_rmse_interval"][1]
+    assert (
+        record["estimated_rmse_interval"][0]
+        <= record["estimated_rmse"]
+        <= record["estimated_rmse_interval"][1]
+    )
     everything = estimate_window(estimator, window.assign(MedHouseVal=y), "MedHouseVal", "prediction", 0.95)
     assert everything is not None and everything.over == "all" and everything.overall.rows == 3000
     assert estimate_window(estimator, window.iloc[0:0], "MedHouseVal", "prediction", 0.95) is None
@@ -236,24 +284,32 @@ def test_a_loss_model_carrying_an_untrusted_type_is_refused(estimator, tmp_path:
 
 
 def test_every_figure_of_the_decision_file_is_on_metrics(estimator, tmp_path: Path):
-    """The API's /metrics reads the latest decision file: estimate, interval ends, per segment, realized error,
-    calibration gap and labels to confirm, each with the value the file holds."""
+    """The API's /metrics reads the latest decision file: estimate, interval ends, per segment, realized
+    error, calibration gap and labels to confirm, each with the value the file holds."""
     x, y, predictions = world(3000, seed=9)
     window = x.assign(prediction=predictions, MedHouseVal=np.where(np.arange(3000) % 3 == 0, y, np.nan))
     estimate = estimate_window(estimator, window, "MedHouseVal", "prediction", 0.95)
     assert estimate is not None
     record = {"production_version": "7", "rmse": 0.41, "labels_to_confirm": 123, **estimate.as_record()}
     (tmp_path / "decision_latest.json").write_text(json.dumps(record))
-    collected = {(sample.name, sample.labels["segment"]): sample.value
-                 for family in MonitorFigures(tmp_path / "decision_latest.json").collect() for sample in family.samples
-                 if sample.labels["production_version"] == "7"}
+    collected = {
+        (sample.name, sample.labels["segment"]): sample.value
+        for family in MonitorFigures(tmp_path / "decision_latest.json").collect()
+        for sample in family.samples
+        if sample.labels["production_version"] == "7"
+    }
     assert collected[("housing_monitor_estimated_rmse", "all")] == record["estimated_rmse"]
     assert collected[("housing_monitor_estimated_rmse_low", "all")] == record["estimated_rmse_interval"][0]
     assert collected[("housing_monitor_estimated_rmse_high", "all")] == record["estimated_rmse_interval"][1]
     assert collected[("housing_monitor_realized_rmse", "all")] == 0.41
-    assert collected[("housing_monitor_estimation_gap", "all")] == record["estimation_calibration"]["relative_gap"]
+    assert (
+        collected[("housing_monitor_estimation_gap", "all")]
+        == record["estimation_calibration"]["relative_gap"]
+    )
     assert collected[("housing_monitor_labels_to_confirm", "all")] == 123
     bay = record["estimated_rmse_by_segment"]["region: Bay Area"]
     assert collected[("housing_monitor_estimated_rmse", "region: Bay Area")] == bay["rmse"]
     assert collected[("housing_monitor_estimated_rmse_high", "region: Bay Area")] == bay["rmse_high"]
-    assert list(MonitorFigures(tmp_path / "missing.json").collect()) == []  # nothing before the first monitor run
+    assert (
+        list(MonitorFigures(tmp_path / "missing.json").collect()) == []
+    )  # nothing before the first monitor run

@@ -10,8 +10,14 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def make(*args: str) -> str:
-    result = subprocess.run(["make", "--no-print-directory", *args], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -20,7 +26,9 @@ def test_make_pipeline_sets_up_then_runs_the_four_stages_in_order():
     printed = make("-n", "-B", "pipeline", "HOUSING_DATA_SOURCE=/data/housing.csv", "VENV=/tmp/no-such-venv")
     stages = re.findall(r"^\S*python\S* (\w+)\.py$", printed, flags=re.MULTILINE)
     assert stages == ["load_data", "preprocess", "train", "promote"], printed
-    assert printed.index("pip install --quiet -r requirements.txt") < printed.index("load_data.py")  # set up first
+    assert printed.index("pip install --quiet -r requirements.txt") < printed.index(
+        "load_data.py"
+    )  # set up first
     assert "-m venv /tmp/no-such-venv" in printed
 
 

@@ -1,4 +1,5 @@
-"""Model files: a version registered while the transformers lived elsewhere still loads and predicts the same."""
+"""Model files: a version registered while the transformers lived elsewhere still loads and predicts the
+same."""
 
 from __future__ import annotations
 

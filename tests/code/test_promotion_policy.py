@@ -25,12 +25,26 @@ NOISE = GateEvidence(rows=4128, mean_gain=0.002, low=-0.004, high=0.008, confide
 """A challenger better on average, within noise."""
 
 
-def decide(candidates: list[Score], *, production_version: str | None = None, current_staging: str | None = None,
-           production: Score | None = None, evidence: GateEvidence | None = CLEAR_GAIN) -> PromotionDecision:
+def decide(
+    candidates: list[Score],
+    *,
+    production_version: str | None = None,
+    current_staging: str | None = None,
+    production: Score | None = None,
+    evidence: GateEvidence | None = CLEAR_GAIN,
+) -> PromotionDecision:
     """The policy with the default gates and alias names."""
-    return decide_promotion(candidates, production_version=production_version, current_staging=current_staging,
-                            staging_r2_threshold=STAGING_GATE, production_r2_threshold=PRODUCTION_GATE,
-                            staging_alias="staging", production_alias="production", production=production, evidence=evidence)
+    return decide_promotion(
+        candidates,
+        production_version=production_version,
+        current_staging=current_staging,
+        staging_r2_threshold=STAGING_GATE,
+        production_r2_threshold=PRODUCTION_GATE,
+        staging_alias="staging",
+        production_alias="production",
+        production=production,
+        evidence=evidence,
+    )
 
 
 LINEAR = Score("1", "linear_regression", 0.60, 0.72)
@@ -54,7 +68,10 @@ def test_no_candidate_passes_staging():
     assert decision.production_version == "7" and not decision.move_production
     assert decision.messages == (
         "no candidate passed the staging gate (R2 > 0.7); 'staging' unchanged",
-        "production unchanged: the best candidate, version 2 (knn), has R2 0.7000, not above the production gate 0.75",
+        (
+            "production unchanged: the best candidate, version 2 (knn), has R2 0.7000, not above the"
+            " production gate 0.75"
+        ),
     )
 
 
@@ -67,19 +84,29 @@ def test_no_candidate_passes_staging_and_no_staging_yet():
 def test_staging_moves_to_the_best_candidate_past_its_gate():
     decision = decide([LINEAR, FOREST, BOOSTING], current_staging="2", production_version="3")
     assert decision.staging_version == "3" and decision.move_staging
-    assert decision.messages[0] == "2 candidate(s) passed the staging gate (R2 > 0.7); 'staging' -> version 3 (gradient_boosting)"
+    assert (
+        decision.messages[0]
+        == "2 candidate(s) passed the staging gate (R2 > 0.7); 'staging' -> version 3 (gradient_boosting)"
+    )
 
 
 def test_staging_is_set_when_there_was_none():
     decision = decide([FOREST])
     assert decision.staging_version == "2" and decision.move_staging
-    assert decision.messages[0] == "1 candidate(s) passed the staging gate (R2 > 0.7); 'staging' -> version 2 (random_forest)"
+    assert (
+        decision.messages[0]
+        == "1 candidate(s) passed the staging gate (R2 > 0.7); 'staging' -> version 2 (random_forest)"
+    )
 
 
 def test_staging_stays_when_it_already_names_the_best():
     decision = decide([LINEAR, FOREST, BOOSTING], current_staging="3", production_version="3")
     assert decision.staging_version == "3" and not decision.move_staging
-    assert decision.messages[0] == "2 candidate(s) passed the staging gate (R2 > 0.7); 'staging' stays at version 3 (gradient_boosting)"
+    assert (
+        decision.messages[0]
+        == "2 candidate(s) passed the staging gate (R2 > 0.7); 'staging' stays at version 3"
+        " (gradient_boosting)"
+    )
 
 
 def test_best_below_the_production_gate_keeps_production():
@@ -87,35 +114,47 @@ def test_best_below_the_production_gate_keeps_production():
     decision = decide([LINEAR, decent], production_version=None, current_staging=None)
     assert decision.staging_version == "2" and decision.move_staging
     assert decision.production_version is None and not decision.move_production
-    assert decision.messages[1] == ("production unchanged: the best candidate, version 2 (random_forest), has R2 0.7400, "
-                                    "not above the production gate 0.75")
+    assert (
+        decision.messages[1]
+        == "production unchanged: the best candidate, version 2 (random_forest), has R2 0.7400, "
+        "not above the production gate 0.75"
+    )
 
 
 def test_the_production_gate_is_strict():
     decision = decide([Score("2", "random_forest", 0.75, 0.5)])
-    assert decision.production_version is None and "not above the production gate 0.75" in decision.messages[1]
+    assert (
+        decision.production_version is None and "not above the production gate 0.75" in decision.messages[1]
+    )
 
 
 def test_no_production_yet_takes_the_best():
     decision = decide([LINEAR, FOREST, BOOSTING])
     assert decision.production_version == "3" and decision.move_production
-    assert decision.messages[1] == ("'production' -> version 3 (gradient_boosting, R2 0.8400, RMSE 0.4600); "
-                                    "there was no production model")
+    assert (
+        decision.messages[1] == "'production' -> version 3 (gradient_boosting, R2 0.8400, RMSE 0.4600); "
+        "there was no production model"
+    )
 
 
 def test_production_already_the_best_stays():
     decision = decide([LINEAR, FOREST, BOOSTING], production_version="3", current_staging="3")
     assert decision.production_version == "3" and not decision.move_production and not decision.move_staging
-    assert decision.messages[1] == "production unchanged: version 3 (gradient_boosting) is already production and still the best"
+    assert (
+        decision.messages[1]
+        == "production unchanged: version 3 (gradient_boosting) is already production and still the best"
+    )
 
 
 def test_a_candidate_that_beats_production_by_r2_takes_it():
     decision = decide([LINEAR, FOREST, BOOSTING], production_version="2")
     assert decision.production_version == "3" and decision.move_production
-    assert decision.messages[1] == ("'production' -> version 3 (gradient_boosting, R2 0.8400, RMSE 0.4600); "
-                                    "it beats version 2 (random_forest, R2 0.8000, RMSE 0.5100) on the same data beyond noise "
-                                    "(gain in squared error per row +0.0200, 95% paired bootstrap interval [+0.0120, +0.0280] "
-                                    "on 4,128 rows)")
+    assert (
+        decision.messages[1] == "'production' -> version 3 (gradient_boosting, R2 0.8400, RMSE 0.4600); "
+        "it beats version 2 (random_forest, R2 0.8000, RMSE 0.5100) on the same data beyond noise "
+        "(gain in squared error per row +0.0200, 95% paired bootstrap interval [+0.0120, +0.0280] "
+        "on 4,128 rows)"
+    )
 
 
 def test_a_better_candidate_within_noise_leaves_production():
@@ -155,17 +194,25 @@ def test_equal_r2_is_broken_by_rmse():
     production = Score("2", "random_forest", 0.84, 0.47)
     decision = decide([production, BOOSTING], production_version="2")  # same R2, lower RMSE
     assert decision.production_version == "3" and decision.move_production
-    assert "it beats version 2 (random_forest, R2 0.8400, RMSE 0.4700) on the same data beyond noise" in decision.messages[1]
+    assert (
+        "it beats version 2 (random_forest, R2 0.8400, RMSE 0.4700) on the same data beyond noise"
+        in decision.messages[1]
+    )
 
 
 def test_a_candidate_that_does_not_beat_production_leaves_it():
     production = Score("9", "lightgbm", 0.86, 0.44)  # an older, better version, not among the candidates
     assert production_score_needed([LINEAR, FOREST, BOOSTING], "9", PRODUCTION_GATE)
-    decision = decide([LINEAR, FOREST, BOOSTING], production_version="9", current_staging="3", production=production)
+    decision = decide(
+        [LINEAR, FOREST, BOOSTING], production_version="9", current_staging="3", production=production
+    )
     assert decision.production_version == "9" and not decision.move_production
     assert decision.staging_version == "3" and not decision.move_staging
-    assert decision.messages[1] == ("production unchanged: the best candidate, version 3 (gradient_boosting, R2 0.8400, RMSE 0.4600), "
-                                    "does not beat production version 9 (lightgbm, R2 0.8600, RMSE 0.4400) on the same data")
+    assert (
+        decision.messages[1]
+        == "production unchanged: the best candidate, version 3 (gradient_boosting, R2 0.8400, RMSE 0.4600), "
+        "does not beat production version 9 (lightgbm, R2 0.8600, RMSE 0.4400) on the same data"
+    )
 
 
 def test_an_exact_tie_does_not_move_production():
@@ -191,7 +238,9 @@ def test_production_score_is_needed_only_when_the_comparison_happens():
     candidates = [LINEAR, FOREST, BOOSTING]
     assert production_score_needed(candidates, "5", PRODUCTION_GATE)  # not a candidate, best past the gate
     assert not production_score_needed(candidates, None, PRODUCTION_GATE)  # no production
-    assert not production_score_needed(candidates, "2", PRODUCTION_GATE)  # production is a candidate: scored already
+    assert not production_score_needed(
+        candidates, "2", PRODUCTION_GATE
+    )  # production is a candidate: scored already
     assert not production_score_needed([LINEAR], "5", PRODUCTION_GATE)  # best below the gate: no comparison
     assert not production_score_needed([], "5", PRODUCTION_GATE)
 
@@ -207,8 +256,15 @@ def test_no_candidates_is_a_programming_error():
 
 
 def test_alias_names_come_from_the_caller():
-    decision = decide_promotion([BOOSTING], production_version=None, current_staging=None, staging_r2_threshold=0.5,
-                                production_r2_threshold=0.5, staging_alias="candidate", production_alias="champion")
+    decision = decide_promotion(
+        [BOOSTING],
+        production_version=None,
+        current_staging=None,
+        staging_r2_threshold=0.5,
+        production_r2_threshold=0.5,
+        staging_alias="candidate",
+        production_alias="champion",
+    )
     assert decision.messages == (
         "1 candidate(s) passed the staging gate (R2 > 0.5); 'candidate' -> version 3 (gradient_boosting)",
         "'champion' -> version 3 (gradient_boosting, R2 0.8400, RMSE 0.4600); there was no production model",

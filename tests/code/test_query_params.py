@@ -1,5 +1,6 @@
 """The original report's query-parameter request, parsed without a server: numbers as people write them, every
-other text refused by field, a body beside a query refused, an oversized query string refused before parsing."""
+other text refused by field, a body beside a query refused, an oversized query string refused before parsing.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ import pytest
 from housing.api.problems import InputError
 from housing.api.query_params import query_payload
 
-SEED = b"MedInc=3.5&HouseAge=28&AveRooms=5.0&AveBedrms=1.04&Population=1500&AveOccup=3.0&Latitude=34.2&Longitude=-118.3"
+ORIGINAL_QUERY = (
+    b"MedInc=3.5&HouseAge=28&AveRooms=5.0&AveBedrms=1.04&Population=1500"
+    b"&AveOccup=3.0&Latitude=34.2&Longitude=-118.3"
+)
 
 
 def test_the_seeds_query_string_becomes_the_json_payload():
-    assert query_payload(SEED, b"", 65_536) == {"MedInc": 3.5, "HouseAge": 28.0, "AveRooms": 5.0, "AveBedrms": 1.04, "Population": 1500.0,
-                                                "AveOccup": 3.0, "Latitude": 34.2, "Longitude": -118.3}
-    assert query_payload(SEED, b"  \n", 65_536)["MedInc"] == 3.5  # a blank body is an empty body
+    assert query_payload(ORIGINAL_QUERY, b"", 65_536) == {
+        "MedInc": 3.5,
+        "HouseAge": 28.0,
+        "AveRooms": 5.0,
+        "AveBedrms": 1.04,
+        "Population": 1500.0,
+        "AveOccup": 3.0,
+        "Latitude": 34.2,
+        "Longitude": -118.3,
+    }
+    assert query_payload(ORIGINAL_QUERY, b"  \n", 65_536)["MedInc"] == 3.5  # a blank body is an empty body
 
 
 @pytest.mark.parametrize("text", ["3.5", "+3.5", "-118.3", ".5", "5.", "1e3", "1E-3", " 3.5 "])
@@ -34,13 +46,16 @@ def test_unknown_names_are_left_to_the_validator():
     assert query_payload(b"medinc=abc&x=1", b"", 1_000) == {"medinc": "abc", "x": 1.0}
 
 
-@pytest.mark.parametrize(("query", "body", "status", "words"), [
-    (SEED, b'{"MedInc": 3.5}', 400, "not both"),
-    (b"MedInc=1&MedInc=2", b"", 422, "given twice"),
-    (b"MedInc", b"", 400, "not valid"),
-    (b"MedInc=%ff", b"", 400, "not valid"),
-    (b"MedInc=" + b"1" * 2_000, b"", 414, "the limit is 1,000"),
-])
+@pytest.mark.parametrize(
+    ("query", "body", "status", "words"),
+    [
+        (ORIGINAL_QUERY, b'{"MedInc": 3.5}', 400, "not both"),
+        (b"MedInc=1&MedInc=2", b"", 422, "given twice"),
+        (b"MedInc", b"", 400, "not valid"),
+        (b"MedInc=%ff", b"", 400, "not valid"),
+        (b"MedInc=" + b"1" * 2_000, b"", 414, "the limit is 1,000"),
+    ],
+)
 def test_malformed_queries(query, body, status, words):
     with pytest.raises(InputError) as raised:
         query_payload(query, body, 1_000)

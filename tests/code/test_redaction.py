@@ -1,4 +1,5 @@
-"""The redaction helper: passwords and token-like parameters masked in URIs and free text, nothing else touched."""
+"""The redaction helper: passwords and token-like parameters masked in URIs and free text, nothing else
+touched."""
 
 import pytest
 
@@ -11,7 +12,10 @@ from housing.errors import is_credential_name, mask_text, mask_uri, masked_first
         ("http://user:pw@host:5000", "http://user:***@host:5000"),
         ("https://admin:S3cret@mlflow.example.com/path/", "https://admin:***@mlflow.example.com/path/"),
         ("postgresql://user:pw@db:5432/mlflow", "postgresql://user:***@db:5432/mlflow"),
-        ("postgresql+psycopg://u:Pw2@127.0.0.1:5/x?sslmode=require", "postgresql+psycopg://u:***@127.0.0.1:5/x?sslmode=require"),
+        (
+            "postgresql+psycopg://u:Pw2@127.0.0.1:5/x?sslmode=require",
+            "postgresql+psycopg://u:***@127.0.0.1:5/x?sslmode=require",
+        ),
         ("mysql+pymysql://u:p%40ss@h/db", "mysql+pymysql://u:***@h/db"),
         ("postgresql://u:p@ss@host/db", "postgresql://u:***@host/db"),  # unencoded @ in the password
         ("postgresql://u:p/ss@host/db", "postgresql://u:***@host/db"),  # unencoded / (SQLAlchemy accepts it)
@@ -20,9 +24,14 @@ from housing.errors import is_credential_name, mask_text, mask_uri, masked_first
         ("https://:pw@host/x", "https://:***@host/x"),
         ("https://host/data.csv?token=abc", "https://host/data.csv?token=***"),
         ("https://host/d.csv?a=1&API_KEY=k&b=2&sig=s", "https://host/d.csv?a=1&API_KEY=***&b=2&sig=***"),
-        ("https://host/d.csv?client_secret=x;refresh_token=y", "https://host/d.csv?client_secret=***;refresh_token=***"),
-        ("https://b.s3.amazonaws.com/k.csv?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ab",
-         "https://b.s3.amazonaws.com/k.csv?X-Amz-Credential=***&X-Amz-Signature=***"),
+        (
+            "https://host/d.csv?client_secret=x;refresh_token=y",
+            "https://host/d.csv?client_secret=***;refresh_token=***",
+        ),
+        (
+            "https://b.s3.amazonaws.com/k.csv?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ab",
+            "https://b.s3.amazonaws.com/k.csv?X-Amz-Credential=***&X-Amz-Signature=***",
+        ),
         ("https://host/cb#access_token=abc&state=1", "https://host/cb#access_token=***&state=1"),
         ("http://u:pw@host/d.csv?token=t&page=2", "http://u:***@host/d.csv?token=***&page=2"),
     ],
@@ -56,8 +65,20 @@ def test_urls_without_credentials_and_non_urls_stay_as_they_are(unchanged):
 
 
 def test_credential_names():
-    for name in ("token", "TOKEN", "Key", "pwd", "passwd", "auth", "X-Amz-Security-Token", "x-goog-signature",
-                 "api-key", "sas_token", "my_password", "credential"):
+    for name in (
+        "token",
+        "TOKEN",
+        "Key",
+        "pwd",
+        "passwd",
+        "auth",
+        "X-Amz-Security-Token",
+        "x-goog-signature",
+        "api-key",
+        "sas_token",
+        "my_password",
+        "credential",
+    ):
         assert is_credential_name(name), name
     for name in ("page", "sort", "keyword", "name", "sslmode", "version"):
         assert not is_credential_name(name), name
@@ -65,8 +86,10 @@ def test_credential_names():
 
 def test_text_with_uris_key_values_and_known_secrets_is_masked():
     uri = "http://admin:S3cretPw@127.0.0.1:5000"
-    text = (f"API request to {uri}/api/2.0/mlflow/x failed ('{uri}'); "
-            "conninfo host=db password=Pw2 user=u; the password S3cretPw again, and S3cret%50w")
+    text = (
+        f"API request to {uri}/api/2.0/mlflow/x failed ('{uri}'); "
+        "conninfo host=db password=Pw2 user=u; the password S3cretPw again, and S3cret%50w"
+    )
     masked = mask_text(text, uri)
     assert "S3cretPw" not in masked and "Pw2" not in masked
     assert "http://admin:***@127.0.0.1:5000/api/2.0/mlflow/x" in masked
@@ -75,7 +98,9 @@ def test_text_with_uris_key_values_and_known_secrets_is_masked():
 
 def test_known_secrets_in_both_encodings_and_short_ones_left_alone():
     assert secrets_of("http://u:p%40ss@h/", "https://h/x?token=abc&q=1") == {"p%40ss", "p@ss", "abc"}
-    assert secrets_of("http://u:pw@h/", "/a/path", "sqlite:///x.db") == set()  # 2 characters: not struck from text
+    assert (
+        secrets_of("http://u:pw@h/", "/a/path", "sqlite:///x.db") == set()
+    )  # 2 characters: not struck from text
     assert mask_text("pwd is short", "http://u:pw@h/") == "pwd is short"
 
 

@@ -1,5 +1,7 @@
-"""Evidence for retraining on a real SQLite prediction log in a temp dir: each district counts once, and what a
-retraining run used is never evidence again (the poisoning and the persistent-shift cases of the loop issue)."""
+"""Evidence for retraining on a real SQLite prediction log in a temp dir: each district counts once, and what
+a retraining run used is never evidence again (the poisoning and the persistent-shift cases of the loop
+issue).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ from sqlalchemy import Engine
 
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 from housing.store.prediction_log import PredictionLog, prediction_rows, read_window
-from housing.store.retrain_evidence import EVAL_ROLE, TRAIN_ROLE, base_districts, new_evidence, record_used_rows, trained_rows, used_districts
+from housing.store.retrain_evidence import (
+    EVAL_ROLE,
+    TRAIN_ROLE,
+    base_districts,
+    new_evidence,
+    record_used_rows,
+    trained_rows,
+    used_districts,
+)
 from housing.store.tables import make_engine
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -34,8 +44,17 @@ def engine(tmp_path: Path) -> Engine:
     log.start()
     features = districts(10, copies=3)
     ids = [f"{i:032x}" for i in range(len(features))]
-    log.append(prediction_rows(ids, features, [2.0] * len(ids), model_name="m", model_version="1", latency_ms=1.0,
-                               created_at=log.timestamp(START)))
+    log.append(
+        prediction_rows(
+            ids,
+            features,
+            [2.0] * len(ids),
+            model_name="m",
+            model_version="1",
+            latency_ms=1.0,
+            created_at=log.timestamp(START),
+        )
+    )
     log.flush()
     for i, request_id in enumerate(ids):
         log.record_feedback(request_id, 1.0 + i / 100)
@@ -50,7 +69,12 @@ def labelled_window(engine: Engine) -> pd.DataFrame:
 
 def test_each_district_counts_once(engine):
     evidence = new_evidence(labelled_window(engine), set())
-    assert evidence.labelled_rows == 30 and evidence.districts == 10 and evidence.repeats == 20 and evidence.already_used == 0
+    assert (
+        evidence.labelled_rows == 30
+        and evidence.districts == 10
+        and evidence.repeats == 20
+        and evidence.already_used == 0
+    )
     assert evidence.rows["district"].is_unique
 
 
@@ -77,7 +101,9 @@ def test_districts_a_run_used_are_not_evidence_again(engine):
 
 def test_the_training_split_is_never_evidence(engine):
     window = labelled_window(engine)
-    x_train = pd.DataFrame(districts(4), columns=list(FEATURE_NAMES))  # districts 1-4 were in the training split
+    x_train = pd.DataFrame(
+        districts(4), columns=list(FEATURE_NAMES)
+    )  # districts 1-4 were in the training split
     assert new_evidence(window, base_districts(x_train)).districts == 6
 
 

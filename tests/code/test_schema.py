@@ -31,13 +31,25 @@ def test_valid_frame_passes_in_contract_order():
     [
         (lambda f: f.iloc[0:0], "no rows"),
         (lambda f: f.drop(columns="MedInc"), "missing column(s) MedInc"),
-        (lambda f: f.rename(columns={"HouseAge": "house_age"}), "missing column(s) HouseAge (found unexpected house_age)"),
+        (
+            lambda f: f.rename(columns={"HouseAge": "house_age"}),
+            "missing column(s) HouseAge (found unexpected house_age)",
+        ),
         (lambda f: f.assign(extra=1.0), "unexpected column(s) extra"),
-        (lambda f: f.assign(AveRooms=["5", "abc", "5"]), "column AveRooms has 1 non-numeric value(s), e.g. 'abc' in row 1"),
+        (
+            lambda f: f.assign(AveRooms=["5", "abc", "5"]),
+            "column AveRooms has 1 non-numeric value(s), e.g. 'abc' in row 1",
+        ),
         (lambda f: f.assign(Population=[1.0, np.nan, 2.0]), "column Population has 1 missing value(s)"),
         (lambda f: f.assign(MedInc=[1.0, np.inf, 2.0]), "column MedInc has 1 infinite value(s)"),
-        (lambda f: f.assign(Latitude=[34.0, 51.5, 34.0]), "column Latitude has 1 value(s) outside the valid range"),
-        (lambda f: f.assign(Population=[-3.0, 10.0, 10.0]), "column Population has 1 value(s) outside the valid range (> 0"),
+        (
+            lambda f: f.assign(Latitude=[34.0, 51.5, 34.0]),
+            "column Latitude has 1 value(s) outside the valid range",
+        ),
+        (
+            lambda f: f.assign(Population=[-3.0, 10.0, 10.0]),
+            "column Population has 1 value(s) outside the valid range (> 0",
+        ),
     ],
 )
 def test_contract_violations_are_one_sentence(mutate, message):
@@ -53,7 +65,10 @@ def test_numeric_strings_are_accepted_in_csv_data():
 
 
 def test_features_only_validation():
-    assert tuple(validate_frame(tiny_frame()[list(FEATURE_NAMES)], require_target=False).columns) == FEATURE_NAMES
+    assert (
+        tuple(validate_frame(tiny_frame()[list(FEATURE_NAMES)], require_target=False).columns)
+        == FEATURE_NAMES
+    )
 
 
 def test_range_rules_are_inclusive_or_exclusive_as_declared():

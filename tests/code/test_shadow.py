@@ -1,6 +1,6 @@
-"""Champion and challenger without a server: the canary's stable routing, the shadow scorer on a real SQLite log
-(both predictions in one row, a failing or slow challenger never blocks or loses a row), the log's in-place
-migration, the live evidence read, and the live verdict's every branch."""
+"""Champion and challenger without a server: the canary's stable routing, the shadow scorer on a real SQLite
+log (both predictions in one row, a failing or slow challenger never blocks or loses a row), the log's
+in-place migration, the live evidence read, and the live verdict's every branch."""
 
 from __future__ import annotations
 
@@ -23,17 +23,22 @@ from tests.helpers import CHALLENGER, CHAMPION, numbered_districts, served_batch
 
 def stored(log: PredictionLog) -> list[tuple[Any, ...]]:
     with log.engine.connect() as connection:
-        return list(connection.execute(text(
-            "select request_id, model_version, served_alias, prediction, shadow_prediction, shadow_model_version "
-            "from predictions order by request_id")))
-
-
+        return list(
+            connection.execute(
+                text(
+                    "select request_id, model_version, served_alias, prediction, shadow_prediction,"
+                    " shadow_model_version from predictions order by request_id"
+                )
+            )
+        )
 
 
 def test_every_row_is_logged_with_both_predictions_either_model_answering(log):
     shadow, metrics = shadow_scorer(log, lambda alias: CHALLENGER if alias == "production" else CHAMPION)
     assert shadow.submit(served_batch(log, ["a", "b"], CHAMPION))
-    assert shadow.submit(served_batch(log, ["c"], CHALLENGER, start=5))  # a canary request: the champion is its shadow
+    assert shadow.submit(
+        served_batch(log, ["c"], CHALLENGER, start=5)
+    )  # a canary request: the champion is its shadow
     assert shadow.drain() == 3
     assert log.flush()
     assert stored(log) == [
@@ -59,7 +64,9 @@ def test_a_failing_challenger_costs_only_its_column(log):
 
 
 def test_a_wrong_shaped_shadow_answer_is_a_failure_not_a_misaligned_row(log):
-    shadow, metrics = shadow_scorer(log, lambda alias: stub_model("9", lambda x: np.zeros(len(x) + 1), alias="staging"))
+    shadow, metrics = shadow_scorer(
+        log, lambda alias: stub_model("9", lambda x: np.zeros(len(x) + 1), alias="staging")
+    )
     shadow.submit(served_batch(log, ["a", "b"], CHAMPION))
     shadow.drain()
     log.flush()
@@ -78,10 +85,21 @@ def test_a_full_backlog_refuses_so_the_caller_logs_directly(log):
 
 
 def test_rows_the_log_refuses_are_kept_and_appended_later(tmp_path: Path) -> None:
-    log = PredictionLog(f"sqlite:///{tmp_path / 'full.db'}", max_buffer_rows=2, spill_dir=None)  # full at 2 rows, nowhere to spill
+    log = PredictionLog(
+        f"sqlite:///{tmp_path / 'full.db'}", max_buffer_rows=2, spill_dir=None
+    )  # full at 2 rows, nowhere to spill
     create_tables(log.engine)
-    log.append(prediction_rows(["x", "y"], numbered_districts(2, start=50), [1.0, 1.0], model_name="M", model_version="3", latency_ms=1.0,
-                               created_at=log.timestamp(datetime.now(UTC))))
+    log.append(
+        prediction_rows(
+            ["x", "y"],
+            numbered_districts(2, start=50),
+            [1.0, 1.0],
+            model_name="M",
+            model_version="3",
+            latency_ms=1.0,
+            created_at=log.timestamp(datetime.now(UTC)),
+        )
+    )
     shadow, _ = shadow_scorer(log, lambda alias: CHALLENGER)
     shadow.submit(served_batch(log, ["a", "b"], CHAMPION))
     assert shadow.drain() == 0  # the log is full
@@ -117,24 +135,40 @@ def test_the_thread_logs_without_being_asked(log):
         shadow.close()
 
 
-OLD_SCHEMA = ("CREATE TABLE predictions (request_id VARCHAR(32) PRIMARY KEY, created_at DATETIME NOT NULL, "
-              + ", ".join(f'"{name}" FLOAT NOT NULL' for name in FEATURE_NAMES)
-              + ", prediction FLOAT NOT NULL, model_name VARCHAR(200) NOT NULL, model_version VARCHAR(20) NOT NULL, "
-              "latency_ms FLOAT NOT NULL)")
+OLD_SCHEMA = (
+    "CREATE TABLE predictions (request_id VARCHAR(32) PRIMARY KEY, created_at DATETIME NOT NULL, "
+    + ", ".join(f'"{name}" FLOAT NOT NULL' for name in FEATURE_NAMES)
+    + ", prediction FLOAT NOT NULL, model_name VARCHAR(200) NOT NULL, model_version VARCHAR(20) NOT NULL, "
+    "latency_ms FLOAT NOT NULL)"
+)
 
 
 def test_an_older_log_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)
-    values = ", ".join(["'old'", "'2024-01-01 00:00:00.000000'", *["1.0"] * len(FEATURE_NAMES), "2.0", "'M'", "'1'", "1.5"])
+    values = ", ".join(
+        ["'old'", "'2024-01-01 00:00:00.000000'", *["1.0"] * len(FEATURE_NAMES), "2.0", "'M'", "'1'", "1.5"]
+    )
     with engine.begin() as connection:
         connection.execute(text(OLD_SCHEMA))
         connection.execute(text(f"INSERT INTO predictions VALUES ({values})"))
     create_tables(engine)
     create_tables(engine)  # twice (another process): nothing to add, no error
     log = PredictionLog(url)
-    log.append(prediction_rows(["new"], numbered_districts(1), [2.5], model_name="M", model_version="2", latency_ms=1.0,
-                               created_at=log.timestamp(datetime.now(UTC)), served_alias="production", shadow=[2.7], shadow_version="3"))
+    log.append(
+        prediction_rows(
+            ["new"],
+            numbered_districts(1),
+            [2.5],
+            model_name="M",
+            model_version="2",
+            latency_ms=1.0,
+            created_at=log.timestamp(datetime.now(UTC)),
+            served_alias="production",
+            shadow=[2.7],
+            shadow_version="3",
+        )
+    )
     assert log.flush()
     assert stored(log) == [("new", "2", "production", 2.5, 2.7, "3"), ("old", "1", None, 2.0, None, None)]
     engine.dispose()

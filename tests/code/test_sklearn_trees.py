@@ -23,12 +23,20 @@ from housing.serving.sklearn_trees import flatten_sklearn
 from housing.serving.trees import PARALLEL_MIN_ROWS
 
 ESTIMATORS = {
-    "random_forest": lambda: RandomForestRegressor(n_estimators=8, max_depth=8, min_samples_split=5, random_state=0),
+    "random_forest": lambda: RandomForestRegressor(
+        n_estimators=8, max_depth=8, min_samples_split=5, random_state=0
+    ),
     "extra_trees": lambda: ExtraTreesRegressor(n_estimators=5, max_depth=6, random_state=0),
     "decision_tree": lambda: DecisionTreeRegressor(max_depth=7, random_state=0),
-    "gradient_boosting": lambda: GradientBoostingRegressor(n_estimators=30, max_depth=3, subsample=0.8, learning_rate=0.1, random_state=0),
-    "gradient_boosting_zero_init_huber": lambda: GradientBoostingRegressor(n_estimators=15, init="zero", loss="huber", random_state=0),
-    "hist_gradient_boosting": lambda: HistGradientBoostingRegressor(max_iter=30, max_leaf_nodes=15, early_stopping=False, random_state=0),
+    "gradient_boosting": lambda: GradientBoostingRegressor(
+        n_estimators=30, max_depth=3, subsample=0.8, learning_rate=0.1, random_state=0
+    ),
+    "gradient_boosting_zero_init_huber": lambda: GradientBoostingRegressor(
+        n_estimators=15, init="zero", loss="huber", random_state=0
+    ),
+    "hist_gradient_boosting": lambda: HistGradientBoostingRegressor(
+        max_iter=30, max_leaf_nodes=15, early_stopping=False, random_state=0
+    ),
 }
 
 

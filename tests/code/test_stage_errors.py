@@ -1,5 +1,5 @@
-"""Bad input ends a stage (preprocess, train) with one sentence on stderr and exit code 2, and destroys nothing:
-the previous split and plots stay byte for byte, and a refused train touches no tracking store.
+"""Bad input ends a stage (preprocess, train) with one sentence on stderr and exit code 2, and destroys
+nothing: the previous split and plots stay byte for byte, and a refused train touches no tracking store.
 
 The stage scripts run as ``python <script>.py`` would run them (``runpy`` with ``__name__ == "__main__"``, so
 ``cli.run`` parses sys.argv and calls sys.exit), in this process to spare an interpreter start per case.
@@ -27,8 +27,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def clean_environment(patch: pytest.MonkeyPatch, work_dir: Path) -> Settings:
-    """The stages' environment: artifacts and tracking store in ``work_dir``, nothing from the caller's HOUSING_* or
-    MLFLOW_*; returns the settings the stages will read."""
+    """The stages' environment: artifacts and tracking store in ``work_dir``, nothing from the caller's
+    HOUSING_* or MLFLOW_*; returns the settings the stages will read."""
     for key in list(os.environ):
         if key.startswith(("HOUSING_", "MLFLOW_")):
             patch.delenv(key)
@@ -41,14 +41,19 @@ def run_script(script: str, *args: str, patch: pytest.MonkeyPatch) -> tuple[Any,
     """``python <script> <args>``: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     patch.setattr(sys, "argv", [script, *args])
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        pytest.raises(SystemExit) as exited,
+    ):
         runpy.run_path(str(PROJECT_DIR / script), run_name="__main__")
     return exited.value.code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Artifacts of a good run: a tiny valid dataset stored by load_data's own function, then preprocess.py."""
+    """Artifacts of a good run: a tiny valid dataset stored by load_data's own function, then
+    preprocess.py."""
     work_dir = tmp_path_factory.mktemp("preprocessed")
     with pytest.MonkeyPatch.context() as patch:
         settings = clean_environment(patch, work_dir)
@@ -71,18 +76,32 @@ def files_of(*folders: Path) -> dict[str, bytes]:
 
 
 def assert_one_sentence(err: str, expected: str) -> None:
-    """stderr holds the error as one line starting with 'error: ' (log lines may precede it), and no traceback."""
+    """stderr holds the error as one line starting with 'error: ' (log lines may precede it), and no
+    traceback."""
     assert "Traceback" not in err, err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected in errors[0], err
 
 
-@pytest.mark.parametrize(("spoil", "args", "expected"), [
-    ("drop a column", (), "error: the data is missing column(s) HouseAge"),
-    ("out of range", (), "error: column MedInc has 1 value(s) outside the valid range (> 0 and <= 25 tens of thousands of US dollars)"),
-    ("nothing", ("--test-size", "1.5"), "error: invalid setting test_size: Input should be less than 1"),
-], ids=["a missing column", "a value out of range", "a test size of 1.5"])
-def test_preprocess_refuses_bad_input_with_exit_2_and_keeps_the_previous_split_and_plots(stages, spoil, args, expected, monkeypatch):
+@pytest.mark.parametrize(
+    ("spoil", "args", "expected"),
+    [
+        ("drop a column", (), "error: the data is missing column(s) HouseAge"),
+        (
+            "out of range",
+            (),
+            (
+                "error: column MedInc has 1 value(s) outside the valid range (> 0 and <= 25 tens of thousands"
+                " of US dollars)"
+            ),
+        ),
+        ("nothing", ("--test-size", "1.5"), "error: invalid setting test_size: Input should be less than 1"),
+    ],
+    ids=["a missing column", "a value out of range", "a test size of 1.5"],
+)
+def test_preprocess_refuses_bad_input_with_exit_2_and_keeps_the_previous_split_and_plots(
+    stages, spoil, args, expected, monkeypatch
+):
     before = files_of(stages.split_dir, stages.plots_dir)
     assert len(before) == 10  # 4 split pickles, split.json, outliers.pkl, scaler.pkl, 3 plots
     frame = pd.read_csv(stages.dataset_path)
@@ -104,12 +123,21 @@ def test_preprocess_without_a_dataset_says_to_run_load_data(stages, monkeypatch)
     assert_one_sentence(err, f"error: no dataset at {stages.dataset_path}; run load_data.py first")
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (("--candidates", "linear_regression", "no_such_model"), "error: unknown candidate(s) no_such_model; known: "),
-    (("--cv-folds", "1"), "error: invalid setting cv_folds: Input should be greater than or equal to 2"),
-    (("--n-jobs", "0"), "error: invalid setting n_jobs"),
-], ids=["an unknown candidate", "one fold", "no process"])
-def test_train_refuses_bad_input_with_exit_2_before_touching_the_tracking_store(stages, args, expected, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ("--candidates", "linear_regression", "no_such_model"),
+            "error: unknown candidate(s) no_such_model; known: ",
+        ),
+        (("--cv-folds", "1"), "error: invalid setting cv_folds: Input should be greater than or equal to 2"),
+        (("--n-jobs", "0"), "error: invalid setting n_jobs"),
+    ],
+    ids=["an unknown candidate", "one fold", "no process"],
+)
+def test_train_refuses_bad_input_with_exit_2_before_touching_the_tracking_store(
+    stages, args, expected, tmp_path, monkeypatch
+):
     code, _, err = run_script("train.py", *args, patch=monkeypatch)
     assert code == 2
     assert_one_sentence(err, expected)
@@ -120,6 +148,9 @@ def test_train_without_a_split_says_to_run_preprocess(stages, tmp_path, monkeypa
     shutil.rmtree(stages.split_dir)
     code, _, err = run_script("train.py", patch=monkeypatch)
     assert code == 2
-    assert_one_sentence(err, f"error: no train/test split in {stages.split_dir} (missing X_train.pkl, X_test.pkl, y_train.pkl, "
-                             "y_test.pkl); run preprocess.py first")
+    assert_one_sentence(
+        err,
+        f"error: no train/test split in {stages.split_dir} (missing X_train.pkl, X_test.pkl, y_train.pkl, "
+        "y_test.pkl); run preprocess.py first",
+    )
     assert not (tmp_path / "mlflow.db").exists()

@@ -9,7 +9,9 @@ import pytest
 from housing.serving.trees import INPUT_ALLOW_NAN, INPUT_FINITE, PARALLEL_MIN_ROWS, flatten_lightgbm
 
 
-def fitted_booster(rows: int = 600, nan_share: float = 0.0, zero_as_missing: bool = False) -> tuple[lgb.Booster, np.ndarray]:
+def fitted_booster(
+    rows: int = 600, nan_share: float = 0.0, zero_as_missing: bool = False
+) -> tuple[lgb.Booster, np.ndarray]:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(rows, 6))
     y = x[:, 0] * 2 + np.sin(x[:, 1]) + rng.normal(scale=0.1, size=rows)
@@ -18,7 +20,14 @@ def fitted_booster(rows: int = 600, nan_share: float = 0.0, zero_as_missing: boo
     if zero_as_missing:
         x[rng.random(x.shape) < 0.1] = 0.0
     # one thread: LightGBM's OpenMP pool takes seconds to start on a busy CI machine
-    params = {"objective": "regression", "num_leaves": 15, "max_depth": 6, "verbose": -1, "zero_as_missing": zero_as_missing, "num_threads": 1}
+    params = {
+        "objective": "regression",
+        "num_leaves": 15,
+        "max_depth": 6,
+        "verbose": -1,
+        "zero_as_missing": zero_as_missing,
+        "num_threads": 1,
+    }
     return lgb.train(params, lgb.Dataset(x, y), num_boost_round=40), x
 
 

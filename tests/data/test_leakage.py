@@ -10,7 +10,9 @@ from housing.training.candidates import build_pipeline, load_candidate_specs
 def test_the_fitted_pipeline_holds_only_training_rows_and_is_deterministic(real_frame):
     x_train, x_test, y_train, _ = split_dataset(real_frame, test_size=0.2, random_state=42)
     spec = load_candidate_specs(get_settings().candidates_path, ["lightgbm_spatial"])[0]
-    pipeline = build_pipeline(spec, outlier_quantiles=(0.001, 0.999), estimator_scale=0.05).fit(x_train, y_train)
+    pipeline = build_pipeline(spec, outlier_quantiles=(0.001, 0.999), estimator_scale=0.05).fit(
+        x_train, y_train
+    )
     encoder = pipeline.named_steps["neighbors"]
     # The neighbour lookup used for test rows and requests holds the training rows and their targets only.
     assert np.array_equal(encoder.targets_, y_train.to_numpy())
@@ -30,10 +32,14 @@ def test_training_features_are_out_of_fold_on_the_real_split(real_frame):
     spec = load_candidate_specs(get_settings().candidates_path, ["lightgbm_spatial"])[0]
 
     def features(targets: np.ndarray) -> np.ndarray:
-        prefix = build_pipeline(spec, outlier_quantiles=(0.001, 0.999), estimator_scale=0.05)[:-2]  # up to the encoder
+        prefix = build_pipeline(spec, outlier_quantiles=(0.001, 0.999), estimator_scale=0.05)[
+            :-2
+        ]  # up to the encoder
         return prefix.fit_transform(x_train, targets)
 
-    encoder = build_pipeline(spec, outlier_quantiles=(0.001, 0.999), estimator_scale=0.05).named_steps["neighbors"]
+    encoder = build_pipeline(spec, outlier_quantiles=(0.001, 0.999), estimator_scale=0.05).named_steps[
+        "neighbors"
+    ]
     _, fold_rows = next(KFold(encoder.folds, shuffle=True, random_state=encoder.random_state).split(x_train))
     changed = y_train.to_numpy().copy()
     changed[fold_rows] += 10.0

@@ -1,5 +1,5 @@
-"""The traffic simulator's scenarios on the real held-out split: each one sends real districts, shaped as the README
-says (simulate_traffic.scenario_rows, the function simulate_traffic.py sends its rows from)."""
+"""The traffic simulator's scenarios on the real held-out split: each one sends real districts, shaped as the
+README says (simulate_traffic.scenario_rows, the function simulate_traffic.py sends its rows from)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def test_income_shift_scales_incomes_by_1_2_within_the_contract_and_keeps_the_la
     x, y = held_out
     features, labels = scenario_rows(x, y, "income-shift", count=2000, seed=4)
     original, label = originals(x, y, features)
-    assert np.allclose(features["MedInc"], np.minimum(original["MedInc_original"] * 1.2, SPECS_BY_NAME["MedInc"].maximum))
+    assert np.allclose(
+        features["MedInc"], np.minimum(original["MedInc_original"] * 1.2, SPECS_BY_NAME["MedInc"].maximum)
+    )
     assert SPECS_BY_NAME["MedInc"].in_range(features["MedInc"]).all()  # still a valid request
     assert np.allclose(labels, label)  # incomes move, prices do not: a change the inputs show only partly
 

@@ -22,9 +22,10 @@ def real_dataset_path(dataset_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mutable_run(backend_name: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider) -> Iterator[PipelineRun]:
+def mutable_run(
+    backend_name: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider
+) -> Iterator[PipelineRun]:
     """A second, separate pipeline run per backend, for the tests that move aliases and retrain."""
     run = run_pipeline(backend_name, "mutable", tmp_path_factory, postgres)
     yield run
     run.backend.close()
-

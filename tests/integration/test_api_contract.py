@@ -42,8 +42,11 @@ def wait_ready(client: TestClient, timeout: float = 60) -> dict:
 @pytest.fixture(scope="module")
 def served(pipeline_run):
     settings = pipeline_run.settings(
-        prediction_log_url=pipeline_run.backend.new_log_url("contract"), admin_token=TOKEN, feedback_token=FEEDBACK_TOKEN,
-        max_batch_rows=50, reload_interval=0.5,
+        prediction_log_url=pipeline_run.backend.new_log_url("contract"),
+        admin_token=TOKEN,
+        feedback_token=FEEDBACK_TOKEN,
+        max_batch_rows=50,
+        reload_interval=0.5,
     )
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
@@ -59,8 +62,11 @@ def client(served):
 def routed_client(pipeline_run):
     """The same app as ``client`` (same model, settings and limits) built without the fast path."""
     settings = pipeline_run.settings(
-        prediction_log_url=pipeline_run.backend.new_log_url("routed"), admin_token=TOKEN, feedback_token=FEEDBACK_TOKEN,
-        max_batch_rows=50, reload_interval=0.5,
+        prediction_log_url=pipeline_run.backend.new_log_url("routed"),
+        admin_token=TOKEN,
+        feedback_token=FEEDBACK_TOKEN,
+        max_batch_rows=50,
+        reload_interval=0.5,
     )
     with TestClient(create_app(settings, fast_path=False)) as routed:
         wait_ready(routed)
@@ -85,9 +91,14 @@ def test_single_prediction(client, pipeline_run):
     body = response.json()
     assert set(body) == {"request_id", "MedHouseVal", "price_usd", "model_name", "model_version"}
     production = pipeline_run.load_version()
-    assert body["MedHouseVal"] == pytest.approx(production.predict(pd.DataFrame([EXAMPLE_REQUEST]))[0], rel=1e-12)
+    assert body["MedHouseVal"] == pytest.approx(
+        production.predict(pd.DataFrame([EXAMPLE_REQUEST]))[0], rel=1e-12
+    )
     assert body["price_usd"] == pytest.approx(body["MedHouseVal"] * 100_000, abs=0.01)
-    assert body["model_name"] == "CaliforniaHousing" and body["model_version"] == client.get("/model").json()["version"]
+    assert (
+        body["model_name"] == "CaliforniaHousing"
+        and body["model_version"] == client.get("/model").json()["version"]
+    )
 
 
 def test_batch_is_served_exactly_as_trained_in_order(client, pipeline_run, test_rows):
@@ -141,7 +152,10 @@ def test_single_row_validation(client, body, status, field, words):
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_numbers_are_refused_by_field(client, literal):
-    others = '"HouseAge": 28, "AveRooms": 5.0, "AveBedrms": 1.04, "Population": 1500, "AveOccup": 3.0, "Latitude": 34.2, "Longitude": -118.3'
+    others = (
+        '"HouseAge": 28, "AveRooms": 5.0, "AveBedrms": 1.04, "Population": 1500, "AveOccup": 3.0, "Latitude":'
+        ' 34.2, "Longitude": -118.3'
+    )
     raw = f'{{"MedInc": {literal}, {others}}}'
     response = client.post("/predict", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code == 422
@@ -184,7 +198,9 @@ def test_feedback_lifecycle(client):
     assert first.status_code == 201 and first.json() == {"request_id": request_id, "status": "recorded"}
     again = client.post("/feedback", json={"request_id": request_id, "actual": 2.5}, headers=FEEDBACK_HEADERS)
     assert again.status_code == 200 and again.json()["status"] == "unchanged"
-    conflict = client.post("/feedback", json={"request_id": request_id, "actual": 3.0}, headers=FEEDBACK_HEADERS)
+    conflict = client.post(
+        "/feedback", json={"request_id": request_id, "actual": 3.0}, headers=FEEDBACK_HEADERS
+    )
     assert conflict.status_code == 409 and "already has a different label" in conflict.json()["detail"]
     unknown = client.post("/feedback", json={"request_id": "0" * 32, "actual": 2.0}, headers=FEEDBACK_HEADERS)
     assert unknown.status_code == 404
@@ -203,15 +219,23 @@ def metric(client: TestClient, name: str, **labels: str) -> float | None:
 
 def test_feedback_outcomes_micro_batches_and_the_logs_state_are_on_metrics(client):
     outcomes = ("created", "unchanged", "conflict", "unknown_request")
-    before = {outcome: metric(client, "housing_feedback_total", outcome=outcome) or 0.0 for outcome in outcomes}
+    before = {
+        outcome: metric(client, "housing_feedback_total", outcome=outcome) or 0.0 for outcome in outcomes
+    }
     batches_before = metric(client, "housing_microbatch_rows_count") or 0.0
     request_id = client.post("/predict", json=EXAMPLE_REQUEST).json()["request_id"]
     for actual in (2.5, 2.5, 3.0):  # created, unchanged, conflict
         client.post("/feedback", json={"request_id": request_id, "actual": actual}, headers=FEEDBACK_HEADERS)
-    client.post("/feedback", json={"request_id": "f" * 32, "actual": 2.0}, headers=FEEDBACK_HEADERS)  # unknown
+    client.post(
+        "/feedback", json={"request_id": "f" * 32, "actual": 2.0}, headers=FEEDBACK_HEADERS
+    )  # unknown
     after = {outcome: metric(client, "housing_feedback_total", outcome=outcome) for outcome in outcomes}
-    assert {outcome: (after[outcome] or 0.0) - before[outcome] for outcome in outcomes} == dict.fromkeys(outcomes, 1.0)
-    assert (metric(client, "housing_microbatch_rows_count") or 0.0) >= batches_before + 1  # the single row went through the batcher
+    assert {outcome: (after[outcome] or 0.0) - before[outcome] for outcome in outcomes} == dict.fromkeys(
+        outcomes, 1.0
+    )
+    assert (
+        metric(client, "housing_microbatch_rows_count") or 0.0
+    ) >= batches_before + 1  # the single row went through the batcher
     assert metric(client, "housing_prediction_log_pending_rows") is not None
     assert metric(client, "housing_prediction_log_failed_flushes_total") == 0.0
 
@@ -224,7 +248,10 @@ def test_feedback_outcomes_micro_batches_and_the_logs_state_are_on_metrics(clien
         ({"request_id": "abc", "actual": 0.0}, "greater than 0"),
         ({"request_id": "abc", "actual": 101.0}, "less than or equal to 100"),
         ({"request_id": "abc", "actual": "2.0"}, "not a string"),
-        ({"request_id": "abc", "actual": 2.0, "extra": 1}, "unknown field (expected only request_id, actual)"),
+        (
+            {"request_id": "abc", "actual": 2.0, "extra": 1},
+            "unknown field (expected only request_id, actual)",
+        ),
     ],
 )
 def test_feedback_validation(client, body, words):
@@ -233,7 +260,9 @@ def test_feedback_validation(client, body, words):
 
 
 def test_feedback_malformed_json(client):
-    response = client.post("/feedback", content="{nope", headers={**FEEDBACK_HEADERS, "Content-Type": "application/json"})
+    response = client.post(
+        "/feedback", content="{nope", headers={**FEEDBACK_HEADERS, "Content-Type": "application/json"}
+    )
     assert response.status_code == 400
 
 
@@ -244,11 +273,16 @@ def test_model_route(client, pipeline_run):
     assert body["candidate"]
     assert body["challenger"] is None  # staging names the production version after the pipeline
     assert [step["name"] for step in body["predict_path"]][-1] == "model" and body["compiled_predict"] is True
-    assert all(step["compiled"] for step in body["predict_path"]), body["predict_path"]  # no library predict behind "compiled"
+    assert all(step["compiled"] for step in body["predict_path"]), body[
+        "predict_path"
+    ]  # no library predict behind "compiled"
     metrics = client.get("/metrics").text
     for step in body["predict_path"]:
-        assert (f'housing_model_predict_path{{alias="production",kind="{step["kind"]}",path="compiled",step="{step["name"]}",'
-                f'version="{body["version"]}"}} 1.0') in metrics
+        assert (
+            f'housing_model_predict_path{{alias="production",kind="{step["kind"]}",path="compiled",'
+            f'step="{step["name"]}",'
+            f'version="{body["version"]}"}} 1.0' in metrics
+        )
 
 
 def test_metrics_route(client):
@@ -258,9 +292,15 @@ def test_metrics_route(client):
     version = client.get("/model").json()["version"]
     assert 'housing_http_requests_total{method="POST",route="/predict",status="200"}' in text_body
     assert 'housing_http_requests_total{method="POST",route="/predict",status="422"}' in text_body
-    assert 'housing_http_request_duration_seconds_bucket{le="0.025",method="POST",route="/predict",status="200"}' in text_body
+    assert (
+        'housing_http_request_duration_seconds_bucket{le="0.025",method="POST",route="/predict",status="200"}'
+        in text_body
+    )
     assert "housing_prediction_value_bucket" in text_body
-    assert f'housing_model_info{{alias="production",name="CaliforniaHousing",version="{version}"}} 1.0' in text_body
+    assert (
+        f'housing_model_info{{alias="production",name="CaliforniaHousing",version="{version}"}} 1.0'
+        in text_body
+    )
     assert "housing_prediction_log_rows_total" in text_body
 
 
@@ -292,16 +332,26 @@ def test_every_prediction_is_logged(served, test_rows):
     services.prediction_log.flush()
     with engine.connect() as connection:
         after = connection.execute(text("select count(*) from predictions")).scalar_one()
-        row = connection.execute(text("select * from predictions where request_id = :id"), {"id": batch[3]["request_id"]}).mappings().one()
+        row = (
+            connection.execute(
+                text("select * from predictions where request_id = :id"), {"id": batch[3]["request_id"]}
+            )
+            .mappings()
+            .one()
+        )
     engine.dispose()
     assert after - before == 12
-    assert [row[name] for name in FEATURE_NAMES] == pytest.approx(test_rows.iloc[3][list(FEATURE_NAMES)].tolist())
+    assert [row[name] for name in FEATURE_NAMES] == pytest.approx(
+        test_rows.iloc[3][list(FEATURE_NAMES)].tolist()
+    )
     assert row["prediction"] == pytest.approx(batch[3]["MedHouseVal"]) and row["latency_ms"] > 0
     assert not math.isnan(row["latency_ms"]) and len(set(ids)) == 5
 
 
 def test_admin_disabled_without_a_token(pipeline_run):
-    settings = pipeline_run.settings(prediction_log_url=pipeline_run.backend.new_log_url("admin"), feedback_token=FEEDBACK_TOKEN)
+    settings = pipeline_run.settings(
+        prediction_log_url=pipeline_run.backend.new_log_url("admin"), feedback_token=FEEDBACK_TOKEN
+    )
     with TestClient(create_app(settings)) as client:
         response = client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
         assert response.status_code == 403 and "HOUSING_ADMIN_TOKEN" in response.json()["detail"]
@@ -310,7 +360,9 @@ def test_admin_disabled_without_a_token(pipeline_run):
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "route"])
 def test_fresh_registry_starts_and_answers_503(tmp_path, fast_path):
     settings = Settings(
-        artifacts_dir=tmp_path / "artifacts", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", reload_interval=0.2,
+        artifacts_dir=tmp_path / "artifacts",
+        tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}",
+        reload_interval=0.2,
         feedback_token=FEEDBACK_TOKEN,
     )
     with TestClient(create_app(settings, fast_path=fast_path)) as client:
@@ -333,21 +385,27 @@ def test_fresh_registry_starts_and_answers_503(tmp_path, fast_path):
 def without_request_ids(body: Any) -> Any:
     """A response body with every request_id value (random) replaced by its length."""
     if isinstance(body, dict):
-        return {key: len(value) if key == "request_id" else without_request_ids(value) for key, value in body.items()}
+        return {
+            key: len(value) if key == "request_id" else without_request_ids(value)
+            for key, value in body.items()
+        }
     if isinstance(body, list):
         return [without_request_ids(item) for item in body]
     return body
 
 
 def comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], Any]:
-    """Status, every header (content-type, content-length, retry-after...) and the body without its request ids."""
+    """Status, every header (content-type, content-length, retry-after...) and the body without its request
+    ids."""
     return response.status_code, sorted(response.headers.multi_items()), without_request_ids(response.json())
 
 
 SAME_ANSWER_BODIES = {
     "single row": json.dumps(EXAMPLE_REQUEST),
     "integers": json.dumps({**EXAMPLE_REQUEST, "HouseAge": 28, "Population": 1500}),
-    "batch": json.dumps([EXAMPLE_REQUEST, {**EXAMPLE_REQUEST, "MedInc": 8.3, "Latitude": 37.88, "Longitude": -122.23}]),
+    "batch": json.dumps(
+        [EXAMPLE_REQUEST, {**EXAMPLE_REQUEST, "MedInc": 8.3, "Latitude": 37.88, "Longitude": -122.23}]
+    ),
     "batch at the limit": json.dumps([EXAMPLE_REQUEST] * 50),
     "malformed JSON": '{"MedInc": 3.5,',
     "not UTF-8": b"\xff\xfe{}",
@@ -380,20 +438,23 @@ def test_the_fast_path_and_the_documented_route_answer_alike(client, routed_clie
     assert fast.status_code in (200, 400, 413, 422), fast.text
 
 
-SEED_QUERY = "MedInc=3.5&HouseAge=28&AveRooms=5.0&AveBedrms=1.04&Population=1500&AveOccup=3.0&Latitude=34.2&Longitude=-118.3"
+ORIGINAL_QUERY = (
+    "MedInc=3.5&HouseAge=28&AveRooms=5.0&AveBedrms=1.04&Population=1500"
+    "&AveOccup=3.0&Latitude=34.2&Longitude=-118.3"
+)
 """The original report's documented request: the 8 features as query parameters, an empty body."""
 
 SAME_ANSWER_QUERIES = {
-    "the seed's request": (SEED_QUERY, ""),
-    "query and body": (SEED_QUERY, json.dumps(EXAMPLE_REQUEST)),
-    "not a number": (SEED_QUERY.replace("HouseAge=28", "HouseAge=28y"), ""),
-    "decimal comma": (SEED_QUERY.replace("MedInc=3.5", "MedInc=3,5"), ""),
-    "nan": (SEED_QUERY.replace("MedInc=3.5", "MedInc=nan"), ""),
-    "overflow": (SEED_QUERY.replace("MedInc=3.5", "MedInc=1e999"), ""),
-    "out of range": (SEED_QUERY.replace("Latitude=34.2", "Latitude=45"), ""),
-    "missing field": (SEED_QUERY.replace("&Longitude=-118.3", ""), ""),
-    "unknown field": (SEED_QUERY + "&medinc=3.5", ""),
-    "given twice": (SEED_QUERY + "&MedInc=4", ""),
+    "the seed's request": (ORIGINAL_QUERY, ""),
+    "query and body": (ORIGINAL_QUERY, json.dumps(EXAMPLE_REQUEST)),
+    "not a number": (ORIGINAL_QUERY.replace("HouseAge=28", "HouseAge=28y"), ""),
+    "decimal comma": (ORIGINAL_QUERY.replace("MedInc=3.5", "MedInc=3,5"), ""),
+    "nan": (ORIGINAL_QUERY.replace("MedInc=3.5", "MedInc=nan"), ""),
+    "overflow": (ORIGINAL_QUERY.replace("MedInc=3.5", "MedInc=1e999"), ""),
+    "out of range": (ORIGINAL_QUERY.replace("Latitude=34.2", "Latitude=45"), ""),
+    "missing field": (ORIGINAL_QUERY.replace("&Longitude=-118.3", ""), ""),
+    "unknown field": (ORIGINAL_QUERY + "&medinc=3.5", ""),
+    "given twice": (ORIGINAL_QUERY + "&MedInc=4", ""),
     "not name=value": ("MedInc", ""),
 }
 
@@ -407,7 +468,7 @@ def test_query_parameters_answer_alike_on_both_paths(client, routed_client, quer
 
 
 def test_the_seeds_query_request_predicts_like_the_json_body(client):
-    by_query = client.post(f"/predict?{SEED_QUERY}", content=b"", headers={"accept": "application/json"})
+    by_query = client.post(f"/predict?{ORIGINAL_QUERY}", content=b"", headers={"accept": "application/json"})
     by_body = client.post("/predict", json=EXAMPLE_REQUEST)
     assert by_query.status_code == 200, by_query.text
     assert by_query.json()["MedHouseVal"] == by_body.json()["MedHouseVal"]
@@ -417,13 +478,28 @@ def test_the_seeds_query_request_predicts_like_the_json_body(client):
 @pytest.mark.parametrize(
     ("query", "raw", "status", "words"),
     [
-        (SEED_QUERY, json.dumps(EXAMPLE_REQUEST), 400, "either as query parameters with an empty body or as a JSON body, not both"),
-        (SEED_QUERY.replace("HouseAge=28", "HouseAge=28y"), "", 422, "query parameter HouseAge: '28y' is not a number"),
-        (SEED_QUERY.replace("MedInc=3.5", "MedInc=nan"), "", 422, "query parameter MedInc: 'nan' is not a number"),
-        (SEED_QUERY.replace("Latitude=34.2", "Latitude=45"), "", 422, "field Latitude"),
-        (SEED_QUERY.replace("&Longitude=-118.3", ""), "", 422, "field Longitude: Field required"),
-        (SEED_QUERY + "&medinc=3.5", "", 422, "field medinc: unknown field"),
-        (SEED_QUERY + "&MedInc=4", "", 422, "query parameter MedInc: given twice"),
+        (
+            ORIGINAL_QUERY,
+            json.dumps(EXAMPLE_REQUEST),
+            400,
+            "either as query parameters with an empty body or as a JSON body, not both",
+        ),
+        (
+            ORIGINAL_QUERY.replace("HouseAge=28", "HouseAge=28y"),
+            "",
+            422,
+            "query parameter HouseAge: '28y' is not a number",
+        ),
+        (
+            ORIGINAL_QUERY.replace("MedInc=3.5", "MedInc=nan"),
+            "",
+            422,
+            "query parameter MedInc: 'nan' is not a number",
+        ),
+        (ORIGINAL_QUERY.replace("Latitude=34.2", "Latitude=45"), "", 422, "field Latitude"),
+        (ORIGINAL_QUERY.replace("&Longitude=-118.3", ""), "", 422, "field Longitude: Field required"),
+        (ORIGINAL_QUERY + "&medinc=3.5", "", 422, "field medinc: unknown field"),
+        (ORIGINAL_QUERY + "&MedInc=4", "", 422, "query parameter MedInc: given twice"),
     ],
 )
 def test_query_parameter_errors_name_the_field(client, query, raw, status, words):

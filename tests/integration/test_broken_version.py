@@ -39,11 +39,17 @@ class OwnRegistry:
 def own_registry(pipeline_run, tmp_path: Path) -> OwnRegistry:
     source = MlflowClient(pipeline_run.tracking_uri)
     production = source.get_model_version_by_alias(NAME, ALIAS)
-    good = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=source.get_model_version_download_uri(NAME, production.version),
-        dst_path=str(tmp_path / "downloaded"), tracking_uri=pipeline_run.tracking_uri))
+    good = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=source.get_model_version_download_uri(NAME, production.version),
+            dst_path=str(tmp_path / "downloaded"),
+            tracking_uri=pipeline_run.tracking_uri,
+        )
+    )
     copy, broken = shutil.copytree(good, tmp_path / "copy"), shutil.copytree(good, tmp_path / "broken")
-    model_file = broken / yaml.safe_load((broken / "MLmodel").read_text())["flavors"]["sklearn"]["pickled_model"]
+    model_file = (
+        broken / yaml.safe_load((broken / "MLmodel").read_text())["flavors"]["sklearn"]["pickled_model"]
+    )
     model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
     tracking_uri = f"sqlite:///{tmp_path / 'registry.db'}"
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -74,20 +80,30 @@ def predicted_version(http: httpx.Client) -> str:
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 def test_a_broken_version_is_loaded_once_and_the_old_one_keeps_serving(own_registry, tmp_path):
     client, log_path = own_registry.client, tmp_path / "server.log"
-    env = server_env(stage_env(tmp_path), MLFLOW_TRACKING_URI=own_registry.tracking_uri, HOUSING_RELOAD_INTERVAL="0.5")
+    env = server_env(
+        stage_env(tmp_path), MLFLOW_TRACKING_URI=own_registry.tracking_uri, HOUSING_RELOAD_INTERVAL="0.5"
+    )
     attempts = lambda: log_path.read_text().count(f"could not load {NAME} version 2")  # noqa: E731
     server = ApiServer(env, log_path).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             assert server.wait_ready()["model"]["version"] == "1"
 
-            with LoadGenerator(server.url, EXAMPLE_REQUEST, [EXAMPLE_REQUEST] * 3, batch_every=(5, 7)) as load:
+            with LoadGenerator(
+                server.url, EXAMPLE_REQUEST, [EXAMPLE_REQUEST] * 3, batch_every=(5, 7)
+            ) as load:
                 time.sleep(0.5)
-                client.set_registered_model_alias(NAME, ALIAS, "2")  # the broken one, while clients keep asking
-                ready = wait_for(http, lambda body: (body["registry"]["failed_version"] or {}).get("version") == "2")
+                client.set_registered_model_alias(
+                    NAME, ALIAS, "2"
+                )  # the broken one, while clients keep asking
+                ready = wait_for(
+                    http, lambda body: (body["registry"]["failed_version"] or {}).get("version") == "2"
+                )
                 first_check = ready["registry"]["last_check"]
                 time.sleep(3)  # six more reload intervals
-            assert load.results and not load.failures, load.failures[:5]  # loading the broken one failed no request
+            assert load.results and not load.failures, load.failures[
+                :5
+            ]  # loading the broken one failed no request
             assert set(load.versions) == {"1"}  # and it never answered one
             response = http.get("/ready")
             assert response.status_code == 200 and response.json()["model"]["version"] == "1"
@@ -105,7 +121,9 @@ def test_a_broken_version_is_loaded_once_and_the_old_one_keeps_serving(own_regis
             assert ready["registry"]["failed_version"] is None and ready["registry"]["last_error"] is None
             assert predicted_version(http) == "3"
 
-            client.set_registered_model_alias(NAME, ALIAS, "2")  # moved back to the broken one: tried once more
+            client.set_registered_model_alias(
+                NAME, ALIAS, "2"
+            )  # moved back to the broken one: tried once more
             wait_for(http, lambda body: (body["registry"]["failed_version"] or {}).get("version") == "2")
             time.sleep(1.5)
             assert attempts() == 2 and predicted_version(http) == "3"
@@ -115,9 +133,14 @@ def test_a_broken_version_is_loaded_once_and_the_old_one_keeps_serving(own_regis
             assert ready["status"] == "ready" and ready["model"]["version"] == "3"
             assert ready["registry"]["alias"] == {"name": ALIAS, "version": None, "missing": True}
             assert ready["registry"]["failed_version"] is None
-            assert f"no version of {NAME} has the alias '{ALIAS}'; still serving version 3" in ready["registry"]["last_error"]
+            assert (
+                f"no version of {NAME} has the alias '{ALIAS}'; still serving version 3"
+                in ready["registry"]["last_error"]
+            )
             assert http.get("/ready").status_code == 200 and predicted_version(http) == "3"
     finally:
         exit_code = server.stop()
     assert exit_code in GRACEFUL_EXIT
-    assert log_path.read_text().count(f"no version of {NAME} has the alias") == 1  # said once, not every interval
+    assert (
+        log_path.read_text().count(f"no version of {NAME} has the alias") == 1
+    )  # said once, not every interval

@@ -27,7 +27,11 @@ from housing.schema import FEATURE_NAMES, TARGET
 from tests.server import free_port
 
 REFERENCE_ROWS, WINDOW_ROWS = 4_000, 1_000
-RUNS = (("baseline", "1", "no retrain"), ("income-shift", "1", "retrain"), ("baseline", "2", "alert, no retrain"))
+RUNS = (
+    ("baseline", "1", "no retrain"),
+    ("income-shift", "1", "retrain"),
+    ("baseline", "2", "alert, no retrain"),
+)
 """Three monitor runs: (window, production version, decision as the retrain policy words it)."""
 
 
@@ -50,7 +54,10 @@ def monitor_frames(dataset_path: Path) -> tuple[pd.DataFrame, dict[str, pd.DataF
     labelled: as served, and with the seed's drift scenario (MedInc x 1.2, predicted on the shifted rows)."""
     data = pd.read_csv(dataset_path)
     rows = data.sample(n=REFERENCE_ROWS + WINDOW_ROWS, random_state=7).reset_index(drop=True)
-    reference, window = rows.iloc[:REFERENCE_ROWS].reset_index(drop=True), rows.iloc[REFERENCE_ROWS:].reset_index(drop=True)
+    reference, window = (
+        rows.iloc[:REFERENCE_ROWS].reset_index(drop=True),
+        rows.iloc[REFERENCE_ROWS:].reset_index(drop=True),
+    )
     model = LinearRegression().fit(reference[list(FEATURE_NAMES)], reference[TARGET.name])
     reference[PREDICTION] = model.predict(reference[list(FEATURE_NAMES)])
     shifted = window.assign(MedInc=window["MedInc"] * 1.2)
@@ -63,20 +70,40 @@ def monitor_frames(dataset_path: Path) -> tuple[pd.DataFrame, dict[str, pd.DataF
 
 
 def settings_for(workspace_dir: Path, **overrides: Any) -> Settings:
-    return Settings(artifacts_dir=workspace_dir.parent, evidently_workspace=workspace_dir, evidently_url=None, **overrides)
+    return Settings(
+        artifacts_dir=workspace_dir.parent, evidently_workspace=workspace_dir, evidently_url=None, **overrides
+    )
 
 
-def record_run(settings: Settings, reference: pd.DataFrame, window: pd.DataFrame, version: str, decision: str) -> tuple[str, WindowFigures, bool]:
-    """One monitor run: the real report of the window, recorded; also whether the caller's snapshot was left as it was."""
+def record_run(
+    settings: Settings, reference: pd.DataFrame, window: pd.DataFrame, version: str, decision: str
+) -> tuple[str, WindowFigures, bool]:
+    """One monitor run: the real report of the window, recorded; also whether the caller's snapshot was left
+    as it was."""
     snapshot, figures = evaluate_window(reference, window, settings)
     assert snapshot is not None
     results_before = set(snapshot.metric_results)
     end = datetime.now(UTC)
-    snapshot_id = record_snapshot(settings, snapshot, MonitorRun(
-        production_version=version, decision=decision, window_start=end - timedelta(hours=1), window_end=end,
-        figures={"drift_share": figures.drift_share, "labelled_rows": figures.labelled_rows, "window_rows": figures.window_rows},
-    ))
-    return snapshot_id, figures, set(snapshot.metric_results) == results_before and not snapshot.to_snapshot_model().tags
+    snapshot_id = record_snapshot(
+        settings,
+        snapshot,
+        MonitorRun(
+            production_version=version,
+            decision=decision,
+            window_start=end - timedelta(hours=1),
+            window_end=end,
+            figures={
+                "drift_share": figures.drift_share,
+                "labelled_rows": figures.labelled_rows,
+                "window_rows": figures.window_rows,
+            },
+        ),
+    )
+    return (
+        snapshot_id,
+        figures,
+        set(snapshot.metric_results) == results_before and not snapshot.to_snapshot_model().tags,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,16 +128,24 @@ def recorded(real_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def evidently_service(recorded: RecordedWorkspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Evidently's own UI service on the recorded workspace (the ``make monitor-ui`` command), stopped at the end."""
+    """Evidently's own UI service on the recorded workspace (the ``make monitor-ui`` command), stopped at the
+    end."""
     settings = settings_for(recorded.settings.evidently_workspace_dir, monitor_ui_port=free_port())
     url = f"http://127.0.0.1:{settings.monitor_ui_port}"
     log_path = tmp_path_factory.mktemp("evidently-ui") / "ui.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(ui_command(settings), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "DO_NOT_TRACK": "1"})
+        process = subprocess.Popen(
+            ui_command(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "DO_NOT_TRACK": "1"},
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert process.poll() is None, f"evidently ui exited with {process.returncode}:\n{log_path.read_text()}"
+            assert process.poll() is None, (
+                f"evidently ui exited with {process.returncode}:\n{log_path.read_text()}"
+            )
             assert time.monotonic() < deadline, f"evidently ui did not start:\n{log_path.read_text()}"
             try:
                 if httpx.get(f"{url}/api/version", timeout=1).status_code == 200:
@@ -128,15 +163,25 @@ def evidently_service(recorded: RecordedWorkspace, tmp_path_factory: pytest.Temp
 
 
 def served_project(http: httpx.Client, name: str) -> dict[str, Any]:
-    projects = [project for project in http.get("/api/projects").raise_for_status().json() if project["name"] == name]
+    projects = [
+        project for project in http.get("/api/projects").raise_for_status().json() if project["name"] == name
+    ]
     assert len(projects) == 1, projects
     return projects[0]
 
 
 def panel_series(http: httpx.Client, project_id: str, panel: dict[str, Any]) -> dict[str, list[float | None]]:
-    """A panel's points as the UI loads them (POST data_series_batch with the panel's series): legend -> values."""
-    series_filter = [{key: value[key] for key in ("tags", "metadata", "metric", "metric_labels")} for value in panel["values"]]
-    response = http.post(f"/api/v2/snapshots/{project_id}/data_series_batch", json={"series_filter": series_filter}).raise_for_status().json()
+    """A panel's points as the UI loads them (POST data_series_batch with the panel's series): legend ->
+    values."""
+    series_filter = [
+        {key: value[key] for key in ("tags", "metadata", "metric", "metric_labels")}
+        for value in panel["values"]
+    ]
+    response = (
+        http.post(f"/api/v2/snapshots/{project_id}/data_series_batch", json={"series_filter": series_filter})
+        .raise_for_status()
+        .json()
+    )
     legends = [value["legend"] for value in panel["values"]]
     return {legends[series["filter_index"]]: series["values"] for series in response["series"]}
 
@@ -152,39 +197,71 @@ def test_every_run_adds_a_snapshot_and_never_a_second_project_or_panel(recorded)
     assert recorded.dashboards[1] == recorded.dashboards[0]  # an unchanged definition is not rewritten
     titles = [[panel["title"] for panel in dashboard["panels"]] for dashboard in recorded.dashboards]
     assert "RMSE on labelled traffic (retrain above 0.5)" in titles[1]
-    assert "RMSE on labelled traffic (retrain above 0.45)" in titles[2]  # a changed panel is replaced, same place
-    assert [title for title in titles[2] if "RMSE on" in title] == ["RMSE on labelled traffic (retrain above 0.45)"]
+    assert (
+        "RMSE on labelled traffic (retrain above 0.45)" in titles[2]
+    )  # a changed panel is replaced, same place
+    assert [title for title in titles[2] if "RMSE on" in title] == [
+        "RMSE on labelled traffic (retrain above 0.45)"
+    ]
     assert all(len(dashboard["tabs"]) == 1 for dashboard in recorded.dashboards)
-    assert all(recorded.untouched)  # the monitor's own snapshot (saved as the HTML/JSON report) is not modified
+    assert all(
+        recorded.untouched
+    )  # the monitor's own snapshot (saved as the HTML/JSON report) is not modified
 
 
-def test_the_ui_service_serves_the_runs_with_their_tags_and_the_dashboard_with_data(recorded, evidently_service):
+def test_the_ui_service_serves_the_runs_with_their_tags_and_the_dashboard_with_data(
+    recorded, evidently_service
+):
     figures = recorded.figures
-    assert figures[1].drift_scores["MedInc"] > recorded.settings.drift_threshold > figures[0].drift_scores["MedInc"]
+    assert (
+        figures[1].drift_scores["MedInc"]
+        > recorded.settings.drift_threshold
+        > figures[0].drift_scores["MedInc"]
+    )
     with httpx.Client(base_url=evidently_service, timeout=30) as http:
         project = served_project(http, recorded.settings.model_name)
-        snapshots = {item["id"]: item for item in http.get(f"/api/projects/{project['id']}/snapshots").raise_for_status().json()}
+        snapshots = {
+            item["id"]: item
+            for item in http.get(f"/api/projects/{project['id']}/snapshots").raise_for_status().json()
+        }
         assert set(recorded.snapshot_ids) <= set(snapshots)
         for snapshot_id, (_, version, decision) in zip(recorded.snapshot_ids, RUNS, strict=True):
             served = snapshots[snapshot_id]
-            assert {f"production_version={version}", f"decision={decision.replace(', ', '_').replace(' ', '_')}"} <= set(served["tags"])
-            assert served["metadata"]["decision"] == decision and served["metadata"]["production_version"] == version
-            assert datetime.fromisoformat(served["metadata"]["window_start"]) < datetime.fromisoformat(served["metadata"]["window_end"])
+            assert {
+                f"production_version={version}",
+                f"decision={decision.replace(', ', '_').replace(' ', '_')}",
+            } <= set(served["tags"])
+            assert (
+                served["metadata"]["decision"] == decision
+                and served["metadata"]["production_version"] == version
+            )
+            assert datetime.fromisoformat(served["metadata"]["window_start"]) < datetime.fromisoformat(
+                served["metadata"]["window_end"]
+            )
 
         dashboard = http.get(f"/api/v2/dashboards/{project['id']}").raise_for_status().json()
         panels = {panel["title"].split(" (")[0]: panel for panel in dashboard["panels"]}
         assert len(panels) >= 4
         points = {title: panel_series(http, project["id"], panel) for title, panel in panels.items()}
     ours = slice(0, 3)  # the runs this module recorded come first (a remote run may follow)
-    assert points["Share of drifted features"]["share of the 8 features that drifted"][ours] == [f.drift_share for f in figures]
-    assert points["Share of drifted features"]["threshold"][ours] == [recorded.settings.drift_share_threshold] * 3
+    assert points["Share of drifted features"]["share of the 8 features that drifted"][ours] == [
+        f.drift_share for f in figures
+    ]
+    assert (
+        points["Share of drifted features"]["threshold"][ours]
+        == [recorded.settings.drift_share_threshold] * 3
+    )
     drift = points["Drift score per column"]
     assert set(MONITORED_COLUMNS) <= set(drift)
     assert drift["MedInc"][ours] == pytest.approx([f.drift_scores["MedInc"] for f in figures])
     assert points["RMSE on labelled traffic"]["RMSE"][ours] == pytest.approx([f.rmse for f in figures])
     assert points["RMSE on labelled traffic"]["threshold"][ours] == [0.5, 0.5, 0.45]
     assert points["R² on labelled traffic"]["R²"][ours] == pytest.approx([f.r2 for f in figures])
-    assert points["Labelled rows per window"]["labelled rows"][ours] == [f.labelled_rows for f in figures] == [WINDOW_ROWS // 2] * 3
+    assert (
+        points["Labelled rows per window"]["labelled rows"][ours]
+        == [f.labelled_rows for f in figures]
+        == [WINDOW_ROWS // 2] * 3
+    )
     assert points["Model version serving"][f"{recorded.settings.model_name} version"][ours] == [1.0, 1.0, 2.0]
 
 

@@ -1,6 +1,6 @@
-"""Hostile clients against a real uvicorn server started with the flags of ``make serve``: every malformed body
-is a cheap 4xx, every route has a body limit, a slow body is cut off, idle connections do not stop the server,
-and a large hostile body never holds up the requests of others.
+"""Hostile clients against a real uvicorn server started with the flags of ``make serve``: every malformed
+body is a cheap 4xx, every route has a body limit, a slow body is cut off, idle connections do not stop the
+server, and a large hostile body never holds up the requests of others.
 
 Most tests need no model: POST /predict checks and validates a body before it asks for the model, so a 4xx
 here is the limits' answer and a valid body gets the 503 of a server without a model. One test serves the
@@ -33,14 +33,17 @@ READ_TIMEOUT = 2.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    """A real server with an empty registry (no model) and a 2 s body read timeout, with the flags of make serve."""
+    """A real server with an empty registry (no model) and a 2 s body read timeout, with the flags of make
+    serve."""
     work_dir = tmp_path_factory.mktemp("hostile")
     env = server_env(stage_env(work_dir), HOUSING_BODY_READ_TIMEOUT=str(READ_TIMEOUT))
     with ApiServer(env, work_dir / "server.log", extra_args=API_SERVER_FLAGS) as api:
         yield api
 
 
-def post(server: ApiServer, path: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    server: ApiServer, path: str, content: bytes, headers: dict[str, str] | None = None
+) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", content=content, headers={**JSON, **(headers or {})}, timeout=60)
 
 
@@ -51,8 +54,10 @@ def resident_mb(pid: int) -> float:
 
 
 def while_probing(url: str, request: Callable[[], httpx.Response]) -> httpx.Response:
-    """``request()``'s response; /health was probed meanwhile and every answer was a 200, also right after. How fast
-    /health answered is a speed figure: bench/hostile.py measures it with the same probe (tests never assert timings)."""
+    """``request()``'s response; /health was probed meanwhile and every answer was a 200, also right after.
+    How fast /health answered is a speed figure: bench/hostile.py measures it with the same probe (tests never
+    assert timings).
+    """
     with HealthProbe(url) as probe:
         response = request()
     assert probe.statuses and set(probe.statuses) == {200}, probe.statuses
@@ -60,12 +65,15 @@ def while_probing(url: str, request: Callable[[], httpx.Response]) -> httpx.Resp
     return response
 
 
-# --- every malformed body is a cheap 4xx ---------------------------------------------------------------------
+# --- every malformed body is a cheap 4xx
+# ---------------------------------------------------------------------
 def test_a_body_nested_100000_deep_is_a_400(server):
     for path, depth in (("/predict", 100_000), ("/feedback", 60_000)):  # /feedback takes 64 KB at most
         response = post(server, path, b"[" * depth, FEEDBACK_HEADERS)
         assert response.status_code == 400, response.text
-        assert response.json() == {"detail": "the body nests arrays and objects deeper than 8 levels (HOUSING_MAX_JSON_DEPTH)"}
+        assert response.json() == {
+            "detail": "the body nests arrays and objects deeper than 8 levels (HOUSING_MAX_JSON_DEPTH)"
+        }
 
 
 def test_nan_next_to_a_5000_digit_integer_is_a_422_naming_the_limit(server):
@@ -73,7 +81,9 @@ def test_nan_next_to_a_5000_digit_integer_is_a_422_naming_the_limit(server):
     for path in ("/predict", "/feedback"):
         response = post(server, path, raw, FEEDBACK_HEADERS)
         assert response.status_code == 422, response.text
-        assert "5,000 characters long; the limit is 40 (HOUSING_MAX_NUMBER_CHARS)" in response.json()["detail"]
+        assert (
+            "5,000 characters long; the limit is 40 (HOUSING_MAX_NUMBER_CHARS)" in response.json()["detail"]
+        )
 
 
 def test_a_nan_literal_is_still_named_by_its_field(server):
@@ -87,7 +97,9 @@ def test_880000_keys_are_a_short_422_and_health_answers_meanwhile(server):
     assert 9_500_000 < len(raw) < 10_305_536  # the issue's 9.6 MB, under POST /predict's body limit
     response = while_probing(server.url, lambda: post(server, "/predict", raw))
     assert response.status_code == 422 and len(response.content) <= 65_536
-    assert response.json() == {"detail": "an object in the body has more than 64 keys (HOUSING_MAX_JSON_KEYS)"}
+    assert response.json() == {
+        "detail": "an object in the body has more than 64 keys (HOUSING_MAX_JSON_KEYS)"
+    }
 
 
 def test_a_batch_of_bad_rows_lists_20_errors_and_counts_the_rest(server):
@@ -99,7 +111,8 @@ def test_a_batch_of_bad_rows_lists_20_errors_and_counts_the_rest(server):
     assert body["detail"].endswith("(and 559,999 more error(s); the first 20 are listed)")
 
 
-# --- every route has a body limit ------------------------------------------------------------------------------
+# --- every route has a body limit
+# ------------------------------------------------------------------------------
 def test_a_1_gb_body_to_feedback_is_refused_at_once_without_being_read(server):
     assert server.process is not None
     chunk = b"x" * 65_536
@@ -114,30 +127,49 @@ def test_a_1_gb_body_to_feedback_is_refused_at_once_without_being_read(server):
     before = resident_mb(server.process.pid)
     for declared in ({}, {"Content-Length": str(1 << 30)}):  # streamed (chunked), then with its size declared
         sent[0] = 0
-        response = httpx.post(f"{server.url}/feedback", content=one_gigabyte(), headers={**FEEDBACK_HEADERS, **declared}, timeout=30)
-        assert sent[0] < 64 << 20, f"the client sent {sent[0]:,} bytes before the refusal"  # a few socket buffers, not the gigabyte
+        response = httpx.post(
+            f"{server.url}/feedback",
+            content=one_gigabyte(),
+            headers={**FEEDBACK_HEADERS, **declared},
+            timeout=30,
+        )
+        assert sent[0] < 64 << 20, (
+            f"the client sent {sent[0]:,} bytes before the refusal"
+        )  # a few socket buffers, not the gigabyte
         assert response.status_code == 413 and response.headers["connection"] == "close"
-        assert response.json() == {"detail": "the request body is larger than 65,536 bytes (HOUSING_MAX_BODY_BYTES)"}
+        assert response.json() == {
+            "detail": "the request body is larger than 65,536 bytes (HOUSING_MAX_BODY_BYTES)"
+        }
     assert resident_mb(server.process.pid) - before < 50
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/health"), ("POST", "/admin/reload"), ("GET", "/model")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/health"), ("POST", "/admin/reload"), ("GET", "/model")]
+)
 def test_every_route_has_a_body_limit(server, method, path):
-    response = httpx.request(method, f"{server.url}{path}", content=b"{}" + b" " * 70_000, headers=JSON, timeout=30)
+    response = httpx.request(
+        method, f"{server.url}{path}", content=b"{}" + b" " * 70_000, headers=JSON, timeout=30
+    )
     assert response.status_code == 413 and "HOUSING_MAX_BODY_BYTES" in response.json()["detail"]
 
 
 def test_predict_has_its_own_larger_limit(server):
     assert post(server, "/predict", b" " * 10_305_537).status_code == 413
     full_batch = orjson.dumps([EXAMPLE_REQUEST] * 10_000)
-    assert post(server, "/predict", full_batch).status_code == 503  # checked and validated: only the model is missing
+    assert (
+        post(server, "/predict", full_batch).status_code == 503
+    )  # checked and validated: only the model is missing
 
 
-# --- slow and idle clients -------------------------------------------------------------------------------------
+# --- slow and idle clients
+# -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/feedback", "/predict"])
 def test_a_body_sent_too_slowly_is_cut_off_with_408(server, path):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode())
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length:"
+            " 100\r\n\r\n{".encode()
+        )
         started = time.perf_counter()
         answer = sock.recv(4096)  # the socket's 10 s timeout fails the test if no answer comes
         waited = time.perf_counter() - started
@@ -152,7 +184,9 @@ def test_500_idle_connections_do_not_stop_health(server):
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(500)]
     try:
         for sock in idle[::2]:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: te")  # half of them stop in the middle of their headers
+            sock.sendall(
+                b"GET /health HTTP/1.1\r\nHost: te"
+            )  # half of them stop in the middle of their headers
         response = httpx.get(f"{server.url}/health", timeout=10)
         assert response.status_code == 200 and response.json() == {"status": "ok"}
         assert post(server, "/predict", json.dumps(EXAMPLE_REQUEST).encode()).status_code == 503
@@ -162,18 +196,28 @@ def test_500_idle_connections_do_not_stop_health(server):
 
 
 def test_make_serve_and_the_team_setup_serve_with_these_flags():
-    serve_line = next(line for line in (PROJECT_DIR / "Makefile").read_text().splitlines() if "uvicorn app:app" in line)
+    serve_line = next(
+        line for line in (PROJECT_DIR / "Makefile").read_text().splitlines() if "uvicorn app:app" in line
+    )
     assert serve_line.endswith(" ".join(API_SERVER_FLAGS))
 
 
-# --- valid requests are answered as before --------------------------------------------------------------------
+# --- valid requests are answered as before
+# --------------------------------------------------------------------
 def test_valid_requests_get_their_predictions(pipeline_run, tmp_path):
     env = server_env(pipeline_run.env, HOUSING_PREDICTION_LOG_URL=pipeline_run.backend.new_log_url("hostile"))
     with ApiServer(env, tmp_path / "server.log", extra_args=API_SERVER_FLAGS) as api:
         api.wait_ready()
         single = post(api, "/predict", orjson.dumps(EXAMPLE_REQUEST))
         assert single.status_code == 200 and single.json()["MedHouseVal"] > 0
-        batch = while_probing(api.url, lambda: post(api, "/predict", orjson.dumps([EXAMPLE_REQUEST] * 10_000)))
+        batch = while_probing(
+            api.url, lambda: post(api, "/predict", orjson.dumps([EXAMPLE_REQUEST] * 10_000))
+        )
         assert batch.status_code == 200 and len(batch.json()["predictions"]) == 10_000
-        feedback = post(api, "/feedback", orjson.dumps({"request_id": single.json()["request_id"], "actual": 2.0}), FEEDBACK_HEADERS)
+        feedback = post(
+            api,
+            "/feedback",
+            orjson.dumps({"request_id": single.json()["request_id"], "actual": 2.0}),
+            FEEDBACK_HEADERS,
+        )
         assert feedback.status_code == 201

@@ -18,7 +18,8 @@ from tests.helpers import PASSWD, DataServer
 
 @contextlib.contextmanager
 def silent_server() -> Iterator[str]:
-    """A port that accepts connections (the kernel's backlog) and never answers: the URL of a stalled server."""
+    """A port that accepts connections (the kernel's backlog) and never answers: the URL of a stalled
+    server."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
@@ -57,13 +58,18 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "missing file": (str(tmp_path / "nope.csv"), "does not exist"),
         "empty file": (str(empty), "is an empty file"),
         "header only": (str(header_only), "the data has no rows"),
-        "missing column": (write_variant(tmp_path, "m.csv", lambda f: f.drop(columns="AveOccup")), "missing column(s) AveOccup"),
+        "missing column": (
+            write_variant(tmp_path, "m.csv", lambda f: f.drop(columns="AveOccup")),
+            "missing column(s) AveOccup",
+        ),
         "misnamed column": (
             write_variant(tmp_path, "r.csv", lambda f: f.rename(columns={"MedInc": "median_income"})),
             "missing column(s) MedInc (found unexpected median_income)",
         ),
         "non-numeric": (
-            write_variant(tmp_path, "n.csv", lambda f: f.astype({"HouseAge": object}).assign(HouseAge=["old"] * len(f))),
+            write_variant(
+                tmp_path, "n.csv", lambda f: f.astype({"HouseAge": object}).assign(HouseAge=["old"] * len(f))
+            ),
             "column HouseAge has 50 non-numeric value(s)",
         ),
         "download impossible": ("http://127.0.0.1:9/california_housing.csv", "could not download"),
@@ -71,7 +77,16 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "case", ["missing file", "empty file", "header only", "missing column", "misnamed column", "non-numeric", "download impossible"]
+    "case",
+    [
+        "missing file",
+        "empty file",
+        "header only",
+        "missing column",
+        "misnamed column",
+        "non-numeric",
+        "download impossible",
+    ],
 )
 def test_bad_source_fails_cleanly_and_keeps_previous_artifact(loaded, tmp_path, case):
     env, work_dir, files_before = loaded
@@ -87,30 +102,40 @@ def test_bad_source_fails_cleanly_and_keeps_previous_artifact(loaded, tmp_path, 
 
 @contextlib.contextmanager
 def refusing_port() -> Iterator[int]:
-    """A local port bound but not listening: every connection to it is refused at once, and no other process can
-    listen there while it is held."""
+    """A local port bound but not listening: every connection to it is refused at once, and no other process
+    can listen there while it is held."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
 
 
 def test_sklearn_fallback_without_network_says_how_to_fix(loaded, tmp_path):
-    """No source: scikit-learn's downloader runs, with nothing cached and every HTTP(S) connection sent to a proxy
-    that refuses it (urllib honours the *_proxy variables), so the download fails on any machine."""
+    """No source: scikit-learn's downloader runs, with nothing cached and every HTTP(S) connection sent to a
+    proxy that refuses it (urllib honours the *_proxy variables), so the download fails on any machine."""
     env, work_dir, files_before = loaded
-    env = {key: value for key, value in env.items() if key != "HOUSING_DATA_SOURCE" and not key.lower().endswith("_proxy")}
+    env = {
+        key: value
+        for key, value in env.items()
+        if key != "HOUSING_DATA_SOURCE" and not key.lower().endswith("_proxy")
+    }
     env["SCIKIT_LEARN_DATA"] = str(tmp_path / "sklearn-cache")  # nothing cached: it must download
     with refusing_port() as port:
         proxy = f"http://127.0.0.1:{port}"
         env.update(http_proxy=proxy, https_proxy=proxy, HTTP_PROXY=proxy, HTTPS_PROXY=proxy)
         result = run_stage("load_data.py", env=env, timeout=120)
-    line = assert_refused(result, "could not download the dataset with scikit-learn's fetch_california_housing", work_dir, files_before)
+    line = assert_refused(
+        result,
+        "could not download the dataset with scikit-learn's fetch_california_housing",
+        work_dir,
+        files_before,
+    )
     assert "Connection refused" in line, line  # the refusing proxy's doing, not some other failure
     assert line.endswith("give a CSV path or URL with --source or HOUSING_DATA_SOURCE"), line
 
 
 def assert_refused(result, message: str, work_dir: Path, files_before: dict[str, bytes]) -> str:
-    """Exit 2 with one ``error:`` sentence holding ``message``, no traceback, the stored artifacts untouched."""
+    """Exit 2 with one ``error:`` sentence holding ``message``, no traceback, the stored artifacts
+    untouched."""
     assert result.returncode == 2, result.stdout + result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
@@ -154,15 +179,24 @@ def test_other_url_schemes_are_refused(loaded, source):
 def test_an_endless_download_is_refused_at_the_size_cap(loaded):
     env, work_dir, files_before = loaded
     with DataServer() as server:
-        result = run_stage("load_data.py", "--source", f"{server.url}/endless", env={**env, "HOUSING_DOWNLOAD_MAX_BYTES": "100000"})
+        result = run_stage(
+            "load_data.py",
+            "--source",
+            f"{server.url}/endless",
+            env={**env, "HOUSING_DOWNLOAD_MAX_BYTES": "100000"},
+        )
         assert server.requests == [("/endless", None)]
-    assert_refused(result, "is larger than the 100,000-byte limit (HOUSING_DOWNLOAD_MAX_BYTES)", work_dir, files_before)
+    assert_refused(
+        result, "is larger than the 100,000-byte limit (HOUSING_DOWNLOAD_MAX_BYTES)", work_dir, files_before
+    )
 
 
 def test_a_declared_size_over_the_cap_is_refused_before_reading(loaded):
     env, work_dir, files_before = loaded
     with DataServer() as server:
-        result = run_stage("load_data.py", "--source", f"{server.url}/data.csv", "--download-max-bytes", "100000", env=env)
+        result = run_stage(
+            "load_data.py", "--source", f"{server.url}/data.csv", "--download-max-bytes", "100000", env=env
+        )
     assert_refused(result, "is larger than the 100,000-byte limit", work_dir, files_before)
 
 
@@ -177,5 +211,7 @@ def test_a_redirect_to_a_local_file_is_refused(loaded):
 def test_a_server_that_never_answers_times_out(loaded):
     env, work_dir, files_before = loaded
     with silent_server() as url:  # the stage must give up by itself: the 60 s deadline only stops a hung test
-        result = run_stage("load_data.py", "--source", url, env={**env, "HOUSING_DOWNLOAD_TIMEOUT": "2"}, timeout=60)
+        result = run_stage(
+            "load_data.py", "--source", url, env={**env, "HOUSING_DOWNLOAD_TIMEOUT": "2"}, timeout=60
+        )
     assert_refused(result, "within 2 s (HOUSING_DOWNLOAD_TIMEOUT)", work_dir, files_before)

@@ -1,5 +1,6 @@
 """An older prediction log gains the champion/challenger columns in place on PostgreSQL, also when several
-processes open it at once, and keeps every old row readable (the SQLite half is in tests/code/test_shadow.py)."""
+processes open it at once, and keeps every old row readable (the SQLite half is in tests/code/test_shadow.py).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from housing.store.prediction_log import PredictionLog, prediction_rows
 from housing.store.tables import create_tables, make_engine
 from localteam.services import create_database, database_url
 
-OLD_SCHEMA = ("CREATE TABLE predictions (request_id VARCHAR(32) PRIMARY KEY, created_at TIMESTAMP WITH TIME ZONE NOT NULL, "
-              + ", ".join(f'"{name}" FLOAT NOT NULL' for name in FEATURE_NAMES)
-              + ", prediction FLOAT NOT NULL, model_name VARCHAR(200) NOT NULL, model_version VARCHAR(20) NOT NULL, "
-              "latency_ms FLOAT NOT NULL)")
+OLD_SCHEMA = (
+    "CREATE TABLE predictions (request_id VARCHAR(32) PRIMARY KEY, created_at TIMESTAMP WITH TIME ZONE NOT"
+    " NULL, "
+    + ", ".join(f'"{name}" FLOAT NOT NULL' for name in FEATURE_NAMES)
+    + ", prediction FLOAT NOT NULL, model_name VARCHAR(200) NOT NULL, model_version VARCHAR(20) NOT NULL, "
+    "latency_ms FLOAT NOT NULL)"
+)
 
 
 @pytest.mark.postgres
@@ -33,16 +37,33 @@ def test_an_older_postgresql_log_is_migrated_once_by_racing_processes(postgres):
         connection.execute(text(OLD_SCHEMA))
         connection.execute(text(f"INSERT INTO predictions VALUES ({values})"))
     engines = [make_engine(url) for _ in range(4)]
-    with ThreadPoolExecutor(4) as pool:  # four "processes" open the old log at once: each adds what is missing
+    with ThreadPoolExecutor(
+        4
+    ) as pool:  # four "processes" open the old log at once: each adds what is missing
         list(pool.map(create_tables, engines))
     log = PredictionLog(url)
     features = np.array([[EXAMPLE_REQUEST[n] for n in FEATURE_NAMES]])
-    log.append(prediction_rows(["new"], features, [2.5], model_name="M", model_version="2", latency_ms=1.0,
-                               created_at=log.timestamp(datetime.now(UTC)), shadow=[2.7], shadow_version="3"))
+    log.append(
+        prediction_rows(
+            ["new"],
+            features,
+            [2.5],
+            model_name="M",
+            model_version="2",
+            latency_ms=1.0,
+            created_at=log.timestamp(datetime.now(UTC)),
+            shadow=[2.7],
+            shadow_version="3",
+        )
+    )
     assert log.flush()
     with engine.connect() as connection:
-        rows = connection.execute(text("select request_id, served_alias, shadow_prediction, shadow_model_version "
-                                       "from predictions order by request_id")).all()
+        rows = connection.execute(
+            text(
+                "select request_id, served_alias, shadow_prediction, shadow_model_version "
+                "from predictions order by request_id"
+            )
+        ).all()
     assert [tuple(row) for row in rows] == [("new", "production", 2.7, "3"), ("old", None, None, None)]
     for opened in (engine, *engines, log.engine):
         opened.dispose()

@@ -1,7 +1,7 @@
-"""The prediction log through an outage of its database, on a real uvicorn server: memory stays bounded while rows
-spill to disk, the log holds every row once the database is back, and a kill -9 in the middle of the outage loses at
-most one flush interval's rows. The database refuses connections: for SQLite a file stands where the database's
-folder should be; for PostgreSQL the database stops accepting connections."""
+"""The prediction log through an outage of its database, on a real uvicorn server: memory stays bounded while
+rows spill to disk, the log holds every row once the database is back, and a kill -9 in the middle of the
+outage loses at most one flush interval's rows. The database refuses connections: for SQLite a file stands
+where the database's folder should be; for PostgreSQL the database stops accepting connections."""
 
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ BUFFER_CAP = 2_000
 """HOUSING_LOG_BUFFER_MAX_ROWS of the servers: a tenth of the rows, so the spill is exercised."""
 FLUSH_INTERVAL = 0.2
 MAX_RSS_BYTES = 768 * 2**20
-"""The server's resident memory must stay under this during the outage (numba, LightGBM and MLflow take ~530 MB)."""
+"""The server's resident memory must stay under this during the outage (numba, LightGBM and MLflow take ~530
+MB)."""
 MAX_RSS_GROWTH_BYTES = 4 * 2**20
-"""Growth allowed while the outage's 18,000 rows arrive: measured 0-0.2 MB with the spill, 7-8 MB when the buffer held
-them all (the code before the cap)."""
+"""Growth allowed while the outage's 18,000 rows arrive: measured 0-0.2 MB with the spill, 7-8 MB when the
+buffer held them all (the code before the cap)."""
 
 
 class LogOutage:
@@ -47,13 +48,16 @@ class LogOutage:
             self.database = self.url.rsplit("/", 1)[1]
 
     def begin(self) -> None:
-        """Refuse connections (for SQLite, before a server has opened the file: open files outlive a rename)."""
+        """Refuse connections (for SQLite, before a server has opened the file: open files outlive a
+        rename)."""
         if self.backend.name == "sqlite":
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder.write_text("a file where the database's folder should be: SQLite cannot open log.db")
         else:
-            self._admin(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false',
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name")
+            self._admin(
+                f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false',
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name",
+            )
 
     def end(self) -> None:
         if self.backend.name == "sqlite":
@@ -80,10 +84,11 @@ class LogOutage:
 
 
 class Clients:
-    """``CLIENTS`` threads POSTing batches of ``ROWS_PER_REQUEST`` rows until ``requests`` are sent or :meth:`stop`;
-    rows answered 200 are counted apart from rows sent (a request in flight at a kill -9 is sent, not answered). A
-    connection error ends its thread and is recorded with its time in ``errors``: the tests decide whether it was
-    allowed (only after a kill), so a client that dies is a failure, never a silent loss of load."""
+    """``CLIENTS`` threads POSTing batches of ``ROWS_PER_REQUEST`` rows until ``requests`` are sent or
+    :meth:`stop`; rows answered 200 are counted apart from rows sent (a request in flight at a kill -9 is
+    sent, not answered). A connection error ends its thread and is recorded with its time in ``errors``: the
+    tests decide whether it was allowed (only after a kill), so a client that dies is a failure, never a
+    silent loss of load."""
 
     def __init__(self, url: str, batch: list[dict[str, Any]], requests: int) -> None:
         self.url, self.batch, self.left = url, batch, requests
@@ -158,13 +163,20 @@ def wait_for(condition: Any, timeout: float = 90) -> None:
 
 
 def spill_lines(artifacts_dir: Path) -> int:
-    return sum(path.read_bytes().count(b"\n") for path in (artifacts_dir / "prediction_log_spill").glob("prediction_log-*.jsonl"))
+    return sum(
+        path.read_bytes().count(b"\n")
+        for path in (artifacts_dir / "prediction_log_spill").glob("prediction_log-*.jsonl")
+    )
 
 
 @pytest.fixture
 def batch(pipeline_run) -> list[dict[str, Any]]:
     """``ROWS_PER_REQUEST`` held-out rows: one request's body."""
-    return load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl").iloc[:ROWS_PER_REQUEST].to_dict(orient="records")
+    return (
+        load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl")
+        .iloc[:ROWS_PER_REQUEST]
+        .to_dict(orient="records")
+    )
 
 
 @pytest.fixture
@@ -175,8 +187,13 @@ def outage(pipeline_run, tmp_path) -> LogOutage:
 @pytest.fixture
 def env(pipeline_run, outage, tmp_path) -> dict[str, str]:
     """The servers' environment: their own artifacts folder (the spill lives there), a small buffer cap."""
-    return server_env(pipeline_run.env, HOUSING_PREDICTION_LOG_URL=outage.url, HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-                      HOUSING_LOG_BUFFER_MAX_ROWS=str(BUFFER_CAP), HOUSING_LOG_FLUSH_INTERVAL=str(FLUSH_INTERVAL))
+    return server_env(
+        pipeline_run.env,
+        HOUSING_PREDICTION_LOG_URL=outage.url,
+        HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
+        HOUSING_LOG_BUFFER_MAX_ROWS=str(BUFFER_CAP),
+        HOUSING_LOG_FLUSH_INTERVAL=str(FLUSH_INTERVAL),
+    )
 
 
 def test_an_outage_keeps_memory_bounded_and_loses_no_row(outage, env, batch, tmp_path):
@@ -184,7 +201,9 @@ def test_an_outage_keeps_memory_bounded_and_loses_no_row(outage, env, batch, tmp
     with ApiServer(env, tmp_path / "server.log") as server:
         server.wait_ready()
         assert server.process is not None
-        warm_up = Clients(server.url, batch, REQUESTS // 10).start()  # the first 2,000 rows: allocator and caches settle
+        warm_up = Clients(
+            server.url, batch, REQUESTS // 10
+        ).start()  # the first 2,000 rows: allocator and caches settle
         warm_up.join()
         with RssSampler(server.process.pid) as rss:
             baseline = rss.peak
@@ -195,10 +214,14 @@ def test_an_outage_keeps_memory_bounded_and_loses_no_row(outage, env, batch, tmp
         assert len(statuses) == REQUESTS and set(statuses) == {200}
         ready = httpx.get(f"{server.url}/ready", timeout=10).json()["prediction_log"]
         assert ready["last_error"] and ready["pending_rows"] == REQUESTS * ROWS_PER_REQUEST
-        assert spill_lines(Path(env["HOUSING_ARTIFACTS_DIR"])) >= REQUESTS * ROWS_PER_REQUEST - BUFFER_CAP  # on disk, not in memory
+        assert (
+            spill_lines(Path(env["HOUSING_ARTIFACTS_DIR"])) >= REQUESTS * ROWS_PER_REQUEST - BUFFER_CAP
+        )  # on disk, not in memory
         outage.end()
         wait_for(lambda: outage.logged_rows() == REQUESTS * ROWS_PER_REQUEST)
-        wait_for(lambda: httpx.get(f"{server.url}/ready", timeout=10).json()["prediction_log"]["pending_rows"] == 0)
+        wait_for(
+            lambda: httpx.get(f"{server.url}/ready", timeout=10).json()["prediction_log"]["pending_rows"] == 0
+        )
     print(f"RSS: {baseline / 2**20:.0f} MB before the outage's 18,000 rows, peak {rss.peak / 2**20:.0f} MB")
     assert rss.peak < MAX_RSS_BYTES
     assert rss.peak - baseline < MAX_RSS_GROWTH_BYTES, f"RSS grew by {(rss.peak - baseline) / 2**20:.1f} MB"
@@ -223,7 +246,9 @@ def test_a_kill_9_during_an_outage_loses_at_most_one_flush_interval(outage, env,
         load.stop()
         server.stop()
     rows_per_interval = load.ok_rows / elapsed * FLUSH_INTERVAL
-    assert not [error for error in load.errors if error[0] < killed_at], load.errors  # no client failed before the kill
+    assert not [error for error in load.errors if error[0] < killed_at], (
+        load.errors
+    )  # no client failed before the kill
     assert set(load.statuses) == {200}
     outage.end()
     with ApiServer(env, tmp_path / "restarted.log") as restarted:
@@ -232,7 +257,11 @@ def test_a_kill_9_during_an_outage_loses_at_most_one_flush_interval(outage, env,
         time.sleep(1)  # anything more would be a late duplicate
         logged = outage.logged_rows()
     assert logged is not None
-    print(f"kill -9: {load.ok_rows} rows answered, {load.sent_rows} sent, {logged} logged; "
-          f"one flush interval = {rows_per_interval:.0f} rows")
+    print(
+        f"kill -9: {load.ok_rows} rows answered, {load.sent_rows} sent, {logged} logged; "
+        f"one flush interval = {rows_per_interval:.0f} rows"
+    )
     assert load.ok_rows - rows_per_interval <= logged <= load.sent_rows
-    assert spill_lines(Path(env["HOUSING_ARTIFACTS_DIR"])) == 0  # the dead server's spill was replayed, then deleted
+    assert (
+        spill_lines(Path(env["HOUSING_ARTIFACTS_DIR"])) == 0
+    )  # the dead server's spill was replayed, then deleted

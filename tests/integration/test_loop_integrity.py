@@ -16,8 +16,16 @@ from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server
 
 WINDOW = "1500"
 MODEL = "CaliforniaHousing"
-BAY_AREA_DISTRICT = {"MedInc": 3.5, "HouseAge": 28.0, "AveRooms": 5.0, "AveBedrms": 1.04, "Population": 1500.0,
-                     "AveOccup": 3.0, "Latitude": 37.8, "Longitude": -122.4}
+BAY_AREA_DISTRICT = {
+    "MedInc": 3.5,
+    "HouseAge": 28.0,
+    "AveRooms": 5.0,
+    "AveBedrms": 1.04,
+    "Population": 1500.0,
+    "AveOccup": 3.0,
+    "Latitude": 37.8,
+    "Longitude": -122.4,
+}
 """The district of the poisoning attack the loop issue reports."""
 
 
@@ -33,7 +41,9 @@ def simulate(env: dict[str, str], url: str, *args: str) -> None:
 
 
 def production(env: dict[str, str]) -> str:
-    return str(MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(MODEL, "production").version)
+    return str(
+        MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(MODEL, "production").version
+    )
 
 
 def wait_until_served(url: str, version: str, timeout: float = 30) -> None:
@@ -45,14 +55,17 @@ def wait_until_served(url: str, version: str, timeout: float = 30) -> None:
 
 @pytest.fixture
 def loop_env(mutable_run: PipelineRun, tmp_path: Path) -> Iterator[tuple[dict[str, str], ApiServer]]:
-    """The mutable registry, a private copy of its artifacts, a fresh prediction log, an API serving it; retrains
-    train the promoted candidate only (the gate, the evidence and the lock are what these tests are about)."""
+    """The mutable registry, a private copy of its artifacts, a fresh prediction log, an API serving it;
+    retrains train the promoted candidate only (the gate, the evidence and the lock are what these tests are
+    about)."""
     env, server = start_loop_server(mutable_run, tmp_path, "integrity", '["lightgbm_spatial"]')
     yield env, server
     server.stop()
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # the evidence and lock tables' PostgreSQL path runs in test_monitor_loop
+@pytest.mark.parametrize(
+    "backend_name", ["sqlite"], indirect=True
+)  # the evidence and lock tables' PostgreSQL path runs in test_monitor_loop
 def test_label_poisoning_never_moves_production(loop_env):
     env, server = loop_env
     before = production(env)
@@ -63,28 +76,66 @@ def test_label_poisoning_never_moves_production(loop_env):
         price_before = served.json()["predictions"][0]["MedHouseVal"]
         for request_id in ids[-50:]:  # no credentials: refused, nothing stored
             assert http.post("/feedback", json={"request_id": request_id, "actual": 5.0}).status_code == 401
-            wrong = http.post("/feedback", json={"request_id": request_id, "actual": 5.0}, headers={"Authorization": "Bearer guess"})
+            wrong = http.post(
+                "/feedback",
+                json={"request_id": request_id, "actual": 5.0},
+                headers={"Authorization": "Bearer guess"},
+            )
             assert wrong.status_code == 403
         out = monitor(env)
         assert "decision: ALERT, NO RETRAIN" in out and "retrained: training run" not in out, out
         assert "only 0 labelled districts that no model has learnt from; 200 more are needed" in out, out
-        for request_id in ids[-50:]:  # a labeller's valid token: stored, but 50 labels of one district are one district
-            assert http.post("/feedback", json={"request_id": request_id, "actual": 5.0}, headers=FEEDBACK_HEADERS).status_code == 201
+        for request_id in ids[
+            -50:
+        ]:  # a labeller's valid token: stored, but 50 labels of one district are one district
+            assert (
+                http.post(
+                    "/feedback", json={"request_id": request_id, "actual": 5.0}, headers=FEEDBACK_HEADERS
+                ).status_code
+                == 201
+            )
         out = monitor(env)
         assert "decision: ALERT, NO RETRAIN" in out and "retrained: training run" not in out, out
-        assert "not retraining: only 1 labelled districts that no model has learnt from; 199 more are needed before a retrain" in out
+        assert (
+            "not retraining: only 1 labelled districts that no model has learnt from; 199 more are needed"
+            " before a retrain" in out
+        )
         assert production(env) == before
         again = http.post("/predict", json=BAY_AREA_DISTRICT).json()
         assert again["model_version"] == before and again["MedHouseVal"] == pytest.approx(price_before)
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # the evidence and lock tables' PostgreSQL path runs in test_monitor_loop
+@pytest.mark.parametrize(
+    "backend_name", ["sqlite"], indirect=True
+)  # the evidence and lock tables' PostgreSQL path runs in test_monitor_loop
 def test_a_persistent_shift_is_retrained_on_once(loop_env):
     env, server = loop_env
-    simulate(env, server.url, "--scenario", "subpopulation", "--subpopulation", "bay-area", "--requests", "2000", "--seed", "11")
+    simulate(
+        env,
+        server.url,
+        "--scenario",
+        "subpopulation",
+        "--subpopulation",
+        "bay-area",
+        "--requests",
+        "2000",
+        "--seed",
+        "11",
+    )
     first = monitor(env)
     assert "decision: RETRAIN" in first and "retrained: training run" in first, first
     wait_until_served(server.url, production(env))
-    simulate(env, server.url, "--scenario", "subpopulation", "--subpopulation", "bay-area", "--requests", "2000", "--seed", "12")
+    simulate(
+        env,
+        server.url,
+        "--scenario",
+        "subpopulation",
+        "--subpopulation",
+        "bay-area",
+        "--requests",
+        "2000",
+        "--seed",
+        "12",
+    )
     second = monitor(env)
     assert "decision: RETRAIN" not in second and "retrained: training run" not in second, second

@@ -24,9 +24,26 @@ from tests.server import start_loop_server
 WINDOW = "1500"
 
 
-def simulate(env: dict[str, str], url: str, scenario: str, seed: int, inflation: float = 1.3, requests: str = WINDOW) -> float:
-    result = run_stage("simulate_traffic.py", "--url", url, "--scenario", scenario, "--requests", requests,
-                       "--concurrency", "8", "--seed", str(seed), "--inflation", str(inflation), "--quiet", env=env)
+def simulate(
+    env: dict[str, str], url: str, scenario: str, seed: int, inflation: float = 1.3, requests: str = WINDOW
+) -> float:
+    result = run_stage(
+        "simulate_traffic.py",
+        "--url",
+        url,
+        "--scenario",
+        scenario,
+        "--requests",
+        requests,
+        "--concurrency",
+        "8",
+        "--seed",
+        str(seed),
+        "--inflation",
+        str(inflation),
+        "--quiet",
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     match = re.search(r"RMSE against the true labels ([\d.]+)", result.stdout)
     assert match is not None, result.stdout
@@ -45,7 +62,9 @@ def served_version(url: str) -> str:
 @pytest.fixture
 def loop_env(mutable_run, tmp_path):
     """The mutable registry, a private copy of its artifacts (reports, retraining sets), an API serving it."""
-    env, server = start_loop_server(mutable_run, tmp_path, "loop", '["lightgbm_spatial", "hist_gradient_boosting"]')
+    env, server = start_loop_server(
+        mutable_run, tmp_path, "loop", '["lightgbm_spatial", "hist_gradient_boosting"]'
+    )
     yield env, server
     server.stop()
 
@@ -53,8 +72,12 @@ def loop_env(mutable_run, tmp_path):
 def monitors_at_once(env: dict[str, str], count: int = 2) -> list[str]:
     """``count`` monitor.py processes started together; their outputs (each must exit 0)."""
     command = [sys.executable, str(PROJECT_DIR / "monitor.py"), "--window", WINDOW]
-    processes = [subprocess.Popen(command, env=env, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for _ in range(count)]
+    processes = [
+        subprocess.Popen(
+            command, env=env, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(count)
+    ]
     outputs = [process.communicate(timeout=900)[0] for process in processes]
     assert all(process.returncode == 0 for process in processes), outputs
     return outputs
@@ -67,8 +90,11 @@ def wait_until_served(url: str, version: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("backend_name", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)  # the team store; the SQLite
-# loop (retrain, gate, the API following) runs in test_loop_integrity, test_estimation and the failing-retrain test below
+@pytest.mark.parametrize(
+    "backend_name", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)  # the team store; the SQLite
+# loop (retrain, gate, the API following) runs in test_loop_integrity, test_estimation and the failing-retrain
+# test below
 def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(loop_env):
     env, server = loop_env
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -88,7 +114,9 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     assert training_run_id is not None
     test_split_rmse = client.get_run(training_run_id).data.metrics["rmse"]
     assert first["error_reference"] == "held-out: the test split (4,128 rows)"
-    assert first["reference_rmse"] == pytest.approx(test_split_rmse, rel=0.05)  # not the in-sample error of the training split
+    assert first["reference_rmse"] == pytest.approx(
+        test_split_rmse, rel=0.05
+    )  # not the in-sample error of the training split
 
     simulate(env, server.url, "market-inflation", seed=2)
     outputs = monitors_at_once(env)  # two monitors on the same evidence: exactly one retrains
@@ -102,21 +130,40 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     new_version = str(client.get_model_version_by_alias("CaliforniaHousing", "production").version)
     assert new_version != first_version
     history = read_history(engine, "CaliforniaHousing")
-    assert len(history) == ledger_before + 1 and history[-1].to_version == new_version and history[-1].from_version == first_version
+    assert (
+        len(history) == ledger_before + 1
+        and history[-1].to_version == new_version
+        and history[-1].from_version == first_version
+    )
     assert history[-1].command == "monitor.py (retrain)" and history[-1].evidence["gate"]["low"] > 0
-    training_run = client.get_run(client.get_model_version("CaliforniaHousing", new_version).tags["training_run_id"])
+    training_run = client.get_run(
+        client.get_model_version("CaliforniaHousing", new_version).tags["training_run_id"]
+    )
     assert "new labelled production rows" in training_run.data.tags["training_data"]
-    saved = Path(re.search(r"retrained: training run \w+, data in (\S+)", out).group(1))  # type: ignore[union-attr]
-    manifest = json.loads((saved / "manifest.json").read_text())  # the retraining set on disk, as the run records it
-    assert saved.parent == Path(env["HOUSING_ARTIFACTS_DIR"]) / "retraining" and re.fullmatch(r"\d{8}T\d{6}Z", saved.name)
+    found = re.search(r"retrained: training run \w+, data in (\S+)", out)
+    assert found is not None, out
+    saved = Path(found.group(1))
+    manifest = json.loads(
+        (saved / "manifest.json").read_text()
+    )  # the retraining set on disk, as the run records it
+    assert saved.parent == Path(env["HOUSING_ARTIFACTS_DIR"]) / "retraining" and re.fullmatch(
+        r"\d{8}T\d{6}Z", saved.name
+    )
     assert manifest["sha256"] == training_run.data.tags["data_sha256"] and manifest["provenance"]
-    assert manifest["rows"] == len(load_pickle(saved / "X_train.pkl")) == len(load_pickle(saved / "train_weight.pkl"))
+    assert (
+        manifest["rows"]
+        == len(load_pickle(saved / "X_train.pkl"))
+        == len(load_pickle(saved / "train_weight.pkl"))
+    )
     assert {"X_eval.pkl", "y_eval.pkl", "y_train.pkl"} <= {path.name for path in saved.iterdir()}
-    assert float(training_run.data.tags["price_index"]) == pytest.approx(1.3, rel=0.05)  # the market move, learnt
+    assert float(training_run.data.tags["price_index"]) == pytest.approx(
+        1.3, rel=0.05
+    )  # the market move, learnt
 
     wait_until_served(server.url, new_version, timeout=60)
-    # The new version's error on districts it never trained on: held-out test rows absent from its training set (the
-    # traffic it learnt from was drawn from the same 4,128 test rows), at today's price level (the market's x1.3).
+    # The new version's error on districts it never trained on: held-out test rows absent from its training
+    # set (the traffic it learnt from was drawn from the same 4,128 test rows), at today's price level (the
+    # market's x1.3).
     split = Path(env["HOUSING_ARTIFACTS_DIR"]) / "split"
     x_test, y_test = load_pickle(split / "X_test.pkl"), load_pickle(split / "y_test.pkl")
     unseen = ~row_digests(x_test).isin(set(row_digests(load_pickle(saved / "X_train.pkl")))).to_numpy()
@@ -124,10 +171,14 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     rows, truth = x_test[unseen].iloc[:1000], y_test[unseen].iloc[:1000].to_numpy() * 1.3
     answered = httpx.post(f"{server.url}/predict", json=rows.to_dict(orient="records"), timeout=60).json()
     assert answered["model_version"] == new_version
-    unseen_rmse = float(np.sqrt(np.mean(np.square(np.array([row["MedHouseVal"] for row in answered["predictions"]]) - truth))))
+    unseen_rmse = float(
+        np.sqrt(np.mean(np.square(np.array([row["MedHouseVal"] for row in answered["predictions"]]) - truth)))
+    )
     assert unseen_rmse <= 0.55, unseen_rmse  # the first version: ~0.85 on inflated prices
 
-    simulate(env, server.url, "market-inflation", seed=3, requests="1000")  # inflated traffic, judged by the monitor
+    simulate(
+        env, server.url, "market-inflation", seed=3, requests="1000"
+    )  # inflated traffic, judged by the monitor
     code, out = monitor(env, "--dry-run", "--window", "1000")
     assert code == 0, out
     assert f"served by production version {new_version}" in out
@@ -138,7 +189,9 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     assert latest["error_reference"].startswith("held-out: its evaluation data") and "held out" in out
 
     shown = run_stage("promote.py", "--history", env=env)
-    assert shown.returncode == 0 and f"{first_version} -> {new_version}" in shown.stdout, shown.stdout + shown.stderr
+    assert shown.returncode == 0 and f"{first_version} -> {new_version}" in shown.stdout, (
+        shown.stdout + shown.stderr
+    )
     rolled = run_stage("promote.py", "--rollback", env=env)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert str(client.get_model_version_by_alias("CaliforniaHousing", "production").version) == first_version
@@ -148,18 +201,25 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
 
     experiment = client.get_experiment_by_name("monitoring")
     assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.start_time >= {started_ms}",
-                              order_by=["attributes.start_time ASC"])  # this test's rounds (other tests share the store)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.start_time >= {started_ms}",
+        order_by=["attributes.start_time ASC"],
+    )  # this test's rounds (other tests share the store)
     decisions = [run.data.tags["decision"] for run in runs]
     assert decisions[0] == "no retrain" and decisions[1:3] == ["retrain", "retrain"], decisions
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # a failing fit is the same on both stores; PostgreSQL: the test above
+@pytest.mark.parametrize(
+    "backend_name", ["sqlite"], indirect=True
+)  # a failing fit is the same on both stores; PostgreSQL: the test above
 def test_a_failing_retrain_leaves_production_alone(loop_env, tmp_path):
     env, server = loop_env
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     before = client.get_model_version_by_alias("CaliforniaHousing", "production").version
-    simulate(env, server.url, "market-inflation", seed=4, inflation=1.8)  # far off even for a model retrained on x1.3
+    simulate(
+        env, server.url, "market-inflation", seed=4, inflation=1.8
+    )  # far off even for a model retrained on x1.3
     broken = dict(env, HOUSING_CANDIDATES_PATH=str(tmp_path / "missing.yaml"))
     code, out = monitor(broken)
     assert code == 1, out

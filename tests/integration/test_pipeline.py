@@ -39,7 +39,9 @@ def test_every_candidate_is_a_child_run_with_metrics_signature_and_version(pipel
     experiment = client.get_experiment_by_name(settings.experiment_name)
     parents = client.search_runs([experiment.experiment_id], "tags.`housing.run_type` = 'training'")
     assert len(parents) == 1 and parents[0].info.run_name == "Comparative Analysis"
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
+    )
     expected = {spec.name for spec in load_candidate_specs(settings.candidates_path)}
     assert {run.info.run_name for run in children} == expected
     versions = {v.tags["candidate"]: v for v in client.search_model_versions("name = 'CaliforniaHousing'")}
@@ -48,7 +50,10 @@ def test_every_candidate_is_a_child_run_with_metrics_signature_and_version(pipel
         assert set(run.data.metrics) >= EXPECTED_METRICS, run.info.run_name
         assert run.data.tags["data_sha256"] == parents[0].data.tags["data_sha256"]
         assert run.data.tags["git_commit"]
-        assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"california_housing_train", "california_housing_test"}
+        assert {d.dataset.name for d in run.inputs.dataset_inputs} == {
+            "california_housing_train",
+            "california_housing_test",
+        }
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/predicted_vs_actual.png", "plots/residuals.png"} <= artifacts
         version = versions[run.info.run_name]
@@ -60,8 +65,10 @@ def test_every_candidate_is_a_child_run_with_metrics_signature_and_version(pipel
 
 
 def test_the_mlflow_ui_opens_on_runs_and_the_registry_describes_the_model(pipeline_run, client):
-    """Through the tracking API (an MLflow tracking server on the PostgreSQL backend): the experiment is marked as
-    model training, so MLflow 3's UI opens it on its runs, and the registered model and each version say what they are."""
+    """Through the tracking API (an MLflow tracking server on the PostgreSQL backend): the experiment is
+    marked as model training, so MLflow 3's UI opens it on its runs, and the registered model and each version
+    say what they are.
+    """
     settings = pipeline_run.settings()
     experiment = client.get_experiment_by_name(settings.experiment_name)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -71,14 +78,20 @@ def test_the_mlflow_ui_opens_on_runs_and_the_registry_describes_the_model(pipeli
     parent = client.search_runs([experiment.experiment_id], "tags.`housing.run_type` = 'training'")[0]
     for version in client.search_model_versions(f"name = '{settings.model_name}'"):
         assert version.description.startswith(f"{version.tags['candidate']}: ")
-        assert f"data sha256 {parent.data.tags['data_sha256']}" in version.description and "MedHouseVal" in version.description
+        assert (
+            f"data sha256 {parent.data.tags['data_sha256']}" in version.description
+            and "MedHouseVal" in version.description
+        )
 
 
 def test_make_mlflow_ui_links_open_each_experiment_on_its_runs(pipeline_run, client):
     settings = pipeline_run.settings()
     experiment = client.get_experiment_by_name(settings.experiment_name)
     links = ui_links(settings, "http://127.0.0.1:5000")
-    assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in links[0]
+    assert (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+        in links[0]
+    )
     assert links[-1].endswith("/#/models/CaliforniaHousing?workflowType=machine_learning")
 
 
@@ -94,7 +107,9 @@ def test_production_alias_points_to_a_good_model(pipeline_run, client):
     staging = client.get_model_version_by_alias("CaliforniaHousing", "staging")
     assert staging.tags["staging_gate"] == "passed"
     for version in client.search_model_versions("name = 'CaliforniaHousing'"):
-        assert version.tags["staging_gate"] == ("passed" if float(version.tags["eval_r2"]) > 0.7 else "failed")
+        assert version.tags["staging_gate"] == (
+            "passed" if float(version.tags["eval_r2"]) > 0.7 else "failed"
+        )
 
 
 def test_production_model_predicts_the_seed_request(pipeline_run):
@@ -119,31 +134,53 @@ def test_impossible_threshold_keeps_production_and_says_why(pipeline_run, client
     assert registry_state(client, "CaliforniaHousing")[0] == before[0]
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # the flag reaches the same gate on both stores
+@pytest.mark.parametrize(
+    "backend_name", ["sqlite"], indirect=True
+)  # the flag reaches the same gate on both stores
 def test_the_staging_threshold_flag_fails_every_candidate_and_leaves_the_aliases(pipeline_run, client):
     before = registry_state(client, "CaliforniaHousing")
     try:
         result = run_stage("promote.py", "--staging-r2-threshold", "0.999", env=pipeline_run.env)
         assert result.returncode == 0, result.stderr
-        assert "no candidate passed the staging gate (R2 > 0.999); 'staging' unchanged" in result.stdout, result.stdout
+        assert "no candidate passed the staging gate (R2 > 0.999); 'staging' unchanged" in result.stdout, (
+            result.stdout
+        )
         versions = client.search_model_versions("name = 'CaliforniaHousing'")
-        assert versions and {v.tags.get("staging_gate") for v in versions if "eval_r2" in v.tags} == {"failed"}
+        assert versions and {v.tags.get("staging_gate") for v in versions if "eval_r2" in v.tags} == {
+            "failed"
+        }
         assert registry_state(client, "CaliforniaHousing")[0] == before[0]
     finally:
-        restored = run_stage("promote.py", env=pipeline_run.env)  # the default gate again: the tags as other tests expect
+        restored = run_stage(
+            "promote.py", env=pipeline_run.env
+        )  # the default gate again: the tags as other tests expect
         assert restored.returncode == 0, restored.stderr
-    assert {v.tags.get("staging_gate") for v in client.search_model_versions("name = 'CaliforniaHousing'")
-            if float(v.tags.get("eval_r2", "0")) > 0.7} == {"passed"}
+    assert {
+        v.tags.get("staging_gate")
+        for v in client.search_model_versions("name = 'CaliforniaHousing'")
+        if float(v.tags.get("eval_r2", "0")) > 0.7
+    } == {"passed"}
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # Optuna's search does not depend on the store
+@pytest.mark.parametrize(
+    "backend_name", ["sqlite"], indirect=True
+)  # Optuna's search does not depend on the store
 def test_tune_logs_nested_trials_and_writes_a_deterministic_proposal(pipeline_run, tmp_path):
     import yaml
 
     outputs = []
     for attempt in range(2):
         path = tmp_path / f"proposal-{attempt}.yaml"
-        result = run_stage("train.py", "--tune", "2", "--estimator-scale", "0.1", "--tune-output", str(path), env=pipeline_run.env)
+        result = run_stage(
+            "train.py",
+            "--tune",
+            "2",
+            "--estimator-scale",
+            "0.1",
+            "--tune-output",
+            str(path),
+            env=pipeline_run.env,
+        )
         assert result.returncode == 0, result.stderr
         assert "best CV R2" in result.stdout
         outputs.append(yaml.safe_load(path.read_text())["lightgbm_spatial"])
@@ -154,7 +191,9 @@ def test_tune_logs_nested_trials_and_writes_a_deterministic_proposal(pipeline_ru
     assert experiment is not None
     tuning = client.search_runs([experiment.experiment_id], "tags.`housing.run_type` = 'tuning'")
     assert len(tuning) == 2
-    trials = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{tuning[0].info.run_id}'")
+    trials = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{tuning[0].info.run_id}'"
+    )
     assert len(trials) == 2 and all("cv_r2_mean" in run.data.metrics for run in trials)
     # tuning runs are not training runs: promote still works on the comparison run
     assert run_stage("promote.py", env=pipeline_run.env).returncode == 0

@@ -27,11 +27,25 @@ def test_preprocess_prints_the_eda_and_writes_the_plots_and_the_inspection_steps
     titles = re.findall(r"^== (.+) ==$", out, flags=re.MULTILINE)
     assert titles == ["First rows", "Shape", "Data types", "Missing values", "Statistics"]
     sections = dict(zip(titles, re.split(r"^== .+ ==$", out, flags=re.MULTILINE)[1:], strict=True))
-    assert f"{frame['MedInc'].iloc[0]:.4f}" in sections["First rows"] and len(sections["First rows"].strip().splitlines()) == 6
-    assert sections["Shape"].strip() == f"{len(frame):,} rows x {frame.shape[1]} columns" == "20,640 rows x 9 columns"
-    assert all(re.search(rf"^{name}\s+float64$", sections["Data types"], flags=re.MULTILINE) for name in frame.columns)
-    assert all(re.search(rf"^{name}\s+0$", sections["Missing values"], flags=re.MULTILINE) for name in frame.columns)
-    for name in frame.columns:  # count, mean, std, min, quartiles, max of every column, as pandas computes them
+    assert (
+        f"{frame['MedInc'].iloc[0]:.4f}" in sections["First rows"]
+        and len(sections["First rows"].strip().splitlines()) == 6
+    )
+    assert (
+        sections["Shape"].strip()
+        == f"{len(frame):,} rows x {frame.shape[1]} columns"
+        == "20,640 rows x 9 columns"
+    )
+    assert all(
+        re.search(rf"^{name}\s+float64$", sections["Data types"], flags=re.MULTILINE)
+        for name in frame.columns
+    )
+    assert all(
+        re.search(rf"^{name}\s+0$", sections["Missing values"], flags=re.MULTILINE) for name in frame.columns
+    )
+    for (
+        name
+    ) in frame.columns:  # count, mean, std, min, quartiles, max of every column, as pandas computes them
         line = next(line for line in sections["Statistics"].splitlines() if line.startswith(f"{name} "))
         figures = [float(value) for value in line.split()[1:]]
         np.testing.assert_allclose(figures, frame[name].describe().to_numpy(), rtol=1e-5)
@@ -40,17 +54,32 @@ def test_preprocess_prints_the_eda_and_writes_the_plots_and_the_inspection_steps
     images = {}
     for plot in ("target_distribution", "correlation_matrix", "features_distribution"):
         image = matplotlib.image.imread(pipeline_run.artifacts_dir / "plots" / f"{plot}.png")
-        assert image.shape[0] > 250 and image.shape[1] > 400 and image.std() > 0.05, (plot, image.shape)  # a drawn figure
+        assert image.shape[0] > 250 and image.shape[1] > 400 and image.std() > 0.05, (
+            plot,
+            image.shape,
+        )  # a drawn figure
         images[plot] = image
-    assert images["features_distribution"].shape[1] > 1.5 * images["target_distribution"].shape[1]  # 14 inches wide, 8 plots
+    assert (
+        images["features_distribution"].shape[1] > 1.5 * images["target_distribution"].shape[1]
+    )  # 14 inches wide, 8 plots
 
     split_dir = pipeline_run.artifacts_dir / "split"
     record = load_json(split_dir / "split.json")
     manifest = load_json(pipeline_run.artifacts_dir / "data" / "manifest.json")
-    assert record == {**record, "random_state": 42, "test_size": 0.2, "train_rows": 16_512, "test_rows": 4_128,
-                      "dataset_sha256": manifest["sha256"]}
+    assert record == {
+        **record,
+        "random_state": 42,
+        "test_size": 0.2,
+        "train_rows": 16_512,
+        "test_rows": 4_128,
+        "dataset_sha256": manifest["sha256"],
+    }
     client = MlflowClient(pipeline_run.tracking_uri)
-    linear = next(v for v in client.search_model_versions(f"name = '{NAME}'") if v.tags["candidate"] == "linear_regression")
+    linear = next(
+        v
+        for v in client.search_model_versions(f"name = '{NAME}'")
+        if v.tags["candidate"] == "linear_regression"
+    )
     pipeline = load_model_version(client, NAME, linear.version)
     outliers, scaler = load_pickle(split_dir / "outliers.pkl"), load_pickle(split_dir / "scaler.pkl")
     np.testing.assert_array_equal(outliers.lower_bounds_, pipeline.named_steps["outliers"].lower_bounds_)

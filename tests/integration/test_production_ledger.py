@@ -26,24 +26,38 @@ HOLDER = "worker-7:4242:monitor.py"
 
 @pytest.fixture
 def registry(tmp_path: Path) -> tuple[dict[str, str], Settings]:
-    """A stage environment whose store has versions 1-3 of a model, production moved None -> 1 -> 2 through the ledger."""
+    """A stage environment whose store has versions 1-3 of a model, production moved None -> 1 -> 2 through
+    the ledger."""
     log_url = f"sqlite:///{tmp_path / 'artifacts' / 'prediction_log.db'}"
     env = stage_env(tmp_path, HOUSING_MODEL_NAME="LedgerModel", HOUSING_PREDICTION_LOG_URL=log_url)
-    settings = Settings(artifacts_dir=tmp_path / "artifacts", tracking_uri=env["MLFLOW_TRACKING_URI"], model_name="LedgerModel",
-                        prediction_log_url=log_url)
+    settings = Settings(
+        artifacts_dir=tmp_path / "artifacts",
+        tracking_uri=env["MLFLOW_TRACKING_URI"],
+        model_name="LedgerModel",
+        prediction_log_url=log_url,
+    )
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     client.create_registered_model(settings.model_name)
     (tmp_path / "model").mkdir()
     for _ in range(3):
         client.create_model_version(settings.model_name, source=str(tmp_path / "model"))
     for before, after in ((None, "1"), ("1", "2")):
-        move_production(client, settings, expected=before, to_version=after, command="promote.py", reason="beats production",
-                        evidence={"r2": 0.8, "candidates": 3})
+        move_production(
+            client,
+            settings,
+            expected=before,
+            to_version=after,
+            command="promote.py",
+            reason="beats production",
+            evidence={"r2": 0.8, "candidates": 3},
+        )
     return env, settings
 
 
 def current(settings: Settings) -> str | None:
-    return production_version(MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri), settings)
+    return production_version(
+        MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri), settings
+    )
 
 
 def test_promote_refuses_to_run_beside_a_retrain_and_rollback_says_a_retrain_is_in_progress(registry):
@@ -59,7 +73,8 @@ def test_promote_refuses_to_run_beside_a_retrain_and_rollback_says_a_retrain_is_
         rolled = run_stage("promote.py", "--rollback", env=env)
         assert rolled.returncode == 2
         assert rolled.stderr.strip().splitlines()[-1] == (  # before it: warnings and progress lines
-            f"error: a retrain or promotion is in progress ({describe_holder(engine, RETRAIN_LOCK)}); not rolling back, try again when it ends"
+            f"error: a retrain or promotion is in progress ({describe_holder(engine, RETRAIN_LOCK)}); not"
+            " rolling back, try again when it ends"
         )
         assert current(settings) == "2"
         assert len(read_history(engine, settings.model_name)) == 2
@@ -77,12 +92,16 @@ def test_rollback_and_history_from_the_command_line(registry):
     assert rolled.returncode == 0, rolled.stderr
     assert "'production' of LedgerModel rolled back from version 2 to version 1" in rolled.stdout
     assert current(settings) == "1"
-    assert "staging" not in client.get_registered_model(settings.model_name).aliases  # not left to come back as the challenger
+    assert (
+        "staging" not in client.get_registered_model(settings.model_name).aliases
+    )  # not left to come back as the challenger
     assert client.get_model_version(settings.model_name, "2").tags["shadow_verdict"].startswith("rolled back")
     again = run_stage("promote.py", "--rollback", env=env)
     assert again.returncode == 2
-    assert again.stderr.strip().splitlines()[-1] == (
-        "error: the production ledger records no version of LedgerModel before version 1; nothing to roll back to"
+    assert (
+        again.stderr.strip().splitlines()[-1]
+        == "error: the production ledger records no version of LedgerModel before version 1; nothing to roll"
+        " back to"
     )
     history = run_stage("promote.py", "--history", env=env)
     assert history.returncode == 0, history.stderr
@@ -90,7 +109,10 @@ def test_rollback_and_history_from_the_command_line(registry):
     assert len(lines) == 3
     assert "   - -> 1     promote.py  beats production  [candidates=3, r2=0.8]" in lines[0]
     assert "   1 -> 2     promote.py  beats production" in lines[1]
-    assert "   2 -> 1     promote.py --rollback  rollback  [rolled_back_version=\"2\", undoes_command=\"promote.py\", undoes_entry=2]" in lines[2]
+    assert (
+        '   2 -> 1     promote.py --rollback  rollback  [rolled_back_version="2",'
+        ' undoes_command="promote.py", undoes_entry=2]' in lines[2]
+    )
     engine = make_engine(settings.log_database_url)
     try:
         assert describe_holder(engine, RETRAIN_LOCK) is None  # the rollback released its lease
@@ -105,12 +127,16 @@ def new_database(postgres: PostgresProvider, label: str) -> str:
 
 
 @pytest.mark.postgres
-def test_on_postgresql_exactly_one_racing_process_takes_the_lock_and_expired_leases_are_taken_over(postgres, tmp_path):
+def test_on_postgresql_exactly_one_racing_process_takes_the_lock_and_expired_leases_are_taken_over(
+    postgres, tmp_path
+):
     fresh_url, expired_url = new_database(postgres, "fresh"), new_database(postgres, "expired")
     engine = make_engine(expired_url)
     try:
         expired_lease(engine, RETRAIN_LOCK, "dead-host:1:monitor.py")
-        fresh, expired = race_for_locks([(fresh_url, RETRAIN_LOCK), (expired_url, RETRAIN_LOCK)], racers=4, work_dir=tmp_path / "race")
+        fresh, expired = race_for_locks(
+            [(fresh_url, RETRAIN_LOCK), (expired_url, RETRAIN_LOCK)], racers=4, work_dir=tmp_path / "race"
+        )
         holder = read_lock(engine, RETRAIN_LOCK)
         assert holder is not None and holder.owner == the_winner(expired)
         assert acquire_lock(engine, RETRAIN_LOCK, owner=HOLDER, lease_seconds=60) is None
@@ -135,7 +161,11 @@ def test_on_postgresql_the_ledger_keeps_order_times_and_evidence(postgres):
             at = datetime(2024, 1, 1, 12, minute, tzinfo=UTC)
             record_change(engine, LedgerEntry(at, "M", before, after, "monitor.py", "drift", {"r2": 0.7}))
         history = read_history(engine, "M")
-        assert [(entry.from_version, entry.to_version) for entry in history] == [(None, "1"), ("1", "2"), ("2", "3")]
+        assert [(entry.from_version, entry.to_version) for entry in history] == [
+            (None, "1"),
+            ("1", "2"),
+            ("2", "3"),
+        ]
         assert history[2].at.isoformat() == "2024-01-01T12:02:00+00:00" and history[2].evidence == {"r2": 0.7}
         assert previous_production(engine, "M", "3") == "2"
     finally:

@@ -34,19 +34,33 @@ def test_the_api_shows_no_password_of_its_registry_or_its_log(tmp_path):
     /health, answers /ready 503 with the URIs masked, and no response or log line holds either password."""
     tracking_uri = f"http://admin:{TRACKING_PASSWORD}@127.0.0.1:{free_port()}"
     log_url = f"postgresql+psycopg://u:{LOG_PASSWORD}@127.0.0.1:{free_port()}/x"
-    env = server_env(stage_env(tmp_path), MLFLOW_TRACKING_URI=tracking_uri, HOUSING_PREDICTION_LOG_URL=log_url,
-                     HOUSING_RELOAD_INTERVAL="0.5", HOUSING_ADMIN_TOKEN="test-admin-token-0123456789")
+    env = server_env(
+        stage_env(tmp_path),
+        MLFLOW_TRACKING_URI=tracking_uri,
+        HOUSING_PREDICTION_LOG_URL=log_url,
+        HOUSING_RELOAD_INTERVAL="0.5",
+        HOUSING_ADMIN_TOKEN="test-admin-token-0123456789",
+    )
     responses: list[httpx.Response] = []
     admin = {"Authorization": "Bearer test-admin-token-0123456789"}
     requests: list[tuple[str, str, dict[str, Any]]] = [
-        ("GET", "/health", {}), ("GET", "/ready", {}), ("GET", "/model", {}), ("GET", "/metrics", {}),
-        ("GET", "/docs", {}), ("GET", "/openapi.json", {}), ("GET", "/nowhere", {}),
-        ("POST", "/predict", {"json": EXAMPLE_REQUEST}), ("POST", "/predict", {"json": [EXAMPLE_REQUEST] * 2}),
+        ("GET", "/health", {}),
+        ("GET", "/ready", {}),
+        ("GET", "/model", {}),
+        ("GET", "/metrics", {}),
+        ("GET", "/docs", {}),
+        ("GET", "/openapi.json", {}),
+        ("GET", "/nowhere", {}),
+        ("POST", "/predict", {"json": EXAMPLE_REQUEST}),
+        ("POST", "/predict", {"json": [EXAMPLE_REQUEST] * 2}),
         ("POST", "/feedback", {"json": {"request_id": "0" * 32, "actual": 2.0}, "headers": FEEDBACK_HEADERS}),
         ("POST", "/feedback", {"json": {"request_id": "0" * 32, "actual": 2.0}}),
         ("POST", "/admin/reload", {"headers": admin}),
     ]
-    with ApiServer(env, tmp_path / "server.log") as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    with (
+        ApiServer(env, tmp_path / "server.log") as server,
+        httpx.Client(base_url=server.url, timeout=60) as http,
+    ):
         deadline = time.monotonic() + 60
         while http.get("/ready").json()["registry"]["reachable"] is not False and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -61,7 +75,10 @@ def test_the_api_shows_no_password_of_its_registry_or_its_log(tmp_path):
     assert "admin:***@" in ready.json()["reason"]
     assert "u:***@" in ready.json()["prediction_log"]["last_error"]
     assert by_path["POST", "/predict"].status_code == 503 and by_path["GET", "/model"].status_code == 503
-    assert [r.status_code for r in responses if r.request.url.path == "/feedback"] == [503, 401]  # log down; no token
+    assert [r.status_code for r in responses if r.request.url.path == "/feedback"] == [
+        503,
+        401,
+    ]  # log down; no token
     for response in responses:
         shown = response.text + "".join(f"{key}: {value}\n" for key, value in response.headers.items())
         assert not leaked(shown, TRACKING_PASSWORD, LOG_PASSWORD), (response.request.url.path, shown[:2000])
@@ -72,7 +89,8 @@ def test_the_api_shows_no_password_of_its_registry_or_its_log(tmp_path):
 
 def test_a_data_source_token_reaches_no_manifest_output_or_tracking_tag(tmp_path):
     """load_data from a local server with basic-auth credentials and a token in the URL, then preprocess and
-    train: the server got both, and nothing written or printed holds either (the whole work dir is searched)."""
+    train: the server got both, and nothing written or printed holds either (the whole work dir is searched).
+    """
     work_dir = tmp_path / "work"
     env = stage_env(work_dir)
     outputs = []
@@ -105,8 +123,11 @@ def test_a_data_source_token_reaches_no_manifest_output_or_tracking_tag(tmp_path
 
 
 def test_the_stages_name_an_unreachable_tracking_store_without_its_password(tmp_path):
-    env = stage_env(tmp_path, MLFLOW_TRACKING_URI=f"http://admin:{TRACKING_PASSWORD}@127.0.0.1:{free_port()}",
-                    MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    env = stage_env(
+        tmp_path,
+        MLFLOW_TRACKING_URI=f"http://admin:{TRACKING_PASSWORD}@127.0.0.1:{free_port()}",
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+    )
     result = run_stage("promote.py", "--rollback", env=env, cwd=tmp_path)  # connects to the store first
     assert result.returncode == 2, result.stdout + result.stderr
     assert "admin:***@" in result.stderr and not leaked(result.stdout + result.stderr, TRACKING_PASSWORD)

@@ -45,20 +45,26 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, every: float = 0
 
 def held_out_rows(pipeline_run: Any, rows: int) -> pd.DataFrame:
     """The first ``rows`` rows of the pipeline run's test split, the 8 features in contract order."""
-    return load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl").loc[:, list(FEATURE_NAMES)].iloc[:rows]
+    return (
+        load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl")
+        .loc[:, list(FEATURE_NAMES)]
+        .iloc[:rows]
+    )
 
 
 FLUSH_INTERVAL = 0.5
-"""HOUSING_LOG_FLUSH_INTERVAL of the server: long enough that each worker's buffer holds hundreds of rows at the kill."""
+"""HOUSING_LOG_FLUSH_INTERVAL of the server: long enough that each worker's buffer holds hundreds of rows at
+the kill."""
 
 
 LOSS_WINDOW = 2 * FLUSH_INTERVAL
-"""A row answered longer ago than this before the kill must be in the log: the last flush interval, plus as long
-again for the flush in flight when the process died (its transaction dies with it)."""
+"""A row answered longer ago than this before the kill must be in the log: the last flush interval, plus as
+long again for the flush in flight when the process died (its transaction dies with it)."""
 
 
 LOAD_CLIENTS, LOAD_BATCH_ROWS, LOAD_PAUSE, KILL_AFTER_ROWS = 4, 10, 0.02, 4_000
-"""Four clients, each sending 10 rows every 20 ms or so (about 2,000 rows a second in all), killed past 4,000 rows."""
+"""Four clients, each sending 10 rows every 20 ms or so (about 2,000 rows a second in all), killed past 4,000
+rows."""
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -66,33 +72,52 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def scrape(url: str) -> Samples:
     """Every sample of /metrics: (name, sorted labels) -> value."""
     exposition = httpx.get(f"{url}/metrics", timeout=10).text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(exposition) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples carrying ``labels``."""
-    return sum(value for (sample, found), value in samples.items() if sample == name and set(labels.items()) <= set(found))
+    return sum(
+        value
+        for (sample, found), value in samples.items()
+        if sample == name and set(labels.items()) <= set(found)
+    )
 
 
 def predict_requests_per_worker(folder: Path) -> dict[str, float]:
     """pid -> POST /predict 200s counted by that worker, read from its own file of the multiprocess folder."""
     counts = {}
     for path in folder.glob("counter_*.db"):
-        samples = [s for metric in multiprocess.MultiProcessCollector.merge([str(path)], accumulate=False) for s in metric.samples
-                   if s.name == "housing_http_requests_total" and s.labels.get("route") == "/predict" and s.labels.get("status") == "200"]
+        samples = [
+            s
+            for metric in multiprocess.MultiProcessCollector.merge([str(path)], accumulate=False)
+            for s in metric.samples
+            if s.name == "housing_http_requests_total"
+            and s.labels.get("route") == "/predict"
+            and s.labels.get("status") == "200"
+        ]
         counts[path.stem.rsplit("_", 1)[1]] = sum(s.value for s in samples)
     return counts
 
 
 def loaded_workers(url: str) -> set[str]:
-    """The pids of the workers that have loaded the production model (housing_model_info at 1, one series per pid)."""
-    return set(re.findall(r'housing_model_info\{alias="production",[^}]*pid="(\d+)"[^}]*\} 1\.0', httpx.get(f"{url}/metrics", timeout=10).text))
+    """The pids of the workers that have loaded the production model (housing_model_info at 1, one series per
+    pid)."""
+    return set(
+        re.findall(
+            r'housing_model_info\{alias="production",[^}]*pid="(\d+)"[^}]*\} 1\.0',
+            httpx.get(f"{url}/metrics", timeout=10).text,
+        )
+    )
 
 
 class Answers:
-    """What the clients received: every 200's request ids and predictions with the time it arrived, and every request
-    that got no 200 (a status, or a connection error) with its time."""
+    """What the clients received: every 200's request ids and predictions with the time it arrived, and every
+    request that got no 200 (a status, or a connection error) with its time."""
 
     def __init__(self) -> None:
         self.answered: list[tuple[float, list[str], list[float]]] = []
@@ -113,7 +138,9 @@ class Answers:
                 self.failures.append((arrived, f"HTTP {response.status_code}"))
                 return True
             predictions = response.json()["predictions"] if isinstance(body, list) else [response.json()]
-            self.answered.append((arrived, [p["request_id"] for p in predictions], [p["MedHouseVal"] for p in predictions]))
+            self.answered.append(
+                (arrived, [p["request_id"] for p in predictions], [p["MedHouseVal"] for p in predictions])
+            )
         return True
 
     @property
@@ -132,9 +159,13 @@ def in_threads(count: int, target: Callable[[int], None]) -> list[threading.Thre
 
 
 def kill_9_all(server: ApiServer) -> float:
-    """SIGKILL the uvicorn supervisor and every worker, as a crash of the host's processes would; the moment it began."""
+    """SIGKILL the uvicorn supervisor and every worker, as a crash of the host's processes would; the moment
+    it began."""
     assert server.process is not None
-    processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
+    processes = [
+        psutil.Process(server.process.pid),
+        *psutil.Process(server.process.pid).children(recursive=True),
+    ]
     killed_at = time.monotonic()
     for process in processes:  # the supervisor first: it must not start replacements
         process.send_signal(signal.SIGKILL)
@@ -143,22 +174,35 @@ def kill_9_all(server: ApiServer) -> float:
 
 
 def assert_prometheus_adds_up(url: str, folder: Path, answers: Answers, requests: int) -> None:
-    """/metrics sums both workers' counters and histograms to what the clients received; each worker served some."""
+    """/metrics sums both workers' counters and histograms to what the clients received; each worker served
+    some."""
     per_worker = predict_requests_per_worker(folder)
-    assert len(per_worker) == 2 and min(per_worker.values()) > 0 and sum(per_worker.values()) == requests, per_worker
+    assert len(per_worker) == 2 and min(per_worker.values()) > 0 and sum(per_worker.values()) == requests, (
+        per_worker
+    )
     samples, values = scrape(url), answers.values()
     assert total(samples, "housing_http_requests_total", route="/predict", status="200") == requests
-    assert total(samples, "housing_http_request_duration_seconds_count", route="/predict", status="200") == requests
-    for name, labels in (("housing_predictions_total", {}), ("housing_answered_rows_total", {"alias": "production"}),
-                         ("housing_prediction_value_count", {}), ("housing_prediction_value_bucket", {"le": "+Inf"})):
+    assert (
+        total(samples, "housing_http_request_duration_seconds_count", route="/predict", status="200")
+        == requests
+    )
+    for name, labels in (
+        ("housing_predictions_total", {}),
+        ("housing_answered_rows_total", {"alias": "production"}),
+        ("housing_prediction_value_count", {}),
+        ("housing_prediction_value_bucket", {"le": "+Inf"}),
+    ):
         assert total(samples, name, **labels) == len(values), name
     assert total(samples, "housing_prediction_value_sum") == pytest.approx(sum(values), rel=1e-9)
-    assert total(samples, "housing_prediction_value_bucket", le="2.0") == sum(value <= 2.0 for value in values)
+    assert total(samples, "housing_prediction_value_bucket", le="2.0") == sum(
+        value <= 2.0 for value in values
+    )
 
 
 def assert_the_log_survived(log_url: str, answers: Answers, killed_at: float, rows_in_flight: int) -> None:
-    """The SQLite log passes its integrity check, holds one row per id, every row answered before the loss window,
-    nothing but rows of requests in flight beyond what was answered, and takes new rows after the crash."""
+    """The SQLite log passes its integrity check, holds one row per id, every row answered before the loss
+    window, nothing but rows of requests in flight beyond what was answered, and takes new rows after the
+    crash."""
     engine = make_engine(log_url)
     try:
         with engine.connect() as connection:
@@ -169,35 +213,59 @@ def assert_the_log_survived(log_url: str, answers: Answers, killed_at: float, ro
         engine.dispose()
     answered_at = {request_id: arrived for arrived, ids, _ in answers.answered for request_id in ids}
     lost = sorted(killed_at - answered_at[request_id] for request_id in answered_at.keys() - logged)
-    print(f"kill -9 of both workers: {len(answered_at)} rows answered 200, {len(logged)} logged, {len(lost)} lost, the oldest "
-          f"answered {max(lost, default=0):.3f} s before the kill (allowed: {LOSS_WINDOW} s)")
+    print(
+        f"kill -9 of both workers: {len(answered_at)} rows answered 200, {len(logged)} logged, {len(lost)}"
+        f" lost, the oldest answered {max(lost, default=0):.3f} s before the kill (allowed: {LOSS_WINDOW} s)"
+    )
     assert rows == len(logged)
-    assert len(logged - answered_at.keys()) <= rows_in_flight  # logged unanswered: only rows of requests in flight at the kill
+    assert (
+        len(logged - answered_at.keys()) <= rows_in_flight
+    )  # logged unanswered: only rows of requests in flight at the kill
     assert not lost or lost[-1] <= LOSS_WINDOW, lost[-5:]
     reopened = PredictionLog(log_url)
-    reopened.append(prediction_rows([uuid.uuid4().hex for _ in range(3)], np.full((3, 8), 2.0), [2.0] * 3, model_name=NAME,
-                                    model_version="1", latency_ms=1.0, created_at=reopened.timestamp(datetime.now(UTC))))
+    reopened.append(
+        prediction_rows(
+            [uuid.uuid4().hex for _ in range(3)],
+            np.full((3, 8), 2.0),
+            [2.0] * 3,
+            model_name=NAME,
+            model_version="1",
+            latency_ms=1.0,
+            created_at=reopened.timestamp(datetime.now(UTC)),
+        )
+    )
     assert reopened.flush() and count_rows(log_url)[0] == rows + 3
     reopened.close()
 
 
 @SQLITE
-def test_two_workers_count_every_answer_and_a_kill_9_mid_load_loses_only_the_last_flush(pipeline_run, tmp_path):
-    """One real ``uvicorn --workers 2`` (Prometheus multiprocess mode, one SQLite log), counted against the clients:
-    (1) 40 single rows and 8 batches of 100 on new connections: /metrics adds both workers' counters and histograms up
-    to exactly what the clients received; (2) four clients load it, then the supervisor and both workers get SIGKILL
-    mid-load: only rows answered within the last flush (and the flush in flight) are missing, the log is intact."""
+def test_two_workers_count_every_answer_and_a_kill_9_mid_load_loses_only_the_last_flush(
+    pipeline_run, tmp_path
+):
+    """One real ``uvicorn --workers 2`` (Prometheus multiprocess mode, one SQLite log), counted against the
+    clients: (1) 40 single rows and 8 batches of 100 on new connections: /metrics adds both workers' counters
+    and histograms up to exactly what the clients received; (2) four clients load it, then the supervisor and
+    both workers get SIGKILL mid-load: only rows answered within the last flush (and the flush in flight) are
+    missing, the log is intact.
+    """
     folder, log_url = tmp_path / "prometheus", f"sqlite:///{tmp_path / 'log.db'}"
     folder.mkdir()
-    env = server_env(pipeline_run.env, HOUSING_PREDICTION_LOG_URL=log_url, HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-                     HOUSING_LOG_FLUSH_INTERVAL=str(FLUSH_INTERVAL), PROMETHEUS_MULTIPROC_DIR=str(folder))
+    env = server_env(
+        pipeline_run.env,
+        HOUSING_PREDICTION_LOG_URL=log_url,
+        HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
+        HOUSING_LOG_FLUSH_INTERVAL=str(FLUSH_INTERVAL),
+        PROMETHEUS_MULTIPROC_DIR=str(folder),
+    )
     rows = held_out_rows(pipeline_run, 100).to_dict(orient="records")
     bodies: list[Any] = [*rows[:40], *[rows] * 8]
     answers = Answers()
 
     def counted(i: int) -> None:
         for body in bodies[i::4]:
-            with httpx.Client(base_url=server.url, timeout=30) as http:  # a new connection each: either worker takes it
+            with httpx.Client(
+                base_url=server.url, timeout=30
+            ) as http:  # a new connection each: either worker takes it
                 answers.post(http, body)
 
     def load(_: int) -> None:
@@ -207,7 +275,16 @@ def test_two_workers_count_every_answer_and_a_kill_9_mid_load_loses_only_the_las
 
     server = ApiServer(env, tmp_path / "server.log", extra_args=("--workers", "2")).start()
     try:
-        assert len(wait_for(lambda: len(loaded_workers(server.url)) == 2 and loaded_workers(server.url), timeout=120, every=0.5)) == 2
+        assert (
+            len(
+                wait_for(
+                    lambda: len(loaded_workers(server.url)) == 2 and loaded_workers(server.url),
+                    timeout=120,
+                    every=0.5,
+                )
+            )
+            == 2
+        )
         for thread in in_threads(4, counted):
             thread.join(120)
         assert answers.rows == 40 + 8 * 100 and not answers.failures, answers.failures
@@ -215,8 +292,14 @@ def test_two_workers_count_every_answer_and_a_kill_9_mid_load_loses_only_the_las
 
         started = time.monotonic()
         loaders = in_threads(LOAD_CLIENTS, load)
-        wait_for(lambda: answers.failures or (answers.rows >= KILL_AFTER_ROWS and time.monotonic() - started > 4 * FLUSH_INTERVAL),
-                 timeout=120, every=0.02)
+        wait_for(
+            lambda: (
+                answers.failures
+                or (answers.rows >= KILL_AFTER_ROWS and time.monotonic() - started > 4 * FLUSH_INTERVAL)
+            ),
+            timeout=120,
+            every=0.02,
+        )
         killed_at = kill_9_all(server)  # requests in flight, rows in both buffers, maybe a flush running
     finally:
         server.stop()

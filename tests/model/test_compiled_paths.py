@@ -34,7 +34,13 @@ from tests.feature_definitions import (
 )
 
 pytestmark = pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
-FAMILIES = {"linear_regression", "random_forest", "gradient_boosting", "hist_gradient_boosting", "lightgbm_spatial"}
+FAMILIES = {
+    "linear_regression",
+    "random_forest",
+    "gradient_boosting",
+    "hist_gradient_boosting",
+    "lightgbm_spatial",
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,34 +77,48 @@ def test_each_family_is_compiled_and_equal_to_its_pipeline(registered, x_test, c
 def test_an_unknown_final_step_falls_back_to_the_pipelines_own_predict(registered, x_test):
     pipeline = registered["lightgbm_spatial"]
     features = pipeline[:-1].transform(x_test.iloc[:500])
-    unknown = type(pipeline)([*pipeline.steps[:-1], ("model", KNeighborsRegressor(5).fit(features, np.arange(500.0)))])
+    unknown = type(pipeline)(
+        [*pipeline.steps[:-1], ("model", KNeighborsRegressor(5).fit(features, np.arange(500.0)))]
+    )
     assert not step_paths(unknown)[-1].compiled
     predict, verified = fast_predict_or_default(unknown)
     assert not verified
-    np.testing.assert_allclose(predict(x_test.iloc[:50].to_numpy(dtype=np.float64)), unknown.predict(x_test.iloc[:50]), rtol=0)
+    np.testing.assert_allclose(
+        predict(x_test.iloc[:50].to_numpy(dtype=np.float64)), unknown.predict(x_test.iloc[:50]), rtol=0
+    )
 
 
-def test_the_served_feature_columns_are_their_definitions_on_real_districts(registered, x_test, training_split):
+def test_the_served_feature_columns_are_their_definitions_on_real_districts(
+    registered, x_test, training_split
+):
     """The real spatial model's fitted feature steps, run as the compiled path runs them, against the
     definitions computed from the training split itself (not from anything the model stored)."""
     pipeline = registered["lightgbm_spatial"]
-    clipper, spatial, neighbours = (pipeline.named_steps[name] for name in ("outliers", "spatial", "neighbors"))
+    clipper, spatial, neighbours = (
+        pipeline.named_steps[name] for name in ("outliers", "spatial", "neighbors")
+    )
     x_train, y_train = training_split
     rows = x_test.iloc[:300].to_numpy(dtype=np.float64)
     clipped = clipped_by_definition(x_train, rows, clipper.quantiles)
     clipped_rows = np.column_stack([clipped[name] for name in RAW_COLUMNS])
     spatial_columns = spatial_by_definition(clipped_rows, spatial.angles)
-    lowest, highest = neighbours_by_definition(x_train, y_train, clipped_rows, neighbours.ks, neighbours.spread_k)
+    lowest, highest = neighbours_by_definition(
+        x_train, y_train, clipped_rows, neighbours.ks, neighbours.spread_k
+    )
     served = rows
     for step in (clipper, spatial, neighbours):  # what the compiled path runs for the feature steps
         served = step.transform_array(served)
     names = pipeline[:3].get_feature_names_out()
     # Real districts share locations: where neighbours tie with the k-th nearest, a column lies between its
     # lowest and highest defined value; elsewhere (and for distances, always) it is one value.
-    assert_every_column_is_its_definition(served, names, spatial_columns | lowest, spatial_columns | highest, rtol=1e-9)
+    assert_every_column_is_its_definition(
+        served, names, spatial_columns | lowest, spatial_columns | highest, rtol=1e-9
+    )
 
     exact = exactly_defined(lowest, highest)
     assert exact.sum() >= 50, exact.sum()
     definition_features = np.column_stack([(spatial_columns | lowest)[str(name)] for name in names])[exact]
-    library = pipeline.named_steps["model"].predict(pipeline.named_steps["scaler"].transform(definition_features))
+    library = pipeline.named_steps["model"].predict(
+        pipeline.named_steps["scaler"].transform(definition_features)
+    )
     np.testing.assert_allclose(compile_pipeline(pipeline)(rows[exact]), library, rtol=0, atol=1e-9)

@@ -16,16 +16,23 @@ from housing.api.responses import json_response
 router = APIRouter()
 
 
-@router.post("/admin/reload", dependencies=[AdminDep], summary="Check the production alias now and reload if it moved",
-             responses={401: {"description": "No token."}, 403: {"description": "Wrong token, or admin disabled."}})
+@router.post(
+    "/admin/reload",
+    dependencies=[AdminDep],
+    summary="Check the production alias now and reload if it moved",
+    responses={401: {"description": "No token."}, 403: {"description": "Wrong token, or admin disabled."}},
+)
 async def reload_model(services: ServicesDep) -> Response:
-    """Needs `Authorization: Bearer <HOUSING_ADMIN_TOKEN>`. Says whether the served version changed, and the registry error if any."""
+    """Needs `Authorization: Bearer <HOUSING_ADMIN_TOKEN>`. Says whether the served version changed, and the
+    registry error if any."""
     before = services.model_service.current
     changed = await asyncio.to_thread(services.refresh_model)
     after = services.model_service.current
-    return json_response({
-        "changed": changed,
-        "previous_version": before.version if before else None,
-        "version": after.version if after else None,
-        "registry_error": services.model_service.status.last_error,
-    })
+    return json_response(
+        {
+            "changed": changed,
+            "previous_version": before.version if before else None,
+            "version": after.version if after else None,
+            "registry_error": services.model_service.status.last_error,
+        }
+    )

@@ -35,8 +35,10 @@ MAX_WAIT_SECONDS = 5.0
 
 
 async def record_when_logged(log: PredictionLog, request_id: str, actual: float) -> str:
-    """Record the label, asking again while the prediction is not in the database yet (PENDING or UNKNOWN_REQUEST)
-    for up to two flush intervals; the last outcome. Raises SQLAlchemyError when the database cannot be reached."""
+    """Record the label, asking again while the prediction is not in the database yet (PENDING or
+    UNKNOWN_REQUEST) for up to two flush intervals; the last outcome. Raises SQLAlchemyError when the database
+    cannot be reached.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(2 * log.flush_interval, MAX_WAIT_SECONDS)
     pause = FIRST_PAUSE_SECONDS
@@ -55,20 +57,37 @@ async def record_when_logged(log: PredictionLog, request_id: str, actual: float)
     status_code=201,
     dependencies=[FeedbackTokenDep],
     responses={
-        200: {"model": FeedbackAccepted, "description": "The same label was already stored (idempotent retry, also when sent twice at once)."},
+        200: {
+            "model": FeedbackAccepted,
+            "description": (
+                "The same label was already stored (idempotent retry, also when sent twice at once)."
+            ),
+        },
         401: {"model": ProblemDetail, "description": "No bearer token (`WWW-Authenticate: Bearer`)."},
         403: {"model": ProblemDetail, "description": "Wrong feedback token."},
-        404: {"model": ProblemDetail, "description": "No logged prediction has this request_id (yet: `Retry-After` says when to ask again)."},
+        404: {
+            "model": ProblemDetail,
+            "description": (
+                "No logged prediction has this request_id (yet: `Retry-After` says when to ask again)."
+            ),
+        },
         409: {"model": ProblemDetail, "description": "This request_id already has a different label."},
         422: {"model": ProblemDetail, "description": "Invalid body."},
-        503: {"model": ProblemDetail, "description": "The prediction log is unreachable or behind (`Retry-After`), or the token is not loaded yet."},
+        503: {
+            "model": ProblemDetail,
+            "description": (
+                "The prediction log is unreachable or behind (`Retry-After`), or the token is not loaded yet."
+            ),
+        },
     },
     summary="Record the true value of a logged prediction",
 )
 async def feedback(body: Feedback, services: ServicesDep) -> Response:
-    """Needs `Authorization: Bearer <feedback token>` (HOUSING_FEEDBACK_TOKEN, else the token the API generated in
-    `<artifacts>/secrets/feedback_token`). Labels arrive later in real life. Sending the same label again is accepted
-    (200, unchanged); a different label for an id that already has one is refused with 409: labels are immutable."""
+    """Needs `Authorization: Bearer <feedback token>` (HOUSING_FEEDBACK_TOKEN, else the token the API
+    generated in `<artifacts>/secrets/feedback_token`). Labels arrive later in real life. Sending the same
+    label again is accepted (200, unchanged); a different label for an id that already has one is refused with
+    409: labels are immutable.
+    """
     log = services.prediction_log
     busy = {"Retry-After": str(LogUnavailable.retry_after)}
     try:
@@ -79,13 +98,25 @@ async def feedback(body: Feedback, services: ServicesDep) -> Response:
         return problem_response(503, f"the prediction log is unreachable ({reason})", headers=busy)
     services.metrics.feedback.labels(outcome).inc()
     if outcome == FeedbackResult.PENDING:
-        return problem_response(503, f"the prediction of request_id {body.request_id!r} is not in the prediction log's database yet "
-                                f"(the log is behind: {log.last_error or 'writing'}); retry", headers=busy)
+        return problem_response(
+            503,
+            f"the prediction of request_id {body.request_id!r} is not in the prediction log's database yet "
+            f"(the log is behind: {log.last_error or 'writing'}); retry",
+            headers=busy,
+        )
     if outcome == FeedbackResult.UNKNOWN_REQUEST:
         retry = str(max(1, math.ceil(2 * log.flush_interval)))
-        return problem_response(404, f"no logged prediction has request_id {body.request_id!r} (a prediction served in the last "
-                                f"seconds may not be logged yet: retry after {retry} s)", headers={"Retry-After": retry})
+        return problem_response(
+            404,
+            f"no logged prediction has request_id {body.request_id!r} (a prediction served in the last "
+            f"seconds may not be logged yet: retry after {retry} s)",
+            headers={"Retry-After": retry},
+        )
     if outcome == FeedbackResult.CONFLICT:
-        return problem_response(409, f"request_id {body.request_id!r} already has a different label; labels are immutable")
+        return problem_response(
+            409, f"request_id {body.request_id!r} already has a different label; labels are immutable"
+        )
     status = "recorded" if outcome == FeedbackResult.CREATED else "unchanged"
-    return json_response({"request_id": body.request_id, "status": status}, 201 if status == "recorded" else 200)
+    return json_response(
+        {"request_id": body.request_id, "status": status}, 201 if status == "recorded" else 200
+    )

@@ -1,4 +1,5 @@
-"""What operators and probes read: GET /health (liveness), /ready (readiness), /model and /metrics (Prometheus).
+"""What operators and probes read: GET /health (liveness), /ready (readiness), /model and /metrics
+(Prometheus).
 
 Each endpoint's docstring is its description in OpenAPI (/docs).
 """
@@ -34,12 +35,16 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: a production model is loaded", response_model=Readiness,
-            responses={503: {"description": "Not ready, with the reason.", "model": Readiness}})
+@router.get(
+    "/ready",
+    summary="Readiness: a production model is loaded",
+    response_model=Readiness,
+    responses={503: {"description": "Not ready, with the reason.", "model": Readiness}},
+)
 async def ready(services: ServicesDep) -> Response:
-    """200 when a production model is loaded, else 503 with the reason; both describe the model, the registry (the
-    version the production alias names, `missing` when it names none, and a version that failed to load: it is not
-    tried again until the alias moves) and the prediction log. Credentials in URIs are masked."""
+    """200 when a production model is loaded, else 503 with the reason; both describe the model, the registry
+    (the version the production alias names, `missing` when it names none, and a version that failed to load:
+    it is not tried again until the alias moves) and the prediction log. Credentials in URIs are masked."""
     services.update_gauges()
     model = services.model_service.current
     status = services.model_service.status
@@ -48,17 +53,31 @@ async def ready(services: ServicesDep) -> Response:
     readiness = Readiness(
         status="ready" if model else "not ready",
         reason=None if model else services.model_service.unavailable_reason(),
-        model=ServedModel(name=model.name, version=model.version, loaded_at=model.loaded_at) if model else None,
+        model=(
+            ServedModel(name=model.name, version=model.version, loaded_at=model.loaded_at) if model else None
+        ),
         registry=RegistryState(
-            uri=mask_uri(services.settings.tracking_uri), reachable=status.reachable, last_check=status.last_check,
+            uri=mask_uri(services.settings.tracking_uri),
+            reachable=status.reachable,
+            last_check=status.last_check,
             last_error=status.last_error,
-            alias=AliasState(name=services.settings.production_alias, version=status.alias_version, missing=status.alias_missing),
-            failed_version=FailedVersionState(version=failed.version, reason=failed.reason, failed_at=failed.failed_at)
-            if failed else None,
+            alias=AliasState(
+                name=services.settings.production_alias,
+                version=status.alias_version,
+                missing=status.alias_missing,
+            ),
+            failed_version=(
+                FailedVersionState(version=failed.version, reason=failed.reason, failed_at=failed.failed_at)
+                if failed
+                else None
+            ),
         ),
         prediction_log=LogState(
-            pending_rows=log.pending_rows, written_rows=log.written_rows,
-            last_error=mask_text(log.last_error, services.settings.log_database_url) if log.last_error else None,
+            pending_rows=log.pending_rows,
+            written_rows=log.written_rows,
+            last_error=(
+                mask_text(log.last_error, services.settings.log_database_url) if log.last_error else None
+            ),
         ),
     )
     return json_response(readiness.model_dump(mode="json"), 200 if model else 503)
@@ -68,29 +87,51 @@ def steps(model: LoadedModel) -> list[StepInfo]:
     return [StepInfo.model_validate(step) for step in model.predict_path]
 
 
-@router.get("/model", summary="The served model and its challenger: versions, alias, run, training metrics, loaded-at",
-            response_model=ModelInfo)
+@router.get(
+    "/model",
+    summary="The served model and its challenger: versions, alias, run, training metrics, loaded-at",
+    response_model=ModelInfo,
+)
 async def model_info(services: ServicesDep) -> Response:
-    """The served model's name, version, alias, run, training metrics and recent switches; `predict_path`: for each
-    pipeline step, whether compiled array arithmetic runs or the library's own code (`compiled_predict` is true only
-    when every step is compiled and the compiled path was verified against the pipeline); under `challenger`, the
-    version the staging alias names when it is loaded beside production (scored in shadow on every request, and
-    answering `canary_percent` % of them), else null; 503 while no production model is loaded."""
+    """The served model's name, version, alias, run, training metrics and recent switches; `predict_path`: for
+    each pipeline step, whether compiled array arithmetic runs or the library's own code (`compiled_predict`
+    is true only when every step is compiled and the compiled path was verified against the pipeline); under
+    `challenger`, the version the staging alias names when it is loaded beside production (scored in shadow on
+    every request, and answering `canary_percent` % of them), else null; 503 while no production model is
+    loaded."""
     model = services.model_service.require()
     challenger = services.challenger()
     settings = services.settings
     info = ModelInfo(
-        name=model.name, version=model.version, alias=model.alias, candidate=model.candidate, run_id=model.run_id,
-        metrics=model.metrics, loaded_at=model.loaded_at, compiled_predict=model.compiled_predict, predict_path=steps(model),
+        name=model.name,
+        version=model.version,
+        alias=model.alias,
+        candidate=model.candidate,
+        run_id=model.run_id,
+        metrics=model.metrics,
+        loaded_at=model.loaded_at,
+        compiled_predict=model.compiled_predict,
+        predict_path=steps(model),
         history=list(services.model_service.status.history),
-        challenger=ChallengerInfo(
-            version=challenger.version, alias=challenger.alias, candidate=challenger.candidate, run_id=challenger.run_id,
-            loaded_at=challenger.loaded_at, compiled_predict=challenger.compiled_predict, predict_path=steps(challenger),
-            mode="shadow + canary" if settings.canary_percent else "shadow", canary_percent=settings.canary_percent,
-            shadow_backlog_rows=services.shadow.backlog_rows,
-        ) if challenger else None,
+        challenger=(
+            ChallengerInfo(
+                version=challenger.version,
+                alias=challenger.alias,
+                candidate=challenger.candidate,
+                run_id=challenger.run_id,
+                loaded_at=challenger.loaded_at,
+                compiled_predict=challenger.compiled_predict,
+                predict_path=steps(challenger),
+                mode="shadow + canary" if settings.canary_percent else "shadow",
+                canary_percent=settings.canary_percent,
+                shadow_backlog_rows=services.shadow.backlog_rows,
+            )
+            if challenger
+            else None
+        ),
         challenger_status=ChallengerStatus(
-            alias=settings.staging_alias, alias_version=services.challenger_service.status.alias_version,
+            alias=settings.staging_alias,
+            alias_version=services.challenger_service.status.alias_version,
             last_error=services.challenger_service.status.last_error,
             history=list(services.challenger_service.status.history),
         ),
