@@ -51,7 +51,7 @@ from housing.config import Settings, get_settings
 from housing.data.dataset import load_split, read_source
 from housing.errors import UserError
 from housing.schema import EXAMPLE_REQUEST
-from housing.store.prediction_log import count_rows
+from housing.store.log_reads import count_rows
 from housing.store.tables import make_engine
 from localteam.services import Postgres, create_database, database_url
 

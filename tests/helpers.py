@@ -26,13 +26,8 @@ from housing.serving.model_service import LoadedModel
 from housing.serving.prometheus import Metrics
 from housing.serving.shadow import ServedBatch, ShadowScorer
 from housing.store.locks import create_lock_table, locks_table
-from housing.store.prediction_log import (
-    FeedbackResult,
-    PredictionLog,
-    count_rows,
-    prediction_rows,
-    read_window,
-)
+from housing.store.log_reads import count_rows, read_window
+from housing.store.prediction_log import FeedbackResult, PredictionLog, prediction_rows
 from housing.store.tables import create_tables
 from tests.conftest import DATA_SOURCE
 

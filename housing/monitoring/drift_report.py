@@ -102,31 +102,36 @@ def evaluate_window(
     # Evidently is imported here, not at the top: its import takes ~5 s and only the monitor needs it
     # (the API, the stages and the pure policies import this package without paying for it).
     with quiet_third_party_warnings():
-        from evidently import (
-            DataDefinition,
-            Dataset,
-            Regression,
-            Report,
-        )  # expensive (~5 s), monitor only: see above
-        from evidently.core.report import ReferenceMetricNotFound  # expensive (~5 s), monitor only: see above
-        from evidently.metrics import (
-            MAE,
-            RMSE,
-            R2Score,
-            ValueDrift,
-        )  # expensive (~5 s), monitor only: see above
-        from evidently.presets import DataDriftPreset  # expensive (~5 s), monitor only: see above
-        from evidently.tests import gte, lte  # expensive (~5 s), monitor only: see above
+        from evidently import DataDefinition, Dataset, Regression, Report  # expensive (~5 s), monitor only
 
     columns = [*FEATURE_NAMES, TARGET.name, PREDICTION]
     definition = DataDefinition(
         numerical_columns=columns, regression=[Regression(target=TARGET.name, prediction=PREDICTION)]
     )
-    # Every threshold the report shows is the one the decision uses (housing.monitoring.retrain_policy): the
-    # per-column drift threshold, the drifted share (Evidently flags share >= drift_share, the decision share
-    # > it: with 8 features the share moves in steps of 1/8, so for any threshold that is not a multiple of
-    # 1/8, 0.2 included, the two agree), RMSE and R2 against the decision's limits instead of Evidently's
-    # default "within 10 % of the reference", and no test on MAE, which the decision does not judge.
+    current = current.loc[:, columns].astype(float)
+    with quiet_third_party_warnings():
+        snapshot = Report(report_metrics(settings, labelled), include_tests=True).run(
+            current_data=Dataset.from_pandas(current, data_definition=definition),
+            reference_data=Dataset.from_pandas(reference.loc[:, columns], data_definition=definition),
+            metadata=metadata or {},
+        )
+    return snapshot, read_figures(snapshot, len(current), labelled, settings.drift_method)
+
+
+def report_metrics(settings: Settings, labelled: int) -> list[Any]:
+    """The report's metrics, each with the decision's own threshold as its test.
+
+    Every threshold the report shows is the one the decision uses (housing.monitoring.retrain_policy): the
+    per-column drift threshold, the drifted share (Evidently flags share >= drift_share, the decision share
+    > it: with 8 features the share moves in steps of 1/8, so for any threshold that is not a multiple of
+    1/8, 0.2 included, the two agree), RMSE and R2 against the decision's limits instead of Evidently's
+    default "within 10 % of the reference", and no test on MAE, which the decision does not judge.
+    """
+    with quiet_third_party_warnings():
+        from evidently.metrics import MAE, RMSE, R2Score, ValueDrift  # expensive (~5 s), monitor only
+        from evidently.presets import DataDriftPreset  # expensive (~5 s), monitor only
+        from evidently.tests import gte, lte  # expensive (~5 s), monitor only
+
     metrics: list[Any] = [
         DataDriftPreset(
             columns=list(FEATURE_NAMES),
@@ -142,13 +147,14 @@ def evaluate_window(
             R2Score(tests=[gte(settings.r2_threshold)]),
             MAE(error_distr=False, mean_tests=[], std_tests=[]),
         ]
-    current = current.loc[:, columns].astype(float)
-    with quiet_third_party_warnings():
-        snapshot = Report(metrics, include_tests=True).run(
-            current_data=Dataset.from_pandas(current, data_definition=definition),
-            reference_data=Dataset.from_pandas(reference.loc[:, columns], data_definition=definition),
-            metadata=metadata or {},
-        )
+    return metrics
+
+
+def read_figures(snapshot: Snapshot, window_rows: int, labelled: int, drift_method: str) -> WindowFigures:
+    """The figures the decision judges, read from the report: drift score and verdict per column, the
+    labelled rows' RMSE, R² and MAE, and the reference's."""
+    from evidently.core.report import ReferenceMetricNotFound  # expensive (~5 s), monitor only
+
     result = snapshot.dict()
     drift_status = {
         test["metric_config"]["metric_id"]: str(test["status"])
@@ -164,9 +170,7 @@ def evaluate_window(
         kind = config["type"].rsplit(":", 1)[-1]
         if kind == "ValueDrift":
             scores[config["column"]] = float(metric["value"])
-            drifted[config["column"]] = drift_status.get(metric["id"], "").endswith(
-                "FAIL"
-            )  # FAIL = drift detected
+            drifted[config["column"]] = drift_status.get(metric["id"], "").endswith("FAIL")  # FAIL: drifted
         elif kind in QUALITY_METRICS:
             name = QUALITY_METRICS[kind]
             quality[name] = _scalar(metric["value"])
@@ -177,12 +181,12 @@ def evaluate_window(
                     snapshot.context.get_reference_metric_result(metric["id"]).to_dict()["value"]
                 )
     ordered = [name for name in MONITORED_COLUMNS if name in scores]
-    figures = WindowFigures(
-        window_rows=len(current),
+    return WindowFigures(
+        window_rows=window_rows,
         labelled_rows=labelled,
         drift_scores={name: scores[name] for name in ordered},
         drifted={name: drifted[name] for name in ordered},
-        drift_method=settings.drift_method,
+        drift_method=drift_method,
         rmse=quality.get("rmse"),
         r2=quality.get("r2"),
         mae=quality.get("mae"),
@@ -190,7 +194,6 @@ def evaluate_window(
         reference_r2=reference_quality.get("r2"),
         reference_mae=reference_quality.get("mae"),
     )
-    return snapshot, figures
 
 
 def _scalar(value: Any) -> float:

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -178,6 +179,41 @@ def build_retraining_sets(
             (traffic, traffic[TARGET.name], scale_to_share(raw, share, len(split.x_train))),
         ]
     )
+    evaluation, judged, eval_share, kept = _evaluation_rows(split, traffic, eval_traffic, held_out, settings)
+    sha = frame_sha256(x_train, y_train, train_weight)
+    counts = {
+        "rows": len(x_train),
+        "sha256": sha,
+        "train_split_rows": len(split.x_train),
+        "remembered_traffic_rows": len(remembered),
+        "new_traffic_train_rows": len(new) - held_out,
+        "traffic_eval_rows": judged,
+        "held_out_new_rows": held_out,
+        "test_rows_kept": kept,
+        "traffic_train_share": share,
+        "traffic_eval_share": eval_share,
+    }
+    provenance, manifest = _describe(counts, traffic, index)
+    training = TrainingData(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=evaluation.x,
+        y_test=evaluation.y,
+        source=f"{base_source} + prediction log",
+        data_sha256=sha,
+        train_weight=train_weight,
+        test_weight=evaluation.sample_weight,
+        provenance=provenance,
+    )
+    return RetrainingSets(training, evaluation, manifest, traffic, eval_traffic)
+
+
+def _evaluation_rows(
+    split: Split, traffic: pd.DataFrame, eval_traffic: pd.DataFrame, held_out: int, settings: Settings
+) -> tuple[EvaluationData, int, float, int]:
+    """The gate's evaluation rows: the test split without the districts training now sees, plus the held-out
+    new evidence when there is enough of it, weighted like traffic in training. Returns them with the
+    number of traffic rows judged on, their share of the weight and the number of test rows kept."""
     keep = ~pd.MultiIndex.from_frame(split.x_test[list(FEATURE_NAMES)]).isin(
         pd.MultiIndex.from_frame(traffic[list(FEATURE_NAMES)])
     )
@@ -191,49 +227,6 @@ def build_retraining_sets(
             (x_test, y_test, np.ones(len(x_test))),
             (judged, judged[TARGET.name], scale_to_share(np.ones(len(judged)), eval_share, len(x_test))),
         ]
-    )
-    sha = frame_sha256(x_train, y_train, train_weight)
-    provenance = {
-        "training_data": (
-            f"train split ({len(split.x_train):,} rows) + {len(remembered):,} remembered and "
-            f"{len(new) - held_out:,} new labelled production rows"
-        ),
-        "traffic_rows": str(len(traffic)),
-        "traffic_weight_share": f"{share:.4f}",
-        "price_index": f"{index.level:.6f}",
-        "price_index_step": (
-            f"{index.step:.4f} [{index.low:.4f}, {index.high:.4f}]"
-            + ("" if index.applied_step != 1.0 else " (not applied)")
-        ),
-        "traffic_from": str(traffic["created_at"].min()) if len(traffic) else "",
-        "traffic_to": str(traffic["created_at"].max()) if len(traffic) else "",
-    }
-    manifest = {
-        "rows": len(x_train),
-        "sha256": sha,
-        "train_split_rows": len(split.x_train),
-        "remembered_traffic_rows": len(remembered),
-        "new_traffic_train_rows": len(new) - held_out,
-        "traffic_eval_rows": len(judged),
-        "held_out_new_rows": held_out,
-        "test_rows_kept": int(keep.sum()),
-        "traffic_train_share": share,
-        "traffic_eval_share": eval_share,
-        "provenance": provenance,
-        "price_index": index.level,
-        "price_index_step": index.step,
-        "price_index_interval": [index.low, index.high],
-    }
-    training = TrainingData(
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_eval,
-        y_test=y_eval,
-        source=f"{base_source} + prediction log",
-        data_sha256=sha,
-        train_weight=train_weight,
-        test_weight=eval_weight,
-        provenance=provenance,
     )
     traffic_note = (
         f" + the newest {len(judged):,} new labelled production rows ({eval_share:.0%} of the weight)"
@@ -249,7 +242,36 @@ def build_retraining_sets(
         sample_weight=eval_weight,
         description=f"the test split ({int(keep.sum()):,} rows){traffic_note}",
     )
-    return RetrainingSets(training, evaluation, manifest, traffic, eval_traffic)
+    return evaluation, len(judged), eval_share, int(keep.sum())
+
+
+def _describe(
+    counts: dict[str, Any], traffic: pd.DataFrame, index: PriceIndex
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The sets' provenance (tags of the training run) and their manifest (saved beside the rows)."""
+    provenance = {
+        "training_data": (
+            f"train split ({counts['train_split_rows']:,} rows) + {counts['remembered_traffic_rows']:,}"
+            f" remembered and {counts['new_traffic_train_rows']:,} new labelled production rows"
+        ),
+        "traffic_rows": str(len(traffic)),
+        "traffic_weight_share": f"{counts['traffic_train_share']:.4f}",
+        "price_index": f"{index.level:.6f}",
+        "price_index_step": (
+            f"{index.step:.4f} [{index.low:.4f}, {index.high:.4f}]"
+            + ("" if index.applied_step != 1.0 else " (not applied)")
+        ),
+        "traffic_from": str(traffic["created_at"].min()) if len(traffic) else "",
+        "traffic_to": str(traffic["created_at"].max()) if len(traffic) else "",
+    }
+    manifest = {
+        **counts,
+        "provenance": provenance,
+        "price_index": index.level,
+        "price_index_step": index.step,
+        "price_index_interval": [index.low, index.high],
+    }
+    return provenance, manifest
 
 
 def _index_of(rows: pd.DataFrame, base_index: float, settings: Settings) -> PriceIndex:

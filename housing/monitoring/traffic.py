@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from housing.config import Settings
 from housing.data.dataset import read_dataset, read_source
-from housing.monitoring.loss_estimation import MIN_SEGMENT_ROWS, region_of, segment_masks
+from housing.monitoring.segments import MIN_SEGMENT_ROWS, region_of, segment_masks
 from housing.schema import SPECS_BY_NAME, validate_frame
 
 SCENARIOS = ("baseline", "income-shift", "subpopulation", "market-inflation")
@@ -113,6 +113,26 @@ class Outcome:
         return "; ".join(parts) or "no segment with enough rows"
 
 
+async def post_label(client: httpx.AsyncClient, outcome: Outcome, request_id: str, actual: float) -> None:
+    """POST one label; retried on a 5xx or a transport error (the endpoint is idempotent), not on a 4xx."""
+    problem = ""
+    for attempt in range(3):
+        try:
+            response = await client.post("/feedback", json={"request_id": request_id, "actual": actual})
+        except httpx.HTTPError as error:
+            problem = f"feedback {error!r}"
+        else:
+            if response.status_code in (200, 201):
+                outcome.labelled += 1
+                return
+            problem = f"feedback {response.status_code} {response.text[:200]}"
+            if response.status_code < 500:
+                break
+        await asyncio.sleep(0.5 * (attempt + 1))
+    outcome.label_failures += 1
+    outcome.errors.append(problem)
+
+
 async def drive(
     plan: TrafficPlan, features: pd.DataFrame, labels: pd.Series, label_headers: dict[str, str]
 ) -> Outcome:
@@ -140,31 +160,9 @@ async def drive(
     ):
 
         async def send_label(request_id: str, actual: float) -> None:
-            """POST the label; retried on a 5xx or a transport error (the endpoint is idempotent), not on
-            4xx."""
             await asyncio.sleep(plan.label_delay)
             async with labels_in_flight:
-                await post_label(request_id, actual)
-
-        async def post_label(request_id: str, actual: float) -> None:
-            problem = ""
-            for attempt in range(3):
-                try:
-                    response = await label_client.post(
-                        "/feedback", json={"request_id": request_id, "actual": actual}
-                    )
-                except httpx.HTTPError as error:
-                    problem = f"feedback {error!r}"
-                else:
-                    if response.status_code in (200, 201):
-                        outcome.labelled += 1
-                        return
-                    problem = f"feedback {response.status_code} {response.text[:200]}"
-                    if response.status_code < 500:
-                        break
-                await asyncio.sleep(0.5 * (attempt + 1))
-            outcome.label_failures += 1
-            outcome.errors.append(problem)
+                await post_label(label_client, outcome, request_id, actual)
 
         async def worker() -> None:
             while True:

@@ -6,11 +6,8 @@ samples to that folder and /metrics aggregates all of them; otherwise a private 
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +22,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+
+from housing.serving.monitor_figures import MonitorFigures
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PREDICTION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
@@ -74,85 +71,6 @@ def forget_dead_workers(path: str) -> list[int]:
     for pid in dead:
         multiprocess.mark_process_dead(pid, path)
     return dead
-
-
-class MonitorFigures(Collector):
-    """The latest monitor decision's figures (``decision_latest.json`` in the reports folder), read when
-    /metrics is scraped (re-read only when the file changed): the error estimated without labels, overall and
-    per segment, with its interval, the realized error on labelled traffic, the estimate's calibration gap and
-    the labels needed to confirm an expected degradation. The monitor is a batch job with no endpoint of its
-    own; the API it watches exposes what it found. Nothing is exposed before the first monitor run."""
-
-    def __init__(self, decision_path: Path) -> None:
-        self.path = decision_path
-        self._seen: tuple[float, int] | None = None
-        self._record: dict[str, Any] = {}
-
-    def _latest(self) -> dict[str, Any]:
-        try:
-            stat = self.path.stat()
-            if self._seen != (stat.st_mtime, stat.st_size):
-                self._record = json.loads(self.path.read_text())
-                self._seen = (stat.st_mtime, stat.st_size)
-        except (OSError, ValueError):
-            self._record, self._seen = {}, None
-        return self._record
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        record = self._latest()
-        if not record:
-            return
-        version = str(record.get("production_version", ""))
-
-        def family(name: str, documentation: str, values: dict[str, Any]) -> GaugeMetricFamily | None:
-            gauge = GaugeMetricFamily(name, documentation, labels=["production_version", "segment"])
-            found = False
-            for segment, value in values.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    gauge.add_metric([version, segment], float(value))
-                    found = True
-            return gauge if found else None
-
-        segments = record.get("estimated_rmse_by_segment") or {}
-        interval = record.get("estimated_rmse_interval") or [None, None]
-        calibration = record.get("estimation_calibration") or {}
-        families = (
-            family(
-                "housing_monitor_estimated_rmse",
-                "RMSE estimated without labels on the last monitor window's unlabelled "
-                "predictions (segment=all, or a region / income band).",
-                {
-                    "all": record.get("estimated_rmse"),
-                    **{name: value.get("rmse") for name, value in segments.items()},
-                },
-            ),
-            family(
-                "housing_monitor_estimated_rmse_low",
-                "Lower end of the estimated RMSE's interval.",
-                {"all": interval[0], **{name: value.get("rmse_low") for name, value in segments.items()}},
-            ),
-            family(
-                "housing_monitor_estimated_rmse_high",
-                "Upper end of the estimated RMSE's interval.",
-                {"all": interval[1], **{name: value.get("rmse_high") for name, value in segments.items()}},
-            ),
-            family(
-                "housing_monitor_realized_rmse",
-                "RMSE on the last monitor window's labelled predictions.",
-                {"all": record.get("rmse")},
-            ),
-            family(
-                "housing_monitor_estimation_gap",
-                "Estimated / realized RMSE - 1 on the window's labelled predictions (calibration).",
-                {"all": calibration.get("relative_gap")},
-            ),
-            family(
-                "housing_monitor_labels_to_confirm",
-                "Labels needed to confirm an expected degradation (0: none expected).",
-                {"all": record.get("labels_to_confirm")},
-            ),
-        )
-        yield from (gauge for gauge in families if gauge is not None)
 
 
 class Metrics:
@@ -210,6 +128,13 @@ class Metrics:
         self.reloads = Counter(
             "housing_model_reloads_total", "Model switches after the production alias moved.", registry=r
         )
+        self._add_log_metrics(r)
+        self._add_shadow_metrics(r)
+        self._served: dict[str, tuple[str, str, str]] = {}
+        self._paths: dict[str, list[tuple[str, ...]]] = {}
+
+    def _add_log_metrics(self, r: CollectorRegistry) -> None:
+        """The prediction log's, the micro-batcher's and the feedback route's metrics."""
         self.log_rows = Counter(
             "housing_prediction_log_rows_total", "Rows written to the prediction log.", registry=r
         )
@@ -233,6 +158,9 @@ class Metrics:
         self.feedback = Counter(
             "housing_feedback_total", "Feedback labels by outcome.", ["outcome"], registry=r
         )
+
+    def _add_shadow_metrics(self, r: CollectorRegistry) -> None:
+        """Rows answered per alias, the shadow scorer's metrics, and what runs for each model step."""
         self.answered = Counter(
             "housing_answered_rows_total",
             "Rows answered, by the alias of the model that answered (staging: the canary share).",
@@ -269,8 +197,6 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
-        self._served: dict[str, tuple[str, str, str]] = {}
-        self._paths: dict[str, list[tuple[str, ...]]] = {}
 
     def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
         route = path if path in ROUTES else "other"

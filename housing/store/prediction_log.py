@@ -23,14 +23,13 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from sqlalchemy import Engine, func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from housing.config import Settings
 from housing.errors import UserError, masked_first_line
-from housing.schema import FEATURE_NAMES, TARGET
-from housing.store.spill import SpillingBuffer, row_restorer
+from housing.store.spill import SpillingBuffer
+from housing.store.spill_file import row_restorer
 from housing.store.tables import (
     PREDICTION_COLUMNS,
     ROWS_PER_STATEMENT,
@@ -38,7 +37,6 @@ from housing.store.tables import (
     feedback_table,
     insert_statement,
     make_engine,
-    opened_engine,
     predictions_table,
     timestamp_value,
 )
@@ -320,55 +318,6 @@ class PredictionLog:
         with self.engine.connect() as connection:
             query = select(predictions_table.c.request_id).where(predictions_table.c.request_id == request_id)
             return connection.execute(query).first() is not None
-
-
-def read_window(
-    engine: Engine,
-    *,
-    last_n: int | None = None,
-    since: datetime | None = None,
-    model_version: str | None = None,
-) -> pd.DataFrame:
-    """The most recent logged predictions (newest ``last_n`` rows and/or rows since ``since``; only those
-    ``model_version`` served, when given), oldest first, with their feedback label in ``MedHouseVal`` (NaN
-    when none has arrived)."""
-    joined = predictions_table.outerjoin(
-        feedback_table, predictions_table.c.request_id == feedback_table.c.request_id
-    )
-    query = select(
-        predictions_table.c.request_id,
-        predictions_table.c.created_at,
-        *(predictions_table.c[name] for name in FEATURE_NAMES),
-        predictions_table.c.prediction,
-        predictions_table.c.model_version,
-        feedback_table.c.actual.label(TARGET.name),
-    ).select_from(joined)
-    if since is not None:
-        query = query.where(predictions_table.c.created_at >= since)
-    if model_version is not None:
-        query = query.where(predictions_table.c.model_version == model_version)
-    query = query.order_by(
-        predictions_table.c.created_at.desc()
-    )  # the indexed column only: no sort of the table
-    if last_n is not None:
-        query = query.limit(last_n)
-    with engine.connect() as connection:
-        result = connection.execute(query)
-        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    if frame.empty:
-        return pd.DataFrame(
-            columns=["request_id", "created_at", *FEATURE_NAMES, "prediction", "model_version", TARGET.name]
-        )
-    frame[TARGET.name] = frame[TARGET.name].astype(float)
-    return frame.iloc[::-1].reset_index(drop=True)
-
-
-def count_rows(url: str) -> tuple[int, int]:
-    """Number of logged predictions and of feedback labels in the prediction log at ``url``."""
-    with opened_engine(url) as engine, engine.connect() as connection:
-        predictions = connection.execute(select(func.count()).select_from(predictions_table)).scalar_one()
-        labels = connection.execute(select(func.count()).select_from(feedback_table)).scalar_one()
-    return int(predictions), int(labels)
 
 
 def prediction_rows(

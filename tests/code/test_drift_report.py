@@ -12,6 +12,7 @@ import pytest
 
 from housing.config import Settings
 from housing.monitoring.drift_report import PREDICTION, evaluate_window, save_report
+from housing.monitoring.record import decision_record
 from housing.monitoring.retrain_policy import (
     ALERT,
     INSUFFICIENT_DATA,
@@ -20,7 +21,6 @@ from housing.monitoring.retrain_policy import (
     RetrainThresholds,
     decide,
 )
-from housing.monitoring.round import decision_record
 from housing.schema import TARGET
 from housing.store.retrain_evidence import new_evidence
 

@@ -45,7 +45,8 @@ def test_imports_inside_functions_say_why(path):
         f"line {node.lineno}: {lines[node.lineno - 1].strip()}"
         for function in functions(ast.parse(source))
         for node in ast.walk(function)
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and "#" not in lines[node.lineno - 1]
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and not any("#" in line for line in lines[node.lineno - 1 : node.end_lineno])
     ]
     assert not unexplained, f"{path.name}: imports inside functions without a reason: {unexplained}"
 

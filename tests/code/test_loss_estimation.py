@@ -16,19 +16,16 @@ import skops.io
 from housing.errors import UserError
 from housing.monitoring.drift_report import WindowFigures
 from housing.monitoring.loss_estimation import (
-    MIN_SEGMENT_ROWS,
-    REST,
     anchor,
     estimate_window,
     fit_loss_estimator,
     read_loss_estimator,
-    region_of,
     save_loss_estimator,
-    segment_masks,
 )
 from housing.monitoring.retrain_policy import ALERT, NO_ACTION, RetrainThresholds, decide
+from housing.monitoring.segments import MIN_SEGMENT_ROWS, REST, region_of, segment_masks
 from housing.schema import FEATURE_NAMES
-from housing.serving.prometheus import MonitorFigures
+from housing.serving.monitor_figures import MonitorFigures
 
 CITIES = {  # (latitude, longitude) -> the region a reader of a map would name
     "San Francisco": (37.77, -122.42, "Bay Area"),

@@ -25,14 +25,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from housing.api.routes.feedback import record_when_logged
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 from housing.store import prediction_log
-from housing.store.prediction_log import (
-    FeedbackResult,
-    LogUnavailable,
-    PredictionLog,
-    count_rows,
-    read_window,
-)
-from housing.store.spill import SPILL_PREFIX, SPILL_SUFFIX
+from housing.store.log_reads import count_rows, read_window
+from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog
+from housing.store.spill_file import SPILL_PREFIX, SPILL_SUFFIX
 from housing.store.tables import create_tables, make_engine
 from tests.helpers import (
     START,

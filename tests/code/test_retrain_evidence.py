@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import Engine
 
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
-from housing.store.prediction_log import PredictionLog, prediction_rows, read_window
+from housing.store.log_reads import read_window
+from housing.store.prediction_log import PredictionLog, prediction_rows
 from housing.store.retrain_evidence import (
     EVAL_ROLE,
     TRAIN_ROLE,

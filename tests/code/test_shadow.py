@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from housing.schema import FEATURE_NAMES
 from housing.store.prediction_log import PredictionLog, prediction_rows
-from housing.store.spill import row_restorer
+from housing.store.spill_file import row_restorer
 from housing.store.tables import PREDICTION_COLUMNS, create_tables, make_engine
 from tests.helpers import CHALLENGER, CHAMPION, numbered_districts, served_batch, shadow_scorer, stub_model
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from housing.data.dataset import split_dataset
-from housing.monitoring.loss_estimation import region_of
+from housing.monitoring.segments import region_of
 from housing.monitoring.traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows
 from housing.schema import SPECS_BY_NAME
 

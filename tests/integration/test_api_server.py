@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from housing.data.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST
-from housing.store.prediction_log import count_rows
+from housing.store.log_reads import count_rows
 from housing.store.tables import make_engine
 from tests.server import FEEDBACK_HEADERS, GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 

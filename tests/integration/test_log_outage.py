@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from housing.data.artifacts import load_pickle
-from housing.store.prediction_log import count_rows
+from housing.store.log_reads import count_rows
 from tests.backends import Backend
 from tests.server import ApiServer, server_env
 

@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 
 from housing.data.artifacts import load_pickle
 from housing.schema import FEATURE_NAMES
-from housing.store.prediction_log import PredictionLog, prediction_rows, read_window
+from housing.store.log_reads import read_window
+from housing.store.prediction_log import PredictionLog, prediction_rows
 from tests.conftest import PROJECT_DIR, run_stage, stage_env
 from tests.helpers import copy_store, held_out_rows
 

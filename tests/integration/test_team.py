@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 
 from housing.schema import EXAMPLE_REQUEST
-from housing.store.prediction_log import count_rows
+from housing.store.log_reads import count_rows
 from localteam.services import start_mlflow_server
 from tests.conftest import run_stage
 from tests.server import FEEDBACK_HEADERS, ApiServer, LoadGenerator, free_port, server_env

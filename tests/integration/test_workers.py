@@ -24,7 +24,8 @@ from sqlalchemy import text
 
 from housing.data.artifacts import load_pickle
 from housing.schema import FEATURE_NAMES
-from housing.store.prediction_log import PredictionLog, count_rows, prediction_rows
+from housing.store.log_reads import count_rows
+from housing.store.prediction_log import PredictionLog, prediction_rows
 from housing.store.tables import make_engine
 from tests.server import ApiServer, server_env
 
