@@ -9,10 +9,10 @@ connection (1) idle, (2) while a 9.6 MB body of 880,000 keys is refused (422), (
 rows with 56 unknown fields each is refused (422), (4) while a 1 GB chunked body is sent to /feedback (413 as
 soon as it passes 64 KB). For each: the request's own time, the slowest and median /health answer, and how
 many /health answers arrived while the request ran; for (4) also how much of the 1 GB the client sent.
-Goal (issue 11): /health within 0.2 s while each hostile body is processed; each body is repeated --repeats
-times and the slowest of all repeats is printed.
+Goal: /health within 0.2 s while each hostile body is processed; each body is repeated --repeats times and
+the slowest of all repeats is printed.
 
-    python bench/hostile.py [--repeats 3]
+    python -m bench.hostile [--repeats 3]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Runs the four stage scripts as subprocesses with the real configuration into a f
 MLflow SQLite store and artifacts), so the figures are a cold run on this machine. Also measures the
 in-process single-row predict latency of the promoted production pipeline.
 
-    python bench/pipeline.py [--source CSV] [--estimator-scale 1.0] [--keep DIR]
+    python -m bench.pipeline [--source CSV] [--estimator-scale 1.0] [--keep DIR]
 """
 
 from __future__ import annotations

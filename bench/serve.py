@@ -14,15 +14,14 @@ same load, same run. (a3) repeats (a) with a challenger in shadow: the `staging`
 --challenger candidate's version for the run (and put back after), so every request is also scored by it;
 it checks that every logged row carries the challenger's prediction.
 
---constant-row sends the seed's example request on every request instead (the figures before issue 16:
-one identical row flatters a server whose work depends on the row), through the same client script.
+--constant-row sends the original report's example request on every request instead (one identical row
+flatters a server whose work depends on the row), through the same client script.
 
 Needs a production model in the registry and the split beside it (`make pipeline`) and wrk (`apt-get install
 wrk`).
 
-    python bench/serve.py [--duration 20] [--connections 16] [--tracking-uri URI --artifacts-dir DIR] [--rows
-    1000]
-                          [--constant-row] [--challenger gradient_boosting] [--all-candidates]
+    python -m bench.serve [--duration 20] [--connections 16] [--tracking-uri URI --artifacts-dir DIR]
+                          [--rows 1000] [--constant-row] [--challenger gradient_boosting] [--all-candidates]
 """
 
 from __future__ import annotations
@@ -145,10 +144,10 @@ def held_out_feed(settings: Settings, count: int) -> Feed:
 
 
 def constant_feed() -> Feed:
-    """The seed's example request on every request: the figures before issue 16 (--constant-row)."""
+    """The original report's example request on every request (--constant-row)."""
     return Feed(
         [dict(EXAMPLE_REQUEST)],
-        "one constant row on every request (the seed's example request; --constant-row)",
+        "one constant row on every request (the original report's example request; --constant-row)",
     )
 
 
@@ -502,8 +501,8 @@ def main() -> int:
         "--constant-row",
         action="store_true",
         help=(
-            "Send the seed's example request on every request instead (the figures before issue 16), same"
-            " client script."
+            "Send the original report's example request on every request instead (one identical row"
+            " flatters a server whose work depends on the row), same client script."
         ),
     )
     parser.add_argument("--skip-mlflow", action="store_true", help="Skip (b), e.g. for a quick run.")

@@ -7,7 +7,7 @@ should be made: each configuration is scored by the project's K-fold CV (housing
 configuration, the serving cost the compiled kernel pays (trees x depth, when the depth is bounded) and where
 the chosen settings stand.
 
-    python bench/shortlist_cv.py [--random-state 42] [--folds 5] [--estimator-scale 1.0] [--only chosen ...]
+    python -m bench.shortlist_cv [--random-state 42] [--folds 5] [--estimator-scale 1.0] [--only chosen ...]
 
 Sequential, one process: about 8 configurations x 5 folds of a LightGBM fit with spatial features.
 """
@@ -61,8 +61,8 @@ SHORTLIST: dict[str, dict[str, Any]] = {
         "max_depth": -1,
     },
 }
-"""The configurations the candidates.yaml comments (now and in git history) say the choice was made among;
-every other parameter as in candidates.yaml."""
+"""The configurations the choice of the candidates.yaml settings was made among; every other parameter as in
+candidates.yaml."""
 
 
 def main() -> int:

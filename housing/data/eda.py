@@ -1,4 +1,4 @@
-"""Exploratory summary of the dataset: the seed's printout and its three plots."""
+"""Exploratory summary of the dataset: the original report's printout and its three plots."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from housing.schema import FEATURES, TARGET
 
 
 def describe_dataset(frame: pd.DataFrame) -> str:
-    """The seed's EDA printout: head, shape, dtypes, missing values and ``describe()``."""
+    """The original report's EDA printout: head, shape, dtypes, missing values and ``describe()``."""
     buffer = io.StringIO()
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         sections = [

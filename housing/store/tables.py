@@ -167,7 +167,7 @@ def insert_statement(engine: Engine, rows: int = 1) -> str:
     statement: the driver takes the GIL back once per statement, not once per row. Under load the event loop
     holds the GIL and a waiting thread gets it only at the next switch interval (5 ms), so a row-by-row
     executemany of one flush (about 1,000 rows) could last seconds, past the stall limit, sending rows to
-    the spill file on the request path: the slowest requests' latency (measured in issue 14).
+    the spill file on the request path: the slowest requests' latency.
     """
     marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
     columns = ", ".join(f'"{name}"' for name in PREDICTION_COLUMNS)

@@ -29,7 +29,7 @@ def test_weighted_metrics_ignore_zero_weight_rows():
     assert weighted["rmse"] == pytest.approx(math.sqrt(0.25 / 2))
 
 
-def test_seed_candidates_keep_the_seed_hyperparameters():
+def test_the_original_reports_candidates_keep_its_hyperparameters():
     specs = {spec.name: spec for spec in load_candidate_specs(get_settings().candidates_path)}
     assert specs["random_forest"].params | {"n_jobs": 1} == {
         "n_estimators": 200,

@@ -91,7 +91,7 @@ def test_each_limit_is_exact(within, beyond, status, words):
     assert code == status and words in sentence and sentence.count(".") <= 1
 
 
-def test_the_issues_bodies_are_refused_with_one_sentence():
+def test_hostile_bodies_are_refused_with_one_sentence():
     assert refusal(b"[" * 100_000) == (
         400,
         "the body nests arrays and objects deeper than 8 levels (HOUSING_MAX_JSON_DEPTH)",
@@ -246,7 +246,7 @@ def test_the_scan_agrees_with_a_parser_on_random_documents(monkeypatch, slice_by
 
 # --- the handler: a body past a limit never reaches the parser; error lists are capped
 # ---------------------------
-def test_parse_json_refuses_the_issues_bodies_without_a_500():
+def test_parse_json_refuses_hostile_bodies_without_a_500():
     with pytest.raises(InputError) as deep:
         parse_json(b"[" * 100_000)
     with pytest.raises(InputError) as long_number:

@@ -1,5 +1,5 @@
-"""The code's shape, as the structure issue set it: small functions and modules, a short app factory, and
-imports at module top (an import inside a function must say why on its line: expensive and optional)."""
+"""The code's shape: small functions and modules, a short app factory, and imports at module top (an import
+inside a function must say why on its line: expensive and optional)."""
 
 from __future__ import annotations
 

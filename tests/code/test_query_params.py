@@ -15,7 +15,7 @@ ORIGINAL_QUERY = (
 )
 
 
-def test_the_seeds_query_string_becomes_the_json_payload():
+def test_the_original_reports_query_string_becomes_the_json_payload():
     assert query_payload(ORIGINAL_QUERY, b"", 65_536) == {
         "MedInc": 3.5,
         "HouseAge": 28.0,

@@ -1,6 +1,6 @@
 """Evidence for retraining on a real SQLite prediction log in a temp dir: each district counts once, and what
-a retraining run used is never evidence again (the poisoning and the persistent-shift cases of the loop
-issue).
+a retraining run used is never evidence again (what stops label poisoning and a persistent shift from
+retraining every round).
 """
 
 from __future__ import annotations

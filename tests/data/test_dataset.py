@@ -24,7 +24,7 @@ def test_real_data_ranges(real_frame):
         assert spec.in_range(real_frame[spec.name]).all(), spec.name
 
 
-def test_seed_split_sizes(real_frame):
+def test_split_sizes_of_the_default_split_seed(real_frame):
     x_train, x_test, y_train, y_test = split_dataset(real_frame, test_size=0.2, random_state=42)
     assert (len(x_train), len(x_test)) == (16_512, 4_128)
     assert (len(y_train), len(y_test)) == (16_512, 4_128)

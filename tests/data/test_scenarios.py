@@ -35,7 +35,7 @@ def test_baseline_sends_held_out_districts_with_their_own_labels(held_out):
     assert np.array_equal(features["MedInc"], original["MedInc_original"]) and np.allclose(labels, label)
     assert features.drop_duplicates().shape[0] > 1500  # 2,000 draws from 4,128 districts: varied, not one row
     again, _ = scenario_rows(x, y, "baseline", count=2000, seed=3)
-    assert again.equals(features)  # the seed decides which rows
+    assert again.equals(features)  # the random seed decides which rows
 
 
 def test_income_shift_scales_incomes_by_1_2_within_the_contract_and_keeps_the_labels(held_out):

@@ -445,7 +445,7 @@ ORIGINAL_QUERY = (
 """The original report's documented request: the 8 features as query parameters, an empty body."""
 
 SAME_ANSWER_QUERIES = {
-    "the seed's request": (ORIGINAL_QUERY, ""),
+    "the original report's request": (ORIGINAL_QUERY, ""),
     "query and body": (ORIGINAL_QUERY, json.dumps(EXAMPLE_REQUEST)),
     "not a number": (ORIGINAL_QUERY.replace("HouseAge=28", "HouseAge=28y"), ""),
     "decimal comma": (ORIGINAL_QUERY.replace("MedInc=3.5", "MedInc=3,5"), ""),
@@ -467,7 +467,7 @@ def test_query_parameters_answer_alike_on_both_paths(client, routed_client, quer
     assert fast.status_code in (200, 400, 422), fast.text
 
 
-def test_the_seeds_query_request_predicts_like_the_json_body(client):
+def test_the_original_reports_query_request_predicts_like_the_json_body(client):
     by_query = client.post(f"/predict?{ORIGINAL_QUERY}", content=b"", headers={"accept": "application/json"})
     by_body = client.post("/predict", json=EXAMPLE_REQUEST)
     assert by_query.status_code == 200, by_query.text

@@ -94,7 +94,7 @@ def test_a_nan_literal_is_still_named_by_its_field(server):
 
 def test_880000_keys_are_a_short_422_and_health_answers_meanwhile(server):
     raw = b"{" + b",".join(b'"%06d":0' % key for key in range(880_000)) + b"}"
-    assert 9_500_000 < len(raw) < 10_305_536  # the 9.6 MB, under POST /predict's body limit
+    assert 9_500_000 < len(raw) < 10_305_536  # 9.6 MB, under POST /predict's body limit
     response = while_probing(server.url, lambda: post(server, "/predict", raw))
     assert response.status_code == 422 and len(response.content) <= 65_536
     assert response.json() == {

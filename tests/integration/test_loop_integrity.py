@@ -26,7 +26,7 @@ BAY_AREA_DISTRICT = {
     "Latitude": 37.8,
     "Longitude": -122.4,
 }
-"""The district of the poisoning attack the loop issue reports."""
+"""The district the poisoning attack labels again and again."""
 
 
 def monitor(env: dict[str, str], *args: str) -> str:

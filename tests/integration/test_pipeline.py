@@ -112,7 +112,7 @@ def test_production_alias_points_to_a_good_model(pipeline_run, client):
         )
 
 
-def test_production_model_predicts_the_seed_request(pipeline_run):
+def test_production_model_predicts_the_original_reports_request(pipeline_run):
     model = pipeline_run.load_version()
     prediction = model.predict(pd.DataFrame([EXAMPLE_REQUEST]))[0]
     assert 1.0 < prediction < 3.5  # $100k-$350k for a 1990 Los Angeles district with median income $35k
