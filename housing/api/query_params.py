@@ -1,7 +1,7 @@
 """POST /predict with the 8 features as query parameters and an empty body: the original report's request.
 
-The original report documented its endpoint as ``curl -X POST '.../predict?MedInc=3.5&HouseAge=28&...' -d ''``. That
-request gets the same prediction as the JSON body, through the same validator
+The original report documented its endpoint as ``curl -X POST '.../predict?MedInc=3.5&HouseAge=28&...' -d
+''``. That request gets the same prediction as the JSON body, through the same validator
 (:func:`housing.api.predict_handler.validate_row`), so the same field names, ranges and unknown-field rule
 apply. Query values are text, so each must look like a number (``3.5``, ``-118.3``, ``1e3``; not ``3,5``,
 ``1_000`` or ``0x10``) or it is a 422 naming the field; a field given twice is a 422; a query string and a

@@ -250,7 +250,8 @@ def read_manifest(manifest_path: Path) -> DatasetManifest:
 def split_dataset(
     frame: pd.DataFrame, *, test_size: float, random_state: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
-    """Split features and target into train and test parts (the original report's ``train_test_split`` call)."""
+    """Split features and target into train and test parts (the original report's ``train_test_split``
+    call)."""
     features = frame.loc[:, list(FEATURE_NAMES)]
     target = frame[TARGET.name]
     x_train, x_test, y_train, y_test = train_test_split(

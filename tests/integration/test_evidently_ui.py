@@ -51,7 +51,8 @@ class RecordedWorkspace:
 
 def monitor_frames(dataset_path: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """A reference (real rows with a linear model's predictions) and two windows of other real rows, half
-    labelled: as served, and with the original report's drift scenario (MedInc x 1.2, predicted on the shifted rows)."""
+    labelled: as served, and with the original report's drift scenario (MedInc x 1.2, predicted on the shifted
+    rows)."""
     data = pd.read_csv(dataset_path)
     rows = data.sample(n=REFERENCE_ROWS + WINDOW_ROWS, random_state=7).reset_index(drop=True)
     reference, window = (

@@ -70,17 +70,18 @@ ORIGINAL_GRADIENT_BOOSTING = {
 candidates.yaml, so that editing the project's own gradient_boosting candidate cannot weaken the baseline."""
 
 BEATS_BY_R2 = 0.01
-"""Production must beat the original report's model by more than a preprocessing detail moves it: the project's own
-gradient_boosting candidate (the same settings behind the outlier rule and scaler) scores 0.003 R2 above the
-bare original model on this split, so a plain ">" would let that model pass as an improvement."""
+"""Production must beat the original report's model by more than a preprocessing detail moves it: the
+project's own gradient_boosting candidate (the same settings behind the outlier rule and scaler) scores 0.003
+R2 above the bare original model on this split, so a plain ">" would let that model pass as an improvement."""
 
 
 def test_production_beats_an_independently_trained_original_gradient_boosting(
     production, held_out_split, pipeline_run
 ):
     """Fitted here on the same training split, scored with production on the same test split: whichever
-    candidate wins promotion, production must beat the original report's best model. That model gets the tier's tree
-    scale (TEST_ESTIMATOR_SCALE, as production was trained with): like for like, and ~7 s instead of ~25 s."""
+    candidate wins promotion, production must beat the original report's best model. That model gets the
+    tier's tree scale (TEST_ESTIMATOR_SCALE, as production was trained with): like for like, and ~7 s instead
+    of ~25 s."""
     split_dir = pipeline_run.artifacts_dir / "split"
     x_train, y_train = load_pickle(split_dir / "X_train.pkl"), load_pickle(split_dir / "y_train.pkl")
     x_test, y_test = held_out_split
