@@ -2,7 +2,7 @@
 
 Serves models:/CaliforniaHousing@production, follows the alias without restarts, logs every prediction to
 the prediction log, takes ground truth at /feedback. Docs at /docs. Settings from the environment
-(HOUSING_*, MLFLOW_TRACKING_URI); see README.md.
+(HOUSING_*, MLFLOW_TRACKING_URI); see docs/serving.md and docs/settings.md.
 """
 
 from housing.api.main import create_app

@@ -127,7 +127,7 @@ TARGET_UNIT_DOLLARS = 100_000
 """One unit of ``MedHouseVal`` in US dollars."""
 
 EXAMPLE_REQUEST: dict[str, float] = {spec.name: spec.example for spec in FEATURES}
-"""The original report's example request, used by the API docs, the README and the tests."""
+"""The original report's example request, used by the API docs, the docs and the tests."""
 
 
 class ContractError(UserError):

@@ -2,7 +2,7 @@
 setup (an MLflow tracking server on PostgreSQL serving the artifacts, and the prediction log on PostgreSQL).
 
 PostgreSQL comes from HOUSING_TEST_POSTGRES_URL (an admin SQLAlchemy URL; CI starts Debian's cluster and
-sets it) or, when that is unset, from a private cluster this session starts (localteam.services.Postgres)
+sets it) or, when that is unset, from a private cluster the test run starts (localteam.services.Postgres)
 with the system's binaries or, without PostgreSQL installed, those of the ``pgserver`` wheel
 (requirements.txt). The PostgreSQL half of the tests carries the ``postgres`` marker: when none of these is
 available it is skipped with one line saying how to run it, and with HOUSING_REQUIRE_POSTGRES=1 (CI) it
@@ -102,7 +102,7 @@ class PostgresProvider:
         self.flask_secret_key = new_secret()
 
     def tracking_credentials_env(self) -> dict[str, str]:
-        """MLflow's credential variables for this session's tracking servers."""
+        """MLflow's credential variables for the test run's tracking servers."""
         return {
             "MLFLOW_TRACKING_USERNAME": TRACKING_ADMIN_USER,
             "MLFLOW_TRACKING_PASSWORD": self.tracking_password,

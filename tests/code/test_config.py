@@ -1,5 +1,5 @@
 """The one settings object: defaults, environment and flag overrides (no dataset, no store: nothing is
-read)."""
+read). docs/settings.md against every default: tests/code/test_docs.py."""
 
 import os
 from pathlib import Path
@@ -22,77 +22,8 @@ def test_defaults(monkeypatch):
     assert settings.dataset_path == PROJECT_DIR / "artifacts" / "data" / "california_housing.csv"
 
 
-def test_the_readme_settings_table_is_the_defaults(monkeypatch):
-    """Every default the README's settings table gives, row by row (a changed default must change the
-    README)."""
-    for name in [name for name in os.environ if name.startswith("HOUSING_")] + ["MLFLOW_TRACKING_URI"]:
-        monkeypatch.delenv(name, raising=False)
-    s = get_settings()
-    artifacts = PROJECT_DIR / "artifacts"
-    table = {
-        "artifacts": (s.artifacts_dir, artifacts),
-        "split": ((s.random_state, s.test_size), (42, 0.2)),
-        "CV folds, processes": ((s.cv_folds, s.n_jobs), (2, 2)),
-        "tree-count multiplier": (s.estimator_scale, 1.0),
-        "prediction log": (
-            (s.log_database_url, s.log_flush_interval),
-            (f"sqlite:///{artifacts / 'prediction_log.db'}", 0.2),
-        ),
-        "serving": ((s.max_batch_rows, s.reload_interval, s.admin_token), (10_000, 10.0, None)),
-        "labellers' token": (
-            (s.feedback_token, s.feedback_token_path),
-            (None, artifacts / "secrets" / "feedback_token"),
-        ),
-        "open feedback": (s.unsafe_open_feedback, False),
-        "monitor": ((s.monitor_window, s.monitor_min_window, s.monitor_min_labels), (2_000, 500, 200)),
-        "decision": ((s.drift_share_threshold, s.rmse_threshold, s.r2_threshold), (0.2, 0.5, 0.6)),
-        "retraining": (
-            (
-                s.retrain_traffic_weight,
-                s.retrain_traffic_ramp_rows,
-                s.retrain_traffic_half_life_days,
-                s.retrain_holdout_share,
-            ),
-            (0.9, 200, 30, 0.3),
-        ),
-        "promotion gate on evidence": (
-            (s.gate_confidence, s.gate_min_labelled_rows, s.gate_bootstrap_samples),
-            (0.95, 100, 1_000),
-        ),
-        "retrain lock lease": (s.monitor_lock_seconds, 3_600),
-        "Evidently history": (
-            (s.evidently_workspace_dir, s.evidently_url, s.evidently_secret, s.monitor_ui_port),
-            (artifacts / "evidently", None, None, 8002),
-        ),
-        "champion / challenger": (
-            (s.promotion_mode, s.canary_percent, s.shadow_max_wait_hours, s.shadow_interval),
-            ("direct", 0, 72, 0.02),
-        ),
-        "limits (README: Limits)": (
-            (
-                s.max_body_bytes,
-                s.max_json_depth,
-                s.max_json_keys,
-                s.max_number_chars,
-                s.max_string_chars,
-                s.max_listed_errors,
-                s.body_read_timeout,
-                s.log_buffer_max_rows,
-            ),
-            (65_536, 8, 64, 40, 256, 20, 10.0, 100_000),
-        ),
-        "load_data download (README: load_data)": (
-            (s.download_timeout, s.download_max_bytes),
-            (30.0, 200_000_000),
-        ),
-    }
-    assert {row: actual for row, (actual, _) in table.items()} == {
-        row: expected for row, (_, expected) in table.items()
-    }
-
-
 def test_mlflow_http_retries_default_to_two_so_a_stage_fails_in_seconds(monkeypatch):
-    """README (team setup): MLflow's own default retries 7 times with backoff (minutes); the project sets 2
+    """docs/settings.md: MLflow's own default retries 7 times with backoff (minutes); the project sets 2
     unless the environment says otherwise (monkeypatch restores the process environment after the test)."""
     from housing.registry import tracking
 

@@ -1,4 +1,4 @@
-"""The test harness's own promise (README, tests): without the real dataset a tier that needs it fails with
+"""The test harness's own promise (docs/testing.md): without the real dataset a tier that needs it fails with
 one sentence; it never skips (a skipped tier would let CI pass without testing the model or the data)."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The traffic simulator's scenarios on the real held-out split: each one sends real districts, shaped as the
-README says (simulate_traffic.scenario_rows, the function simulate_traffic.py sends its rows from)."""
+"""The traffic simulator's scenarios on the real held-out split: each one sends real districts, shaped as
+docs/monitoring.md says (housing.monitoring.traffic.scenario_rows, the function simulate_traffic.py sends its
+rows from)."""
 
 from __future__ import annotations
 

@@ -15,18 +15,16 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pandas as pd
 import psutil
 import pytest
 from prometheus_client import multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from housing.data.artifacts import load_pickle
-from housing.schema import FEATURE_NAMES
 from housing.store.log_reads import count_rows
 from housing.store.prediction_log import PredictionLog, prediction_rows
 from housing.store.tables import make_engine
+from tests.helpers import held_out_rows
 from tests.server import ApiServer, server_env
 
 NAME = "CaliforniaHousing"
@@ -42,15 +40,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, every: float = 0
     while not (value := condition()) and time.monotonic() < deadline:
         time.sleep(every)
     return value
-
-
-def held_out_rows(pipeline_run: Any, rows: int) -> pd.DataFrame:
-    """The first ``rows`` rows of the pipeline run's test split, the 8 features in contract order."""
-    return (
-        load_pickle(pipeline_run.artifacts_dir / "split" / "X_test.pkl")
-        .loc[:, list(FEATURE_NAMES)]
-        .iloc[:rows]
-    )
 
 
 FLUSH_INTERVAL = 0.5
