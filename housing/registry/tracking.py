@@ -100,8 +100,8 @@ def model_description() -> str:
         f"Predicts `{TARGET.name}`, the {TARGET.description.lower()} of a California district (1990 census"
         f" block group), in {TARGET.unit} (x {TARGET_UNIT_DOLLARS:,} = US dollars; the API also returns"
         f" `price_usd`), from 8 features:\n{features}\n\nAliases: `production` is served by the API;"
-        " `staging` is the challenger the API scores in shadow (see the project's docs/champion-challenger.md). Every version"
-        " says which candidate it is and what data it learnt from."
+        " `staging` is the challenger the API scores in shadow (the project's docs/champion-challenger.md)."
+        " Every version says which candidate it is and what data it learnt from."
     )
 
 

@@ -42,9 +42,12 @@ def test_every_link_resolves(page):
         resolved = (page.parent / path).resolve() if path else page
         if not resolved.exists():
             broken.append(target)
-        elif fragment and resolved.suffix == ".md":
-            if fragment not in {anchor(h) for h in HEADING.findall(resolved.read_text())}:
-                broken.append(target)
+        elif (
+            fragment
+            and resolved.suffix == ".md"
+            and fragment not in {anchor(h) for h in HEADING.findall(resolved.read_text())}
+        ):
+            broken.append(target)
     assert not broken, f"{page.name}: links that do not resolve: {broken}"
 
 
