@@ -31,7 +31,7 @@ RAW_COLUMNS = (
 
 
 CLIPPED_COLUMNS = ("AveRooms", "AveBedrms", "Population", "AveOccup")
-"""The heavy-tailed columns the outlier rule clips (docs/stages.md, the outlier rule); the others pass through."""
+"""The heavy-tailed columns the outlier rule clips (docs/stages.md); the others pass through."""
 
 
 KM_PER_DEGREE_LATITUDE = 111.0

@@ -42,11 +42,11 @@ def test_every_link_resolves(page):
         resolved = (page.parent / path).resolve() if path else page
         if not resolved.exists():
             broken.append(target)
-        elif (
-            fragment
-            and resolved.suffix == ".md"
-            and fragment not in {anchor(h) for h in HEADING.findall(resolved.read_text())}
-        ):
+            continue
+        anchors = (
+            {anchor(h) for h in HEADING.findall(resolved.read_text())} if resolved.suffix == ".md" else set()
+        )
+        if fragment and resolved.suffix == ".md" and fragment not in anchors:
             broken.append(target)
     assert not broken, f"{page.name}: links that do not resolve: {broken}"
 

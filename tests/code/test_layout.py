@@ -64,9 +64,9 @@ def test_the_app_factory_is_short():
 
 
 def test_only_preprocess_names_the_inspection_pickles():
-    """docs/stages.md: outliers.pkl and scaler.pkl are for inspection only, nothing reads them (the rule and
-    the scaler travel inside every logged pipeline). No code but preprocess.py, which writes them, names either
-    file."""
+    """docs/stages.md: outliers.pkl and scaler.pkl are for inspection only, nothing reads them (the rule
+    and the scaler travel inside every logged pipeline). No code but preprocess.py, which writes them, names
+    either file."""
     project = PACKAGE_DIR.parent
     sources = [*MODULES, *project.glob("*.py"), *(project / "localteam").rglob("*.py")]
     naming = sorted(
