@@ -191,7 +191,7 @@ def log_model(
         signature=signature,
         input_example=input_example,
         pip_requirements=model_requirements(),
-        code_paths=[str(Path(__file__).resolve().parent)],
+        code_paths=[str(PROJECT_DIR / "housing")],  # the whole package: mlflow models serve imports it
         registered_model_name=registered_model_name,
     )
     client = mlflow.MlflowClient()

@@ -61,6 +61,10 @@ def test_every_candidate_is_a_child_run_with_metrics_signature_and_version(pipel
         info = mlflow.models.get_model_info(f"models:/CaliforniaHousing/{version.version}")
         assert info.signature is not None
         assert [col.name for col in info.signature.inputs.inputs] == list(FEATURE_NAMES)
+        code = f"models:/CaliforniaHousing/{version.version}/code/housing/training"
+        assert "code/housing/training/features.py" in {  # what mlflow models serve imports the model with
+            artifact.path for artifact in mlflow.artifacts.list_artifacts(artifact_uri=code)
+        }
     assert "comparison.json" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 
