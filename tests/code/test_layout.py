@@ -75,3 +75,18 @@ def test_only_preprocess_names_the_inspection_pickles():
         if "outliers.pkl" in path.read_text() or "scaler.pkl" in path.read_text()
     )
     assert naming == ["preprocess.py"]
+
+
+def test_the_package_folder_is_a_map_of_at_most_twelve_entries():
+    """``ls housing/``: the stage subpackages and a few modules every stage shares, nothing else."""
+    entries = sorted(
+        path.name
+        for path in PACKAGE_DIR.iterdir()
+        if path.name != "__pycache__" and not path.name.startswith(".")
+    )
+    assert len(entries) <= 12, entries
+    subpackages = [name for name in entries if (PACKAGE_DIR / name).is_dir()]
+    assert {"data", "training", "registry", "serving", "store", "monitoring", "api"} <= set(subpackages)
+    for name in subpackages:
+        for init in (PACKAGE_DIR / name).rglob("__init__.py"):
+            assert init.read_text() == "", f"{init.relative_to(PACKAGE_DIR)} is not empty"
