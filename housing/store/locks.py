@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from housing.errors import UserError, first_line
-from housing.store.tables import lost_a_create_race, make_engine
+from housing.store.tables import create_missing, make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -76,25 +75,13 @@ def current_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{command or 'python'}"
 
 
-CREATE_ATTEMPTS = 5
-"""Tries of a CREATE TABLE that races other processes (each sees the table once the winner has committed)."""
-
-
 def create_table(engine: Engine, table: Table) -> None:
     """Create ``table`` if it does not exist; safe when several processes create it at the same moment."""
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        try:
-            table.create(engine, checkfirst=True)
-            return
-        except (
-            SQLAlchemyError
-        ) as error:  # the other process created it between the check and CREATE: check again
-            if attempt == CREATE_ATTEMPTS or not lost_a_create_race(error):
-                where = engine.url.render_as_string(hide_password=True)
-                raise UserError(
-                    f"could not create table {table.name} in {where} ({first_line(error)})"
-                ) from None
-            time.sleep(0.05 * attempt)  # until the other process's CREATE is committed and visible
+    try:
+        create_missing(engine, [table])
+    except SQLAlchemyError as error:
+        where = engine.url.render_as_string(hide_password=True)
+        raise UserError(f"could not create table {table.name} in {where} ({first_line(error)})") from None
 
 
 def create_lock_table(engine: Engine) -> None:

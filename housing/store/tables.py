@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from housing.errors import UserError, masked_first_line
 from housing.schema import FEATURE_NAMES
@@ -185,23 +186,43 @@ def timestamp_value(engine: Engine, moment: datetime) -> Any:
 def create_tables(engine: Engine) -> None:
     """Create the log's tables if they don't exist, and add the columns an older log lacks (safe to call from
     several processes at once: a column another process added meanwhile is fine)."""
+    try:
+        create_missing(engine, metadata.sorted_tables)
+        add_missing_columns(engine)
+    except SQLAlchemyError as error:
+        raise UserError(
+            f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
+            f"({masked_first_line(error, str(engine.url))})"
+        ) from None
+
+
+def create_missing(engine: Engine, tables: Sequence[Table]) -> None:
+    """Create each of ``tables`` and its indexes unless it exists, one ``IF NOT EXISTS`` statement at a time,
+    so there is no window between a check and the creation for another process to create it in.
+
+    Safe when several processes create the same tables at once: SQLite serialises the statements (a racing
+    writer waits for the busy timeout, or is told the database is locked when its snapshot went stale, and
+    tries again); PostgreSQL may report that a concurrent CREATE of the same table won (its row type's unique
+    index), and the statement is tried again, then finds the table. Any other error is raised."""
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         try:
-            metadata.create_all(engine, checkfirst=True)
-            add_missing_columns(engine)
+            with engine.begin() as connection:
+                for table in tables:
+                    connection.execute(CreateTable(table, if_not_exists=True))
+                    for index in table.indexes:
+                        connection.execute(CreateIndex(index, if_not_exists=True))
             return
-        except SQLAlchemyError as error:  # another process created a table at the same moment: check again
+        except SQLAlchemyError as error:
             if attempt == CREATE_ATTEMPTS or not lost_a_create_race(error):
-                raise UserError(
-                    f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
-                    f"({masked_first_line(error, str(engine.url))})"
-                ) from None
-            time.sleep(0.05 * attempt)
+                raise
+            time.sleep(0.05 * attempt)  # until the other process's CREATE is committed and visible
 
 
 def lost_a_create_race(error: Exception) -> bool:
-    """Whether a CREATE failed because another process created the object first (not an outage)."""
-    return isinstance(error, IntegrityError) or "already exists" in str(error)
+    """Whether a CREATE failed because another process was creating the same object (not an outage): it
+    created it first, or, on SQLite, held the write lock."""
+    message = str(error)
+    return isinstance(error, IntegrityError) or "already exists" in message or "database is locked" in message
 
 
 def add_missing_columns(engine: Engine) -> list[str]:
