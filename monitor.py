@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 from housing import cli
@@ -128,18 +127,21 @@ def monitor_once(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """One round, or with --watch a round every SECONDS until interrupted."""
+    """One round, or with --watch a round every SECONDS until SIGINT or SIGTERM; a stop request ends the
+    watch after the round in progress (a second Ctrl-C stops at once)."""
     settings = cli.settings_from_args(args)
     if args.watch is None:
         return monitor_once(args, settings)
-    while True:  # --watch: a watcher reports failures and keeps watching
-        try:
-            code = monitor_once(args, settings)
-            if code:
-                logger.error("this round failed (exit %d); next round in %s s", code, args.watch)
-        except Exception as error:  # noqa: BLE001
-            logger.error("this round failed: %s; next round in %s s", error, args.watch)
-        time.sleep(args.watch)
+    with cli.StopRequest() as stop:
+        while True:  # --watch: a watcher reports failures and keeps watching
+            try:
+                code = monitor_once(args, settings)
+                if code:
+                    logger.error("this round failed (exit %d); next round in %s s", code, args.watch)
+            except Exception as error:  # noqa: BLE001
+                logger.error("this round failed: %s; next round in %s s", error, args.watch)
+            if stop.wait(args.watch):
+                return stop.exit_code()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -75,3 +78,42 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
         print("interrupted", file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+class StopRequest:
+    """SIGINT and SIGTERM, while a repeating command runs, ask it to stop after the work in progress instead
+    of interrupting it half-way (a round that records, retrains or writes a report). A second SIGINT stops at
+    once. Use as ``with StopRequest() as stop: ... if stop.wait(seconds): return stop.exit_code()``."""
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._requested.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        self._requested.set()
+        print("stopping after the round in progress (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; whether a stop was requested (at once if it already was)."""
+        return self._requested.wait(seconds)
+
+    def exit_code(self) -> int:
+        """130 after SIGINT (said as ``interrupted``), 0 after SIGTERM (a process manager's normal stop)."""
+        if self.signal == signal.SIGINT:
+            print("interrupted", file=sys.stderr)
+            return 130
+        print("stopped", file=sys.stderr)
+        return 0
