@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from housing.errors import UserError
 from localteam.services import (
@@ -131,6 +136,12 @@ def make_backend(name: str, work_dir: Path, postgres: PostgresProvider, label: s
         return Backend(name, work_dir, f"sqlite:///{work_dir / 'mlflow.db'}")
     database = f"mlflow_{label}_{uuid.uuid4().hex[:8]}"
     create_database(postgres.admin_url, database)
+    return tracking_server_backend(work_dir, postgres, database)
+
+
+def tracking_server_backend(work_dir: Path, postgres: PostgresProvider, database: str) -> Backend:
+    """A PostgreSQL backend: an MLflow tracking server with basic authentication on ``database``, serving the
+    artifacts in ``work_dir/mlartifacts``."""
     port = free_port()
     db_url = database_url(postgres.admin_url, database)
     auth = write_tracking_auth(
@@ -141,7 +152,7 @@ def make_backend(name: str, work_dir: Path, postgres: PostgresProvider, label: s
     )
     server = start_mlflow_server(db_url, work_dir / "mlartifacts", port, work_dir / "mlflow-server.log", auth)
     return Backend(
-        name,
+        "postgres",
         work_dir,
         f"http://127.0.0.1:{port}",
         admin_url=postgres.admin_url,
@@ -149,3 +160,73 @@ def make_backend(name: str, work_dir: Path, postgres: PostgresProvider, label: s
         tracking_auth=auth,
         processes=[server],
     )
+
+
+def copy_backend(source: Backend, work_dir: Path, postgres: PostgresProvider, label: str) -> Backend:
+    """A backend holding a copy of ``source``'s tracking store and artifacts, for tests that move aliases and
+    register versions: what a training run would have written, without training again. SQLite: the database
+    through SQLite's backup API, the artifact folder copied, and every path in the store that names the old
+    folder pointed at the new one. PostgreSQL: ``CREATE DATABASE ... TEMPLATE`` of the store (the source's
+    tracking server disconnected for the moment it takes), the artifacts copied, a tracking server of its
+    own."""
+    if source.name == "sqlite":
+        backup_sqlite(source.work_dir / "mlflow.db", work_dir / "mlflow.db")
+        shutil.copytree(source.work_dir / "mlruns", work_dir / "mlruns")
+        repoint_paths(work_dir / "mlflow.db", str(source.work_dir), str(work_dir))
+        return Backend(source.name, work_dir, f"sqlite:///{work_dir / 'mlflow.db'}")
+    assert source.tracking_db_url is not None and source.admin_url is not None
+    database = f"mlflow_{label}_{uuid.uuid4().hex[:8]}"
+    copy_database(source.admin_url, make_url(source.tracking_db_url).database or "", database)
+    shutil.copytree(source.work_dir / "mlartifacts", work_dir / "mlartifacts")
+    return tracking_server_backend(work_dir, postgres, database)
+
+
+def backup_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of an SQLite database, whatever connections have it open (SQLite's backup API)."""
+    origin, copy = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        origin.backup(copy)
+    finally:
+        origin.close()
+        copy.close()
+
+
+def repoint_paths(database: Path, old: str, new: str) -> None:
+    """Replace the folder ``old`` by ``new`` in every text value of every table (artifact locations, URIs)."""
+    connection = sqlite3.connect(database)
+    try:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = [
+                row[1]
+                for row in connection.execute(f'PRAGMA table_info("{table}")')
+                if "CHAR" in row[2] or "TEXT" in row[2].upper()
+            ]
+            for column in columns:
+                update = f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?)'
+                connection.execute(f'{update} WHERE instr("{column}", ?) > 0', (old, new, old))
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def copy_database(admin_url: str, source: str, target: str, attempts: int = 20) -> None:
+    """``CREATE DATABASE target TEMPLATE source``, first disconnecting whoever is connected to ``source`` (a
+    tracking server's pool reconnects on its next request); tried again while a connection comes back."""
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            for attempt in range(1, attempts + 1):
+                connection.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                    {"name": source},
+                )
+                try:
+                    connection.execute(text(f'CREATE DATABASE "{target}" TEMPLATE "{source}"'))
+                    return
+                except DBAPIError as error:
+                    if attempt == attempts or "is being accessed by other users" not in str(error):
+                        raise
+                    time.sleep(0.1)
+    finally:
+        engine.dispose()

@@ -14,7 +14,12 @@ project. Without it the tiers that need it fail with one sentence; they never sk
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import runpy
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.backends import BACKENDS, Backend, PostgresProvider, make_backend, postgres_unavailable
+from tests.backends import (
+    BACKENDS,
+    Backend,
+    PostgresProvider,
+    backup_sqlite,
+    copy_backend,
+    make_backend,
+    postgres_unavailable,
+)
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -97,6 +110,45 @@ def run_stage(
     )
 
 
+def run_in_process(
+    script: str, *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """:func:`run_stage`'s answer without a new interpreter: the script runs in this process as
+    ``python <script> <args>`` would run it (``__main__``, sys.argv, ``env`` as the whole environment,
+    ``cwd``), and its exit code, stdout and stderr (its log lines included) come back the same way. For the
+    stages whose behaviour does not depend on a fresh process: their imports are then paid once per test run.
+    The environment, argv, working directory, logging handlers and MLflow's process-wide URIs are put back."""
+    import mlflow.tracking._model_registry.utils as registry_uris  # mlflow: only tiers with a store need it
+    import mlflow.tracking._tracking_service.utils as tracking_uris  # the process-wide URIs a stage sets
+
+    uris = tracking_uris._tracking_uri, registry_uris._registry_uri
+    saved = dict(os.environ), sys.argv, os.getcwd()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    code: int
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = [str(PROJECT_DIR / script), *args]
+        os.chdir(cwd or PROJECT_DIR)
+        root.handlers = []  # the stage's logging.basicConfig then writes to the captured stderr
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(PROJECT_DIR / script), run_name="__main__")
+                code = 0
+            except SystemExit as exited:
+                code = exited.code if isinstance(exited.code, int) else int(exited.code is not None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved[0])
+        sys.argv = saved[1]
+        os.chdir(saved[2])
+        tracking_uris._tracking_uri, registry_uris._registry_uri = uris
+        root.handlers, root.level = handlers, level
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
 @dataclass
 class PipelineRun:
     """A finished load -> preprocess -> train -> promote run in a temp dir, on one backend."""
@@ -155,6 +207,26 @@ def run_pipeline(
         "CaliforniaHousing", "production"
     )
     return PipelineRun(work_dir, env, outputs, backend, str(production.version))
+
+
+def copy_run(
+    source: PipelineRun, label: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider
+) -> PipelineRun:
+    """A copy of ``source`` in a fresh temp dir: its tracking store and model artifacts (tests/backends.py's
+    copy_backend) and its artifacts folder (the dataset, the split, the production ledger); changes to either
+    never reach ``source``."""
+    work_dir = tmp_path_factory.mktemp(f"{label}-{source.backend.name}")
+    backend = copy_backend(source.backend, work_dir, postgres, label)
+    shutil.copytree(source.artifacts_dir, work_dir / "artifacts", ignore=shutil.ignore_patterns("*.db*"))
+    for database in source.artifacts_dir.glob("*.db"):
+        backup_sqlite(database, work_dir / "artifacts" / database.name)
+    env = {
+        **source.env,
+        "MLFLOW_TRACKING_URI": backend.tracking_uri,
+        "HOUSING_ARTIFACTS_DIR": str(work_dir / "artifacts"),
+        **backend.credentials_env(),
+    }
+    return PipelineRun(work_dir, env, source.outputs, backend, source.production_version)
 
 
 @pytest.fixture(

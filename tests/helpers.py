@@ -329,3 +329,12 @@ def held_out_rows(pipeline_run: Any, rows: int) -> pd.DataFrame:
         .loc[:, list(FEATURE_NAMES)]
         .iloc[:rows]
     )
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60, every: float = 0.1) -> Any:
+    """``condition()``'s first truthy value, polled until it comes; the deadline only ends a wait that would
+    otherwise hang (the last value is returned then, for the caller's assertion to report)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(every)
+    return value

@@ -110,6 +110,8 @@ class RegistryState(BaseModel):
     uri: str = Field(description="The tracking store, credentials masked.")
     reachable: bool | None
     last_check: datetime | None
+    checks: int = Field(description="Looks at the registry since the start.")
+    failed_checks: int = Field(description="Looks that could not reach the registry.")
     last_error: str | None
     alias: AliasState
     failed_version: FailedVersionState | None = Field(

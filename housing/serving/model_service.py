@@ -98,6 +98,8 @@ class RegistryStatus:
     last_check: datetime | None = None
     last_error: str | None = None
     reloads: int = 0
+    checks: int = 0
+    """Looks at the registry since the start, failed ones included."""
     failed_checks: int = 0
     history: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     alias_version: str | None = None
@@ -172,6 +174,7 @@ class ModelService:
                 return self._refresh()
             finally:
                 self.status.last_check = datetime.now(UTC)
+                self.status.checks += 1
 
     def _refresh(self) -> bool:
         name, alias = self.settings.model_name, self.alias

@@ -34,6 +34,7 @@ from tests.helpers import (
     check_a_batch_retried_after_an_unclear_failure_is_stored_once,
     check_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other,
     rows_for,
+    wait_for,
 )
 
 
@@ -142,10 +143,7 @@ def test_a_full_batch_wakes_the_writer(log_url):
     log.start()
     try:
         log.append(rows_for(log, [f"r{i}" for i in range(10)]))
-        deadline = time.monotonic() + 10
-        while log.written_rows < 10 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert log.written_rows == 10 and log.pending_rows == 0
+        assert wait_for(lambda: log.written_rows == 10, every=0.01) and log.pending_rows == 0
     finally:
         log.close()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import PostgresProvider
-from tests.conftest import PipelineRun, run_pipeline
+from tests.conftest import PipelineRun, copy_run
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,9 +23,10 @@ def real_dataset_path(dataset_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def mutable_run(
-    backend_name: str, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider
+    pipeline_run: PipelineRun, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresProvider
 ) -> Iterator[PipelineRun]:
-    """A second, separate pipeline run per backend, for the tests that move aliases and retrain."""
-    run = run_pipeline(backend_name, "mutable", tmp_path_factory, postgres)
+    """A copy of the pipeline run (its registry, tracking store and artifacts) per backend, for the tests that
+    move aliases and retrain: what a second training run would give, without training again."""
+    run = copy_run(pipeline_run, "mutable", tmp_path_factory, postgres)
     yield run
     run.backend.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from typing import Any
 
 import httpx
@@ -24,19 +23,16 @@ from housing.config import Settings
 from housing.data.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.store.tables import make_engine
+from tests.helpers import wait_for
 from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN
 
 TOKEN = "test-admin-token"
 
 
-def wait_ready(client: TestClient, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get("/ready")
-        if response.status_code == 200:
-            return response.json()
-        time.sleep(0.1)
-    raise AssertionError(f"not ready: {response.json()}")
+def wait_ready(client: TestClient) -> dict:
+    response = wait_for(lambda: (found := client.get("/ready")).status_code == 200 and found)
+    assert response, f"not ready: {client.get('/ready').json()}"
+    return response.json()
 
 
 @pytest.fixture(scope="module")
@@ -366,9 +362,7 @@ def test_fresh_registry_starts_and_answers_503(tmp_path, fast_path):
         feedback_token=FEEDBACK_TOKEN,
     )
     with TestClient(create_app(settings, fast_path=fast_path)) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/ready").json()["registry"]["last_check"] is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: client.get("/ready").json()["registry"]["last_check"] is not None)
         ready = client.get("/ready")
         assert ready.status_code == 503 and "run the pipeline" in ready.json()["reason"]
         predict = client.post("/predict", json=EXAMPLE_REQUEST)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pandas as pd
 import pytest
@@ -14,6 +12,7 @@ from housing.data.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST
 from housing.store.log_reads import count_rows
 from housing.store.tables import make_engine
+from tests.helpers import wait_for
 from tests.server import FEEDBACK_HEADERS, GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 
@@ -45,12 +44,12 @@ def test_alias_move_under_load_switches_without_a_failed_request(mutable_run, tm
             predicted += 26
 
         with LoadGenerator(server.url, EXAMPLE_REQUEST, rows[:3], batch_every=(5, 7)) as load:
-            time.sleep(1.5)
+            wait_for(lambda: len(load.results) >= 100)  # under load before the switch
             client.set_registered_model_alias("CaliforniaHousing", "production", new.version)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and str(new.version) not in load.versions[-5:]:
-                time.sleep(0.1)
-            time.sleep(1.0)
+            switched = wait_for(lambda: str(new.version) in load.versions[-5:])
+            assert switched, "the API did not switch to the new version"
+            answered = len(load.results)
+            wait_for(lambda: len(load.results) >= answered + 100)  # and under load after it
     finally:
         exit_code = server.stop()
         client.set_registered_model_alias(

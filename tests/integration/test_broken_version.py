@@ -9,7 +9,6 @@ them with its skops file truncated), so no other test's registry is touched.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from mlflow import MlflowClient
 
 from housing.schema import EXAMPLE_REQUEST
 from tests.conftest import stage_env
+from tests.helpers import wait_for
 from tests.server import GRACEFUL_EXIT, ApiServer, LoadGenerator, server_env
 
 NAME, ALIAS = "CaliforniaHousing", "production"
@@ -60,15 +60,11 @@ def own_registry(pipeline_run, tmp_path: Path) -> OwnRegistry:
     return OwnRegistry(tracking_uri, client)
 
 
-def wait_for(http: httpx.Client, condition: Callable[[dict], bool], timeout: float = 60) -> dict:
+def ready_when(http: httpx.Client, condition: Callable[[dict], bool]) -> dict:
     """The /ready body once ``condition`` holds on it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = http.get("/ready").json()
-        if condition(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"/ready never satisfied the condition: {body}")
+    body = wait_for(lambda: (found := http.get("/ready").json()) and condition(found) and found)
+    assert body, f"/ready never satisfied the condition: {http.get('/ready').json()}"
+    return body
 
 
 def predicted_version(http: httpx.Client) -> str:
@@ -92,15 +88,15 @@ def test_a_broken_version_is_loaded_once_and_the_old_one_keeps_serving(own_regis
             with LoadGenerator(
                 server.url, EXAMPLE_REQUEST, [EXAMPLE_REQUEST] * 3, batch_every=(5, 7)
             ) as load:
-                time.sleep(0.5)
+                wait_for(lambda: len(load.results) >= 20)  # under load before the alias moves
                 client.set_registered_model_alias(
                     NAME, ALIAS, "2"
                 )  # the broken one, while clients keep asking
-                ready = wait_for(
+                ready = ready_when(
                     http, lambda body: (body["registry"]["failed_version"] or {}).get("version") == "2"
                 )
-                first_check = ready["registry"]["last_check"]
-                time.sleep(3)  # six more reload intervals
+                first_check, checks = ready["registry"]["last_check"], ready["registry"]["checks"]
+                assert ready_when(http, lambda body: body["registry"]["checks"] >= checks + 6)  # 6 more looks
             assert load.results and not load.failures, load.failures[
                 :5
             ]  # loading the broken one failed no request
@@ -117,19 +113,21 @@ def test_a_broken_version_is_loaded_once_and_the_old_one_keeps_serving(own_regis
             assert attempts() == 1, log_path.read_text()
 
             client.set_registered_model_alias(NAME, ALIAS, "3")  # moved: recovers
-            ready = wait_for(http, lambda body: (body["model"] or {}).get("version") == "3")
+            ready = ready_when(http, lambda body: (body["model"] or {}).get("version") == "3")
             assert ready["registry"]["failed_version"] is None and ready["registry"]["last_error"] is None
             assert predicted_version(http) == "3"
 
             client.set_registered_model_alias(
                 NAME, ALIAS, "2"
             )  # moved back to the broken one: tried once more
-            wait_for(http, lambda body: (body["registry"]["failed_version"] or {}).get("version") == "2")
-            time.sleep(1.5)
+            ready = ready_when(
+                http, lambda body: (body["registry"]["failed_version"] or {}).get("version") == "2"
+            )
+            ready_when(http, lambda body: body["registry"]["checks"] >= ready["registry"]["checks"] + 3)
             assert attempts() == 2 and predicted_version(http) == "3"
 
             client.delete_registered_model_alias(NAME, ALIAS)  # removed: keeps serving, and says so
-            ready = wait_for(http, lambda body: body["registry"]["alias"]["missing"])
+            ready = ready_when(http, lambda body: body["registry"]["alias"]["missing"])
             assert ready["status"] == "ready" and ready["model"]["version"] == "3"
             assert ready["registry"]["alias"] == {"name": ALIAS, "version": None, "missing": True}
             assert ready["registry"]["failed_version"] is None

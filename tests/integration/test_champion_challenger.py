@@ -5,7 +5,6 @@ entry, API switch), one without evidence dropped after the wait."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +22,8 @@ from housing.registry.ledger import read_history
 from housing.registry.versions import load_model_version
 from housing.schema import FEATURE_NAMES
 from housing.store.tables import make_engine
-from tests.conftest import PipelineRun, run_stage
+from tests.conftest import PipelineRun, run_in_process
+from tests.helpers import wait_for
 from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server
 
 MODEL = "CaliforniaHousing"
@@ -65,11 +65,11 @@ def districts(run: PipelineRun, count: int) -> list[dict[str, float]]:
     ]
 
 
-def wait_for_challenger(url: str, version: str | None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while (httpx.get(f"{url}/model", timeout=10).json()["challenger"] or {}).get("version") != version:
-        assert time.monotonic() < deadline, f"the API did not load challenger {version} within {timeout} s"
-        time.sleep(0.3)
+def wait_for_challenger(url: str, version: str | None) -> None:
+    def loaded() -> bool:
+        return (httpx.get(f"{url}/model", timeout=10).json()["challenger"] or {}).get("version") == version
+
+    assert wait_for(loaded), f"the API did not load challenger {version}"
 
 
 def predict_all(
@@ -108,7 +108,6 @@ def registry(mutable_run: PipelineRun) -> Iterator[Registry]:
     found.restore()
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 def test_a_challenger_in_shadow_changes_no_response_and_is_logged_beside_every_one(
     mutable_run, registry, tmp_path
 ):
@@ -156,7 +155,6 @@ def canary_server(
     server.stop()
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 def test_the_canary_answers_its_share_and_a_key_keeps_its_model(mutable_run, registry, canary_server):
     env, server = canary_server
     linear = registry.set("staging", "linear_regression")
@@ -173,12 +171,9 @@ def test_the_canary_answers_its_share_and_a_key_keeps_its_model(mutable_run, reg
         r["model_version"] for r in answers[:500]
     ]  # the same key, the same model
     answered_by_challenger = sum(by_challenger) + sum(r["model_version"] == linear for r in again)
-    deadline = time.monotonic() + 10
-    while (metrics := prometheus(server.url)).get(
-        "housing_shadow_rows_total", 0
-    ) < 5500:  # the shadow thread catches up
-        assert time.monotonic() < deadline, metrics
-        time.sleep(0.2)
+    metrics = wait_for(
+        lambda: (found := prometheus(server.url)).get("housing_shadow_rows_total", 0) >= 5500 and found
+    )  # the shadow thread catches up
     assert metrics['housing_answered_rows_total{alias="staging"}'] == answered_by_challenger
     assert metrics['housing_answered_rows_total{alias="production"}'] == 5500 - answered_by_challenger
     assert (
@@ -229,7 +224,6 @@ def truths(run: PipelineRun, count: int) -> list[float]:
     return [float(v) for v in load_split(run.artifacts_dir / "split").y_test.iloc[:count]]
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 def test_live_evidence_drops_a_worse_challenger_promotes_a_better_one_and_expires_one_without_evidence(
     mutable_run, registry, canary_server
 ):
@@ -239,7 +233,7 @@ def test_live_evidence_drops_a_worse_challenger_promotes_a_better_one_and_expire
     linear = registry.set("staging", "linear_regression")
     wait_for_challenger(server.url, linear)
     label_all(server.url, predict_all(server.url, rows), labels, FEEDBACK_HEADERS)
-    result = run_stage("promote.py", "--from-shadow", env=env)
+    result = run_in_process("promote.py", "--from-shadow", env=env)
     assert result.returncode == 0, result.stderr
     assert (
         "worse beyond noise on live traffic" in result.stdout and "the challenger is dropped" in result.stdout
@@ -254,7 +248,7 @@ def test_live_evidence_drops_a_worse_challenger_promotes_a_better_one_and_expire
     better = registry.set("staging", "lightgbm_spatial")
     wait_for_challenger(server.url, better)
     label_all(server.url, predict_all(server.url, rows), labels, FEEDBACK_HEADERS)
-    monitor = run_stage("monitor.py", "--window", "400", env=env, timeout=600)
+    monitor = run_in_process("monitor.py", "--window", "400", env=env)
     assert monitor.returncode == 0, monitor.stderr
     kind = registry.client.get_experiment_by_name("monitoring").tags.get("mlflow.experimentKind")
     assert kind == "custom_model_development"  # the MLflow UI opens the monitoring experiment on its runs
@@ -269,22 +263,19 @@ def test_live_evidence_drops_a_worse_challenger_promotes_a_better_one_and_expire
     assert (entry.from_version, entry.to_version, entry.command) == (champion, better, "monitor.py")
     assert entry.evidence["live"]["low"] > 0 and entry.evidence["live"]["rows"] >= 100
     assert entry.evidence["live_rmse"]["challenger"] < entry.evidence["live_rmse"]["champion"]
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{server.url}/model", timeout=10).json()["version"] != better:
-        assert time.monotonic() < deadline, "the API did not switch to the promoted challenger"
-        time.sleep(0.3)
+    assert wait_for(lambda: httpx.get(f"{server.url}/model", timeout=10).json()["version"] == better)
 
     # a challenger with too little evidence once the wait is over: dropped, saying how many labels it lacked
     waiting = registry.set("staging", "hist_gradient_boosting")
     wait_for_challenger(server.url, waiting)
     label_all(server.url, predict_all(server.url, rows[:20]), labels[:20], FEEDBACK_HEADERS)
-    result = run_stage("promote.py", "--from-shadow", env=env)
+    result = run_in_process("promote.py", "--from-shadow", env=env)
     assert (
         "needs" in result.stdout
         and "more labelled requests" in result.stdout
         and "staging" in registry.aliases()
     )
-    result = run_stage("promote.py", "--from-shadow", env={**env, "HOUSING_SHADOW_MAX_WAIT_HOURS": "0"})
+    result = run_in_process("promote.py", "--from-shadow", env={**env, "HOUSING_SHADOW_MAX_WAIT_HOURS": "0"})
     assert result.returncode == 0, result.stderr
     assert (
         "only 20 paired labelled requests" in result.stdout and "the challenger is dropped" in result.stdout

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from housing.monitoring.loss_estimation import ARTIFACT_PATH
-from tests.conftest import run_stage
+from tests.conftest import run_in_process
 from tests.server import start_loop_server
 
 REQUESTS = "1200"
@@ -47,7 +47,7 @@ def test_unlabelled_high_income_traffic_gets_an_estimated_rmse_close_to_the_true
     env, server = start_loop_server(mutable_run, tmp_path, "estimation", '["lightgbm_spatial"]')
     try:
         assert httpx.get(f"{server.url}/model", timeout=10).json()["version"] == version
-        simulated = run_stage(
+        simulated = run_in_process(
             "simulate_traffic.py",
             "--url",
             server.url,
@@ -76,7 +76,7 @@ def test_unlabelled_high_income_traffic_gets_an_estimated_rmse_close_to_the_true
             )
         }
 
-        monitored = run_stage("monitor.py", "--window", REQUESTS, "--dry-run", env=env, timeout=900)
+        monitored = run_in_process("monitor.py", "--window", REQUESTS, "--dry-run", env=env)
         assert monitored.returncode == 0, monitored.stdout + monitored.stderr
         decision = json.loads(
             (Path(env["HOUSING_ARTIFACTS_DIR"]) / "reports" / "decision_latest.json").read_text()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from housing.config import Settings
 from housing.monitoring.drift_report import MONITORED_COLUMNS, PREDICTION, WindowFigures, evaluate_window
 from housing.monitoring.evidently_ui import MonitorRun, open_workspace, record_snapshot, ui_command
 from housing.schema import FEATURE_NAMES, TARGET
+from tests.helpers import wait_for
 from tests.server import free_port
 
 REFERENCE_ROWS, WINDOW_ROWS = 4_000, 1_000
@@ -142,17 +142,17 @@ def evidently_service(recorded: RecordedWorkspace, tmp_path_factory: pytest.Temp
             env={**os.environ, "DO_NOT_TRACK": "1"},
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answers() -> bool:
             assert process.poll() is None, (
                 f"evidently ui exited with {process.returncode}:\n{log_path.read_text()}"
             )
-            assert time.monotonic() < deadline, f"evidently ui did not start:\n{log_path.read_text()}"
             try:
-                if httpx.get(f"{url}/api/version", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{url}/api/version", timeout=1).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.2)
+                return False
+
+        assert wait_for(answers, every=0.2), f"evidently ui did not start:\n{log_path.read_text()}"
         yield url
     finally:
         process.terminate()

@@ -7,7 +7,6 @@ import logging
 import re
 import shutil
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,15 +16,13 @@ from fastapi.testclient import TestClient
 from housing.api.main import create_app
 from housing.config import Settings
 from housing.schema import EXAMPLE_REQUEST
-from tests.conftest import DATA_SOURCE, PipelineRun, run_stage
+from tests.conftest import DATA_SOURCE, PipelineRun, run_in_process
+from tests.helpers import wait_for
 from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN, ApiServer, server_env
 
 
-def wait_ready(client: TestClient, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/ready").json()
-        time.sleep(0.1)
+def wait_ready(client: TestClient) -> None:
+    assert wait_for(lambda: client.get("/ready").status_code == 200), client.get("/ready").json()
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +179,7 @@ def test_serve_and_simulate_share_the_generated_token(pipeline_run, tmp_path):
             stat.S_IMODE(token_path.stat().st_mode) == 0o600
             and stat.S_IMODE(token_path.parent.stat().st_mode) == 0o700
         )
-        result = run_stage(
+        result = run_in_process(
             "simulate_traffic.py", "--url", server.url, "--requests", "40", "--quiet", env=offline
         )
         # elsewhere (no token file, no stored dataset): the token by flag, the rows from --source, another
@@ -195,7 +192,7 @@ def test_serve_and_simulate_share_the_generated_token(pipeline_run, tmp_path):
         elsewhere.update(
             {key: offline[key] for key in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SCIKIT_LEARN_DATA")}
         )
-        flagged = run_stage(
+        flagged = run_in_process(
             "simulate_traffic.py",
             "--url",
             server.url,
@@ -225,14 +222,14 @@ def test_serve_and_simulate_share_the_generated_token(pipeline_run, tmp_path):
 
 def test_simulate_without_a_token_says_how_to_get_one(pipeline_run, tmp_path):
     env = quick_start_env(pipeline_run, tmp_path / "nothing-here")
-    result = run_stage("simulate_traffic.py", "--url", "http://127.0.0.1:9", "--requests", "10", env=env)
+    result = run_in_process("simulate_traffic.py", "--url", "http://127.0.0.1:9", "--requests", "10", env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert (
         "HOUSING_FEEDBACK_TOKEN" in result.stderr
         and "--feedback-token" in result.stderr
         and "Traceback" not in result.stderr
     )
-    no_labels = run_stage(
+    no_labels = run_in_process(
         "simulate_traffic.py",
         "--url",
         "http://127.0.0.1:9",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import DATA_SOURCE, run_stage, stage_env
+from tests.conftest import DATA_SOURCE, run_in_process, run_stage, stage_env
 from tests.helpers import PASSWD, DataServer
 
 
@@ -30,7 +30,7 @@ def silent_server() -> Iterator[str]:
 def loaded(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("load")
     env = stage_env(work_dir)
-    result = run_stage("load_data.py", env=env)
+    result = run_in_process("load_data.py", env=env)
     assert result.returncode == 0, result.stderr
     data_dir = work_dir / "artifacts" / "data"
     return env, work_dir, {path.name: path.read_bytes() for path in data_dir.iterdir()}
@@ -91,7 +91,7 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[str, str]]:
 def test_bad_source_fails_cleanly_and_keeps_previous_artifact(loaded, tmp_path, case):
     env, work_dir, files_before = loaded
     source, message = bad_sources(tmp_path)[case]
-    result = run_stage("load_data.py", "--source", source, env=env)
+    result = run_in_process("load_data.py", "--source", source, env=env)
     assert result.returncode == 2
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
@@ -122,7 +122,7 @@ def test_sklearn_fallback_without_network_says_how_to_fix(loaded, tmp_path):
     with refusing_port() as port:
         proxy = f"http://127.0.0.1:{port}"
         env.update(http_proxy=proxy, https_proxy=proxy, HTTP_PROXY=proxy, HTTPS_PROXY=proxy)
-        result = run_stage("load_data.py", env=env, timeout=120)
+        result = run_in_process("load_data.py", env=env)
     line = assert_refused(
         result,
         "could not download the dataset with scikit-learn's fetch_california_housing",
@@ -152,7 +152,7 @@ def passwd_lines() -> list[str]:
 @pytest.mark.parametrize("source", [str(PASSWD), f"file://{PASSWD}", f"FILE://localhost{PASSWD}"])
 def test_a_system_file_is_refused_without_echoing_it(loaded, source):
     env, work_dir, files_before = loaded
-    result = run_stage("load_data.py", "--source", source, env=env)
+    result = run_in_process("load_data.py", "--source", source, env=env)
     message = "is not a readable CSV" if source == str(PASSWD) else "give a local path or an http(s) URL"
     assert_refused(result, message, work_dir, files_before)
     output = result.stdout + result.stderr
@@ -164,7 +164,7 @@ def test_a_file_without_the_contract_header_is_not_quoted(loaded, tmp_path):
     env, work_dir, files_before = loaded
     secret = tmp_path / "notes.txt"
     secret.write_text("SECRET-first-line-4242\nsecond SECRET line\n")
-    result = run_stage("load_data.py", "--source", str(secret), env=env)
+    result = run_in_process("load_data.py", "--source", str(secret), env=env)
     assert_refused(result, "has none of the columns MedInc", work_dir, files_before)
     assert "SECRET" not in result.stdout + result.stderr
 
@@ -172,14 +172,14 @@ def test_a_file_without_the_contract_header_is_not_quoted(loaded, tmp_path):
 @pytest.mark.parametrize("source", ["ftp://127.0.0.1/data.csv", "s3://bucket/data.csv", "data://text/csv,a"])
 def test_other_url_schemes_are_refused(loaded, source):
     env, work_dir, files_before = loaded
-    result = run_stage("load_data.py", "--source", source, env=env)
+    result = run_in_process("load_data.py", "--source", source, env=env)
     assert_refused(result, "is refused: give a local path or an http(s) URL", work_dir, files_before)
 
 
 def test_an_endless_download_is_refused_at_the_size_cap(loaded):
     env, work_dir, files_before = loaded
     with DataServer() as server:
-        result = run_stage(
+        result = run_in_process(
             "load_data.py",
             "--source",
             f"{server.url}/endless",
@@ -194,7 +194,7 @@ def test_an_endless_download_is_refused_at_the_size_cap(loaded):
 def test_a_declared_size_over_the_cap_is_refused_before_reading(loaded):
     env, work_dir, files_before = loaded
     with DataServer() as server:
-        result = run_stage(
+        result = run_in_process(
             "load_data.py", "--source", f"{server.url}/data.csv", "--download-max-bytes", "100000", env=env
         )
     assert_refused(result, "is larger than the 100,000-byte limit", work_dir, files_before)
@@ -203,7 +203,7 @@ def test_a_declared_size_over_the_cap_is_refused_before_reading(loaded):
 def test_a_redirect_to_a_local_file_is_refused(loaded):
     env, work_dir, files_before = loaded
     with DataServer() as server:
-        result = run_stage("load_data.py", "--source", f"{server.url}/to-file", env=env)
+        result = run_in_process("load_data.py", "--source", f"{server.url}/to-file", env=env)
     assert_refused(result, "could not download data source URL", work_dir, files_before)
     assert not [line for line in passwd_lines() if line in result.stdout + result.stderr]
 

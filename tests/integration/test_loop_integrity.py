@@ -3,7 +3,6 @@ without a token never moves production, and a persistent shift is retrained on o
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import PipelineRun, run_stage
+from tests.conftest import PipelineRun, run_in_process
+from tests.helpers import wait_for
 from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server
 
 WINDOW = "1500"
@@ -30,13 +30,15 @@ BAY_AREA_DISTRICT = {
 
 
 def monitor(env: dict[str, str], *args: str) -> str:
-    result = run_stage("monitor.py", "--window", WINDOW, *args, env=env, timeout=900)
+    result = run_in_process("monitor.py", "--window", WINDOW, *args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
 
 def simulate(env: dict[str, str], url: str, *args: str) -> None:
-    result = run_stage("simulate_traffic.py", "--url", url, "--concurrency", "8", "--quiet", *args, env=env)
+    result = run_in_process(
+        "simulate_traffic.py", "--url", url, "--concurrency", "8", "--quiet", *args, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -46,11 +48,9 @@ def production(env: dict[str, str]) -> str:
     )
 
 
-def wait_until_served(url: str, version: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/model", timeout=10).json()["version"] != version:
-        assert time.monotonic() < deadline, f"the API did not switch to version {version} within {timeout} s"
-        time.sleep(0.5)
+def wait_until_served(url: str, version: str) -> None:
+    served = wait_for(lambda: httpx.get(f"{url}/model", timeout=10).json()["version"] == version)
+    assert served, f"the API did not switch to version {version}"
 
 
 @pytest.fixture
@@ -63,9 +63,6 @@ def loop_env(mutable_run: PipelineRun, tmp_path: Path) -> Iterator[tuple[dict[st
     server.stop()
 
 
-@pytest.mark.parametrize(
-    "backend_name", ["sqlite"], indirect=True
-)  # the evidence and lock tables' PostgreSQL path runs in test_monitor_loop
 def test_label_poisoning_never_moves_production(loop_env):
     env, server = loop_env
     before = production(env)
@@ -105,9 +102,6 @@ def test_label_poisoning_never_moves_production(loop_env):
         assert again["model_version"] == before and again["MedHouseVal"] == pytest.approx(price_before)
 
 
-@pytest.mark.parametrize(
-    "backend_name", ["sqlite"], indirect=True
-)  # the evidence and lock tables' PostgreSQL path runs in test_monitor_loop
 def test_a_persistent_shift_is_retrained_on_once(loop_env):
     env, server = loop_env
     simulate(

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from housing.registry.mlflow_ui import ui_links
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.training.candidates import load_candidate_specs
-from tests.conftest import run_stage
+from tests.conftest import run_in_process
 
 EXPECTED_METRICS = {"r2", "rmse", "mae", "mse", "cv_r2_mean", "cv_r2_std"}
 
@@ -124,7 +124,7 @@ def test_production_model_predicts_the_original_reports_request(pipeline_run):
 
 def test_promote_again_changes_nothing(pipeline_run, client):
     before = registry_state(client, "CaliforniaHousing")
-    result = run_stage("promote.py", env=pipeline_run.env)
+    result = run_in_process("promote.py", env=pipeline_run.env)
     assert result.returncode == 0, result.stderr
     assert "production unchanged" in result.stdout
     assert registry_state(client, "CaliforniaHousing") == before
@@ -132,7 +132,7 @@ def test_promote_again_changes_nothing(pipeline_run, client):
 
 def test_impossible_threshold_keeps_production_and_says_why(pipeline_run, client):
     before = registry_state(client, "CaliforniaHousing")
-    result = run_stage("promote.py", "--production-r2-threshold", "0.999", env=pipeline_run.env)
+    result = run_in_process("promote.py", "--production-r2-threshold", "0.999", env=pipeline_run.env)
     assert result.returncode == 0, result.stderr
     assert "production unchanged" in result.stdout and "not above the production gate 0.999" in result.stdout
     assert registry_state(client, "CaliforniaHousing")[0] == before[0]
@@ -144,7 +144,7 @@ def test_impossible_threshold_keeps_production_and_says_why(pipeline_run, client
 def test_the_staging_threshold_flag_fails_every_candidate_and_leaves_the_aliases(pipeline_run, client):
     before = registry_state(client, "CaliforniaHousing")
     try:
-        result = run_stage("promote.py", "--staging-r2-threshold", "0.999", env=pipeline_run.env)
+        result = run_in_process("promote.py", "--staging-r2-threshold", "0.999", env=pipeline_run.env)
         assert result.returncode == 0, result.stderr
         assert "no candidate passed the staging gate (R2 > 0.999); 'staging' unchanged" in result.stdout, (
             result.stdout
@@ -155,7 +155,7 @@ def test_the_staging_threshold_flag_fails_every_candidate_and_leaves_the_aliases
         }
         assert registry_state(client, "CaliforniaHousing")[0] == before[0]
     finally:
-        restored = run_stage(
+        restored = run_in_process(
             "promote.py", env=pipeline_run.env
         )  # the default gate again: the tags as other tests expect
         assert restored.returncode == 0, restored.stderr
@@ -175,7 +175,7 @@ def test_tune_logs_nested_trials_and_writes_a_deterministic_proposal(pipeline_ru
     outputs = []
     for attempt in range(2):
         path = tmp_path / f"proposal-{attempt}.yaml"
-        result = run_stage(
+        result = run_in_process(
             "train.py",
             "--tune",
             "2",
@@ -200,4 +200,4 @@ def test_tune_logs_nested_trials_and_writes_a_deterministic_proposal(pipeline_ru
     )
     assert len(trials) == 2 and all("cv_r2_mean" in run.data.metrics for run in trials)
     # tuning runs are not training runs: promote still works on the comparison run
-    assert run_stage("promote.py", env=pipeline_run.env).returncode == 0
+    assert run_in_process("promote.py", env=pipeline_run.env).returncode == 0

@@ -18,7 +18,7 @@ from housing.store.locks import RETRAIN_LOCK, acquire_lock, describe_holder, rea
 from housing.store.tables import make_engine
 from localteam.services import create_database, database_url
 from tests.backends import PostgresProvider
-from tests.conftest import run_stage, stage_env
+from tests.conftest import run_in_process, stage_env
 from tests.helpers import expired_lease, race_for_locks, the_winner
 
 HOLDER = "worker-7:4242:monitor.py"
@@ -66,11 +66,11 @@ def test_promote_refuses_to_run_beside_a_retrain_and_rollback_says_a_retrain_is_
     lock = acquire_lock(engine, RETRAIN_LOCK, owner=HOLDER, lease_seconds=600)
     assert lock is not None
     try:
-        promoted = run_stage("promote.py", env=env)
+        promoted = run_in_process("promote.py", env=env)
         assert promoted.returncode == 0, promoted.stderr
         assert f"another retrain or promotion is running on {HOLDER} since " in promoted.stdout
         assert promoted.stdout.strip().endswith("UTC; not promoting")
-        rolled = run_stage("promote.py", "--rollback", env=env)
+        rolled = run_in_process("promote.py", "--rollback", env=env)
         assert rolled.returncode == 2
         assert rolled.stderr.strip().splitlines()[-1] == (  # before it: warnings and progress lines
             f"error: a retrain or promotion is in progress ({describe_holder(engine, RETRAIN_LOCK)}); not"
@@ -88,7 +88,7 @@ def test_rollback_and_history_from_the_command_line(registry):
     env, settings = registry
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     client.set_registered_model_alias(settings.model_name, "staging", "2")  # as promote leaves it
-    rolled = run_stage("promote.py", "--rollback", env=env)
+    rolled = run_in_process("promote.py", "--rollback", env=env)
     assert rolled.returncode == 0, rolled.stderr
     assert "'production' of LedgerModel rolled back from version 2 to version 1" in rolled.stdout
     assert current(settings) == "1"
@@ -96,14 +96,14 @@ def test_rollback_and_history_from_the_command_line(registry):
         "staging" not in client.get_registered_model(settings.model_name).aliases
     )  # not left to come back as the challenger
     assert client.get_model_version(settings.model_name, "2").tags["shadow_verdict"].startswith("rolled back")
-    again = run_stage("promote.py", "--rollback", env=env)
+    again = run_in_process("promote.py", "--rollback", env=env)
     assert again.returncode == 2
     assert (
         again.stderr.strip().splitlines()[-1]
         == "error: the production ledger records no version of LedgerModel before version 1; nothing to roll"
         " back to"
     )
-    history = run_stage("promote.py", "--history", env=env)
+    history = run_in_process("promote.py", "--history", env=env)
     assert history.returncode == 0, history.stderr
     lines = history.stdout.strip().splitlines()
     assert len(lines) == 3

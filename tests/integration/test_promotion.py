@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from housing.registry.ledger import read_history
 from housing.registry.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE
 from housing.store.tables import make_engine
-from tests.conftest import run_stage, stage_env
+from tests.conftest import run_in_process, stage_env
 from tests.helpers import copy_store
 
 NAME = "CaliforniaHousing"
@@ -79,7 +79,9 @@ def test_promotion_refuses_a_candidate_that_does_not_beat_production(pipeline_ru
     client.set_registered_model_alias(NAME, "staging", production.version)
     shutil.copytree(pipeline_run.artifacts_dir / "split", tmp_path / "artifacts" / "split")
 
-    result = run_stage("promote.py", env=stage_env(tmp_path, MLFLOW_TRACKING_URI=tracking_uri), cwd=tmp_path)
+    result = run_in_process(
+        "promote.py", env=stage_env(tmp_path, MLFLOW_TRACKING_URI=tracking_uri), cwd=tmp_path
+    )
 
     assert result.returncode == 0, result.stdout + result.stderr
     staging = assert_staging_is_the_best_that_passed(client, latest)
@@ -119,13 +121,13 @@ def test_promotion_mode_shadow_leaves_the_winner_in_staging_and_direct_mode_prom
     shutil.copytree(pipeline_run.artifacts_dir / "split", tmp_path / "artifacts" / "split")
     env = stage_env(tmp_path, MLFLOW_TRACKING_URI=tracking_uri)
 
-    shadow = run_stage("promote.py", env={**env, "HOUSING_PROMOTION_MODE": "shadow"}, cwd=tmp_path)
+    shadow = run_in_process("promote.py", env={**env, "HOUSING_PROMOTION_MODE": "shadow"}, cwd=tmp_path)
     assert shadow.returncode == 0, shadow.stdout + shadow.stderr
     assert str(client.get_model_version_by_alias(NAME, "production").version) == models["linear_regression"]
     assert str(client.get_model_version_by_alias(NAME, "staging").version) == models["lightgbm_spatial"]
     assert f"(version {models['lightgbm_spatial']}) is judged on live traffic" in shadow.stdout, shadow.stdout
 
-    direct = run_stage("promote.py", env=env, cwd=tmp_path)
+    direct = run_in_process("promote.py", env=env, cwd=tmp_path)
     assert direct.returncode == 0, direct.stdout + direct.stderr
     assert str(client.get_model_version_by_alias(NAME, "production").version) == models["lightgbm_spatial"]
     engine = make_engine(f"sqlite:///{tmp_path / 'artifacts' / 'prediction_log.db'}")

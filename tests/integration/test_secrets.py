@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 import httpx
 from mlflow import MlflowClient
 
 from housing.schema import EXAMPLE_REQUEST
-from tests.conftest import run_stage, stage_env
-from tests.helpers import DataServer
+from tests.conftest import run_in_process, stage_env
+from tests.helpers import DataServer, wait_for
 from tests.server import FEEDBACK_HEADERS, ApiServer, free_port, server_env
 
 TRACKING_PASSWORD = "S3cretPw"
@@ -61,10 +60,7 @@ def test_the_api_shows_no_password_of_its_registry_or_its_log(tmp_path):
         ApiServer(env, tmp_path / "server.log") as server,
         httpx.Client(base_url=server.url, timeout=60) as http,
     ):
-        deadline = time.monotonic() + 60
-        while http.get("/ready").json()["registry"]["reachable"] is not False and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(2)  # a few more failed checks, and the log writer's retries, in the server's log
+        assert wait_for(lambda: http.get("/ready").json()["registry"]["failed_checks"] >= 3)
         for method, path, kwargs in requests:
             responses.append(http.request(method, path, **kwargs))
     by_path = {(r.request.method, r.request.url.path): r for r in responses}
@@ -97,7 +93,7 @@ def test_a_data_source_token_reaches_no_manifest_output_or_tracking_tag(tmp_path
     with DataServer() as server:
         host = server.url.removeprefix("http://")
         source = f"http://loader:{SOURCE_PASSWORD}@{host}/data.csv?token={SOURCE_TOKEN}&page=1"
-        outputs.append(run_stage("load_data.py", "--source", source, env=env))
+        outputs.append(run_in_process("load_data.py", "--source", source, env=env))
         assert outputs[-1].returncode == 0, outputs[-1].stderr
     basic = "Basic " + base64.b64encode(f"loader:{SOURCE_PASSWORD}".encode()).decode()
     assert server.requests == [(f"/data.csv?token={SOURCE_TOKEN}&page=1", basic)]  # the credentials were used
@@ -107,7 +103,7 @@ def test_a_data_source_token_reaches_no_manifest_output_or_tracking_tag(tmp_path
     assert masked in outputs[-1].stdout
 
     for script, *args in (("preprocess.py",), ("train.py", "--candidates", "linear_regression")):
-        outputs.append(run_stage(script, *args, env=env, cwd=work_dir))
+        outputs.append(run_in_process(script, *args, env=env, cwd=work_dir))
         assert outputs[-1].returncode == 0, outputs[-1].stdout + outputs[-1].stderr
     for output in outputs:
         assert not leaked(output.stdout + output.stderr, SOURCE_TOKEN, SOURCE_PASSWORD)
@@ -128,6 +124,6 @@ def test_the_stages_name_an_unreachable_tracking_store_without_its_password(tmp_
         MLFLOW_TRACKING_URI=f"http://admin:{TRACKING_PASSWORD}@127.0.0.1:{free_port()}",
         MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
     )
-    result = run_stage("promote.py", "--rollback", env=env, cwd=tmp_path)  # connects to the store first
+    result = run_in_process("promote.py", "--rollback", env=env, cwd=tmp_path)  # connects to the store first
     assert result.returncode == 2, result.stdout + result.stderr
     assert "admin:***@" in result.stderr and not leaked(result.stdout + result.stderr, TRACKING_PASSWORD)

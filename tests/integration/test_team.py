@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import httpx
 import pytest
@@ -19,7 +18,8 @@ from sqlalchemy.exc import OperationalError
 from housing.schema import EXAMPLE_REQUEST
 from housing.store.log_reads import count_rows
 from localteam.services import start_mlflow_server
-from tests.conftest import run_stage
+from tests.conftest import run_in_process
+from tests.helpers import wait_for
 from tests.server import FEEDBACK_HEADERS, ApiServer, LoadGenerator, free_port, server_env
 
 
@@ -61,40 +61,32 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
     server = ApiServer(env, tmp_path / "server.log", extra_args=("--workers", "2")).start()
     try:
         server.wait_ready()
-        deadline = time.monotonic() + 60
-        while len(served_versions(server.url)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.3)
+        wait_for(lambda: len(served_versions(server.url)) == 2)
         assert set(served_versions(server.url).values()) == {str(old.version)}
 
         with LoadGenerator(server.url, EXAMPLE_REQUEST, [EXAMPLE_REQUEST] * 4) as load:
-            time.sleep(1.5)
-            monitored = run_stage(
-                "monitor.py", "--dry-run", "--window", "500", env=env, timeout=600
+            wait_for(lambda: len(load.results) >= 50)  # under load
+            monitored = run_in_process(
+                "monitor.py", "--dry-run", "--window", "500", env=env
             )  # reads while the API writes
             client.set_registered_model_alias("CaliforniaHousing", "production", new.version)
-            deadline = time.monotonic() + 60
-            while (
-                time.monotonic() < deadline
-            ):  # both workers (one between dropping its old series and setting the new shows none)
-                switched = served_versions(server.url)
-                if len(switched) == 2 and set(switched.values()) == {str(new.version)}:
-                    break
-                time.sleep(0.3)
+            # both workers (one between dropping its old series and setting the new shows none)
+            switched = wait_for(
+                lambda: (
+                    (found := served_versions(server.url))
+                    and len(found) == 2
+                    and set(found.values()) == {str(new.version)}
+                    and found
+                )
+            ) or served_versions(server.url)
             answered_when_switched = len(load.results)
-            time.sleep(1.0)
-        deadline = time.monotonic() + 30
-        while (
-            count_rows(log_url)[0] < load.rows and time.monotonic() < deadline
-        ):  # every served row flushed first
-            time.sleep(0.2)
+            wait_for(lambda: len(load.results) >= answered_when_switched + 50)  # and under load after
+        wait_for(lambda: count_rows(log_url)[0] >= load.rows)  # every served row flushed first
         # a worker killed without a shutdown: uvicorn starts another, and the dead one's live gauges disappear
         victim = next(iter(switched))
         os.kill(int(victim), signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while (
-            victim in (after_kill := served_versions(server.url)) or len(after_kill) < 2
-        ) and time.monotonic() < deadline:
-            time.sleep(0.3)
+        wait_for(lambda: victim not in (found := served_versions(server.url)) and len(found) == 2)
+        after_kill = served_versions(server.url)
     finally:
         server.stop()
         client.set_registered_model_alias("CaliforniaHousing", "production", old.version)
@@ -151,9 +143,7 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
         # 1. the tracking server goes away
         tracking.terminate()
         tracking.wait(30)
-        deadline = time.monotonic() + 60
-        while http.get("/ready").json()["registry"]["reachable"] is not False and time.monotonic() < deadline:
-            time.sleep(0.3)
+        wait_for(lambda: http.get("/ready").json()["registry"]["reachable"] is False)
         ready = http.get("/ready")
         assert ready.status_code == 200 and ready.json()["registry"]["reachable"] is False
         assert ready.json()["registry"]["last_error"]
@@ -162,7 +152,7 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
             response = http.post("/predict", json=EXAMPLE_REQUEST)
             assert response.status_code == 200 and response.json()["model_version"] == version
             sent += 1
-        promote = run_stage("promote.py", env=env, timeout=300)
+        promote = run_in_process("promote.py", env=env)
         assert promote.returncode == 2, promote.stdout + promote.stderr
         errors = [line for line in promote.stderr.splitlines() if line.strip()]
         assert errors[-1].startswith(
@@ -177,9 +167,7 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
             tmp_path / "mlflow.log",
             backend.tracking_auth,
         )
-        deadline = time.monotonic() + 60
-        while http.get("/ready").json()["registry"]["reachable"] is not True and time.monotonic() < deadline:
-            time.sleep(0.3)
+        wait_for(lambda: http.get("/ready").json()["registry"]["reachable"] is True)
         assert http.get("/ready").json()["registry"]["reachable"] is True
         assert "housing_registry_up 1.0" in http.get("/metrics").text
 
@@ -193,11 +181,7 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
         for _ in range(20):
             assert http.post("/predict", json=EXAMPLE_REQUEST).status_code == 200
             sent += 1
-        deadline = time.monotonic() + 30
-        while (
-            http.get("/ready").json()["prediction_log"]["last_error"] is None and time.monotonic() < deadline
-        ):
-            time.sleep(0.2)
+        wait_for(lambda: http.get("/ready").json()["prediction_log"]["last_error"] is not None)
         log_status = http.get("/ready").json()["prediction_log"]
         assert log_status["last_error"] and log_status["pending_rows"] > 0
         assert (
@@ -208,9 +192,7 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
         )
         with admin.connect() as connection:
             connection.execute(text(f'ALTER DATABASE "{log_database}" ALLOW_CONNECTIONS true'))
-        deadline = time.monotonic() + 30
-        while http.get("/ready").json()["prediction_log"]["pending_rows"] and time.monotonic() < deadline:
-            time.sleep(0.3)
+        wait_for(lambda: http.get("/ready").json()["prediction_log"]["pending_rows"] == 0)
         assert http.get("/ready").json()["prediction_log"]["pending_rows"] == 0
     tracking.terminate()
     admin.dispose()

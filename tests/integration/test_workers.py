@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,22 +23,10 @@ from sqlalchemy import text
 from housing.store.log_reads import count_rows
 from housing.store.prediction_log import PredictionLog, prediction_rows
 from housing.store.tables import make_engine
-from tests.helpers import held_out_rows
+from tests.helpers import held_out_rows, wait_for
 from tests.server import ApiServer, server_env
 
 NAME = "CaliforniaHousing"
-
-
-SQLITE = pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
-"""The promise does not depend on the tracking backend: the SQLite pipeline run only."""
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60, every: float = 0.2) -> Any:
-    """``condition()``'s first truthy value, polled until ``timeout`` (then the last value)."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()) and time.monotonic() < deadline:
-        time.sleep(every)
-    return value
 
 
 FLUSH_INTERVAL = 0.5
@@ -47,14 +34,9 @@ FLUSH_INTERVAL = 0.5
 the kill."""
 
 
-LOSS_WINDOW = 2 * FLUSH_INTERVAL
-"""A row answered longer ago than this before the kill must be in the log: the last flush interval, plus as
-long again for the flush in flight when the process died (its transaction dies with it)."""
-
-
-LOAD_CLIENTS, LOAD_BATCH_ROWS, LOAD_PAUSE, KILL_AFTER_ROWS = 4, 10, 0.02, 4_000
-"""Four clients, each sending 10 rows every 20 ms or so (about 2,000 rows a second in all), killed past 4,000
-rows."""
+LOAD_CLIENTS, LOAD_BATCH_ROWS, KILL_AFTER_ROWS, BURST_ROWS = 4, 10, 2_000, 500
+"""Four clients sending 10 rows a request: 2,000 rows, a pause until the log has them all, then a burst of
+500 rows (within one flush interval) and the kill."""
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -106,36 +88,45 @@ def loaded_workers(url: str) -> set[str]:
 
 
 class Answers:
-    """What the clients received: every 200's request ids and predictions with the time it arrived, and every
-    request that got no 200 (a status, or a connection error) with its time."""
+    """What the clients received: every 200's request ids and predictions with the phase of the test it
+    arrived in, and every request that got no 200 (a status, or a connection error) with its phase. Phases,
+    not times: which rows were answered before the log was seen flushed, which after."""
 
     def __init__(self) -> None:
-        self.answered: list[tuple[float, list[str], list[float]]] = []
-        self.failures: list[tuple[float, str]] = []
+        self.phase = "counted"
+        self.answered: list[tuple[str, list[str], list[float]]] = []
+        self.failures: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        self.stopped = threading.Event()
 
     def post(self, http: httpx.Client, body: Any) -> bool:
-        """POST /predict and record the outcome; False once the server is gone."""
+        """POST /predict and record the outcome; False once the server is gone or the clients are told to
+        stop."""
+        if self.stopped.is_set():
+            return False
+        phase = self.phase
         try:
             response = http.post("/predict", json=body)
         except httpx.HTTPError as error:
             with self.lock:
-                self.failures.append((time.monotonic(), type(error).__name__))
+                self.failures.append((phase, type(error).__name__))
             return False
-        arrived = time.monotonic()
         with self.lock:
             if response.status_code != 200:
-                self.failures.append((arrived, f"HTTP {response.status_code}"))
+                self.failures.append((phase, f"HTTP {response.status_code}"))
                 return True
             predictions = response.json()["predictions"] if isinstance(body, list) else [response.json()]
             self.answered.append(
-                (arrived, [p["request_id"] for p in predictions], [p["MedHouseVal"] for p in predictions])
+                (phase, [p["request_id"] for p in predictions], [p["MedHouseVal"] for p in predictions])
             )
         return True
 
     @property
     def rows(self) -> int:
         return sum(len(ids) for _, ids, _ in self.answered)
+
+    def ids(self, *phases: str) -> set[str]:
+        return {request_id for phase, ids, _ in self.answered if phase in phases for request_id in ids}
 
     def values(self) -> list[float]:
         return [value for _, _, values in self.answered for value in values]
@@ -148,19 +139,16 @@ def in_threads(count: int, target: Callable[[int], None]) -> list[threading.Thre
     return threads
 
 
-def kill_9_all(server: ApiServer) -> float:
-    """SIGKILL the uvicorn supervisor and every worker, as a crash of the host's processes would; the moment
-    it began."""
+def kill_9_all(server: ApiServer) -> None:
+    """SIGKILL the uvicorn supervisor and every worker, as a crash of the host's processes would."""
     assert server.process is not None
     processes = [
         psutil.Process(server.process.pid),
         *psutil.Process(server.process.pid).children(recursive=True),
     ]
-    killed_at = time.monotonic()
     for process in processes:  # the supervisor first: it must not start replacements
         process.send_signal(signal.SIGKILL)
     psutil.wait_procs(processes, timeout=30)
-    return killed_at
 
 
 def assert_prometheus_adds_up(url: str, folder: Path, answers: Answers, requests: int) -> None:
@@ -189,29 +177,35 @@ def assert_prometheus_adds_up(url: str, folder: Path, answers: Answers, requests
     )
 
 
-def assert_the_log_survived(log_url: str, answers: Answers, killed_at: float, rows_in_flight: int) -> None:
-    """The SQLite log passes its integrity check, holds one row per id, every row answered before the loss
-    window, nothing but rows of requests in flight beyond what was answered, and takes new rows after the
-    crash."""
+def logged_ids(log_url: str) -> tuple[set[str], int]:
+    """The request ids in the log and its row count; on SQLite the file passes its integrity check first."""
     engine = make_engine(log_url)
     try:
         with engine.connect() as connection:
-            assert connection.exec_driver_sql("PRAGMA integrity_check").scalars().all() == ["ok"]
+            if engine.dialect.name == "sqlite":
+                assert connection.exec_driver_sql("PRAGMA integrity_check").scalars().all() == ["ok"]
             logged = set(connection.execute(text("select request_id from predictions")).scalars())
             rows = connection.execute(text("select count(*) from predictions")).scalar_one()
     finally:
         engine.dispose()
-    answered_at = {request_id: arrived for arrived, ids, _ in answers.answered for request_id in ids}
-    lost = sorted(killed_at - answered_at[request_id] for request_id in answered_at.keys() - logged)
+    return logged, rows
+
+
+def assert_the_log_survived(log_url: str, answers: Answers, rows_in_flight: int) -> None:
+    """The log is intact, holds one row per id, every row answered before the writers were seen to have
+    flushed everything, nothing but rows of requests in flight beyond what was answered, and takes new rows
+    after the crash. Only rows answered after that point (the last flush interval) may be missing."""
+    logged, rows = logged_ids(log_url)
+    flushed, late = answers.ids("counted", "load"), answers.ids("burst")
+    lost = (flushed | late) - logged
     print(
-        f"kill -9 of both workers: {len(answered_at)} rows answered 200, {len(logged)} logged, {len(lost)}"
-        f" lost, the oldest answered {max(lost, default=0):.3f} s before the kill (allowed: {LOSS_WINDOW} s)"
+        f"kill -9 of both workers: {len(flushed | late)} rows answered 200, {len(logged)} logged, "
+        f"{len(lost)} lost, all of them answered after the last complete flush"
     )
     assert rows == len(logged)
-    assert (
-        len(logged - answered_at.keys()) <= rows_in_flight
-    )  # logged unanswered: only rows of requests in flight at the kill
-    assert not lost or lost[-1] <= LOSS_WINDOW, lost[-5:]
+    assert len(logged - flushed - late) <= rows_in_flight  # logged unanswered: only requests in flight
+    assert flushed <= logged, f"{len(flushed - logged)} rows lost that the writers had flushed"
+    assert lost <= late
     reopened = PredictionLog(log_url)
     reopened.append(
         prediction_rows(
@@ -228,17 +222,16 @@ def assert_the_log_survived(log_url: str, answers: Answers, killed_at: float, ro
     reopened.close()
 
 
-@SQLITE
 def test_two_workers_count_every_answer_and_a_kill_9_mid_load_loses_only_the_last_flush(
     pipeline_run, tmp_path
 ):
-    """One real ``uvicorn --workers 2`` (Prometheus multiprocess mode, one SQLite log), counted against the
-    clients: (1) 40 single rows and 8 batches of 100 on new connections: /metrics adds both workers' counters
-    and histograms up to exactly what the clients received; (2) four clients load it, then the supervisor and
-    both workers get SIGKILL mid-load: only rows answered within the last flush (and the flush in flight) are
-    missing, the log is intact.
+    """One real ``uvicorn --workers 2`` (Prometheus multiprocess mode, one log), counted against the clients:
+    (1) 40 single rows and 8 batches of 100 on new connections: /metrics adds both workers' counters and
+    histograms up to exactly what the clients received; (2) four clients load it until /metrics shows no row
+    pending in either worker, then send more, and the supervisor and both workers get SIGKILL mid-load: every
+    row answered before that point is in the log, the log is intact, only later rows may be missing.
     """
-    folder, log_url = tmp_path / "prometheus", f"sqlite:///{tmp_path / 'log.db'}"
+    folder, log_url = tmp_path / "prometheus", pipeline_run.backend.new_log_url("workers")
     folder.mkdir()
     env = server_env(
         pipeline_run.env,
@@ -253,47 +246,47 @@ def test_two_workers_count_every_answer_and_a_kill_9_mid_load_loses_only_the_las
 
     def counted(i: int) -> None:
         for body in bodies[i::4]:
-            with httpx.Client(
-                base_url=server.url, timeout=30
-            ) as http:  # a new connection each: either worker takes it
+            with httpx.Client(base_url=server.url, timeout=30) as http:  # a new connection: either worker
                 answers.post(http, body)
 
     def load(_: int) -> None:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             while answers.post(http, rows[:LOAD_BATCH_ROWS]):
-                time.sleep(LOAD_PAUSE)
+                pass
 
     server = ApiServer(env, tmp_path / "server.log", extra_args=("--workers", "2")).start()
+    loaders: list[threading.Thread] = []
     try:
-        assert (
-            len(
-                wait_for(
-                    lambda: len(loaded_workers(server.url)) == 2 and loaded_workers(server.url),
-                    timeout=120,
-                    every=0.5,
-                )
-            )
-            == 2
-        )
+        assert len(wait_for(lambda: len(loaded_workers(server.url)) == 2 and loaded_workers(server.url))) == 2
         for thread in in_threads(4, counted):
             thread.join(120)
         assert answers.rows == 40 + 8 * 100 and not answers.failures, answers.failures
         assert_prometheus_adds_up(server.url, folder, answers, len(bodies))
 
-        started = time.monotonic()
+        answers.phase = "load"
         loaders = in_threads(LOAD_CLIENTS, load)
-        wait_for(
-            lambda: (
-                answers.failures
-                or (answers.rows >= KILL_AFTER_ROWS and time.monotonic() - started > 4 * FLUSH_INTERVAL)
-            ),
-            timeout=120,
-            every=0.02,
-        )
-        killed_at = kill_9_all(server)  # requests in flight, rows in both buffers, maybe a flush running
+        wait_for(lambda: answers.failures or answers.rows >= KILL_AFTER_ROWS)
+        answers.stopped.set()  # the clients pause: the writers catch up
+        for thread in loaders:
+            thread.join(60)
+        assert wait_for(lambda: pending_rows(server.url) == 0 and written_rows(server.url) == answers.rows)
+        answers.phase, answers.stopped = "burst", threading.Event()
+        loaders = in_threads(LOAD_CLIENTS, load)
+        wait_for(lambda: answers.failures or len(answers.ids("burst")) >= BURST_ROWS, every=0.005)
+        kill_9_all(server)  # requests in flight, rows in both buffers, maybe a flush running
     finally:
         server.stop()
     for thread in loaders:
         thread.join(60)
-    assert not [failure for failure in answers.failures if failure[0] < killed_at], answers.failures
-    assert_the_log_survived(log_url, answers, killed_at, rows_in_flight=LOAD_CLIENTS * LOAD_BATCH_ROWS)
+    assert not [failure for failure in answers.failures if failure[0] != "burst"], answers.failures
+    assert_the_log_survived(log_url, answers, rows_in_flight=LOAD_CLIENTS * LOAD_BATCH_ROWS)
+
+
+def pending_rows(url: str) -> float:
+    """Rows answered and not yet written, summed over the workers."""
+    return total(scrape(url), "housing_prediction_log_pending_rows")
+
+
+def written_rows(url: str) -> float:
+    """Rows the workers have written to the log."""
+    return total(scrape(url), "housing_prediction_log_rows_total")

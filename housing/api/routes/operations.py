@@ -60,6 +60,8 @@ async def ready(services: ServicesDep) -> Response:
             uri=mask_uri(services.settings.tracking_uri),
             reachable=status.reachable,
             last_check=status.last_check,
+            checks=status.checks,
+            failed_checks=status.failed_checks,
             last_error=status.last_error,
             alias=AliasState(
                 name=services.settings.production_alias,
