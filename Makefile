@@ -13,7 +13,7 @@ SCENARIO ?= baseline
 REQUESTS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pipeline load preprocess train promote serve simulate monitor history rollback test test-code lint bench mlflow-ui monitor-ui team-up team-down team-status clean
+.PHONY: help setup pipeline load preprocess train promote serve simulate monitor history rollback test test-cov test-code lint bench mlflow-ui monitor-ui team-up team-down team-status clean
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,7 +57,14 @@ rollback: setup  ## move production back to the version before it (a ledger entr
 	$(PY) promote.py --rollback
 
 test: setup  ## the whole test suite (real data: HOUSING_DATA_SOURCE or ../shared/data/california_housing.csv)
-	$(PY) -m pytest -q
+	@start=$$(date +%s); $(PY) -m pytest -q; code=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s in all (exit $$code)"; exit $$code
+
+test-cov: setup  ## the whole suite under coverage.py (subprocesses included); line coverage of housing/
+	rm -rf .coverage-data && mkdir .coverage-data
+	$(PY) -m coverage run -m pytest -q
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report --precision=2 --skip-covered
 
 test-code: setup  ## the pure unit tests only (no dataset, no store, no server; seconds)
 	$(PY) -m pytest -q tests/code

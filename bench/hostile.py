@@ -42,30 +42,37 @@ CHUNK = b"x" * 65_536
 
 class HealthProbe:
     """GET /health every 10 ms on one kept-alive connection, in a thread: each answer's status, end time and
-    latency (tests/integration/test_hostile_clients.py uses it for the statuses only; the latencies are this
-    script's).
+    latency, and how many were asked and answered while :attr:`in_flight` was set (the caller sets it around
+    its request). tests/integration/test_hostile_clients.py uses the statuses and that count; the latencies
+    are this script's.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.statuses: list[int] = []
         self.answers: list[tuple[float, float]] = []  # (finished at, latency)
+        self.in_flight = threading.Event()
+        self.answered_in_flight = 0
+        self._connected = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=10) as http:
             http.get("/health")  # connect first: a probe measures answers, not TCP handshakes
+            self._connected.set()
             while not self._stop.is_set():
+                asked_in_flight = self.in_flight.is_set()
                 started = time.perf_counter()
                 self.statuses.append(http.get("/health").status_code)
                 finished = time.perf_counter()
                 self.answers.append((finished, finished - started))
-                time.sleep(0.01)
+                self.answered_in_flight += asked_in_flight and self.in_flight.is_set()
+                self._stop.wait(0.01)
 
     def __enter__(self) -> HealthProbe:
         self._thread.start()
-        time.sleep(0.1)
+        self._connected.wait(30)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -76,7 +83,9 @@ class HealthProbe:
 def measure(url: str, request: Callable[[], int]) -> dict[str, float]:
     with HealthProbe(url) as probe:
         started = time.perf_counter()
+        probe.in_flight.set()
         status = request()
+        probe.in_flight.clear()
         finished = time.perf_counter()
     during = [latency for at, latency in probe.answers if started <= at <= finished + 0.05]
     latencies = [latency for _, latency in probe.answers]

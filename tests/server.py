@@ -91,6 +91,10 @@ class ApiServer:
             time.sleep(0.2)
         raise AssertionError(f"server not ready: {response.text}")
 
+    def wait_logged(self) -> None:
+        """:func:`wait_logged` for this server."""
+        wait_logged(self.url)
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, as a process manager does, and wait for the graceful shutdown."""
         assert self.process is not None
@@ -108,6 +112,17 @@ class ApiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_logged(url: str) -> None:
+    """Until every prediction the server at ``url`` answered is in the log database (none pending in memory
+    or in the spill), as a monitor round that reads the log needs it."""
+    from tests.helpers import wait_for  # tests.helpers imports tests.conftest, which imports this module
+
+    def pending() -> int:
+        return int(httpx.get(f"{url}/ready", timeout=10).json()["prediction_log"]["pending_rows"])
+
+    assert wait_for(lambda: pending() == 0), f"the log still has {pending()} rows pending"
 
 
 def server_env(base_env: dict[str, str], **extra: str) -> dict[str, str]:

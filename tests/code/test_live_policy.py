@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from housing.registry.live_policy import (
     confidence_sequence,
@@ -82,3 +83,10 @@ def test_the_time_uniform_interval_is_wider_than_one_look_and_shrinks():
     assert radii == sorted(radii, reverse=True) and radii[-1] < 0.02
     evidence = confidence_sequence(np.full(200, 0.5), np.full(200, 0.5), 0.95)  # identical models
     assert (evidence.mean_gain, evidence.low, evidence.high) == (0.0, 0.0, 0.0) and not evidence.beyond_noise
+    gain = np.random.default_rng(3).normal(
+        0.05, 1.0, 400
+    )  # a small gain the one-look interval would call real
+    one_look = 1.96 * gain.std(ddof=1) / np.sqrt(len(gain))
+    live = confidence_sequence(gain, np.zeros_like(gain), 0.95)
+    assert live.high - live.mean_gain == pytest.approx(sequence_radius(400, gain.std(ddof=1), 0.95))
+    assert live.high - live.mean_gain > one_look and live.method == "time-uniform paired"

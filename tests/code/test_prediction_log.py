@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -608,10 +609,22 @@ def test_large_flushes_go_in_multi_row_statements_in_order_with_every_value_in_i
     """A flush of 237 rows: four statements of 50 rows and 37 single rows (whatever the batch limit), stored
     in order, each value in its own column; retried, it adds nothing."""
     log = PredictionLog(log_url, flush_interval=0.01, max_batch_rows=max_batch_rows)
+    statements: list[int] = []  # rows per INSERT the database executed, as SQLite traces them
+    log.engine.dispose()  # connections opened from here on are traced
+
+    @event.listens_for(log.engine, "connect")
+    def trace(connection: Any, _record: Any) -> None:
+        def inserted(sql: str) -> None:
+            if sql.startswith("INSERT INTO predictions"):  # the trace shows the bound values
+                statements.append(len(re.findall(r"'r\d{3}'", sql)))
+
+        connection.set_trace_callback(inserted)
+
     try:
         ids = [f"r{i:03d}" for i in range(237)]
         log.append(rows_for(log, ids))
         assert log.flush() and log.written_rows == 237
+        assert statements == [50] * 4 + [1] * 37
         assert stored_ids(log) == ids
         window = read_window(log.engine)
         assert window["MedInc"].tolist() == list(range(1, 238)) and set(window["prediction"]) == {2.0}

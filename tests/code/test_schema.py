@@ -3,7 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
+from housing.api.schemas import Feedback
 from housing.schema import (
     COLUMN_NAMES,
     EXAMPLE_REQUEST,
@@ -75,3 +77,14 @@ def test_range_rules_are_inclusive_or_exclusive_as_declared():
     age, income = SPECS_BY_NAME["HouseAge"], SPECS_BY_NAME["MedInc"]
     assert age.in_range(np.array([0.0, 100.0])).all() and not age.in_range(np.array([100.1])).any()
     assert not income.in_range(np.array([0.0])).any() and income.rule() == "> 0 and <= 25"
+
+
+@pytest.mark.parametrize("actual", [0.0, -1.0, 100.0001, float("nan"), float("inf")])
+def test_a_label_outside_the_targets_range_is_refused(actual):
+    with pytest.raises(ValidationError):
+        Feedback.model_validate({"request_id": "0" * 32, "actual": actual})
+
+
+def test_a_label_within_the_targets_range_is_accepted():
+    for actual in (1e-6, 2.5, 100.0):
+        assert Feedback.model_validate({"request_id": "0" * 32, "actual": actual}).actual == actual

@@ -232,7 +232,12 @@ def test_feedback_outcomes_micro_batches_and_the_logs_state_are_on_metrics(clien
     assert (
         metric(client, "housing_microbatch_rows_count") or 0.0
     ) >= batches_before + 1  # the single row went through the batcher
-    assert metric(client, "housing_prediction_log_pending_rows") is not None
+    log = wait_for(
+        lambda: (found := client.get("/ready").json()["prediction_log"])["pending_rows"] == 0 and found
+    )
+    assert log, "the log did not catch up"  # then the gauges say what the log says
+    assert metric(client, "housing_prediction_log_pending_rows") == 0.0
+    assert metric(client, "housing_prediction_log_rows_total") == log["written_rows"] > 0
     assert metric(client, "housing_prediction_log_failed_flushes_total") == 0.0
 
 

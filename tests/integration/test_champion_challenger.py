@@ -24,7 +24,7 @@ from housing.schema import FEATURE_NAMES
 from housing.store.tables import make_engine
 from tests.conftest import PipelineRun, run_in_process
 from tests.helpers import wait_for
-from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server
+from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server, wait_logged
 
 MODEL = "CaliforniaHousing"
 
@@ -218,6 +218,7 @@ def label_all(
                 headers=token_headers,
             )
             assert response.status_code in (200, 201), response.text
+    wait_logged(url)
 
 
 def truths(run: PipelineRun, count: int) -> list[float]:

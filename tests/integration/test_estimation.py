@@ -76,6 +76,7 @@ def test_unlabelled_high_income_traffic_gets_an_estimated_rmse_close_to_the_true
             )
         }
 
+        server.wait_logged()
         monitored = run_in_process("monitor.py", "--window", REQUESTS, "--dry-run", env=env)
         assert monitored.returncode == 0, monitored.stdout + monitored.stderr
         decision = json.loads(

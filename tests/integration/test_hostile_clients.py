@@ -54,12 +54,15 @@ def resident_mb(pid: int) -> float:
 
 
 def while_probing(url: str, request: Callable[[], httpx.Response]) -> httpx.Response:
-    """``request()``'s response; /health was probed meanwhile and every answer was a 200, also right after.
-    How fast /health answered is a speed figure: bench/hostile.py measures it with the same probe (tests never
-    assert timings).
-    """
+    """``request()``'s response; /health was probed meanwhile: at least one probe was asked and answered while
+    the request was in flight (the event loop kept serving), every answer was a 200, also right after. How
+    fast /health answered is a speed figure: bench/hostile.py measures it with the same probe (tests never
+    assert timings)."""
     with HealthProbe(url) as probe:
+        probe.in_flight.set()
         response = request()
+        probe.in_flight.clear()
+    assert probe.answered_in_flight >= 1, "no /health answer while the request was in flight"
     assert probe.statuses and set(probe.statuses) == {200}, probe.statuses
     assert httpx.get(f"{url}/health", timeout=30).status_code == 200
     return response

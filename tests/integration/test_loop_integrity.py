@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import PipelineRun, run_in_process
 from tests.helpers import wait_for
-from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server
+from tests.server import FEEDBACK_HEADERS, ApiServer, start_loop_server, wait_logged
 
 WINDOW = "1500"
 MODEL = "CaliforniaHousing"
@@ -40,6 +40,7 @@ def simulate(env: dict[str, str], url: str, *args: str) -> None:
         "simulate_traffic.py", "--url", url, "--concurrency", "8", "--quiet", *args, env=env
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    wait_logged(url)
 
 
 def production(env: dict[str, str]) -> str:
@@ -70,6 +71,7 @@ def test_label_poisoning_never_moves_production(loop_env):
         served = http.post("/predict", json=[BAY_AREA_DISTRICT] * 2000)
         assert served.status_code == 200
         ids = [row["request_id"] for row in served.json()["predictions"]]
+        server.wait_logged()
         price_before = served.json()["predictions"][0]["MedHouseVal"]
         for request_id in ids[-50:]:  # no credentials: refused, nothing stored
             assert http.post("/feedback", json={"request_id": request_id, "actual": 5.0}).status_code == 401

@@ -1,15 +1,17 @@
-"""monitor.py --since-minutes reads only that window; the report is saved timestamped and as latest."""
+"""monitor.py as a user runs it: --since-minutes reads only that window of the serving version's predictions
+(the time filter is SQL on each backend's timestamps), the report is saved timestamped and as latest, the
+round is an MLflow run; --watch repeats until Ctrl-C, which ends it after the round in progress."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -18,36 +20,23 @@ from housing.data.artifacts import load_pickle
 from housing.schema import FEATURE_NAMES
 from housing.store.log_reads import read_window
 from housing.store.prediction_log import PredictionLog, prediction_rows
-from tests.conftest import PROJECT_DIR, run_stage, stage_env
-from tests.helpers import copy_store, held_out_rows
+from tests.conftest import PROJECT_DIR, PipelineRun, run_in_process
+from tests.helpers import held_out_rows
 
 NAME = "CaliforniaHousing"
 
 
-SQLITE = pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
-"""The promise does not depend on the tracking backend: the SQLite pipeline run only."""
-
-
-@SQLITE
-def test_monitor_since_minutes_reads_only_that_window_and_saves_the_report_as_latest(pipeline_run, tmp_path):
+def logged_window(run: PipelineRun, log_url: str) -> str:
     """1,300 predictions of the serving version (700 logged three hours ago, 600 two minutes ago) and 100 of
-    another version two minutes ago; ``--since-minutes 30`` with the default window of 2,000 must judge the
-    600 alone.
-    """
-    tracking_uri = copy_store(pipeline_run, tmp_path)  # the monitor records a run
-    for folder in ("split", "data"):
-        shutil.copytree(pipeline_run.artifacts_dir / folder, tmp_path / "artifacts" / folder)
-    production = (
-        MlflowClient(pipeline_run.tracking_uri).get_model_version_by_alias(NAME, "production").version
-    )
-    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    another version two minutes ago, written to a fresh log; the serving version."""
+    production = str(MlflowClient(run.tracking_uri).get_model_version_by_alias(NAME, "production").version)
+    rows = held_out_rows(run, 1_400)
+    labels = load_pickle(run.artifacts_dir / "split" / "y_test.pkl").iloc[:1_400].to_numpy()
     log = PredictionLog(log_url)
-    rows = held_out_rows(pipeline_run, 1_400)
-    labels = load_pickle(pipeline_run.artifacts_dir / "split" / "y_test.pkl").iloc[:1_400].to_numpy()
     now = datetime.now(UTC)
     for start, count, age, version in (
-        (0, 700, timedelta(hours=3), str(production)),
-        (700, 600, timedelta(minutes=2), str(production)),
+        (0, 700, timedelta(hours=3), production),
+        (700, 600, timedelta(minutes=2), production),
         (1_300, 100, timedelta(minutes=2), "999"),
     ):
         log.append(
@@ -63,14 +52,36 @@ def test_monitor_since_minutes_reads_only_that_window_and_saves_the_report_as_la
         )
     assert log.flush() and len(read_window(log.engine)) == 1_400
     log.close()
-    env = stage_env(tmp_path, MLFLOW_TRACKING_URI=tracking_uri, HOUSING_PREDICTION_LOG_URL=log_url)
+    return production
 
-    result = run_stage("monitor.py", "--dry-run", "--since-minutes", "30", env=env, cwd=tmp_path)
+
+def monitor_env(run: PipelineRun, tmp_path: Path) -> tuple[dict[str, str], str]:
+    """The copied registry, a private artifacts folder (reports go there), a fresh log of the window above."""
+    log_url = run.backend.new_log_url("since")
+    production = logged_window(run, log_url)
+    artifacts = tmp_path / "artifacts"
+    env = dict(run.env, HOUSING_PREDICTION_LOG_URL=log_url, HOUSING_ARTIFACTS_DIR=str(artifacts))
+    for folder in ("split", "data"):
+        (artifacts / folder).mkdir(parents=True)
+        for path in (run.artifacts_dir / folder).iterdir():
+            (artifacts / folder / path.name).write_bytes(path.read_bytes())
+    return env, production
+
+
+def test_monitor_since_minutes_reads_only_that_window_and_saves_the_report_as_latest(mutable_run, tmp_path):
+    """``--since-minutes 30`` with the default window of 2,000 must judge the 600 recent predictions of the
+    serving version alone."""
+    env, production = monitor_env(mutable_run, tmp_path)
+    client = MlflowClient(mutable_run.tracking_uri)
+    monitoring = client.get_experiment_by_name("monitoring")
+    before = (
+        {run.info.run_id for run in client.search_runs([monitoring.experiment_id])} if monitoring else set()
+    )
+
+    result = run_in_process("monitor.py", "--dry-run", "--since-minutes", "30", env=env, cwd=tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (
-        f"window: 600 predictions served by production version {production}, 0 labelled" in result.stdout
-    ), result.stdout
+    assert f"window: 600 predictions served by production version {production}, 0 labelled" in result.stdout
     reports = tmp_path / "artifacts" / "reports"
     latest = sorted(path.name for path in reports.glob("*_latest.*"))
     assert latest == ["decision_latest.json", "monitor_latest.html", "monitor_latest.json"]
@@ -79,26 +90,26 @@ def test_monitor_since_minutes_reads_only_that_window_and_saves_the_report_as_la
         assert re.fullmatch(r"(decision|monitor)_\d{8}T\d{6}Z\.(json|html)", stamped.name)
         assert stamped.read_bytes() == (reports / name).read_bytes() and stamped.stat().st_size > 0
     decision = json.loads((reports / "decision_latest.json").read_text())
-    assert decision["window_rows"] == 600 and decision["production_version"] == str(production)
-    monitoring = MlflowClient(tracking_uri).get_experiment_by_name(
-        "monitoring"
-    )  # the round, as the MLflow UI shows it
+    assert decision["window_rows"] == 600 and decision["production_version"] == production
+    monitoring = client.get_experiment_by_name("monitoring")  # the round, as the MLflow UI shows it
     assert monitoring is not None
-    [run] = MlflowClient(tracking_uri).search_runs([monitoring.experiment_id])
+    [run] = [run for run in client.search_runs([monitoring.experiment_id]) if run.info.run_id not in before]
     metrics = run.data.metrics
-    assert (metrics["window_rows"], metrics["labelled_rows"]) == (600, 0) and metrics[
-        "drift_share"
-    ] == decision["drift_share"]
+    assert (metrics["window_rows"], metrics["labelled_rows"]) == (600, 0)
+    assert metrics["drift_share"] == decision["drift_share"]
     assert {f"drift_score_{name}" for name in FEATURE_NAMES} <= set(metrics) and "evidence_needed" in metrics
-    assert "rmse" not in metrics and metrics["estimated_rmse"] == pytest.approx(
-        decision["estimated_rmse"], abs=1e-4
-    )  # estimated only
+    assert "rmse" not in metrics  # estimated only
+    assert metrics["estimated_rmse"] == pytest.approx(decision["estimated_rmse"], abs=1e-4)
     assert run.data.tags["decision"] == decision["decision"] and run.data.params["window"] == "2000"
-    assert sorted(
-        artifact.path for artifact in MlflowClient(tracking_uri).list_artifacts(run.info.run_id, "report")
-    ) == [f"report/{path.name}" for path in sorted(reports.glob("*")) if "latest" not in path.name]
+    saved = sorted(artifact.path for artifact in client.list_artifacts(run.info.run_id, "report"))
+    assert saved == [f"report/{path.name}" for path in sorted(reports.glob("*")) if "latest" not in path.name]
 
-    # --watch: a round, then another, until interrupted (Ctrl-C: exit 130, said in one line)
+
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
+def test_monitor_watch_repeats_rounds_until_ctrl_c_ends_it_after_the_round_in_progress(mutable_run, tmp_path):
+    """--watch: a round, then another, until interrupted (Ctrl-C: exit 130, said in one line). The signal is
+    handled the same whatever the store: SQLite only."""
+    env, _ = monitor_env(mutable_run, tmp_path)
     watcher = subprocess.Popen(
         [
             sys.executable,
@@ -124,6 +135,6 @@ def test_monitor_since_minutes_reads_only_that_window_and_saves_the_report_as_la
                 break
     finally:
         watcher.send_signal(signal.SIGINT)
-        _, errors = watcher.communicate(timeout=120)
+        _, errors = watcher.communicate(timeout=300)  # the round in progress ends first
     assert decisions == 2 and watcher.returncode == 130, errors
     assert errors.strip().splitlines()[-1] == "interrupted" and "Traceback" not in errors

@@ -20,7 +20,7 @@ from housing.registry.ledger import read_history
 from housing.store.tables import make_engine
 from tests.conftest import PROJECT_DIR, run_in_process
 from tests.helpers import wait_for
-from tests.server import start_loop_server
+from tests.server import start_loop_server, wait_logged
 
 WINDOW = "1000"
 """Requests per scenario and the monitor's window (the servers decide from 1,000 predictions)."""
@@ -47,6 +47,7 @@ def simulate(
         env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    wait_logged(url)
     match = re.search(r"RMSE against the true labels ([\d.]+)", result.stdout)
     assert match is not None, result.stdout
     return float(match.group(1))

@@ -92,11 +92,13 @@ def test_make_mlflow_ui_links_open_each_experiment_on_its_runs(pipeline_run, cli
     settings = pipeline_run.settings()
     experiment = client.get_experiment_by_name(settings.experiment_name)
     links = ui_links(settings, "http://127.0.0.1:5000")
-    assert (
-        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
-        in links[0]
-    )
-    assert links[-1].endswith("/#/models/CaliforniaHousing?workflowType=machine_learning")
+    base, mode = "http://127.0.0.1:5000/#", "workflowType=machine_learning"
+    monitoring = client.get_experiment_by_name("monitoring")
+    assert links == [
+        f"California-Housing-Regression: {base}/experiments/{experiment.experiment_id}/runs?{mode}",
+        *([f"monitoring: {base}/experiments/{monitoring.experiment_id}/runs?{mode}"] if monitoring else []),
+        f"registered model CaliforniaHousing: {base}/models/CaliforniaHousing?{mode}",
+    ]
 
 
 def test_train_prints_a_summary_table(pipeline_run):

@@ -1,0 +1,297 @@
+"""Mutation check of the promises the docs make: break each promise in the code, one at a time, run the tests
+that guard it, and report whether they caught it (killed) or not (survived).
+
+Each mutation replaces one snippet of a module with a version that breaks one promise (the prediction log,
+the promotion and retrain policies, the evidence rule, the JSON limits, the label rules). It runs in a copy
+of the working tree, so the tree itself is never changed. A survived mutation is a promise no test would
+notice breaking: write the test, or say why the mutation is equivalent.
+
+    python -m tools.mutation [--only NAME ...] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+COPIED = (
+    "housing",
+    "tests",
+    "app.py",
+    "load_data.py",
+    "preprocess.py",
+    "train.py",
+    "promote.py",
+    "monitor.py",
+    "simulate_traffic.py",
+    "pyproject.toml",
+    "docs",
+    "README.md",
+    "Makefile",
+)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    promise: str
+    path: str
+    original: str
+    mutated: str
+    tests: tuple[str, ...]
+
+
+LOG = "tests/code/test_prediction_log.py"
+POLICY = "tests/code/test_promotion_policy.py"
+RETRAIN = "tests/code/test_retrain_policy.py"
+SCAN = "tests/code/test_json_scan.py"
+MUTATIONS = (
+    Mutation(
+        "rows-per-statement",
+        "a flush goes to the database in multi-row statements of 50 rows",
+        "housing/store/tables.py",
+        "ROWS_PER_STATEMENT = 50",
+        "ROWS_PER_STATEMENT = 1",
+        (LOG,),
+    ),
+    Mutation(
+        "insert-duplicates",
+        "an insert skips the request ids already stored (a retried batch adds nothing)",
+        "housing/store/tables.py",
+        " ON CONFLICT (request_id) DO NOTHING",
+        "",
+        (LOG,),
+    ),
+    Mutation(
+        "no-buffer-cap",
+        "past the buffer cap, rows spill to disk instead of filling memory",
+        "housing/store/spill.py",
+        "if self.max_rows is not None and len(self._rows) + incoming > self.max_rows:",
+        "if False:",
+        (LOG,),
+    ),
+    Mutation(
+        "no-orphan-replay",
+        "a restarted process replays the spill files of processes that died",
+        "housing/store/spill_file.py",
+        "    for path in orphan_paths(",
+        "    for path in [] and orphan_paths(",
+        (LOG,),
+    ),
+    Mutation(
+        "labels-mutable",
+        "a different label for a labelled prediction is a conflict (labels are immutable)",
+        "housing/store/prediction_log.py",
+        "return FeedbackResult.UNCHANGED if stored == actual else FeedbackResult.CONFLICT",
+        "return FeedbackResult.UNCHANGED",
+        (LOG,),
+    ),
+    Mutation(
+        "label-range",
+        "a label outside the target's range is refused (422)",
+        "housing/api/schemas.py",
+        "gt=TARGET.minimum, le=TARGET.maximum",
+        "gt=-1e9, le=1e9",
+        ("tests/code/test_schema.py",),
+    ),
+    Mutation(
+        "gate-without-noise",
+        "production moves only when the paired gain's interval lies above zero",
+        "housing/registry/promotion_policy.py",
+        "        return self.low > 0",
+        "        return True",
+        (POLICY,),
+    ),
+    Mutation(
+        "no-production-gate",
+        "a candidate must pass the production R2 gate to replace production",
+        "housing/registry/promotion_policy.py",
+        "    return ranked(candidates)[0].r2 > production_r2_threshold",
+        "    return True",
+        (POLICY,),
+    ),
+    Mutation(
+        "no-staging-gate",
+        "staging is only given to a candidate above the staging R2 gate",
+        "housing/registry/promotion_policy.py",
+        "    return r2 > staging_r2_threshold",
+        "    return True",
+        (POLICY,),
+    ),
+    Mutation(
+        "drift-ignored",
+        "more than the drift share threshold of drifted features is a reason to retrain",
+        "housing/monitoring/retrain_policy.py",
+        "    if figures.drift_share > thresholds.drift_share_threshold:",
+        "    if False:",
+        (RETRAIN,),
+    ),
+    Mutation(
+        "evidence-ignored",
+        "a retrain needs min_labels labelled districts no model has learnt from",
+        "housing/monitoring/retrain_policy.py",
+        "    if evidence >= thresholds.min_labels:",
+        "    if evidence >= 0:",
+        (RETRAIN,),
+    ),
+    Mutation(
+        "districts-counted-twice",
+        "identical feature rows count as one district of evidence",
+        "housing/store/retrain_evidence.py",
+        'fresh.drop_duplicates("district", keep="last")',
+        "fresh",
+        ("tests/code/test_retrain_evidence.py",),
+    ),
+    Mutation(
+        "used-districts-again",
+        "districts a retraining run used are never evidence again",
+        "housing/store/retrain_evidence.py",
+        'frame[~frame["district"].isin(used_districts)]',
+        "frame",
+        ("tests/code/test_retrain_evidence.py",),
+    ),
+    Mutation(
+        "no-depth-limit",
+        "a body nesting deeper than max_json_depth is a 400 before any parser runs",
+        "housing/api/json_scan.py",
+        "    check_depth(structure, limits.max_depth)\n",
+        "",
+        (SCAN,),
+    ),
+    Mutation(
+        "no-key-limit",
+        "an object with more than max_json_keys keys is a 422 before any parser runs",
+        "housing/api/json_scan.py",
+        "    if wide is not None:",
+        "    if False:",
+        (SCAN,),
+    ),
+    Mutation(
+        "no-number-limit",
+        "a number longer than max_number_chars is a 422 before any parser runs",
+        "housing/api/json_scan.py",
+        "    if first_long >= 0:",
+        "    if False:",
+        (SCAN,),
+    ),
+    Mutation(
+        "rmse-ignored",
+        "RMSE on labelled traffic above the threshold is a reason to retrain",
+        "housing/monitoring/retrain_policy.py",
+        "        if figures.rmse is not None and figures.rmse > thresholds.rmse_threshold:",
+        "        if False:",
+        (RETRAIN,),
+    ),
+    Mutation(
+        "price-index-always",
+        "the price index moves old labels only when its interval excludes 1",
+        "housing/monitoring/retraining.py",
+        "        return self.step if self.low > 1.0 or self.high < 1.0 else 1.0",
+        "        return self.step",
+        ("tests/code/test_retraining_sets.py",),
+    ),
+    Mutation(
+        "traffic-share-uncapped",
+        "labelled traffic's share of the training weight is capped",
+        "housing/monitoring/retraining.py",
+        "    return cap * effective / (effective + ramp_rows)",
+        "    return effective / (effective + ramp_rows)",
+        ("tests/code/test_retraining_sets.py",),
+    ),
+    Mutation(
+        "few-labels-judged",
+        "the gate judges on labelled traffic only from gate_min_labelled_rows rows",
+        "housing/monitoring/retraining.py",
+        "eval_traffic if len(eval_traffic) >= settings.gate_min_labelled_rows else eval_traffic.iloc[0:0]",
+        "eval_traffic",
+        ("tests/code/test_retraining_sets.py",),
+    ),
+    Mutation(
+        "one-look-live-interval",
+        "the live verdict's interval is time-uniform (valid at every look)",
+        "housing/registry/live_policy.py",
+        "sequence_radius(len(gain), float(np.std(gain, ddof=1)), confidence)",
+        "1.96 * float(np.std(gain, ddof=1)) / math.sqrt(len(gain))",
+        ("tests/code/test_live_policy.py",),
+    ),
+    Mutation(
+        "wrong-token-accepted",
+        "a label needs the labellers' token: a wrong one is a 403",
+        "housing/api/deps.py",
+        "    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):",
+        "    if False:",
+        ("tests/integration/test_feedback_auth.py",),
+    ),
+)
+
+
+def copy_tree(target: Path) -> None:
+    for name in COPIED:
+        source = PROJECT_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target / name)
+
+
+def run(mutation: Mutation, tree: Path) -> tuple[str, float]:
+    """Apply ``mutation`` in ``tree``, run its tests, put the file back; (outcome, seconds)."""
+    path = tree / mutation.path
+    source = path.read_text()
+    if source.count(mutation.original) != 1:
+        return "not applicable (the snippet is not in the code exactly once)", 0.0
+    path.write_text(source.replace(mutation.original, mutation.mutated))
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        path.write_text(source)
+    seconds = time.perf_counter() - started
+    if result.returncode == 1:
+        return "killed", seconds
+    if result.returncode == 0:
+        return "SURVIVED", seconds
+    return f"error (pytest exit {result.returncode}): {result.stdout[-300:]}", seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="Run these mutations only.")
+    parser.add_argument("--list", action="store_true", help="List the mutations and exit.")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if args.only is None or m.name in args.only]
+    if args.list:
+        for mutation in chosen:
+            print(f"{mutation.name:<24} {mutation.promise}")
+        return 0
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="housing-mutation-") as folder:
+        tree = Path(folder)
+        copy_tree(tree)
+        print(f"{'mutation':<24} {'outcome':<9} {'seconds':>7}  promise")
+        for mutation in chosen:
+            outcome, seconds = run(mutation, tree)
+            outcomes.append(outcome)
+            print(f"{mutation.name:<24} {outcome:<9} {seconds:>7.1f}  {mutation.promise}", flush=True)
+    killed = outcomes.count("killed")
+    print(f"\n{killed} of {len(outcomes)} mutations killed")
+    return 0 if killed == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
