@@ -13,19 +13,24 @@ SCENARIO ?= baseline
 REQUESTS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pipeline load preprocess train promote serve simulate monitor history rollback test test-cov test-code lint bench mlflow-ui monitor-ui team-up team-down team-status clean
+.PHONY: help setup lock pipeline load preprocess train promote serve simulate monitor history rollback test test-cov test-code lint bench mlflow-ui monitor-ui team-up team-down team-status clean
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv with the pinned dependencies
+setup: $(VENV)/.installed  ## create .venv from the lock file (every pin, its hash), then this project editable
+
+lock: setup  ## recompile requirements/*.lock from requirements/*.in (pins kept unless the .in files move them)
+	cd requirements && ../$(VENV)/bin/uv pip compile runtime.in -o runtime.lock --generate-hashes \
+		--python-version 3.11 --python-platform linux --no-header -q
+	cd requirements && ../$(VENV)/bin/uv pip compile dev.in -o dev.lock --generate-hashes \
+		--python-version 3.11 --python-platform linux --constraint runtime.lock --no-header -q
 
 load: setup  ## stage 1: read, validate and store the dataset
 	$(PY) load_data.py

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
-import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, NoReturn
@@ -83,10 +84,15 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
 class StopRequest:
     """SIGINT and SIGTERM, while a repeating command runs, ask it to stop after the work in progress instead
     of interrupting it half-way (a round that records, retrains or writes a report). A second SIGINT stops at
-    once. Use as ``with StopRequest() as stop: ... if stop.wait(seconds): return stop.exit_code()``."""
+    once. Use as ``with StopRequest() as stop: ... if stop.wait(seconds): return stop.exit_code()``.
+
+    The handler only records the signal: a lock taken in a handler (``threading.Event.set``) deadlocks when
+    the signal lands while the main thread holds that lock, waiting. :meth:`wait` sleeps in short steps and
+    looks at the record between them."""
+
+    STEP_SECONDS = 0.1
 
     def __init__(self) -> None:
-        self._requested = threading.Event()
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -100,15 +106,19 @@ class StopRequest:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self._requested.is_set() and signum == signal.SIGINT:
+        if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
-        self._requested.set()
         print("stopping after the round in progress (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; whether a stop was requested (at once if it already was)."""
-        return self._requested.wait(seconds)
+        steps = max(1, math.ceil(seconds / self.STEP_SECONDS))
+        for _ in range(steps):
+            if self.signal is not None:
+                return True
+            time.sleep(seconds / steps)
+        return self.signal is not None
 
     def exit_code(self) -> int:
         """130 after SIGINT (said as ``interrupted``), 0 after SIGTERM (a process manager's normal stop)."""

@@ -4,8 +4,8 @@ setup (an MLflow tracking server on PostgreSQL serving the artifacts, and the pr
 PostgreSQL comes from HOUSING_TEST_POSTGRES_URL (an admin SQLAlchemy URL; CI starts Debian's cluster and
 sets it) or, when that is unset, from a private cluster the test run starts (localteam.services.Postgres)
 with the system's binaries or, without PostgreSQL installed, those of the ``pgserver`` wheel
-(requirements.txt). The PostgreSQL half of the tests carries the ``postgres`` marker: when none of these is
-available it is skipped with one line saying how to run it, and with HOUSING_REQUIRE_POSTGRES=1 (CI) it
+(requirements/dev.lock). The PostgreSQL half of the tests carries the ``postgres`` marker: when none of these
+is available it is skipped with one line saying how to run it, and with HOUSING_REQUIRE_POSTGRES=1 (CI) it
 fails instead (tests/conftest.py).
 
 Like the team setup, the private cluster needs a password and every tracking server runs with MLflow's basic

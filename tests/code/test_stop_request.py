@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -43,3 +45,20 @@ def test_the_previous_handlers_come_back():
     with StopRequest():
         assert signal.getsignal(signal.SIGTERM) is not before[0]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+WAITING = """
+import os, signal, sys, threading, time
+from housing.cli import StopRequest
+
+with StopRequest() as stop:
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()  # lands while the main thread waits
+    print(stop.wait(60), stop.exit_code())
+"""
+
+
+def test_a_signal_while_waiting_ends_the_wait():
+    """The signal that lands in the middle of the wait between rounds (the common case) ends it; the process
+    runs apart, so a stop request that deadlocked would end in the subprocess deadline, not hang the suite."""
+    result = subprocess.run([sys.executable, "-c", WAITING], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "0"], result.stdout + result.stderr

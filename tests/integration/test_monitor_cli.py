@@ -135,6 +135,10 @@ def test_monitor_watch_repeats_rounds_until_ctrl_c_ends_it_after_the_round_in_pr
                 break
     finally:
         watcher.send_signal(signal.SIGINT)
-        _, errors = watcher.communicate(timeout=300)  # the round in progress ends first
+        try:
+            _, errors = watcher.communicate(timeout=300)  # the round in progress ends first
+        except subprocess.TimeoutExpired:
+            watcher.kill()  # never left running after the test
+            raise
     assert decisions == 2 and watcher.returncode == 130, errors
     assert errors.strip().splitlines()[-1] == "interrupted" and "Traceback" not in errors
