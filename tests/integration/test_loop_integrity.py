@@ -81,7 +81,7 @@ def test_label_poisoning_never_moves_production(loop_env):
                 headers={"Authorization": "Bearer guess"},
             )
             assert wrong.status_code == 403
-        out = monitor(env)
+        out = monitor(env, "--window", "2000")  # the whole batch: its rows share one time, ties unordered
         assert "decision: ALERT, NO RETRAIN" in out and "retrained: training run" not in out, out
         assert "only 0 labelled districts that no model has learnt from; 200 more are needed" in out, out
         for request_id in ids[
@@ -93,7 +93,7 @@ def test_label_poisoning_never_moves_production(loop_env):
                 ).status_code
                 == 201
             )
-        out = monitor(env)
+        out = monitor(env, "--window", "2000")  # the whole batch: its rows share one time, ties unordered
         assert "decision: ALERT, NO RETRAIN" in out and "retrained: training run" not in out, out
         assert (
             "not retraining: only 1 labelled districts that no model has learnt from; 199 more are needed"
