@@ -47,7 +47,7 @@ promote: setup  ## stage 4: the staging and production gates
 pipeline: load preprocess train promote  ## the four stages in order
 
 serve: setup  ## the prediction API on $(PORT)
-	$(VENV)/bin/uvicorn app:app --host 0.0.0.0 --port $(PORT) --http httptools --timeout-keep-alive 5
+	$(VENV)/bin/uvicorn app:app --host 0.0.0.0 --port $(PORT) --http=httptools --timeout-keep-alive=5
 
 simulate: setup  ## real held-out rows to the running API, labels back: make simulate SCENARIO=market-inflation
 	$(PY) simulate_traffic.py --url http://127.0.0.1:$(PORT) --scenario $(SCENARIO) --requests $(REQUESTS)

@@ -31,8 +31,8 @@ import httpx
 import orjson
 
 from bench.serve import free_port, start, stop, wait_for
+from housing.api.main import SERVER_FLAGS
 from housing.schema import EXAMPLE_REQUEST
-from localteam.services import API_SERVER_FLAGS
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -124,7 +124,7 @@ def main() -> int:
                 "--port",
                 str(port),
                 "--no-access-log",
-                *API_SERVER_FLAGS,
+                *SERVER_FLAGS,
             ],
             env,
             Path(work) / "api.log",

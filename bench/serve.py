@@ -46,13 +46,14 @@ import orjson
 from mlflow import MlflowClient
 from sqlalchemy import text
 
+from housing.api.main import SERVER_FLAGS
 from housing.config import Settings, get_settings
 from housing.data.dataset import load_split, read_source
 from housing.errors import UserError
 from housing.schema import EXAMPLE_REQUEST
 from housing.store.log_reads import count_rows
 from housing.store.tables import make_engine
-from localteam.services import Postgres, create_database, database_url
+from tests.postgres import Postgres, create_database, database_url
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -388,16 +389,7 @@ def all_candidates(settings: Settings, args: argparse.Namespace) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="bench-serve-all-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
     env.update(MLFLOW_TRACKING_URI=settings.tracking_uri, HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir))
-    uvicorn = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--host",
-        "127.0.0.1",
-        "--no-access-log",
-        "--http",
-        "httptools",
-    ]
+    uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log", *SERVER_FLAGS]
     script = write_wrk_script(work_dir, "rows", feed.bodies())
     rows: list[tuple[str, str, dict[str, float], str, str]] = []
     try:
@@ -547,7 +539,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
     env.update(MLFLOW_TRACKING_URI=settings.tracking_uri, HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir))
     results: dict[str, dict[str, float]] = {}
-    uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log"]
+    uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log", *SERVER_FLAGS]
 
     # (a) this API, with prediction logging on: 1 worker on SQLite, then 2 workers on PostgreSQL
     log_checks: list[str] = []

@@ -258,6 +258,11 @@ class Settings(BaseSettings):
         None,
         description="Write secret of the remote Evidently UI service (its --secret), when it has one.",
     )
+    monitor_ui_host: str = Field(
+        "127.0.0.1",
+        description="Address make monitor-ui listens on: loopback, as Evidently's open-source UI has no "
+        "login (a container sets 0.0.0.0 behind a network only the team reaches).",
+    )
     monitor_ui_port: int = Field(
         8002, ge=1, le=65535, description="Port of make monitor-ui (Evidently's UI on the workspace)."
     )

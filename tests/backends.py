@@ -2,15 +2,16 @@
 setup (an MLflow tracking server on PostgreSQL serving the artifacts, and the prediction log on PostgreSQL).
 
 PostgreSQL comes from HOUSING_TEST_POSTGRES_URL (an admin SQLAlchemy URL; CI starts Debian's cluster and
-sets it) or, when that is unset, from a private cluster the test run starts (localteam.services.Postgres)
+sets it) or, when that is unset, from a private cluster the test run starts (tests/postgres.py)
 with the system's binaries or, without PostgreSQL installed, those of the ``pgserver`` wheel
 (requirements/dev.lock). The PostgreSQL half of the tests carries the ``postgres`` marker: when none of these
 is available it is skipped with one line saying how to run it, and with HOUSING_REQUIRE_POSTGRES=1 (CI) it
 fails instead (tests/conftest.py).
 
-Like the team setup, the private cluster needs a password and every tracking server runs with MLflow's basic
-authentication: one admin password per session (:attr:`PostgresProvider.tracking_password`), which the stages,
-the API and the test process get as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+Like the deployment, the private cluster needs a password and every tracking server is the product's own
+launcher with MLflow's basic authentication and its accounts: the stages, the API and the test process log in
+as the writer (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD); one set of passwords per test run
+(:attr:`PostgresProvider.passwords`).
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from housing.errors import UserError
-from localteam.services import (
-    TRACKING_ADMIN_USER,
+from housing.registry.tracking_server import READER_USER, WRITER_USER
+from tests.postgres import (
     Postgres,
-    TrackingAuth,
+    TrackingServer,
     create_database,
     database_url,
     new_secret,
     postgres_bin_dir,
-    start_mlflow_server,
-    write_tracking_auth,
+    start_tracking_server,
 )
 from tests.server import free_port
 
@@ -55,13 +55,14 @@ class Backend:
     admin_url: str | None = None
     tracking_db_url: str | None = None
     """The tracking server's PostgreSQL database (PostgreSQL backend only)."""
-    tracking_auth: TrackingAuth | None = None
-    """The tracking server's basic authentication (PostgreSQL backend only)."""
+    tracking_server: TrackingServer | None = None
+    """The tracking server with its accounts (PostgreSQL backend only)."""
     processes: list[subprocess.Popen] = field(default_factory=list)
 
-    def credentials_env(self) -> dict[str, str]:
-        """MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for the tracking server; nothing for SQLite."""
-        return {} if self.tracking_auth is None else self.tracking_auth.client_env()
+    def credentials_env(self, user: str = WRITER_USER) -> dict[str, str]:
+        """MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD of ``user`` (the writer, as the stages log in);
+        nothing for SQLite."""
+        return {} if self.tracking_server is None else self.tracking_server.client_env(user)
 
     def new_log_url(self, label: str) -> str:
         """A fresh, empty prediction log database."""
@@ -102,15 +103,14 @@ class PostgresProvider:
         self.work_dir = work_dir
         self.private: Postgres | None = None
         self._admin_url: str | None = os.environ.get("HOUSING_TEST_POSTGRES_URL") or None
-        self.tracking_password = new_secret()
-        """The tracking servers' admin password, the same for every server of the session."""
-        self.flask_secret_key = new_secret()
+        self.passwords = {name: new_secret() for name in ("admin", WRITER_USER, READER_USER, "flask")}
+        """The tracking servers' account passwords and signing key, the same for every server of the run."""
 
     def tracking_credentials_env(self) -> dict[str, str]:
-        """MLflow's credential variables for the test run's tracking servers."""
+        """MLflow's credential variables for the test run's tracking servers: the writer's."""
         return {
-            "MLFLOW_TRACKING_USERNAME": TRACKING_ADMIN_USER,
-            "MLFLOW_TRACKING_PASSWORD": self.tracking_password,
+            "MLFLOW_TRACKING_USERNAME": WRITER_USER,
+            "MLFLOW_TRACKING_PASSWORD": self.passwords[WRITER_USER],
         }
 
     @property
@@ -140,25 +140,25 @@ def make_backend(name: str, work_dir: Path, postgres: PostgresProvider, label: s
 
 
 def tracking_server_backend(work_dir: Path, postgres: PostgresProvider, database: str) -> Backend:
-    """A PostgreSQL backend: an MLflow tracking server with basic authentication on ``database``, serving the
-    artifacts in ``work_dir/mlartifacts``."""
-    port = free_port()
+    """A PostgreSQL backend: the product's tracking server (basic authentication, its accounts in
+    ``work_dir/mlflow-auth.db``) on ``database``, serving the artifacts in ``work_dir/mlartifacts``."""
     db_url = database_url(postgres.admin_url, database)
-    auth = write_tracking_auth(
-        work_dir / "mlflow-auth.ini",
+    server = start_tracking_server(
+        db_url,
         f"sqlite:///{work_dir / 'mlflow-auth.db'}",
-        postgres.tracking_password,
-        postgres.flask_secret_key,
+        work_dir / "mlartifacts",
+        free_port(),
+        work_dir / "mlflow-server.log",
+        postgres.passwords,
     )
-    server = start_mlflow_server(db_url, work_dir / "mlartifacts", port, work_dir / "mlflow-server.log", auth)
     return Backend(
         "postgres",
         work_dir,
-        f"http://127.0.0.1:{port}",
+        server.url,
         admin_url=postgres.admin_url,
         tracking_db_url=db_url,
-        tracking_auth=auth,
-        processes=[server],
+        tracking_server=server,
+        processes=[server.process],
     )
 
 
@@ -178,6 +178,7 @@ def copy_backend(source: Backend, work_dir: Path, postgres: PostgresProvider, la
     database = f"mlflow_{label}_{uuid.uuid4().hex[:8]}"
     copy_database(source.admin_url, make_url(source.tracking_db_url).database or "", database)
     shutil.copytree(source.work_dir / "mlartifacts", work_dir / "mlartifacts")
+    backup_sqlite(source.work_dir / "mlflow-auth.db", work_dir / "mlflow-auth.db")  # who owns what
     return tracking_server_backend(work_dir, postgres, database)
 
 

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-UI_HOST = "127.0.0.1"
 """`make monitor-ui` listens on loopback only: Evidently's open-source UI has no login."""
 
 
@@ -216,7 +215,7 @@ def monitor_snapshot(settings: Settings, snapshot: Snapshot, run: MonitorRun) ->
 
 
 def ui_command(settings: Settings) -> list[str]:
-    """The ``evidently ui`` command serving the local workspace on loopback at ``monitor_ui_port``."""
+    """The ``evidently ui`` command serving the local workspace on ``monitor_ui_host:monitor_ui_port``."""
     evidently = Path(sys.executable).with_name("evidently")
     return [
         str(evidently),
@@ -224,7 +223,7 @@ def ui_command(settings: Settings) -> list[str]:
         "--workspace",
         str(settings.evidently_workspace_dir),
         "--host",
-        UI_HOST,
+        settings.monitor_ui_host,
         "--port",
         str(settings.monitor_ui_port),
     ]
@@ -246,7 +245,7 @@ def serve_ui(args: argparse.Namespace) -> int:
     settings.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
     logger.info(
         "Evidently UI on http://%s:%d (workspace %s); Ctrl-C stops it",
-        UI_HOST,
+        settings.monitor_ui_host,
         settings.monitor_ui_port,
         settings.evidently_workspace_dir,
     )

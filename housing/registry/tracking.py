@@ -124,7 +124,11 @@ def describe_registered_model(client: MlflowClient, name: str) -> None:
 
 
 def git_commit() -> str:
-    """The project's current git commit (``unknown`` outside a git checkout)."""
+    """The project's current git commit; in the image, the revision it was built from (``HOUSING_REVISION``,
+    a build argument); ``unknown`` when neither is known."""
+    built_from = os.environ.get("HOUSING_REVISION")
+    if built_from and built_from != "unknown":
+        return built_from
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"],

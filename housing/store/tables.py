@@ -204,10 +204,11 @@ def create_missing(engine: Engine, tables: Sequence[Table]) -> None:
     writer waits for the busy timeout, or is told the database is locked when its snapshot went stale, and
     tries again); PostgreSQL may report that a concurrent CREATE of the same table won (its row type's unique
     index), and the statement is tried again, then finds the table. Any other error is raised."""
+    missing = [table for table in tables if not inspect(engine).has_table(table.name)]
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         try:
             with engine.begin() as connection:
-                for table in tables:
+                for table in missing:  # none: nothing to create, so a role without CREATE can use the log
                     connection.execute(CreateTable(table, if_not_exists=True))
                     for index in table.indexes:
                         connection.execute(CreateIndex(index, if_not_exists=True))

@@ -21,9 +21,9 @@ import orjson
 import pytest
 
 from bench.hostile import HealthProbe
+from housing.api.main import SERVER_FLAGS
 from housing.schema import EXAMPLE_REQUEST
-from localteam.services import API_SERVER_FLAGS
-from tests.conftest import PROJECT_DIR, stage_env
+from tests.conftest import stage_env
 from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN, ApiServer, server_env
 
 JSON = {"Content-Type": "application/json"}
@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     serve."""
     work_dir = tmp_path_factory.mktemp("hostile")
     env = server_env(stage_env(work_dir), HOUSING_BODY_READ_TIMEOUT=str(READ_TIMEOUT))
-    with ApiServer(env, work_dir / "server.log", extra_args=API_SERVER_FLAGS) as api:
+    with ApiServer(env, work_dir / "server.log", extra_args=SERVER_FLAGS) as api:
         yield api
 
 
@@ -208,18 +208,11 @@ def test_500_idle_connections_do_not_stop_health(server):
             sock.close()
 
 
-def test_make_serve_and_the_team_setup_serve_with_these_flags():
-    serve_line = next(
-        line for line in (PROJECT_DIR / "Makefile").read_text().splitlines() if "uvicorn app:app" in line
-    )
-    assert serve_line.endswith(" ".join(API_SERVER_FLAGS))
-
-
 # --- valid requests are answered as before
 # --------------------------------------------------------------------
 def test_valid_requests_get_their_predictions(pipeline_run, tmp_path):
     env = server_env(pipeline_run.env, HOUSING_PREDICTION_LOG_URL=pipeline_run.backend.new_log_url("hostile"))
-    with ApiServer(env, tmp_path / "server.log", extra_args=API_SERVER_FLAGS) as api:
+    with ApiServer(env, tmp_path / "server.log", extra_args=SERVER_FLAGS) as api:
         api.wait_ready()
         single = post(api, "/predict", orjson.dumps(EXAMPLE_REQUEST))
         assert single.status_code == 200 and single.json()["MedHouseVal"] > 0

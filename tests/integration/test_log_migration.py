@@ -15,7 +15,7 @@ from sqlalchemy import text
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.store.prediction_log import PredictionLog, prediction_rows
 from housing.store.tables import create_tables, make_engine
-from localteam.services import create_database, database_url
+from tests.postgres import create_database, database_url
 
 OLD_SCHEMA = (
     "CREATE TABLE predictions (request_id VARCHAR(32) PRIMARY KEY, created_at TIMESTAMP WITH TIME ZONE NOT"

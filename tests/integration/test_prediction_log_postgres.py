@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from localteam.services import create_database, database_url
 from tests.helpers import (
     check_a_batch_retried_after_an_unclear_failure_is_stored_once,
     check_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other,
 )
+from tests.postgres import create_database, database_url
 
 
 @pytest.mark.postgres

@@ -16,10 +16,10 @@ from housing.registry.ledger import LedgerEntry, previous_production, read_histo
 from housing.registry.production import move_production, production_version
 from housing.store.locks import RETRAIN_LOCK, acquire_lock, describe_holder, read_lock, release_lock
 from housing.store.tables import make_engine
-from localteam.services import create_database, database_url
 from tests.backends import PostgresProvider
 from tests.conftest import run_in_process, stage_env
 from tests.helpers import expired_lease, race_for_locks, the_winner
+from tests.postgres import create_database, database_url
 
 HOLDER = "worker-7:4242:monitor.py"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 
 import httpx
 import pytest
@@ -17,9 +18,9 @@ from sqlalchemy.exc import OperationalError
 
 from housing.schema import EXAMPLE_REQUEST
 from housing.store.log_reads import count_rows
-from localteam.services import start_mlflow_server
 from tests.conftest import run_in_process
 from tests.helpers import wait_for
+from tests.postgres import start_tracking_server
 from tests.server import FEEDBACK_HEADERS, ApiServer, LoadGenerator, free_port, server_env
 
 
@@ -112,19 +113,25 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
 @pytest.mark.parametrize(
     "backend_name", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
-def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
+def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, postgres, tmp_path):
     """Tracking server killed, then the log database refusing connections: the API keeps answering with the
     model it has, says so in /ready and /metrics, stages fail with one sentence, and all recovers."""
     backend = mutable_run.backend
-    assert backend.tracking_db_url is not None and backend.tracking_auth is not None
+    assert backend.tracking_db_url is not None
     port = free_port()
-    tracking = start_mlflow_server(
-        backend.tracking_db_url,
-        backend.work_dir / "mlartifacts",
-        port,
-        tmp_path / "mlflow.log",
-        backend.tracking_auth,
-    )
+
+    def tracking_server() -> subprocess.Popen[bytes]:
+        """A second tracking server on the same stores, on ``port``: the one the API uses here."""
+        return start_tracking_server(
+            backend.tracking_db_url or "",
+            f"sqlite:///{backend.work_dir / 'mlflow-auth.db'}",
+            backend.work_dir / "mlartifacts",
+            port,
+            tmp_path / "mlflow.log",
+            postgres.passwords,
+        ).process
+
+    tracking = tracking_server()
     log_url = backend.new_log_url("outage")
     log_database = log_url.rsplit("/", 1)[1]
     env = server_env(
@@ -132,6 +139,7 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
         MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
         HOUSING_PREDICTION_LOG_URL=log_url,
         HOUSING_RELOAD_INTERVAL="0.5",
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",  # a look at the stopped server fails at once
     )
     admin = create_engine(backend.admin_url, isolation_level="AUTOCOMMIT")
     sent = 0
@@ -160,13 +168,7 @@ def test_outages_keep_the_api_serving_and_it_recovers(mutable_run, tmp_path):
         ), promote.stderr
         assert "Traceback" not in promote.stderr
         # ... and comes back on the same address
-        tracking = start_mlflow_server(
-            backend.tracking_db_url,
-            backend.work_dir / "mlartifacts",
-            port,
-            tmp_path / "mlflow.log",
-            backend.tracking_auth,
-        )
+        tracking = tracking_server()
         wait_for(lambda: http.get("/ready").json()["registry"]["reachable"] is True)
         assert http.get("/ready").json()["registry"]["reachable"] is True
         assert "housing_registry_up 1.0" in http.get("/metrics").text
@@ -235,7 +237,15 @@ def test_only_the_credentials_move_the_production_alias_and_open_the_databases(m
         == 401
     )
 
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", credentials["MLFLOW_TRACKING_PASSWORD"])
+    for key, value in backend.credentials_env("reader").items():  # the API's account reads, never writes
+        monkeypatch.setenv(key, value)
+    reader = MlflowClient(backend.tracking_uri)
+    assert reader.get_model_version_by_alias("CaliforniaHousing", "production").version == production.version
+    with pytest.raises(MlflowException, match="403|Permission|permission"):
+        reader.set_registered_model_alias("CaliforniaHousing", "production", production.version)
+
+    for key, value in credentials.items():
+        monkeypatch.setenv(key, value)
     client = MlflowClient(backend.tracking_uri)
     client.set_registered_model_alias("CaliforniaHousing", "production", production.version)
     assert client.get_model_version_by_alias("CaliforniaHousing", "production").version == production.version
