@@ -20,7 +20,8 @@ help:  ## list the targets
 
 $(VENV)/.installed: requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/dev.lock
+	$(PY) -m pip check
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 

@@ -26,9 +26,10 @@ def test_make_pipeline_sets_up_then_runs_the_four_stages_in_order():
     printed = make("-n", "-B", "pipeline", "HOUSING_DATA_SOURCE=/data/housing.csv", "VENV=/tmp/no-such-venv")
     stages = re.findall(r"^\S*python\S* (\w+)\.py$", printed, flags=re.MULTILINE)
     assert stages == ["load_data", "preprocess", "train", "promote"], printed
-    assert printed.index("pip install --quiet --require-hashes -r requirements/dev.lock") < printed.index(
-        "load_data.py"
-    )  # set up first
+    assert printed.index(
+        "pip install --quiet --no-deps --require-hashes -r requirements/dev.lock"
+    ) < printed.index("load_data.py")  # set up first
+    assert "-m pip check" in printed
     assert "-m venv /tmp/no-such-venv" in printed
 
 
