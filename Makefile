@@ -13,7 +13,7 @@ SCENARIO ?= baseline
 REQUESTS ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock pipeline load preprocess train promote serve simulate monitor history rollback test test-cov test-code lint bench mlflow-ui monitor-ui team-up team-down team-status clean
+.PHONY: help setup lock pipeline load preprocess train promote serve simulate monitor history rollback test test-cov test-deploy test-code lint bench mlflow-ui monitor-ui secrets image clean
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,8 +62,8 @@ history: setup  ## the production ledger: every move of the production alias, wh
 rollback: setup  ## move production back to the version before it (a ledger entry; the API follows)
 	$(PY) promote.py --rollback
 
-test: setup  ## the whole test suite (real data: HOUSING_DATA_SOURCE or ../shared/data/california_housing.csv)
-	@start=$$(date +%s); $(PY) -m pytest -q; code=$$?; \
+test: setup  ## every tier but the deployment's (real data: HOUSING_DATA_SOURCE or ../shared/data/...)
+	@start=$$(date +%s); $(PY) -m pytest -q --ignore=tests/deploy; code=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s in all (exit $$code)"; exit $$code
 
 test-cov: setup  ## the whole suite under coverage.py (subprocesses included); line coverage of housing/
@@ -71,6 +71,9 @@ test-cov: setup  ## the whole suite under coverage.py (subprocesses included); l
 	$(PY) -m coverage run -m pytest -q
 	$(PY) -m coverage combine -q
 	$(PY) -m coverage report --precision=2 --skip-covered
+
+test-deploy: setup  ## the deployment tier alone: builds the image, runs the compose stack (needs Docker)
+	$(PY) -m pytest -q tests/deploy
 
 test-code: setup  ## the pure unit tests only (no dataset, no store, no server; seconds)
 	$(PY) -m pytest -q tests/code
@@ -91,14 +94,13 @@ monitor-ui: setup  ## the monitor's history in Evidently's UI at http://127.0.0.
 mlflow-ui: setup  ## browse runs and the registry at http://127.0.0.1:5000 (prints links that open on the runs)
 	$(PY) -m housing.registry.mlflow_ui
 
-team-up: setup  ## PostgreSQL + MLflow tracking server (serving artifacts) + API with $(WORKERS) workers, in .team/
-	$(PY) -m localteam up --workers $(WORKERS) --api-port $(PORT)
+secrets:  ## the compose stack's secrets, one file each, in deploy/secrets/ (owner-only; existing ones kept)
+	$(PYTHON) deploy/generate_secrets.py
 
-team-down:  ## stop the team setup (its data stays in .team/)
-	$(PY) -m localteam down
-
-team-status:  ## which parts of the team setup are up
-	$(PY) -m localteam status --api-port $(PORT)
+image: setup  ## build the image (HOUSING_PYTHON_IMAGE: its base image, the official python:3.11-slim-bookworm)
+	docker build -t california-housing:latest \
+		--build-arg PYTHON_IMAGE=$${HOUSING_PYTHON_IMAGE:-python:3.11-slim-bookworm} \
+		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 clean:  ## remove generated artifacts (keeps the MLflow store and the venv)
 	rm -rf artifacts

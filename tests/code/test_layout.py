@@ -68,7 +68,7 @@ def test_only_preprocess_names_the_inspection_pickles():
     and the scaler travel inside every logged pipeline). No code but preprocess.py, which writes them, names
     either file."""
     project = PACKAGE_DIR.parent
-    sources = [*MODULES, *project.glob("*.py"), *(project / "localteam").rglob("*.py")]
+    sources = [*MODULES, *project.glob("*.py"), *(project / "tools").rglob("*.py")]
     naming = sorted(
         str(path.relative_to(project))
         for path in sources

@@ -1,2 +1,0 @@
-"""Local team tooling: PostgreSQL, an MLflow tracking server and a multi-worker API on one machine (``python
--m localteam``)."""
