@@ -6,8 +6,12 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY requirements/runtime.lock /tmp/runtime.lock
-# every dependency from the lock file, each checked against its hash
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --require-hashes -r /tmp/runtime.lock
+# every dependency from the lock file, each checked against its hash. The lock is complete, so pip resolves
+# nothing (--no-deps: older pips mis-resolve extras such as pandas[parquet] under --require-hashes), and
+# pip check proves that the pinned set is consistent.
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/runtime.lock \
+ && /opt/venv/bin/pip check
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=1.0.0
