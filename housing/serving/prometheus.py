@@ -77,6 +77,9 @@ class Metrics:
     """Every metric the API exposes."""
 
     def __init__(self, reports_dir: Path | None = None) -> None:
+        path = multiprocess_dir()
+        if path is not None:  # a fresh tmpfs or an emptyDir holds no folder yet; every worker may create it
+            Path(path).mkdir(parents=True, exist_ok=True)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.monitor_figures = (

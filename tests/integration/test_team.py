@@ -47,10 +47,9 @@ def test_two_workers_switch_together_with_a_complete_log(mutable_run, tmp_path):
         mutable_run.env,
         HOUSING_PREDICTION_LOG_URL=log_url,
         HOUSING_RELOAD_INTERVAL="1",
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus" / "api"),  # the workers create the folder
         HOUSING_MONITOR_MIN_WINDOW="100",
     )
-    (tmp_path / "prometheus").mkdir()
     client = MlflowClient(mutable_run.tracking_uri)
     old = client.get_model_version_by_alias("CaliforniaHousing", "production")
     client.set_registered_model_alias(
