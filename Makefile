@@ -98,7 +98,7 @@ secrets:  ## the compose stack's secrets, one file each, in deploy/secrets/ (own
 	$(PYTHON) deploy/generate_secrets.py
 
 image: setup  ## build the image (HOUSING_PYTHON_IMAGE: its base image, the official python:3.11-slim-bookworm)
-	docker build -t california-housing:latest \
+	docker build -t california-housing:latest --network $${HOUSING_BUILD_NETWORK:-default} \
 		--build-arg PYTHON_IMAGE=$${HOUSING_PYTHON_IMAGE:-python:3.11-slim-bookworm} \
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 

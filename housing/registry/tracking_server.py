@@ -86,6 +86,7 @@ def server_command(args: argparse.Namespace) -> list[str]:
         str(args.port),
         "--workers",
         str(args.workers),
+        *(["--allowed-hosts", args.allowed_hosts] if args.allowed_hosts else []),
     ]
 
 
@@ -168,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--artifacts-destination",
         default="mlartifacts",
         help="Where the served artifacts are kept [default mlartifacts]",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="Host headers the server accepts, comma-separated, wildcards allowed (mlflow,mlflow:*): the "
+        "name clients reach it by on a container network; MLflow refuses others with 403 (DNS rebinding). "
+        "[default MLflow's: localhost and private addresses]",
     )
     parser.add_argument(
         "--start-timeout",

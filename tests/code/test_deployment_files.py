@@ -9,8 +9,10 @@ import re
 import shlex
 import subprocess
 import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -114,6 +116,30 @@ def test_every_role_runs_the_same_command_in_compose_and_on_kubernetes():
     assert (
         services["monitor"]["command"][2] == "--watch"
     )  # compose repeats the round; Kubernetes schedules it
+
+
+def accepted_hosts(command: list[str]) -> list[str]:
+    [flag] = [part for part in command if part.startswith("--allowed-hosts=")]
+    return flag.removeprefix("--allowed-hosts=").split(",")
+
+
+def test_the_tracking_server_accepts_the_host_name_its_clients_use():
+    """MLflow answers 403 to a Host header it does not know (DNS rebinding): on a container network the
+    clients reach the server by its service name, which the server must list, with and without a port."""
+    services, workloads = compose()["services"], containers()
+    config = next(doc["data"] for _, doc in documents() if doc["kind"] == "ConfigMap")
+    composed = services["api"]["environment"]["MLFLOW_TRACKING_URI"]
+    names = {
+        "compose": (urlsplit(composed.replace("${HOUSING_MLFLOW_HOST:-mlflow}", "mlflow")).hostname, 5000),
+        "kubernetes": (urlsplit(config["MLFLOW_TRACKING_URI"]).hostname, TRACKING_PORT),
+    }
+    for where, command in (
+        ("compose", services["mlflow"]["command"]),
+        ("kubernetes", workloads["mlflow"]["command"]),
+    ):
+        host, port = names[where]
+        for header in (host, f"{host}:{port}", "127.0.0.1", f"127.0.0.1:{port}"):  # clients, health checks
+            assert any(fnmatch(header, pattern) for pattern in accepted_hosts(command)), (where, header)
 
 
 EXTERNAL = {
