@@ -65,13 +65,14 @@ class SpillingBuffer:
 
     @property
     def memory_rows(self) -> int:
-        return len(self._rows)
+        """Rows memory holds: the buffer and the batch in flight (unless spilled already)."""
+        inflight = len(self._inflight) if self._inflight is not None and not self._inflight_spilled else 0
+        return len(self._rows) + inflight
 
     @property
     def pending_rows(self) -> int:
         """Rows not yet in the database: in memory, in flight (unless spilled too) and in the spill file."""
-        inflight = len(self._inflight) if self._inflight is not None and not self._inflight_spilled else 0
-        return len(self._rows) + inflight + self.spilled_rows
+        return self.memory_rows + self.spilled_rows
 
     def contains(self, request_id: str) -> bool:
         """Whether ``request_id`` waits in memory or in flight (O(1))."""
@@ -87,15 +88,15 @@ class SpillingBuffer:
             if self.spilling or self._must_spill(len(rows)):
                 if self._divert(rows):
                     return True
-                if self.max_rows is not None and len(self._rows) + len(rows) > self.max_rows:
+                if self.max_rows is not None and self.memory_rows + len(rows) > self.max_rows:
                     return False
             self._rows.extend(rows)
             self._ids.update(row[0] for row in rows)
             return True
 
     def _must_spill(self, incoming: int) -> bool:
-        if self.max_rows is not None and len(self._rows) + incoming > self.max_rows:
-            return True
+        if self.max_rows is not None and self.memory_rows + incoming > self.max_rows:
+            return True  # the batch in flight counts: a failed flush puts it back in memory
         return self.busy_since is not None and time.monotonic() - self.busy_since > self.stall_seconds
 
     def _divert(self, rows: Sequence[tuple[Any, ...]]) -> bool:

@@ -434,6 +434,20 @@ def test_a_spill_replayed_twice_writes_no_duplicate(tmp_path, spill_dir):
     again.close()
 
 
+def test_the_batch_in_flight_counts_against_the_memory_cap(log_url, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("the spill folder cannot be created here")
+    log = PredictionLog(log_url, max_buffer_rows=5, spill_dir=blocker / "spill")
+    log.append(rows_for(log, ["a", "b", "c", "d", "e"]))
+    batch = log.pending.take_batch()  # the writer holds them while the database works on them
+    assert log.pending.memory_rows == 5
+    with pytest.raises(LogUnavailable, match="spill file cannot be written"):
+        log.append(rows_for(log, ["f"], minutes=1))
+    log.pending.batch_failed(batch)  # the write failed: the batch is back in memory, still within the cap
+    assert log.pending.memory_rows == 5 and log.pending_rows == 5
+    log.close(timeout=0)
+
+
 def test_when_the_spill_cannot_be_written_append_refuses_past_the_cap(log, log_url, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("the spill folder cannot be created here")
