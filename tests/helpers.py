@@ -338,3 +338,25 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, every: float = 0
     while not (value := condition()) and time.monotonic() < deadline:
         time.sleep(every)
     return value
+
+
+def finishes(call: Callable[[], Any]) -> Any:
+    """``call()``'s result (or its exception), failing the test instead of hanging the suite if it never
+    returns (a hang guard of 60 s, far beyond the timeouts under test: not a speed bound).
+    """
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as error:  # noqa: BLE001 - re-raised on the test's thread
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert outcome, "the call hung on a database that never answers"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from tests.helpers import (
     START,
     check_a_batch_retried_after_an_unclear_failure_is_stored_once,
     check_two_conflicting_labels_at_once_store_the_first_and_refuse_the_other,
+    finishes,
     rows_for,
     wait_for,
 )
@@ -537,29 +538,6 @@ def test_postgresql_connections_get_connect_and_statement_timeouts():
     assert seen["connect_timeout"] == 2  # libpq counts whole seconds, 2 at least
     assert seen["options"] == "-c statement_timeout=2500"
     engine.dispose()
-
-
-def finishes(call: Callable[[], Any]) -> Any:
-    """``call()``'s result (or its exception), failing the test instead of hanging the suite if it never
-    returns (a hang guard 10x the 2 s connect timeout, not a speed bound: the timeouts themselves are checked
-    above).
-    """
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, call()))
-        except BaseException as error:  # noqa: BLE001 - re-raised on the test's thread
-            outcome.append((False, error))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(60)
-    assert outcome, "the call hung on a database that never answers"
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
 
 
 def test_a_hung_database_fails_within_the_connect_timeout(tmp_path, spill_dir):

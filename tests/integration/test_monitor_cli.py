@@ -5,13 +5,16 @@ round is an MLflow run; --watch repeats until Ctrl-C, which ends it after the ro
 from __future__ import annotations
 
 import json
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import pytest
 from mlflow import MlflowClient
@@ -105,11 +108,24 @@ def test_monitor_since_minutes_reads_only_that_window_and_saves_the_report_as_la
     assert saved == [f"report/{path.name}" for path in sorted(reports.glob("*")) if "latest" not in path.name]
 
 
+WATCH_DEADLINE_SECONDS = 600
+"""How long the test waits for each round's decision line before it fails (rounds take seconds)."""
+
+
+def read_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    """Put every line of ``stream`` on ``lines``, then None at its end."""
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 def test_monitor_watch_repeats_rounds_until_ctrl_c_ends_it_after_the_round_in_progress(mutable_run, tmp_path):
     """--watch: a round, then another, until interrupted (Ctrl-C: exit 130, said in one line). The signal is
     handled the same whatever the store: SQLite only."""
     env, _ = monitor_env(mutable_run, tmp_path)
+    error_path = tmp_path / "watch.stderr"
+    error_file = error_path.open("w")
     watcher = subprocess.Popen(
         [
             sys.executable,
@@ -123,22 +139,28 @@ def test_monitor_watch_repeats_rounds_until_ctrl_c_ends_it_after_the_round_in_pr
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=error_file,
         text=True,
     )
     assert watcher.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=read_lines, args=(watcher.stdout, lines), daemon=True).start()
     decisions = 0
     try:
-        for line in watcher.stdout:  # a hang here ends with the suite's own timeout, not a wrong answer
+        while decisions < 2:
+            line = lines.get(timeout=WATCH_DEADLINE_SECONDS)  # a deadline that ends the wait, not a figure
+            if line is None:
+                break  # the watcher ended on its own
             decisions += line.startswith("decision: ")
-            if decisions == 2:
-                break
     finally:
         watcher.send_signal(signal.SIGINT)
         try:
-            _, errors = watcher.communicate(timeout=300)  # the round in progress ends first
+            watcher.wait(timeout=300)  # the round in progress ends first
         except subprocess.TimeoutExpired:
             watcher.kill()  # never left running after the test
             raise
+        finally:
+            error_file.close()
+    errors = error_path.read_text()
     assert decisions == 2 and watcher.returncode == 130, errors
     assert errors.strip().splitlines()[-1] == "interrupted" and "Traceback" not in errors

@@ -1,5 +1,7 @@
 """The four stage scripts run for real, in order, against a temp MLflow SQLite store and the real data."""
 
+import re
+
 import mlflow
 import pandas as pd
 import pytest
@@ -101,10 +103,26 @@ def test_make_mlflow_ui_links_open_each_experiment_on_its_runs(pipeline_run, cli
     ]
 
 
-def test_train_prints_a_summary_table(pipeline_run):
-    out = pipeline_run.outputs["train.py"].stdout
-    assert "model" in out and "R2" in out and "RMSE" in out and "fit s" in out and "version" in out
-    assert "gradient_boosting" in out and "linear_regression" in out
+def test_train_prints_a_summary_table(pipeline_run, client):
+    """One row per candidate under the header: its name, the test-split R² and RMSE its child run logged,
+    the CV R², the fit time and the registered version."""
+    lines = pipeline_run.outputs["train.py"].stdout.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.split()[:2] == ["model", "R2"])
+    assert lines[header].split() == ["model", "R2", "RMSE", "CV", "R2", "fit", "s", "version"]
+    rows = {}
+    for line in lines[header + 1 :]:
+        fields = line.split()
+        if len(fields) != 6:
+            break
+        rows[fields[0]] = fields[1:]
+    assert {"gradient_boosting", "linear_regression", "random_forest", "lightgbm_spatial"} <= set(rows)
+    for name, (r2, rmse, cv, fit_seconds, version) in rows.items():
+        registered = client.get_model_version("CaliforniaHousing", version)
+        metrics = client.get_run(registered.run_id).data.metrics
+        assert client.get_run(registered.run_id).data.tags["candidate"] == name
+        assert float(r2) == pytest.approx(metrics["r2"], abs=5e-5)
+        assert float(rmse) == pytest.approx(metrics["rmse"], abs=5e-5)
+        assert re.fullmatch(r"0\.\d{3}\+-0\.\d{3}", cv) and float(fit_seconds) >= 0
 
 
 def test_production_alias_points_to_a_good_model(pipeline_run, client):
