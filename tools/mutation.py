@@ -12,6 +12,8 @@ notice breaking: write the test, or say why the mutation is equivalent.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_SOURCE = PROJECT_DIR.parent / "shared" / "data" / "california_housing.csv"
 COPIED = (
     "housing",
     "tests",
@@ -73,7 +76,7 @@ MUTATIONS = (
         "no-buffer-cap",
         "past the buffer cap, rows spill to disk instead of filling memory",
         "housing/store/spill.py",
-        "if self.max_rows is not None and len(self._rows) + incoming > self.max_rows:",
+        "if self.max_rows is not None and self.memory_rows + incoming > self.max_rows:",
         "if False:",
         (LOG,),
     ),
@@ -222,6 +225,46 @@ MUTATIONS = (
         ("tests/code/test_live_policy.py",),
     ),
     Mutation(
+        "in-flight-uncounted",
+        "the memory cap counts the batch the writer holds (a failed write puts it back)",
+        "housing/store/spill.py",
+        "        return len(self._rows) + inflight",
+        "        return len(self._rows)",
+        (LOG,),
+    ),
+    Mutation(
+        "r2-ignored",
+        "R2 on labelled traffic below the threshold is a reason to retrain",
+        "housing/monitoring/retrain_policy.py",
+        "        if figures.r2 is not None and figures.r2 < thresholds.r2_threshold:",
+        "        if False:",
+        (RETRAIN,),
+    ),
+    Mutation(
+        "production-overwritten",
+        "production moves only from the version the mover read (compare-and-set), else nothing changes",
+        "housing/registry/production.py",
+        "    if current != expected:\n        raise ProductionMoved(",
+        "    if False:\n        raise ProductionMoved(",
+        ("tests/code/test_production.py",),
+    ),
+    Mutation(
+        "body-size-unchecked",
+        "a body over its size limit is a 413, refused before it is read whole",
+        "housing/api/body_reading.py",
+        "            if size > limit:",
+        "            if False:",
+        (SCAN,),
+    ),
+    Mutation(
+        "batch-rows-unchecked",
+        "a batch of more than max_batch_rows rows is a 413 before it is parsed",
+        "housing/api/predict_handler.py",
+        "    if rows is not None and max_rows is not None and rows > max_rows:",
+        "    if False:",
+        (SCAN,),
+    ),
+    Mutation(
         "wrong-token-accepted",
         "a label needs the labellers' token: a wrong one is a 403",
         "housing/api/deps.py",
@@ -241,8 +284,36 @@ def copy_tree(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
+def test_environment() -> dict[str, str]:
+    """The tests' environment in the copy: the real CSV named by an absolute path (the copy has no
+    ``../shared`` beside it)."""
+    environment = dict(os.environ)
+    source = environment.get("HOUSING_DATA_SOURCE") or str(DEFAULT_DATA_SOURCE)
+    if "://" not in source:
+        source = str(Path(source).resolve())
+    environment["HOUSING_DATA_SOURCE"] = source
+    return environment
+
+
+def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[int, int, int, str]:
+    """Run ``tests`` in ``tree``: (exit code, failed tests, errors, the output's tail)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=test_environment(),
+    )
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    failed = int(match.group(1)) if (match := re.search(r"(\d+) failed", summary)) else 0
+    errors = int(match.group(1)) if (match := re.search(r"(\d+) errors?", summary)) else 0
+    return result.returncode, failed, errors, (result.stdout + result.stderr)[-400:]
+
+
 def run(mutation: Mutation, tree: Path) -> tuple[str, float]:
-    """Apply ``mutation`` in ``tree``, run its tests, put the file back; (outcome, seconds)."""
+    """Apply ``mutation`` in ``tree``, run its tests, put the file back; (outcome, seconds). Killed means at
+    least one test failed (an assertion), not that a fixture broke."""
     path = tree / mutation.path
     source = path.read_text()
     if source.count(mutation.original) != 1:
@@ -250,21 +321,24 @@ def run(mutation: Mutation, tree: Path) -> tuple[str, float]:
     path.write_text(source.replace(mutation.original, mutation.mutated))
     started = time.perf_counter()
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
-            cwd=tree,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        code, failed, errors, tail = run_tests(tree, mutation.tests)
     finally:
         path.write_text(source)
     seconds = time.perf_counter() - started
-    if result.returncode == 1:
+    if failed and not errors:
         return "killed", seconds
-    if result.returncode == 0:
+    if code == 0:
         return "SURVIVED", seconds
-    return f"error (pytest exit {result.returncode}): {result.stdout[-300:]}", seconds
+    return f"error (pytest exit {code}, {errors} errors): {tail}", seconds
+
+
+def check_baseline(tree: Path, mutations: list[Mutation]) -> str | None:
+    """Run every chosen mutation's tests on the unchanged copy; a sentence when they do not all pass."""
+    tests = tuple(dict.fromkeys(test for mutation in mutations for test in mutation.tests))
+    code, failed, errors, tail = run_tests(tree, tests)
+    if code != 0:
+        return f"the unmutated tests do not pass ({failed} failed, {errors} errors): {tail}"
+    return None
 
 
 def main() -> int:
@@ -283,6 +357,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="housing-mutation-") as folder:
         tree = Path(folder)
         copy_tree(tree)
+        problem = check_baseline(tree, chosen)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        print("the unmutated copy passes every test the mutations use")
         print(f"{'mutation':<24} {'outcome':<9} {'seconds':>7}  promise")
         for mutation in chosen:
             outcome, seconds = run(mutation, tree)

@@ -67,7 +67,8 @@ def serve_ui(args: argparse.Namespace) -> int:
     if not Path(command[0]).is_file():
         raise UserError(f"MLflow's command line is not installed at {command[0]}: run make setup")
     sys.stdout.flush()
-    os.execv(command[0], command)
+    # no job runner: it serves GenAI features this project does not use, in eight processes of its own
+    os.execve(command[0], command, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ})
 
 
 def _parser() -> argparse.ArgumentParser:

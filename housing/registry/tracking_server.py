@@ -136,7 +136,14 @@ def main(args: argparse.Namespace) -> int:
             auth_config(required("HOUSING_TRACKING_AUTH_DATABASE_URI"), admin_password),
         )
         Path(args.artifacts_destination).mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_DISABLE_TELEMETRY="true")
+        env = {
+            # MLflow's job runner serves GenAI features this project does not use: without it the server
+            # starts no huey consumers (eight processes)
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **os.environ,
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
         for variable in ("HOUSING_TRACKING_ADMIN_PASSWORD", *ACCOUNTS.values()):
             env.pop(variable, None)  # the server needs none of them: the admin's is in the config
         process = subprocess.Popen(server_command(args), env=env)
