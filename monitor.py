@@ -1,20 +1,20 @@
 """Stage 6: watch the served traffic, decide whether to retrain, and retrain through promote's gate.
 
-Reads the last --window predictions the production version served (or those of the last
---since-minutes) from the prediction log, compares them with the data that version was trained on
-(Evidently: drift on the 8 features and the prediction; RMSE / R2 / MAE on the labelled part), and
-judges with the thresholds from the settings: something is wrong when more than --drift-share-threshold of
-the features drifted, or RMSE is above --rmse-threshold, or R2 below --r2-threshold (the last two need
-labels; the defaults are in the option list below). It retrains only with evidence: at least
---monitor-min-labels labelled districts no model has learnt from; otherwise it alerts and says how many
-more are needed. Reports go to artifacts/reports/ (timestamped and *_latest) and every decision is an
-MLflow run in the "monitoring" experiment. A retrain holds the retrain lock (a second monitor says so
-and does not retrain), trains on what production learnt from plus the new labels, and only promote's
-gate, with evidence beyond noise, can move `production`; the API picks the new version up by itself.
-While a challenger is in shadow (`staging` names another version than `production`), every run also judges
-it on the labelled requests both models scored (promote.py --from-shadow does the same by hand) and promotes
-or drops it; with HOUSING_PROMOTION_MODE=shadow a retrained winner becomes that challenger instead of
-replacing production at once.
+Reads the newest --window predictions the production version served in the last HOUSING_MONITOR_WINDOW_HOURS
+(or the last --since-minutes) from the prediction log, no client making up more than
+HOUSING_MONITOR_CLIENT_SHARE of them while others sent traffic too, compares them with the data that version
+was trained on (Evidently: drift on the 8 features and the prediction; RMSE / R2 / MAE on the labelled part),
+and judges with the thresholds from the settings: something is wrong when more than --drift-share-threshold of
+the features drifted, or RMSE is above --rmse-threshold, or R2 below --r2-threshold (the last two need labels;
+the defaults are in the option list below). It retrains only with evidence: at least --monitor-min-labels
+labelled districts no model has learnt from; otherwise it alerts and says how many more are needed. Reports go
+to artifacts/reports/ (timestamped and *_latest) and every decision is an MLflow run in the "monitoring"
+experiment. A retrain holds the retrain lock (a second monitor says so and does not retrain), trains on what
+production learnt from plus the new labels, and only promote's gate, with evidence beyond noise, can move
+`production`; the API picks the new version up by itself. While a challenger is in shadow (`staging` names
+another version than `production`), every run also judges it on the labelled requests both models scored
+(promote.py --from-shadow does the same by hand) and promotes or drops it; with HOUSING_PROMOTION_MODE=shadow
+a retrained winner becomes that challenger instead of replacing production at once.
 
 Exit codes: 0 decided (and retrained if needed, or another process was retraining), 1 the retrain failed
 (production untouched), 2 bad input.
@@ -28,7 +28,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from housing import cli
-from housing.config import Settings
+from housing.config.settings import Settings
+from housing.monitoring.price_moves import approve_price_step
 from housing.monitoring.round import MonitorOutcome, RetrainFailed, run_monitor
 
 logger = logging.getLogger("monitor")
@@ -90,6 +91,11 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
         print(f"challenger: {outcome.challenger.verdict.message}")
     if outcome.not_retrained is not None:
         print(f"not retrained: {outcome.not_retrained}")
+    if outcome.pruned is not None and outcome.pruned.predictions:
+        print(
+            f"retention: deleted {outcome.pruned.predictions:,} prediction(s) and {outcome.pruned.labels:,}"
+            f" label(s) older than {settings.log_retention_days:g} days (every row a retrain used is kept)"
+        )
     if outcome.saved is not None:
         print(
             f"report: {outcome.saved.html_path} (latest:"
@@ -130,6 +136,9 @@ def main(args: argparse.Namespace) -> int:
     """One round, or with --watch a round every SECONDS until SIGINT or SIGTERM; a stop request ends the
     watch after the round in progress (a second Ctrl-C stops at once)."""
     settings = cli.settings_from_args(args)
+    if args.approve_price_step is not None:
+        print(approve_price_step(settings, args.approve_price_step))
+        return 0
     if args.watch is None:
         return monitor_once(args, settings)
     with cli.StopRequest() as stop:
@@ -168,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="Decide and record, but don't retrain.")
     parser.add_argument(
         "--watch", type=float, default=None, metavar="SECONDS", help="Repeat every SECONDS until interrupted."
+    )
+    parser.add_argument(
+        "--approve-price-step",
+        type=float,
+        default=None,
+        metavar="STEP",
+        help=(
+            "Approve, as a person who checked the market, retrains of the current production version that"
+            " re-price old labels by up to STEP (an ALERT names the step); recorded in the ledger, then exit."
+        ),
     )
     cli.add_setting_flags(
         parser,

@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 
 from housing import cli
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.dataset import load_split
 from housing.registry import tracking
-from housing.registry.ledger import read_history, summarise_evidence
+from housing.registry.ledger import DONE, read_history, summarise_evidence
 from housing.registry.live_verdict import judge_challenger
-from housing.registry.production import rollback
+from housing.registry.production import reconcile_ledger, rollback
 from housing.registry.promotion import EvaluationData, promote
 from housing.store.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.store.tables import opened_engine
@@ -60,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
             holder = describe_holder(engine, RETRAIN_LOCK) or "another process"
             print(f"another retrain or promotion is running on {holder}; not promoting")
             return 0
+        for sentence in reconcile_ledger(tracking.connect(settings), settings, engine, "promote.py"):
+            print(f"alias ledger: {sentence}")
         if args.from_shadow:
             outcome = judge_challenger(
                 tracking.connect(settings), settings, engine, command="promote.py --from-shadow"
@@ -90,16 +92,19 @@ def promote_and_report(settings: Settings) -> None:
 
 
 def print_history(settings: Settings) -> None:
-    """Print the production ledger of the model, oldest first, one line per move."""
+    """Print the alias ledger of the model, oldest first, one line per move of production or staging (a move
+    that did not happen says so)."""
     with opened_engine(settings.log_database_url) as engine:
-        entries = read_history(engine, settings.model_name)
+        entries = read_history(engine, settings.model_name, alias=None)
     if not entries:
         print(f"the production ledger of {settings.model_name} is empty")
         return
     for entry in entries:
+        status = "" if entry.status == DONE else f" ({entry.status})"
         print(
-            f"{entry.at:%Y-%m-%d %H:%M:%S} UTC  {entry.from_version or '-':>4} -> {entry.to_version:<4} "
-            f" {entry.command}  {entry.reason}  [{summarise_evidence(entry.evidence)}]"
+            f"{entry.at:%Y-%m-%d %H:%M:%S} UTC  {entry.alias:<10} {entry.from_version or '-':>4} ->"
+            f" {entry.to_version:<4}  {entry.command}{status}  {entry.reason}"
+            f"  [{summarise_evidence(entry.evidence)}]"
         )
 
 

@@ -19,12 +19,13 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
 from housing import cli
 from housing.api.credentials import resolve_feedback_token
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.dataset import split_dataset
 from housing.errors import UserError
 from housing.monitoring.traffic import (
@@ -39,20 +40,32 @@ from housing.monitoring.traffic import (
 
 
 def feedback_headers(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
-    """The headers of every /feedback: ``Authorization: Bearer`` with --feedback-token, else the token the API
-    uses (HOUSING_FEEDBACK_TOKEN or the kept file); none when no labels are sent or feedback is (unsafely)
-    open.
+    """The headers of every /feedback: ``Authorization: Bearer`` with the token in --feedback-token-file, else
+    the token the API uses (HOUSING_FEEDBACK_TOKEN or the kept file); none when no labels are sent or feedback
+    is (unsafely) open. A token is never taken from the command line, where the process list shows it.
     """
-    token = args.feedback_token or resolve_feedback_token(settings)
+    token = read_token_file(args.feedback_token_file) if args.feedback_token_file else None
+    token = token or resolve_feedback_token(settings)
     if token:
         return {"Authorization": f"Bearer {token}"}
     if args.label_fraction == 0 or settings.unsafe_open_feedback:
         return {}
     raise UserError(
         "no feedback token to send labels with: start the API once (`make serve` writes one to"
-        f" {settings.feedback_token_path}), or set HOUSING_FEEDBACK_TOKEN or --feedback-token to the API's"
-        " token (--label-fraction 0 sends no labels)"
+        f" {settings.feedback_token_path}), or set HOUSING_FEEDBACK_TOKEN or --feedback-token-file to the"
+        " API's token (--label-fraction 0 sends no labels)"
     )
+
+
+def read_token_file(path: Path) -> str:
+    """The token kept in ``path``; one sentence when it cannot be read or is empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise UserError(f"cannot read the feedback token file {path} ({error.strerror})") from None
+    if not token:
+        raise UserError(f"the feedback token file {path} is empty")
+    return token
 
 
 def main(args: argparse.Namespace) -> int:
@@ -150,12 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
     parser.add_argument(
-        "--feedback-token",
+        "--feedback-token-file",
         default=None,
-        metavar="TOKEN",
+        type=Path,
+        metavar="PATH",
         help=(
-            "Bearer token of /feedback [env HOUSING_FEEDBACK_TOKEN; default: the API's generated "
-            "<artifacts>/secrets/feedback_token]; the environment keeps it out of the process list"
+            "A file holding the bearer token of /feedback, e.g. a named labeller's [default: env"
+            " HOUSING_FEEDBACK_TOKEN, else the API's generated <artifacts>/secrets/feedback_token]"
         ),
     )
     cli.add_setting_flags(parser, "random_state", "test_size", "artifacts_dir")

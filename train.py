@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from housing import cli
-from housing.config import PROJECT_DIR, Settings
+from housing.config.settings import PROJECT_DIR, Settings
 from housing.data.dataset import Split, load_split, read_manifest
 from housing.training.candidates import load_candidate_specs
 from housing.training.comparison import TrainingData, train_and_register

@@ -34,7 +34,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from bench.monitor import labelled_window, retrain_and_gate
-from housing.config import Settings, get_settings
+from housing.config.settings import Settings, get_settings
 from housing.data.dataset import load_split
 from housing.data.digests import row_digests
 from housing.monitoring.traffic import scenario_rows

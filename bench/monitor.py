@@ -41,7 +41,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 from sqlalchemy import insert
 
-from housing.config import Settings, get_settings
+from housing.config.settings import Settings, get_settings
 from housing.data.dataset import Split, load_split
 from housing.data.digests import row_digests
 from housing.monitoring.drift_report import PREDICTION, WindowFigures, evaluate_window, reference_frame
@@ -53,9 +53,9 @@ from housing.registry.promotion_policy import GateEvidence, paired_bootstrap
 from housing.registry.versions import get_version_by_alias, load_version, registry_client
 from housing.schema import FEATURE_NAMES, SPECS_BY_NAME, TARGET
 from housing.serving.compiled import fast_predict_or_default
-from housing.store.prediction_log import PredictionLog, prediction_rows
+from housing.store.prediction_log import PredictionLog
 from housing.store.retrain_evidence import base_districts, new_evidence
-from housing.store.tables import feedback_table
+from housing.store.tables import feedback_table, prediction_rows
 from housing.training.candidates import build_pipeline, load_candidate_specs
 from housing.training.scoring import regression_metrics
 

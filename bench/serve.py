@@ -47,7 +47,7 @@ from mlflow import MlflowClient
 from sqlalchemy import text
 
 from housing.api.main import SERVER_FLAGS
-from housing.config import Settings, get_settings
+from housing.config.settings import Settings, get_settings
 from housing.data.dataset import load_split, read_source
 from housing.errors import UserError
 from housing.schema import EXAMPLE_REQUEST

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from housing.config import get_settings
+from housing.config.settings import get_settings
 from housing.data.dataset import read_source, split_dataset
 from housing.schema import validate_frame
 from housing.training.candidates import load_candidate_specs

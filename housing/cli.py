@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from housing.config import Settings, get_settings
+from housing.config.settings import Settings, get_settings
 from housing.errors import UserError
 
 EXIT_USER_ERROR = 2

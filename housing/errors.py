@@ -172,3 +172,22 @@ def _mask_parameters(tail: str) -> str:
         if equals and value and is_credential_name(name):
             pieces[index] = f"{name}={MASK}"
     return "".join(pieces)
+
+
+_LOCAL_PATH = re.compile(r"(?<![\w:/.])/(?:[\w.@+-]+/)+([\w.@+-]+)")
+"""An absolute file path in a sentence (not the path of a URL, which follows ``host``)."""
+
+
+def hide_local_paths(text: str) -> str:
+    """``text`` with every absolute file path cut to its last part: what an anonymous client may read of an
+    error (the server's folders are none of its business)."""
+    return _LOCAL_PATH.sub(lambda found: f".../{found[1]}", text)
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` as an anonymous client may see it: credentials masked, a local file's path cut to its name."""
+    masked = mask_uri(uri)
+    scheme, separator, path = masked.partition(":///")
+    if separator and scheme.startswith("sqlite"):
+        return f"{scheme}:///.../{path.rsplit('/', 1)[-1]}" if "/" in path else masked
+    return hide_local_paths(masked)

@@ -120,6 +120,17 @@ TARGET = ColumnSpec(
     example=2.0,
 )
 
+OBSERVED_TARGET_RANGE = (0.14999, 5.00001)
+"""The lowest and highest MedHouseVal the data holds (the census top-coded values at $500,001)."""
+
+
+def plausible_label_range(price_index: float, tolerance: float) -> tuple[float, float]:
+    """The labels a district can plausibly have at ``price_index`` (the served version's price level): the
+    data's observed range at that level, widened ``tolerance`` times each way."""
+    low, high = OBSERVED_TARGET_RANGE
+    return low * price_index / tolerance, high * price_index * tolerance
+
+
 FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
 COLUMN_NAMES: tuple[str, ...] = (*FEATURE_NAMES, TARGET.name)
 SPECS_BY_NAME: dict[str, ColumnSpec] = {spec.name: spec for spec in (*FEATURES, TARGET)}

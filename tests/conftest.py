@@ -42,7 +42,7 @@ from tests.backends import (
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-    from housing.config import Settings
+    from housing.config.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DATA_SOURCE = Path(
@@ -169,7 +169,7 @@ class PipelineRun:
         return Path(self.env["HOUSING_ARTIFACTS_DIR"])
 
     def settings(self, **overrides: Any) -> Settings:
-        from housing.config import Settings
+        from housing.config.settings import Settings
 
         return Settings(artifacts_dir=self.artifacts_dir, tracking_uri=self.tracking_uri, **overrides)
 

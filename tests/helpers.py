@@ -27,8 +27,8 @@ from housing.serving.prometheus import Metrics
 from housing.serving.shadow import ServedBatch, ShadowScorer
 from housing.store.locks import create_lock_table, locks_table
 from housing.store.log_reads import count_rows, read_window
-from housing.store.prediction_log import FeedbackResult, PredictionLog, prediction_rows
-from housing.store.tables import create_tables
+from housing.store.prediction_log import FeedbackResult, PredictionLog
+from housing.store.tables import create_tables, prediction_rows
 from tests.conftest import DATA_SOURCE
 
 

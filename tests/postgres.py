@@ -26,7 +26,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
-from housing.config import PROJECT_DIR
+from housing.config.settings import PROJECT_DIR
 from housing.errors import UserError
 from housing.registry.tracking_server import READER_USER, WRITER_USER
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from housing.api.json_scan import JsonLimits, check_json_limits
 from housing.api.problems import InputError, problem_body
-from housing.config import Settings
+from housing.config.settings import Settings
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 CLOSE = [(b"connection", b"close")]

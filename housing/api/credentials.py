@@ -1,18 +1,31 @@
-"""The labellers' credential: the bearer token of POST /feedback, from the environment or kept in a file.
+"""Who is calling: the labellers of POST /feedback and the clients of POST /predict, by their bearer tokens.
 
-``HOUSING_FEEDBACK_TOKEN`` wins. When it is unset, the API generates a token once and keeps it in
-``<artifacts>/secrets/feedback_token`` (directory 0700, file 0600, never world-readable even for an
-instant), where ``make simulate`` on the same machine finds it. The token itself is never logged.
+The default labeller's token: ``HOUSING_FEEDBACK_TOKEN`` wins. When it is unset, the API generates a token
+once and keeps it in ``<artifacts>/secrets/feedback_token`` (directory 0700, file 0600, never
+world-readable even for an instant), where ``make simulate`` on the same machine finds it. Named labellers
+have tokens of their own in the prediction-log database (:mod:`housing.store.labellers`), which
+:class:`LabellerDirectory` re-reads every few seconds, so a rotated or revoked token stops working without a
+restart. Clients of POST /predict are named by ``HOUSING_PREDICT_TOKENS`` (:class:`ClientDirectory`); without
+it /predict is open and a client is known by its address. Tokens are compared by their SHA-256 (a dictionary
+look-up of a digest reveals nothing of a token), and never logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import secrets
+from typing import Any
 
-from housing.config import Settings
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from housing.config.serving import MIN_TOKEN_CHARS, parse_client_tokens
+from housing.config.settings import Settings
+from housing.errors import UserError, first_line
+from housing.store.labellers import active_digests, token_digest
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +40,17 @@ def environment_token(settings: Settings) -> str | None:
 
 
 def read_token_file(settings: Settings) -> str | None:
-    """The token kept in ``settings.feedback_token_path``, or None when the file is missing or empty."""
+    """The token kept in ``settings.feedback_token_path``, or None when the file is missing or empty;
+    :class:`UserError` when it is too short to guard anything."""
     try:
         token = settings.feedback_token_path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    if token and len(token) < MIN_TOKEN_CHARS:
+        raise UserError(
+            f"the feedback token kept in {settings.feedback_token_path} has fewer than {MIN_TOKEN_CHARS}"
+            " characters: delete the file and the API generates a new one"
+        )
     return token or None
 
 
@@ -85,3 +104,67 @@ def write_new_token(settings: Settings) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
     return token
+
+
+class LabellerDirectory:
+    """Which labeller a feedback token belongs to: the default labeller's token (set at startup) and the named
+    labellers' digests, re-read by :meth:`refresh`."""
+
+    def __init__(self, default_name: str) -> None:
+        self.default_name = default_name
+        self._default_digest: str | None = None
+        self._named: dict[str, str] = {}
+        self.loaded = False
+        """Whether a token is known yet (False: every label is a 503 until the startup sets one)."""
+
+    def set_default_token(self, token: str) -> None:
+        self._default_digest = token_digest(token)
+        self.loaded = True
+
+    def refresh(self, engine: Engine) -> None:
+        """Re-read the named labellers (kept as they were when the database cannot be read)."""
+        try:
+            self._named = active_digests(engine)
+        except SQLAlchemyError as error:
+            logger.warning("labellers: could not re-read the named labellers (%s)", first_line(error))
+            return
+        self.loaded = True
+
+    def labeller(self, token: str) -> str | None:
+        """The name ``token`` belongs to, or None for an unknown token."""
+        digest = token_digest(token)
+        if self._default_digest is not None and hmac.compare_digest(digest, self._default_digest):
+            return self.default_name
+        return self._named.get(digest)
+
+    @property
+    def named(self) -> int:
+        """How many named labellers are registered (0: the default labeller alone)."""
+        return len(self._named)
+
+
+class ClientDirectory:
+    """Which client a /predict bearer token belongs to (``HOUSING_PREDICT_TOKENS``); without tokens every
+    caller is let through, known by its address."""
+
+    def __init__(self, settings: Settings) -> None:
+        tokens = settings.predict_tokens.get_secret_value() if settings.predict_tokens else ""
+        self._by_digest = {token_digest(token): name for token, name in parse_client_tokens(tokens).items()}
+
+    @property
+    def required(self) -> bool:
+        return bool(self._by_digest)
+
+    def client(self, headers: list[tuple[bytes, bytes]], peer: Any) -> tuple[int, str]:
+        """(0, the client's name) for a known bearer token, or (0, its address) when no token is required;
+        else (401 or 403, the sentence that says why)."""
+        if not self._by_digest:
+            return 0, str(peer[0]) if peer else "unknown"
+        authorization = next((value for name, value in headers if name == b"authorization"), None)
+        if authorization is None:
+            return 401, "POST /predict needs a client token: send 'Authorization: Bearer <token>'"
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        name = self._by_digest.get(token_digest(token.strip())) if scheme.lower() == "bearer" else None
+        if name is None:
+            return 403, "unknown client token"
+        return 0, name

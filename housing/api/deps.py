@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from housing.api.rate_limits import retry_after
 from housing.api.services import Services
-from housing.config import Settings
+from housing.config.settings import Settings
 
 
 def get_services(request: Request) -> Services:
@@ -62,30 +63,40 @@ feedback_bearer = HTTPBearer(
     ),
 )
 """Reads ``Authorization: Bearer <token>`` and documents the scheme in OpenAPI; the check is
-:func:`require_feedback_token`."""
+:func:`require_labeller`."""
 
 
-def require_feedback_token(
+def require_labeller(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(feedback_bearer)],
-) -> None:
-    """Let a label through only with ``Authorization: Bearer <feedback token>``: 401 without bearer
-    credentials, 403 with a wrong token; anyone's when HOUSING_UNSAFE_OPEN_FEEDBACK is set (the lifespan
-    warns)."""
-    if services.settings.unsafe_open_feedback:
-        return
+) -> str:
+    """The labeller whose token the request carries (``Authorization: Bearer <token>``): 401 without bearer
+    credentials, 403 with an unknown token, 429 past the labeller's rate; when HOUSING_UNSAFE_OPEN_FEEDBACK
+    is set, anyone's, as the default labeller (the lifespan warns)."""
+    settings = services.settings
+    if settings.unsafe_open_feedback:
+        return settings.default_labeller
     if credentials is None:
         raise HTTPException(
             401,
             "missing feedback token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    expected = services.feedback_token
-    if expected is None:
-        raise HTTPException(503, "the feedback token is not loaded yet; try again in a moment")
-    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+    if not services.labellers.loaded:
+        raise HTTPException(503, "the feedback tokens are not loaded yet; try again in a moment")
+    labeller = services.labellers.labeller(credentials.credentials)
+    if labeller is None:
         raise HTTPException(403, "wrong feedback token")
+    wait = services.label_limits.take(labeller, 1)
+    if wait:
+        raise HTTPException(
+            429,
+            f"labeller {labeller!r} sent labels faster than {settings.feedback_labels_per_second:g} per"
+            " second (HOUSING_FEEDBACK_LABELS_PER_SECOND); retry later",
+            headers={"Retry-After": retry_after(wait)},
+        )
+    return labeller
 
 
-FeedbackTokenDep = Depends(require_feedback_token)
-"""Put in a route's ``dependencies=[FeedbackTokenDep]`` to accept only the labellers' token."""
+LabellerDep = Annotated[str, Depends(require_labeller)]
+"""The labeller of a POST /feedback request (its token checked, its rate counted)."""

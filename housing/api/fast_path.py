@@ -20,11 +20,6 @@ from housing.api.predict_handler import handle_predict
 from housing.api.services import Services
 
 
-def routing_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """The X-Routing-Key header's value (ASGI header names are lower case), if the client sent one."""
-    return next((value for name, value in headers if name == b"x-routing-key"), None)
-
-
 class PredictFastPath:
     """Answers ``POST /predict`` with :func:`handle_predict` directly; passes every other request on."""
 
@@ -41,8 +36,7 @@ class PredictFastPath:
         body = await read_body(scope, receive, send, self.max_body_bytes, self.clock)
         if body is None:  # answered 413 or 408, or the client is gone
             return
-        key = routing_key(scope["headers"]) if self.services.settings.canary_percent else None
         status, content, headers = await handle_predict(
-            self.services, body, key, scope.get("query_string", b"")
+            self.services, body, scope.get("query_string", b""), scope["headers"], scope.get("client")
         )
         await send_json(send, status, content, headers)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from housing.api.problems import InputError
-from housing.config import Settings
+from housing.config.settings import Settings
 
 SLICE_BYTES = 65_536
 """The scan works on slices of this size: a few MB of transient objects at most, and GIL breaks between

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from housing.api.credentials import ensure_feedback_token
-from housing.api.services import Services, follow_registry
+from housing.api.services import Services, follow_labellers, follow_registry
 from housing.serving.prometheus import worker_exiting
 
 logger = logging.getLogger(__name__)
@@ -27,13 +27,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await load_feedback_token(services)
     await asyncio.to_thread(services.prediction_log.start)
     services.shadow.start()
-    follower = asyncio.create_task(follow_registry(services), name="follow-registry")
+    followers = [
+        asyncio.create_task(follow_registry(services), name="follow-registry"),
+        asyncio.create_task(follow_labellers(services), name="follow-labellers"),
+    ]
     try:
         yield
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for follower in followers:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         await asyncio.to_thread(
             services.shadow.close
         )  # its rows go to the log's buffer before the log's final flush
@@ -43,8 +47,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def load_feedback_token(services: Services) -> None:
-    """Keep the labellers' token on ``services`` (HOUSING_FEEDBACK_TOKEN, else the generated file), or warn
-    loudly when HOUSING_UNSAFE_OPEN_FEEDBACK lets anyone send labels."""
+    """Give the default labeller its token (HOUSING_FEEDBACK_TOKEN, else the generated file), or warn loudly
+    when HOUSING_UNSAFE_OPEN_FEEDBACK lets anyone send labels."""
     if services.settings.unsafe_open_feedback:
         logger.warning(
             "HOUSING_UNSAFE_OPEN_FEEDBACK is set: POST /feedback labels are open to anyone who can reach the"
@@ -52,7 +56,8 @@ async def load_feedback_token(services: Services) -> None:
         )
         return
     try:
-        services.feedback_token = await asyncio.to_thread(ensure_feedback_token, services.settings)
+        token = await asyncio.to_thread(ensure_feedback_token, services.settings)
+        services.labellers.set_default_token(token)
     except OSError as error:
         raise RuntimeError(
             f"cannot keep the feedback token in {services.settings.feedback_token_path} ({error.strerror}): "

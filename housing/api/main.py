@@ -11,7 +11,7 @@ from housing.api.openapi import install_openapi
 from housing.api.problems import install_exception_handlers
 from housing.api.routes import admin, feedback, operations, predict
 from housing.api.services import Services
-from housing.config import Settings, get_settings
+from housing.config.settings import Settings, get_settings
 from housing.serving.prometheus import MetricsMiddleware
 
 SERVER_FLAGS = ("--http=httptools", "--timeout-keep-alive=5")

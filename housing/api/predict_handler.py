@@ -36,13 +36,15 @@ from housing.api.problems import (
     validation_problem,
 )
 from housing.api.query_params import query_payload
+from housing.api.rate_limits import retry_after
 from housing.api.schemas import many_rows_adapter, one_row_adapter
 from housing.api.services import Services
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.schema import FEATURE_NAMES, TARGET_UNIT_DOLLARS
 from housing.serving.model_service import LoadedModel, ModelUnavailable
 from housing.serving.shadow import ServedBatch
-from housing.store.prediction_log import LogUnavailable, prediction_rows
+from housing.store.prediction_log import LogUnavailable
+from housing.store.tables import prediction_rows
 
 INLINE_BATCH_ROWS = 64
 """Batches up to this size are predicted on the event loop; larger ones in a worker thread."""
@@ -164,6 +166,7 @@ def log_predictions(
     values: list[float],
     model: LoadedModel,
     started: float,
+    client: str | None = None,
 ) -> None:
     """Buffer the predictions for the prediction log (through the shadow scorer while a challenger is loaded)
     and count them in the Prometheus metrics. The model's alias says which one answered (staging: a canary
@@ -173,7 +176,7 @@ def log_predictions(
     latency_ms = (time.perf_counter() - started) * 1000
     created_at = services.prediction_log.timestamp(datetime.now(UTC))
     if services.challenger() is None or not services.shadow.submit(
-        ServedBatch(request_ids, features, values, model, served_alias, latency_ms, created_at)
+        ServedBatch(request_ids, features, values, model, served_alias, latency_ms, created_at, client)
     ):
         services.prediction_log.append(
             prediction_rows(
@@ -185,6 +188,7 @@ def log_predictions(
                 latency_ms=latency_ms,
                 created_at=created_at,
                 served_alias=served_alias,
+                client=client,
             )
         )
     services.metrics.predictions.labels(model.version).inc(len(request_ids))
@@ -192,29 +196,58 @@ def log_predictions(
     services.metrics.observe_predictions(values)
 
 
+MAX_ROUTING_KEY_CHARS = 256
+"""Longest X-Routing-Key a client may send (the OpenAPI schema says so too)."""
+
+
+def routing_key(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The X-Routing-Key header's value (ASGI header names are lower case), if the client sent one."""
+    return next((value for name, value in headers if name == b"x-routing-key"), None)
+
+
 async def handle_predict(
-    services: Services, body: bytes, routing_key: bytes | None = None, query: bytes = b""
+    services: Services,
+    body: bytes,
+    query: bytes = b"",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    peer: Any = None,
 ) -> tuple[int, bytes, Headers]:
-    """POST /predict on the raw body: (status, JSON body, extra headers). Never raises for bad input.
-    ``routing_key``: the client's X-Routing-Key, which keeps its canary routing stable. ``query``: the raw
-    query string; when there is one, it carries the 8 features and the body must be empty (the original
-    report's form).
+    """POST /predict on the raw request: (status, JSON body, extra headers). Never raises for bad input.
+
+    ``headers``: the raw ASGI headers (the client's token, its X-Routing-Key, which keeps its canary routing
+    stable); ``peer``: the ASGI ``client`` (its address names the client when no tokens are required).
+    ``query``: the raw query string; when there is one, it carries the 8 features and the body must be empty
+    (the original report's form).
     """
     started = time.perf_counter()
+    denied, client = services.clients.client(list(headers), peer)
+    if denied:
+        return denied, problem_body(client), [(b"www-authenticate", b"Bearer")] if denied == 401 else []
+    key = routing_key(headers) if services.settings.canary_percent else None
     try:
+        if key is not None and len(key) > MAX_ROUTING_KEY_CHARS:
+            raise InputError(
+                422, f"X-Routing-Key has {len(key):,} characters; at most {MAX_ROUTING_KEY_CHARS}"
+            )
+        refusal = services.prediction_log.disk_refusal()
+        if refusal is not None:
+            raise LogUnavailable(refusal)
         if query:
             rows: BaseModel | list[BaseModel] = validate_row(
-                query_payload(query, body, services.settings.max_body_bytes),
+                query_payload(query, body, services.settings.max_number_chars),
                 services.settings.max_listed_errors,
             )
         elif len(body) > OFFLOAD_BODY_BYTES:
             rows = await asyncio.to_thread(parse_rows, body, services.settings)
         else:
             rows = parse_rows(body, services.settings)
+        wait = services.row_limits.take(client, len(rows) if isinstance(rows, list) else 1)
+        if wait:
+            return too_many_rows(services.settings, client, wait)
         if isinstance(rows, list):
-            content = await predict_batch(services, rows, started, routing_key)
+            content = await predict_batch(services, rows, started, key, client)
         else:
-            content = await predict_one(services, rows, started, routing_key)
+            content = await predict_one(services, rows, started, key, client)
     except InputError as error:
         return error.status, problem_body(error.detail, error.errors), []
     except ModelUnavailable as error:
@@ -224,7 +257,21 @@ async def handle_predict(
     return 200, content, []
 
 
-async def predict_one(services: Services, row: BaseModel, started: float, routing_key: bytes | None) -> bytes:
+def too_many_rows(settings: Settings, client: str, wait: float) -> tuple[int, bytes, Headers]:
+    """429 for a client past its rows per second."""
+    return (
+        429,
+        problem_body(
+            f"client {client!r} asked for more than {settings.predict_rows_per_second:,g} rows per second"
+            " (HOUSING_PREDICT_ROWS_PER_SECOND); retry later"
+        ),
+        [(b"retry-after", retry_after(wait).encode())],
+    )
+
+
+async def predict_one(
+    services: Services, row: BaseModel, started: float, routing_key: bytes | None, client: str
+) -> bytes:
     """Predict (micro-batched, by the model the routing picks) and log one validated row; the response
     body."""
     features = features_of([row])
@@ -238,7 +285,7 @@ async def predict_one(services: Services, row: BaseModel, started: float, routin
         value, model = await services.batcher.predict_one(
             features[0]
         )  # the challenger was unloaded meanwhile
-    log_predictions(services, request_ids, features, [value], model, started)
+    log_predictions(services, request_ids, features, [value], model, started, client)
     return orjson.dumps(
         {
             "request_id": request_ids[0],
@@ -251,7 +298,7 @@ async def predict_one(services: Services, row: BaseModel, started: float, routin
 
 
 async def predict_batch(
-    services: Services, rows: list[BaseModel], started: float, routing_key: bytes | None
+    services: Services, rows: list[BaseModel], started: float, routing_key: bytes | None, client: str
 ) -> bytes:
     """Predict and log every validated row of a batch (in a worker thread when large), the whole batch by the
     model the routing picks (keyed by X-Routing-Key, else the first request id); the response body."""
@@ -265,7 +312,7 @@ async def predict_batch(
         else await asyncio.to_thread(model.predict, features)
     )
     values = predicted.tolist()
-    log_predictions(services, request_ids, features, values, model, started)
+    log_predictions(services, request_ids, features, values, model, started, client)
     return orjson.dumps(
         {
             "model_name": model.name,

@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException
 
 from housing.api.deps import get_services
 from housing.api.schemas import Feedback
-from housing.config import Settings
+from housing.config.settings import Settings
+from housing.errors import hide_local_paths
 from housing.schema import FEATURE_NAMES, SPECS_BY_NAME
 from housing.serving.model_service import ModelUnavailable
 
@@ -110,8 +111,8 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 
 def unavailable(detail: str, retry_after_seconds: str) -> tuple[int, bytes, RawHeaders]:
-    """503 with ``Retry-After``, as (status, problem body, raw headers)."""
-    return 503, problem_body(detail), [(b"retry-after", retry_after_seconds.encode())]
+    """503 with ``Retry-After``, as (status, problem body, raw headers); no server path in the sentence."""
+    return 503, problem_body(hide_local_paths(detail)), [(b"retry-after", retry_after_seconds.encode())]
 
 
 def model_unavailable(error: ModelUnavailable, settings: Settings) -> tuple[int, bytes, RawHeaders]:

@@ -1,6 +1,7 @@
 """Everything the routes share, created once per app: settings, Prometheus metrics, the champion's and the
-challenger's model services and micro-batchers, the prediction log, the shadow scorer and the labellers'
-token; and the task that follows the registry's production and staging aliases."""
+challenger's model services and micro-batchers, the prediction log, the shadow scorer, who the labellers and
+the clients are and their rate limits; and the tasks that follow the registry's aliases and the labellers'
+tokens."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import asyncio
 import gc
 import logging
 
-from housing.config import Settings
+from housing.api.credentials import ClientDirectory, LabellerDirectory
+from housing.api.rate_limits import RateLimiter
+from housing.config.settings import Settings
 from housing.serving.micro_batch import MicroBatcher
 from housing.serving.model_service import LoadedModel, ModelService
 from housing.serving.prometheus import Metrics
@@ -35,11 +38,11 @@ class Services:
         self.shadow = ShadowScorer(
             self.prediction_log, self.metrics, self.other_model, interval=settings.shadow_interval
         )
-        self.feedback_token: str | None = (
-            None  # set by the lifespan (housing.api.credentials); None refuses every label
-        )
-        self._logged_rows = 0
-        self._failed_flushes = 0
+        self.labellers = LabellerDirectory(settings.default_labeller)
+        self.clients = ClientDirectory(settings)
+        self.label_limits = RateLimiter(settings.feedback_labels_per_second, settings.feedback_label_burst)
+        self.row_limits = RateLimiter(settings.predict_rows_per_second, settings.predict_row_burst)
+        self._logged_rows = self._failed_flushes = self._dead_letters = 0
 
     def challenger(self) -> LoadedModel | None:
         """The challenger: the staging alias's model when it is loaded and is not the served production
@@ -112,6 +115,8 @@ class Services:
         self._logged_rows = status.written_rows
         self.metrics.log_failed_flushes.inc(status.failed_flushes - self._failed_flushes)
         self._failed_flushes = status.failed_flushes
+        self.metrics.log_dead_letters.inc(status.dead_letter_rows - self._dead_letters)
+        self._dead_letters = status.dead_letter_rows
 
 
 async def follow_registry(services: Services) -> None:
@@ -123,3 +128,14 @@ async def follow_registry(services: Services) -> None:
         except Exception:
             logger.exception("registry check crashed")
         await asyncio.sleep(services.settings.reload_interval)
+
+
+async def follow_labellers(services: Services) -> None:
+    """Re-read the named labellers' tokens every ``labeller_refresh_seconds`` (a rotated token stops working
+    within that time)."""
+    while True:
+        try:
+            await asyncio.to_thread(services.labellers.refresh, services.prediction_log.engine)
+        except Exception:
+            logger.exception("labellers check crashed")
+        await asyncio.sleep(services.settings.labeller_refresh_seconds)

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.datasets import fetch_california_housing
 from sklearn.model_selection import train_test_split
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.artifacts import (
     load_json,
     load_pickle,

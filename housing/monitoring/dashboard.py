@@ -8,7 +8,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.monitoring.drift_report import MONITORED_COLUMNS
 from housing.schema import FEATURE_NAMES
 

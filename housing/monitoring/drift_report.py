@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import UndefinedMetricWarning
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.artifacts import atomic_path, save_json
 from housing.schema import FEATURE_NAMES, TARGET
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from housing import cli
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.errors import UserError, first_line
 from housing.monitoring.dashboard import VERSION_FIGURE, dashboard_panels, sync_dashboard
 from housing.monitoring.drift_report import quiet_third_party_warnings

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +16,7 @@ from mlflow.entities.model_registry import ModelVersion
 from sklearn.pipeline import Pipeline
 from sqlalchemy import Engine
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.dataset import Split, load_split
 from housing.data.digests import row_digests
 from housing.errors import UserError
@@ -36,6 +36,7 @@ from housing.monitoring.retraining import (
 from housing.registry import tracking
 from housing.registry.versions import get_version_by_alias, load_version
 from housing.schema import FEATURE_NAMES, TARGET
+from housing.store.labellers import active_digests
 from housing.store.log_reads import read_window
 from housing.store.retrain_evidence import (
     EVAL_ROLE,
@@ -146,9 +147,10 @@ def read_inputs(settings: Settings, engine: Engine, since: datetime | None) -> M
     version = serving_version(client, settings)
     window = read_window(
         engine,
-        last_n=settings.monitor_window if since is None else None,
-        since=since,
+        last_n=settings.monitor_window,
+        since=since or datetime.now(UTC) - timedelta(hours=settings.monitor_window_hours),
         model_version=str(version.version),
+        client_share=settings.monitor_client_share,
     )
     split = load_split(settings.split_dir)
     remembered = trained_rows(engine, version.tags.get("training_run_id", ""))
@@ -162,7 +164,7 @@ def read_inputs(settings: Settings, engine: Engine, since: datetime | None) -> M
         split,
         remembered,
         reference,
-        current_evidence(engine, window, split),
+        current_evidence(engine, window, split, settings.labeller_max_share),
         index,
         held_out.description,
         estimator,
@@ -189,7 +191,9 @@ def serving_estimator(client: MlflowClient, version: ModelVersion) -> tuple[Loss
     return estimator, ""
 
 
-def current_evidence(engine: Engine, window: pd.DataFrame, split: Split) -> Evidence:
-    """The window's labelled districts that neither the training split nor any retraining run has used."""
+def current_evidence(engine: Engine, window: pd.DataFrame, split: Split, labeller_share: float) -> Evidence:
+    """The window's labelled districts that neither the training split nor any retraining run has used; once
+    named labellers are registered, no labeller makes up more than ``labeller_share`` of them."""
     labelled = window[window[TARGET.name].notna()]
-    return new_evidence(labelled, used_districts(engine) | base_districts(split.x_train))
+    share = labeller_share if active_digests(engine) else None
+    return new_evidence(labelled, used_districts(engine) | base_districts(split.x_train), share)

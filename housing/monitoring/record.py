@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import mlflow
 import pandas as pd
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.monitoring.drift_report import (
     SavedReport,
     WindowFigures,

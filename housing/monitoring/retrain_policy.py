@@ -10,14 +10,16 @@ needed, never a retrain. With fewer than ``min_window`` predictions it makes no 
 false alarms). While the error cannot be judged from labels, an error *estimated* without labels
 (:mod:`housing.monitoring.loss_estimation`) whose whole interval is above ``rmse_threshold`` is a reason too
 ("expected degradation"): an alert that asks for the labels needed to confirm it; retraining still needs the
-evidence.
+evidence. A retrain re-prices old labels by the price-index step the new labels show; a step larger than
+``retrain_max_price_step`` (up or down), unless a person approved it, turns a retrain into an alert that says
+how to approve it: labels alone, from whoever holds a token, never re-price every training label at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.monitoring.drift_report import PREDICTION, WindowFigures
 from housing.monitoring.loss_estimation import Estimate
 
@@ -40,11 +42,34 @@ class Decision:
     """New labelled districts still needed before a retrain (an alert's count; 0 otherwise)."""
     labels_to_confirm: int = 0
     """Labelled predictions needed to confirm an expected degradation (0: none expected)."""
+    price_step_to_approve: float = 0.0
+    """The price-index step a person must approve before a retrain applies it (0: none)."""
 
     @property
     def retrain(self) -> bool:
         """Whether the verdict is to retrain."""
         return self.action == RETRAIN
+
+
+@dataclass(frozen=True)
+class PriceMove:
+    """The price-index step the new labels show against the served predictions, and the largest step a
+    retrain may apply (the setting's, or a person's approval of a larger one)."""
+
+    step: float
+    low: float
+    high: float
+    allowed: float
+
+    @property
+    def moved(self) -> bool:
+        """The step's interval excludes 1: a real move, which a retrain applies."""
+        return self.low > 1.0 or self.high < 1.0
+
+    @property
+    def beyond(self) -> bool:
+        """A real move larger (up or down) than a retrain may apply on its own."""
+        return self.moved and max(self.step, 1.0 / self.step) > self.allowed * (1 + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,7 @@ def decide(
     thresholds: RetrainThresholds,
     new_districts: int | None = None,
     estimate: Estimate | None = None,
+    price_move: PriceMove | None = None,
 ) -> Decision:
     """Apply the thresholds (drift share; RMSE / R2 when there are enough labels, else the estimated RMSE),
     then the evidence rule.
@@ -81,6 +107,7 @@ def decide(
     ``new_districts``: labelled districts no model has learnt from; None counts every labelled row as new
     (for callers that track no evidence, such as the benchmark's synthetic windows). ``estimate``: the error
     estimated without labels on the window's unlabelled predictions (None: no loss estimator).
+    ``price_move``: the price step the evidence shows (None: not measured).
     """
     if figures.window_rows < thresholds.min_window:
         return Decision(
@@ -97,6 +124,16 @@ def decide(
     if not reasons:
         return Decision(NO_ACTION, reasons, notes)
     evidence = figures.labelled_rows if new_districts is None else new_districts
+    if evidence >= thresholds.min_labels and price_move is not None and price_move.beyond:
+        reasons.append(
+            f"the new labels show prices x{price_move.step:.3f} ({price_move.low:.3f}-{price_move.high:.3f})"
+            f" against the served predictions, a larger move than the x{price_move.allowed:.3f} a retrain"
+            " applies on its own (HOUSING_RETRAIN_MAX_PRICE_STEP): not retraining; if the market really"
+            f" moved, approve it with `python monitor.py --approve-price-step {price_move.step:.4f}`"
+        )
+        return Decision(
+            ALERT, reasons, notes, labels_to_confirm=labels_to_confirm, price_step_to_approve=price_move.step
+        )
     if evidence >= thresholds.min_labels:
         return Decision(RETRAIN, reasons, notes, labels_to_confirm=labels_to_confirm)
     needed = thresholds.min_labels - evidence

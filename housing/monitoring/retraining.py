@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.artifacts import save_json, save_pickle
 from housing.data.dataset import Split
 from housing.data.digests import frame_sha256
@@ -150,6 +150,7 @@ def build_retraining_sets(
     base_source: str,
     now: datetime,
     base_index: float = 1.0,
+    max_price_step: float | None = None,
 ) -> RetrainingSets:
     """Training = train split + remembered traffic (decayed) + older new evidence; evaluation = test split
     (+ the newest new evidence, when there is enough of it). Pure: frames in, sets out.
@@ -164,6 +165,13 @@ def build_retraining_sets(
     new = new.sort_values("created_at", kind="stable").reset_index(drop=True)
     held_out = max(1, math.ceil(len(new) * settings.retrain_holdout_share))
     index = _index_of(new.iloc[:-held_out], base_index, settings)
+    step = index.applied_step
+    if max_price_step is not None and max(step, 1 / step) > max_price_step * (1 + 1e-9):
+        raise UserError(
+            f"the new labels re-price old ones by x{step:.4f}, more than the x{max_price_step:.4f} a retrain"
+            " may apply (HOUSING_RETRAIN_MAX_PRICE_STEP, or a person's approval with monitor.py"
+            " --approve-price-step)"
+        )
     remembered = remembered.assign(**{TARGET.name: remembered[TARGET.name] * index.applied_step})
     split = Split(split.x_train, split.x_test, split.y_train * index.level, split.y_test * index.level)
     traffic = pd.concat([part for part in (remembered, new.iloc[:-held_out]) if len(part)], ignore_index=True)
@@ -204,6 +212,7 @@ def build_retraining_sets(
         train_weight=train_weight,
         test_weight=evaluation.sample_weight,
         provenance=provenance,
+        reference_rows=np.arange(len(x_train)) < len(split.x_train),  # traffic never a neighbour target
     )
     return RetrainingSets(training, evaluation, manifest, traffic, eval_traffic)
 
@@ -304,6 +313,7 @@ def retrain(
     *,
     base_source: str,
     base_index: float = 1.0,
+    max_price_step: float | None = None,
 ) -> RetrainOutcome:
     """Train every candidate on the new data, register them, record which traffic rows the run used, and run
     promote's gates on the new evaluation data."""
@@ -315,6 +325,7 @@ def retrain(
         base_source=base_source,
         now=datetime.now(UTC),
         base_index=base_index,
+        max_price_step=max_price_step,
     )
     data_dir = settings.artifacts_dir / "retraining" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name, part in {

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.dataset import read_manifest
 from housing.errors import mask_text, masked_first_line
 from housing.monitoring.drift_report import (
@@ -33,16 +33,16 @@ from housing.monitoring.drift_report import (
 )
 from housing.monitoring.inputs import MonitorInputs, current_evidence, read_inputs
 from housing.monitoring.loss_estimation import WindowEstimate, estimate_window
+from housing.monitoring.price_moves import allowed_price_step, price_move_of
 from housing.monitoring.record import add_to_history, decision_record, log_monitoring_run
 from housing.monitoring.retrain_policy import Decision, RetrainThresholds, decide
-from housing.monitoring.retraining import (
-    RetrainOutcome,
-    retrain,
-)
+from housing.monitoring.retraining import RetrainOutcome, retrain
 from housing.registry import tracking
 from housing.registry.live_verdict import ChallengerOutcome, judge_challenger
+from housing.registry.production import reconcile_ledger
 from housing.schema import TARGET
 from housing.store.locks import RETRAIN_LOCK, describe_holder, held_lock
+from housing.store.retention import Pruned, prune_log
 from housing.store.retrain_evidence import (
     Evidence,
 )
@@ -80,10 +80,12 @@ class MonitorOutcome:
     estimate: WindowEstimate | None = None
     """The error estimated without labels (None: the version has no loss estimator, or the window is
     empty)."""
+    pruned: Pruned | None = None
+    """What the log's retention deleted after the round (None: a dry run deletes nothing)."""
 
 
 def retrain_with_evidence(
-    settings: Settings, inputs: MonitorInputs, monitoring_run_id: str
+    settings: Settings, inputs: MonitorInputs, monitoring_run_id: str, max_price_step: float
 ) -> RetrainOutcome:
     """Retrain on the new evidence plus what production learnt from, and tag the monitoring run with the
     outcome.
@@ -99,6 +101,7 @@ def retrain_with_evidence(
             inputs.evidence.rows,
             base_source=read_manifest(settings.manifest_path).source,
             base_index=inputs.price_index,
+            max_price_step=max_price_step,
         )
     except Exception as error:
         known = (settings.tracking_uri, settings.log_database_url)
@@ -126,26 +129,63 @@ def retrain_once(settings: Settings, engine: Engine, inputs: MonitorInputs, outc
                 f"another retrain or promotion is running ({holder}); this monitor does not retrain"
             )
             return
-        inputs.evidence = current_evidence(
-            engine, inputs.window, inputs.split
-        )  # a retrain may have finished meanwhile
+        inputs.evidence = current_evidence(  # a retrain may have finished meanwhile
+            engine, inputs.window, inputs.split, settings.labeller_max_share
+        )
         if inputs.evidence.districts < settings.monitor_min_labels:
             outcome.not_retrained = (
                 f"a retrain that finished meanwhile used this evidence (now {inputs.evidence.districts:,} new"
                 " labelled districts); this monitor does not retrain"
             )
             return
-        outcome.retrained = retrain_with_evidence(settings, inputs, outcome.monitoring_run_id or "")
+        outcome.retrained = retrain_with_evidence(
+            settings,
+            inputs,
+            outcome.monitoring_run_id or "",
+            allowed_price_step(settings, engine, str(inputs.version.version)),
+        )
 
 
-def judge_live(settings: Settings, engine: Engine, *, dry_run: bool) -> ChallengerOutcome | None:
-    """The challenger's live verdict, applied under the retrain lock (only reported with ``dry_run``); None
-    when another process holds the lock."""
+def judge_live(
+    settings: Settings, engine: Engine, *, dry_run: bool
+) -> tuple[ChallengerOutcome | None, list[str]]:
+    """Under the retrain lock: make the alias ledger agree with the registry (what a crash or a hand left),
+    then the challenger's live verdict, applied (only reported with ``dry_run``, and the ledger only read).
+    The verdict is None when another process holds the lock; the ledger's disagreements as sentences."""
     client = tracking.connect(settings)
     if dry_run:
-        return judge_challenger(client, settings, engine, command="monitor.py", apply=False)
-    with held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lock:
-        return None if lock is None else judge_challenger(client, settings, engine, command="monitor.py")
+        return judge_challenger(client, settings, engine, command="monitor.py", apply=False), []
+    with held_lock(engine, RETRAIN_LOCK, lease_seconds=settings.monitor_lock_seconds) as lease:
+        if lease is None:
+            return None, []
+        said = reconcile_ledger(client, settings, engine, "monitor.py")
+        return judge_challenger(client, settings, engine, command="monitor.py"), said
+
+
+def decide_round(
+    settings: Settings,
+    engine: Engine,
+    inputs: MonitorInputs,
+    figures: WindowFigures,
+    estimate: WindowEstimate | None,
+) -> Decision:
+    """The retrain policy's decision on this round's figures, evidence and price move, with its notes."""
+    allowed = allowed_price_step(settings, engine, str(inputs.version.version))
+    decision = decide(
+        figures,
+        RetrainThresholds.from_settings(settings),
+        inputs.evidence.districts,
+        estimate.overall if estimate is not None else None,
+        price_move_of(inputs.evidence.rows, settings, allowed),
+    )
+    if inputs.evidence.over_share:
+        decision.notes.append(
+            f"{inputs.evidence.over_share:,} new labelled districts left out of the evidence: their"
+            f" labeller sent more than {settings.labeller_max_share:.0%} of it (HOUSING_LABELLER_MAX_SHARE)"
+        )
+    if inputs.estimator_note:
+        decision.notes.append(inputs.estimator_note)
+    return decision
 
 
 def run_monitor(
@@ -169,18 +209,12 @@ def run_monitor(
             estimate = estimate_window(
                 inputs.loss_estimator, inputs.window, TARGET.name, PREDICTION, settings.estimation_confidence
             )
-        decision = decide(
-            figures,
-            RetrainThresholds.from_settings(settings),
-            inputs.evidence.districts,
-            estimate.overall if estimate is not None else None,
-        )
-        if inputs.estimator_note:
-            decision.notes.append(inputs.estimator_note)
+        decision = decide_round(settings, engine, inputs, figures, estimate)
         if dry_run and decision.retrain:
             decision.notes.append("--dry-run: not retraining")
         version = str(inputs.version.version)
-        challenger = judge_live(settings, engine, dry_run=dry_run)
+        challenger, ledger_notes = judge_live(settings, engine, dry_run=dry_run)
+        decision.notes += [f"alias ledger: {sentence}" for sentence in ledger_notes]
         history_tags = add_to_history(settings, snapshot, inputs, figures, decision, version, estimate)
         record = {
             **decision_record(
@@ -223,4 +257,6 @@ def run_monitor(
             )
         elif decision.retrain and not dry_run:
             retrain_once(settings, engine, inputs, outcome)
+        if not dry_run:
+            outcome.pruned = prune_log(engine, when - timedelta(days=settings.log_retention_days))
         return outcome

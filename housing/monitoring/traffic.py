@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.dataset import read_dataset, read_source
 from housing.monitoring.segments import MIN_SEGMENT_ROWS, region_of, segment_masks
 from housing.schema import SPECS_BY_NAME, validate_frame
@@ -114,9 +114,10 @@ class Outcome:
 
 
 async def post_label(client: httpx.AsyncClient, outcome: Outcome, request_id: str, actual: float) -> None:
-    """POST one label; retried on a 5xx or a transport error (the endpoint is idempotent), not on a 4xx."""
+    """POST one label; retried on a 5xx, a 429 (after its Retry-After) or a transport error (the endpoint is
+    idempotent), not on another 4xx."""
     problem = ""
-    for attempt in range(3):
+    for attempt in range(5):
         try:
             response = await client.post("/feedback", json={"request_id": request_id, "actual": actual})
         except httpx.HTTPError as error:
@@ -126,6 +127,9 @@ async def post_label(client: httpx.AsyncClient, outcome: Outcome, request_id: st
                 outcome.labelled += 1
                 return
             problem = f"feedback {response.status_code} {response.text[:200]}"
+            if response.status_code == 429:
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                continue
             if response.status_code < 500:
                 break
         await asyncio.sleep(0.5 * (attempt + 1))

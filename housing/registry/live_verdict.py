@@ -17,19 +17,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, and_, func, or_, select
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.digests import row_digests
 from housing.registry.live_policy import ChallengerVerdict, decide_challenger
-from housing.registry.production import move_production
+from housing.registry.production import move_production, move_staging
 from housing.registry.versions import get_version_by_alias
 from housing.schema import FEATURE_NAMES
+from housing.store.labellers import active_digests
 from housing.store.locks import aware
+from housing.store.log_reads import fair_cap
 from housing.store.tables import feedback_table, predictions_table
 
 if TYPE_CHECKING:
@@ -41,13 +43,22 @@ VERDICT_TAG = "shadow_verdict"
 """The tag a dropped challenger's version keeps: why it was dropped."""
 
 
-def paired_requests(engine: Engine, champion: str, challenger: str) -> pd.DataFrame:
+def paired_requests(
+    engine: Engine, champion: str, challenger: str, labeller_share: float | None = None
+) -> pd.DataFrame:
     """Labelled requests scored by both versions (either one answering), oldest first, one per district:
-    the 8 features, ``champion`` and ``challenger`` (their predictions), ``actual``."""
+    the 8 features, ``champion`` and ``challenger`` (their predictions), ``actual`` and its ``labeller``.
+    With ``labeller_share``, each labeller's newest requests up to the most that keeps every labeller within
+    that share (one labeller alone: none)."""
     p, f = predictions_table.c, feedback_table.c
     query = (
         select(
-            *(p[name] for name in FEATURE_NAMES), p.model_version, p.prediction, p.shadow_prediction, f.actual
+            *(p[name] for name in FEATURE_NAMES),
+            p.model_version,
+            p.prediction,
+            p.shadow_prediction,
+            f.actual,
+            f.labeller,
         )
         .select_from(predictions_table.join(feedback_table, p.request_id == f.request_id))
         .where(p.shadow_prediction.is_not(None))
@@ -62,8 +73,9 @@ def paired_requests(engine: Engine, champion: str, challenger: str) -> pd.DataFr
     with engine.connect() as connection:
         result = connection.execute(query)
         frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    columns = [*FEATURE_NAMES, "champion", "challenger", "actual", "labeller"]
     if frame.empty:
-        return pd.DataFrame(columns=[*FEATURE_NAMES, "champion", "challenger", "actual"])
+        return pd.DataFrame(columns=columns)
     answered_by_champion = (frame["model_version"] == champion).to_numpy()
     frame["champion"] = np.where(
         answered_by_champion, frame["prediction"], frame["shadow_prediction"]
@@ -72,8 +84,13 @@ def paired_requests(engine: Engine, champion: str, challenger: str) -> pd.DataFr
         answered_by_champion, frame["shadow_prediction"], frame["prediction"]
     ).astype(float)
     frame["actual"] = frame["actual"].astype(float)
-    frame = frame[~row_digests(frame).duplicated()]
-    return frame[[*FEATURE_NAMES, "champion", "challenger", "actual"]].reset_index(drop=True)
+    frame = frame[~row_digests(frame).duplicated()].reset_index(drop=True)
+    if labeller_share is not None:
+        who = frame["labeller"].fillna("")
+        cap = fair_cap(who.value_counts().tolist(), len(frame), labeller_share, alone_too=True)
+        reversed_who = who.iloc[::-1]
+        frame = frame[(reversed_who.groupby(reversed_who).cumcount().iloc[::-1] < cap).to_numpy()]
+    return frame[columns].reset_index(drop=True)
 
 
 def first_scored(engine: Engine, challenger: str) -> datetime | None:
@@ -133,7 +150,8 @@ def judge_challenger(
             "none", f"no challenger in shadow ('{settings.staging_alias}' names {named})"
         )
         return ChallengerOutcome(champion, challenger, verdict)
-    pairs = paired_requests(engine, champion, challenger)
+    share = settings.labeller_max_share if active_digests(engine) else None
+    pairs = paired_requests(engine, champion, challenger, share)
     started = first_scored(engine, challenger)
     waited = None if started is None else (datetime.now(UTC) - started).total_seconds() / 3600
     verdict = decide_challenger(
@@ -146,12 +164,38 @@ def judge_challenger(
         waited_hours=waited,
         max_wait_hours=settings.shadow_max_wait_hours,
     )
+    verdict = within_offline_floor(verdict, staging, settings)
+    if share is not None and verdict.action == "wait" and pairs["labeller"].nunique() < 2:
+        verdict = ChallengerVerdict(
+            "wait",
+            f"{verdict.message}; the live verdict counts labels from two labellers or more, none making up"
+            f" more than {share:.0%} of them (HOUSING_LABELLER_MAX_SHARE)",
+            verdict.evidence,
+            verdict.more_needed,
+        )
     outcome = ChallengerOutcome(
         champion, challenger, verdict, len(pairs), applied=apply and verdict.action != "wait"
     )
     if apply:
         apply_verdict(client, settings, outcome, pairs, command)
     return outcome
+
+
+def within_offline_floor(verdict: ChallengerVerdict, staging: Any, settings: Settings) -> ChallengerVerdict:
+    """The verdict, unless it promotes a challenger whose offline R2 is below the production gate's floor:
+    then a rejection (live labels alone never promote a model the offline gate would not)."""
+    if verdict.action != "promote":
+        return verdict
+    r2 = float((staging.tags or {}).get("eval_r2", "nan"))
+    if r2 >= settings.production_r2_threshold:
+        return verdict
+    return ChallengerVerdict(
+        "reject",
+        f"version {staging.version} did better on live labels, but its offline R2 {r2:.4f} is below the"
+        f" production gate's {settings.production_r2_threshold} (HOUSING_PRODUCTION_R2_THRESHOLD): not"
+        " promoted",
+        verdict.evidence,
+    )
 
 
 def apply_verdict(
@@ -179,5 +223,4 @@ def apply_verdict(
         client.set_model_version_tag(
             name, outcome.challenger, VERDICT_TAG, f"{verdict.action}: {verdict.message}"[:5000]
         )
-        client.delete_registered_model_alias(name, settings.staging_alias)
-        logger.info("'%s' of %s removed: %s", settings.staging_alias, name, verdict.message)
+        move_staging(client, settings, None, command=command, reason=f"{verdict.action}: {verdict.message}")

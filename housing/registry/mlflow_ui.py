@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from housing import cli
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.errors import UserError
 from housing.registry import tracking
 

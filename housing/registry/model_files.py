@@ -17,6 +17,7 @@ import skops.io
 from mlflow.models import Model
 
 from housing.errors import UserError
+from housing.registry.model_bounds import check_model_arrays
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -49,12 +50,13 @@ def untrusted_types(pipeline: Pipeline) -> list[str]:
 
 def load_skops_model(model_dir: Path, described: str) -> Pipeline:
     """Load the pipeline of an MLflow model folder saved with skops, trusting only
-    :data:`SKOPS_TRUSTED_TYPES`."""
+    :data:`SKOPS_TRUSTED_TYPES`, its arrays checked for bounds (:mod:`housing.registry.model_bounds`)."""
     flavor = Model.load(model_dir / "MLmodel").flavors.get("sklearn")
     if flavor is None or flavor.get("serialization_format") != "skops":
         raise UserError(f"model {described} is not a skops-serialized scikit-learn model")
     data = read_model_file(model_dir / flavor["pickled_model"])
     pipeline: Pipeline = skops.io.loads(data, trusted=list(SKOPS_TRUSTED_TYPES))
+    check_model_arrays(pipeline)  # before any kernel or library code indexes one array with another
     return pipeline
 
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.digests import frame_sha256
 from housing.errors import UserError
-from housing.registry.production import move_production
+from housing.registry.production import move_production, move_staging
 from housing.registry.promotion_policy import (
     GateEvidence,
     PromotionDecision,
@@ -154,8 +154,15 @@ def apply_promotion(
     """Point the aliases where the decision says; an alias that does not move is not touched. Production
     moves by compare-and-set against ``expected_production`` and is recorded in the production ledger."""
     if decision.move_staging and decision.staging_version is not None:
-        client.set_registered_model_alias(
-            settings.model_name, settings.staging_alias, decision.staging_version
+        move_staging(
+            client,
+            settings,
+            decision.staging_version,
+            command=command,
+            reason=next(
+                (message for message in decision.messages if settings.staging_alias in message),
+                "the staging gate's best candidate",
+            ),
         )
     if decision.move_production and decision.production_version is not None:
         move_production(

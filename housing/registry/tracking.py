@@ -23,7 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 from sklearn.pipeline import Pipeline
 
-from housing.config import PROJECT_DIR, Settings
+from housing.config.settings import PROJECT_DIR, Settings
 from housing.errors import UserError, mask_uri, masked_first_line
 from housing.registry.model_files import SKOPS_TRUSTED_TYPES
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, FEATURES, TARGET, TARGET_UNIT_DOLLARS

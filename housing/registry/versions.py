@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.errors import UserError
 from housing.registry.model_files import load_skops_model
 from housing.registry.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE, quiet_mlflow

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.errors import mask_uri, masked_first_line
 from housing.registry.versions import get_version_by_alias, load_version, registry_client
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
@@ -52,6 +52,8 @@ class LoadedModel:
     """The compiled predict path (housing.serving.compiled), set only when it reproduces pipeline.predict."""
     steps: tuple[StepPath, ...] = ()
     """What runs for each pipeline step: compiled array arithmetic, or the library's own transform/predict."""
+    price_index: float = 1.0
+    """The price level the version was trained at (its run's ``price_index`` tag; 1.0 for the original)."""
 
     @property
     def predict_path(self) -> list[dict[str, object]]:
@@ -284,9 +286,12 @@ class ModelService:
     def _load(self, client: Any, version: Any, alias: str) -> LoadedModel:
         pipeline = load_version(client, version)
         metrics: dict[str, float] = {}
+        price_index = 1.0
         if version.run_id:
             try:
-                metrics = dict(client.get_run(version.run_id).data.metrics)
+                run = client.get_run(version.run_id)
+                metrics = dict(run.data.metrics)
+                price_index = float(run.data.tags.get("price_index", "1"))
             except Exception:  # noqa: BLE001 - metrics are informative only
                 logger.warning("could not read the metrics of run %s", version.run_id)
         fast_predict, compiled = fast_predict_or_default(pipeline)
@@ -320,6 +325,7 @@ class ModelService:
             loaded_at=datetime.now(UTC),
             candidate=(version.tags or {}).get("candidate"),
             steps=steps,
+            price_index=price_index,
         )
         loaded.predict(np.array([[EXAMPLE_REQUEST[name] for name in FEATURE_NAMES]]))  # warm-up
         return loaded

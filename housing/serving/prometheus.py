@@ -152,6 +152,11 @@ class Metrics:
             "Batched writes of the prediction log that failed (and were retried).",
             registry=r,
         )
+        self.log_dead_letters = Counter(
+            "housing_log_dead_letter_rows_total",
+            "Prediction-log rows the database refused for good, moved to the dead-letter file.",
+            registry=r,
+        )
         self.batch_rows = Histogram(
             "housing_microbatch_rows",
             "Single-row requests merged into one model call.",

@@ -28,7 +28,8 @@ import numpy as np
 
 from housing.serving.model_service import LoadedModel
 from housing.serving.prometheus import Metrics
-from housing.store.prediction_log import LogUnavailable, PredictionLog, prediction_rows
+from housing.store.prediction_log import LogUnavailable, PredictionLog
+from housing.store.tables import prediction_rows
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,19 @@ class ServedBatch:
     served_alias: str
     latency_ms: float
     created_at: Any
+    client: str | None = None
+    """Who asked (the log's ``client`` column; the backlog is shared fairly between clients)."""
 
 
 class ShadowScorer:
     """Scores served rows with the other model in a thread of its own, and logs them with both predictions.
 
     ``other_model(served_alias)`` names the model that did not answer (None: there is none any more).
-    ``max_rows`` bounds the backlog: :meth:`submit` refuses past it and the caller logs without shadow.
+    ``max_rows`` bounds the backlog, shared fairly between clients: while it is full, a client holding less
+    than its fair share (``max_rows`` over the clients waiting) gets room by sending the rows of the client
+    holding the most to the log without their shadow prediction; a client past its share is refused, and the
+    caller logs its rows without shadow. A flood from one client therefore never starves the others of their
+    paired evidence.
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class ShadowScorer:
             tuple[Any, ...]
         ] = []  # scored rows the log refused (it was full): appended first next time
         self._rows = 0  # rows in the queue and in _ready
+        self._by_client: dict[str | None, int] = {}  # rows in the queue, per client
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._stop = threading.Event()
@@ -93,13 +101,68 @@ class ShadowScorer:
         self._last_warning = 0.0
 
     def submit(self, batch: ServedBatch) -> bool:
-        """Hand over served rows; False (nothing taken) when the backlog is full."""
+        """Hand over served rows; False (nothing taken) when the backlog is full and this client holds its
+        fair share of it already."""
+        rows = len(batch.request_ids)
         with self._lock:
-            if self._rows + len(batch.request_ids) > self.max_rows:
-                return False
+            evicted: list[ServedBatch] = []
+            if self._rows + rows > self.max_rows:
+                holding = self._by_client.get(batch.client, 0)
+                waiting = len(self._by_client) + (batch.client not in self._by_client)
+                if holding + rows > self.max_rows // waiting:
+                    return False
+                evicted = self._evict(self._rows + rows - self.max_rows, batch.client)
+                if self._rows + rows > self.max_rows:
+                    self._queue += evicted  # nothing to make room with: put back, refuse this one
+                    self._count(evicted, +1)
+                    return False
             self._queue.append(batch)
-            self._rows += len(batch.request_ids)
+            self._count([batch], +1)
+        if evicted:
+            self._log_without_shadow(evicted)
         return True
+
+    def _count(self, batches: list[ServedBatch], sign: int) -> None:
+        for batch in batches:
+            rows = sign * len(batch.request_ids)
+            self._rows += rows
+            left = self._by_client.get(batch.client, 0) + rows
+            if left:
+                self._by_client[batch.client] = left
+            else:
+                self._by_client.pop(batch.client, None)
+
+    def _evict(self, needed: int, newcomer: str | None) -> list[ServedBatch]:
+        """Take at least ``needed`` rows out of the queue, newest first, from the client holding the most
+        (never ``newcomer``); the batches taken (caller holds the lock)."""
+        holders = [client for client in self._by_client if client != newcomer]
+        if not holders:
+            return []
+        hog = max(holders, key=lambda client: self._by_client[client])
+        taken: list[ServedBatch] = []
+        freed = 0
+        for batch in reversed(self._queue):
+            if freed >= needed:
+                break
+            if batch.client == hog:
+                taken.append(batch)
+                freed += len(batch.request_ids)
+        if taken:
+            ids = {id(batch) for batch in taken}
+            self._queue = [batch for batch in self._queue if id(batch) not in ids]
+            self._count(taken, -1)
+        return taken
+
+    def _log_without_shadow(self, batches: list[ServedBatch]) -> None:
+        """Log batches that gave up their place in the backlog, without the shadow prediction."""
+        rows = [row for batch in batches for row in _rows_of(batch, None, None)]
+        self.metrics.shadow_failures.labels("backlog").inc(len(rows))
+        try:
+            self.log.append(rows)
+        except LogUnavailable:
+            with self._lock:
+                self._ready += rows
+                self._rows += len(rows)
 
     @property
     def backlog_rows(self) -> int:
@@ -130,6 +193,7 @@ class ShadowScorer:
         with self._drain_lock:
             with self._lock:
                 batches, self._queue = self._queue, []
+                self._by_client = {}
             rows = self._ready + [row for group in _grouped(batches) for row in self._score(group)]
             try:
                 self.log.append(rows)
@@ -173,18 +237,7 @@ class ShadowScorer:
             count = len(batch.request_ids)
             values = None if shadow is None else shadow[offset : offset + count].tolist()
             offset += count
-            rows += prediction_rows(
-                batch.request_ids,
-                batch.features,
-                batch.values,
-                model_name=batch.model.name,
-                model_version=batch.model.version,
-                latency_ms=batch.latency_ms,
-                created_at=batch.created_at,
-                served_alias=batch.served_alias,
-                shadow=values,
-                shadow_version=None if shadow is None or other is None else other.version,
-            )
+            rows += _rows_of(batch, values, None if shadow is None or other is None else other.version)
         return rows
 
     def _warn(self, message: str) -> None:
@@ -203,3 +256,22 @@ def _grouped(batches: list[ServedBatch]) -> list[list[ServedBatch]]:
     for batch in batches:
         groups.setdefault((batch.served_alias, batch.model.version), []).append(batch)
     return list(groups.values())
+
+
+def _rows_of(
+    batch: ServedBatch, shadow: list[float] | None, shadow_version: str | None
+) -> list[tuple[Any, ...]]:
+    """The log rows of a served batch, with the other model's predictions when they were scored."""
+    return prediction_rows(
+        batch.request_ids,
+        batch.features,
+        batch.values,
+        model_name=batch.model.name,
+        model_version=batch.model.version,
+        latency_ms=batch.latency_ms,
+        created_at=batch.created_at,
+        served_alias=batch.served_alias,
+        shadow=shadow,
+        shadow_version=shadow_version,
+        client=batch.client,
+    )

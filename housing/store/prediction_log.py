@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.errors import UserError, masked_first_line
+from housing.store.dead_letters import DeadLetters
+from housing.store.disk_floor import DiskFloor
 from housing.store.spill import SpillingBuffer
 from housing.store.spill_file import row_restorer
 from housing.store.tables import (
@@ -45,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 5.0
 """Longest pause between attempts to reach a database that is down."""
+
+
+REPLAY_ROWS_PER_FLUSH = 20_000
+"""Most spilled rows one flush replays: while rows keep arriving as fast as they are replayed, the writer
+still gets back to its own work (the spill's fsync) between flushes."""
 
 
 class LogUnavailable(Exception):
@@ -78,6 +85,7 @@ class LogStatus:
     last_error: str | None
     spilled_rows: int = 0  # of the pending rows, those in the spill file
     spill_error: str | None = None
+    dead_letter_rows: int = 0  # rows the database refused for good, in the dead-letter file
 
 
 class PredictionLog:
@@ -99,6 +107,8 @@ class PredictionLog:
         spill_dir: Path | None = None,
         connect_timeout: float | None = None,
         statement_timeout: float | None = None,
+        min_free_mb: float = 0.0,
+        dead_letter_tries: int = 5,
     ) -> None:
         self.url = url
         self.flush_interval = flush_interval
@@ -120,6 +130,10 @@ class PredictionLog:
         self._tables_ready = False
         self.written_rows = self.failed_flushes = 0
         self.last_error: str | None = None
+        self.disk = DiskFloor(self._disk_folders(spill_dir), min_free_mb)
+        self.dead_letters = DeadLetters(
+            spill_dir, dead_letter_tries, self.pending.prefix.replace("prediction_log", "dead-letters", 1)
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PredictionLog:
@@ -132,7 +146,21 @@ class PredictionLog:
             spill_dir=settings.spill_dir,
             connect_timeout=settings.db_connect_timeout,
             statement_timeout=settings.db_statement_timeout,
+            min_free_mb=settings.log_min_free_mb,
+            dead_letter_tries=settings.log_dead_letter_tries,
         )
+
+    def _disk_folders(self, spill_dir: Path | None) -> list[Path]:
+        """The folders the log writes to on this machine: the spill folder, and a SQLite database's."""
+        folders = [] if spill_dir is None else [spill_dir]
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if database and database != ":memory:":
+            folders.append(Path(database).parent)
+        return folders
+
+    def disk_refusal(self) -> str | None:
+        """Why no prediction may be served now (the log's disk is below its free-space floor), or None."""
+        return self.disk.refusal()
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -154,8 +182,14 @@ class PredictionLog:
         if self._thread is not None:
             self._thread.join(timeout)
         deadline = time.monotonic() + timeout
-        while not self.flush() and self.pending.memory_rows and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while True:  # at least one flush, whatever the timeout
+            written = self.flush()
+            if (written and not self.pending.spilling) or (not written and not self.pending.memory_rows):
+                break  # everything is in the database, or what is not is safe in the spill file
+            if time.monotonic() >= deadline:
+                break
+            if not written:
+                time.sleep(0.2)
         if self.pending.memory_rows:
             logger.error(
                 "prediction log: %d row(s) could not be written or spilled before shutdown (%s; %s)",
@@ -205,7 +239,9 @@ class PredictionLog:
             self.pending.busy_since = time.monotonic()
             try:
                 self._ensure_tables()
-                self.written_rows += self.pending.replay(self._insert_spilled, self.max_batch_rows)
+                self.written_rows += self.pending.replay(
+                    self._insert_spilled, self.max_batch_rows, REPLAY_ROWS_PER_FLUSH
+                )
                 self._flush_buffer()
                 self.written_rows += self.pending.replay_orphans(self._insert_spilled, self.max_batch_rows)
             except (UserError, SQLAlchemyError) as error:
@@ -237,16 +273,41 @@ class PredictionLog:
             if grouped < len(rows):
                 connection.exec_driver_sql(self._insert, list(rows[grouped:]))
 
+    def _insert_refusing_poison(self, rows: Sequence[Sequence[Any]]) -> None:
+        """:meth:`_insert_rows`; when the database refuses the batch for a row's content (not an outage),
+        the rows one at a time: the good ones go in, each refused one counts a failure and goes to the
+        dead-letter file at its last try. Raises while refused rows are left to try again."""
+        try:
+            self._insert_rows(rows)
+            return
+        except (IntegrityError, DataError) as error:
+            logger.warning(
+                "prediction log: the database refused a batch (%s); inserting row by row",
+                masked_first_line(error, self.url),
+            )
+        refused, reasons = [], []
+        for row in rows:
+            try:
+                self._insert_rows([row])
+            except (IntegrityError, DataError) as error:
+                refused.append(row)
+                reasons.append(masked_first_line(error, self.url, limit=200))
+        dead = self.dead_letters.refused(refused, reasons)
+        if len(dead) < len(refused):
+            raise UserError(
+                f"the database refused {len(refused) - len(dead)} row(s) ({reasons[0]}); tried again later"
+            )
+
     def _insert_spilled(self, rows: list[list[Any]]) -> None:
-        self._insert_rows([self._restore(row) for row in rows])
+        self._insert_refusing_poison([self._restore(row) for row in rows])
 
     def _flush_buffer(self) -> None:
         batch = self.pending.take_batch()
         if not batch:
             return
         try:
-            self._insert_rows(batch)
-        except SQLAlchemyError:
+            self._insert_refusing_poison(batch)
+        except (UserError, SQLAlchemyError):
             self.pending.batch_failed(batch)
             raise
         self.pending.batch_written(batch)
@@ -277,10 +338,11 @@ class PredictionLog:
             self.last_error,
             self.pending.spilled_rows,
             self.pending.error,
+            self.dead_letters.rows,
         )
 
     # --- feedback ----------------------------------------------------------------------------------
-    def record_feedback(self, request_id: str, actual: float) -> str:
+    def record_feedback(self, request_id: str, actual: float, labeller: str | None = None) -> str:
         """Store the true value of a logged prediction; see :class:`FeedbackResult` for the outcomes. Never
         waits.
 
@@ -299,7 +361,12 @@ class PredictionLog:
                 with self.engine.begin() as connection:
                     connection.execute(
                         feedback_table.insert(),
-                        {"request_id": request_id, "actual": actual, "received_at": datetime.now(UTC)},
+                        {
+                            "request_id": request_id,
+                            "actual": actual,
+                            "received_at": datetime.now(UTC),
+                            "labeller": labeller,
+                        },
                     )
                 return FeedbackResult.CREATED
             except IntegrityError:  # a concurrent request stored a label first: compare with it
@@ -318,55 +385,3 @@ class PredictionLog:
         with self.engine.connect() as connection:
             query = select(predictions_table.c.request_id).where(predictions_table.c.request_id == request_id)
             return connection.execute(query).first() is not None
-
-
-def prediction_rows(
-    request_ids: Sequence[str],
-    features: Any,
-    predictions: Sequence[float],
-    *,
-    model_name: str,
-    model_version: str,
-    latency_ms: float,
-    created_at: Any,
-    served_alias: str = "production",
-    shadow: Sequence[float | None] | None = None,
-    shadow_version: str | None = None,
-) -> list[tuple[Any, ...]]:
-    """Log rows for a batch of predictions (``features``: an (n, 8) array in contract order), in
-    :data:`PREDICTION_COLUMNS` order; ``shadow``: the other model's predictions, when one was scored."""
-    if shadow is None:
-        return [
-            (
-                request_id,
-                created_at,
-                *values,
-                prediction,
-                model_name,
-                model_version,
-                latency_ms,
-                served_alias,
-                None,
-                None,
-            )
-            for request_id, values, prediction in zip(
-                request_ids, features.tolist(), predictions, strict=True
-            )
-        ]
-    return [
-        (
-            request_id,
-            created_at,
-            *values,
-            prediction,
-            model_name,
-            model_version,
-            latency_ms,
-            served_alias,
-            other,
-            shadow_version,
-        )
-        for request_id, values, prediction, other in zip(
-            request_ids, features.tolist(), predictions, shadow, strict=True
-        )
-    ]

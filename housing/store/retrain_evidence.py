@@ -19,6 +19,7 @@ from sqlalchemy import Column, Engine, MetaData, String, Table, delete, insert, 
 from housing.data.digests import row_digests
 from housing.schema import FEATURE_NAMES, TARGET
 from housing.store.locks import create_table
+from housing.store.log_reads import fair_cap
 from housing.store.tables import feedback_table, predictions_table
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ class Evidence:
     """Labelled rows of districts a retraining run (or the original training split) already used."""
     repeats: int
     """Labelled rows that repeat a new district already counted."""
+    over_share: int = 0
+    """New districts left out because their labeller sent more than its share of the evidence."""
+    labellers: int = 0
+    """Labellers whose labels make up the evidence."""
 
     @property
     def districts(self) -> int:
@@ -59,18 +64,32 @@ class Evidence:
         return len(self.rows)
 
 
-def new_evidence(labelled: pd.DataFrame, used_districts: set[str]) -> Evidence:
-    """The labelled rows whose district is in no used set, one row per district (pure).
+def new_evidence(
+    labelled: pd.DataFrame, used_districts: set[str], labeller_share: float | None = None
+) -> Evidence:
+    """The labelled rows whose district is in no used set, one row per district (pure); with
+    ``labeller_share``, each labeller's newest districts up to the most that keeps every labeller within that
+    share of the evidence (:func:`housing.store.log_reads.fair_cap`): one labeller alone makes none.
 
     ``labelled``: logged predictions with their label (features, ``MedHouseVal``, ``request_id``,
-    ``created_at``).
+    ``created_at``, and ``labeller`` when the share is capped).
     """
     if labelled.empty:
         return Evidence(labelled.assign(district=pd.Series(dtype=object)), 0, 0, 0)
     frame = labelled.assign(district=row_digests(labelled)).sort_values("created_at", kind="stable")
     fresh = frame[~frame["district"].isin(used_districts)]
     newest = fresh.drop_duplicates("district", keep="last").reset_index(drop=True)
-    return Evidence(newest, len(frame), len(frame) - len(fresh), len(fresh) - len(newest))
+    repeats = len(fresh) - len(newest)
+    if labeller_share is None or "labeller" not in newest:
+        return Evidence(newest, len(frame), len(frame) - len(fresh), repeats)
+    who = newest["labeller"].fillna("")
+    counts = who.value_counts()
+    cap = fair_cap(counts.tolist(), len(newest), labeller_share, alone_too=True)
+    rank = who.iloc[::-1].groupby(who.iloc[::-1]).cumcount().iloc[::-1]  # 0 for a labeller's newest
+    kept = newest[rank < cap].reset_index(drop=True)
+    return Evidence(
+        kept, len(frame), len(frame) - len(fresh), repeats, len(newest) - len(kept), int(counts.size)
+    )
 
 
 def base_districts(x_train: pd.DataFrame) -> set[str]:

@@ -153,17 +153,20 @@ class SpillingBuffer:
                 self._rows[:0] = batch
             self._inflight = None
 
-    def replay(self, insert: Callable[[list[list[Any]]], None], max_rows: int) -> int:
-        """Insert the spill's backlog in order, ``max_rows`` at a time; once all of it is in, empty the file
-        and stop spilling. The number of rows inserted; an error of ``insert`` propagates, keeping the rest
-        for a later call.
+    def replay(
+        self, insert: Callable[[list[list[Any]]], None], max_rows: int, limit: int | None = None
+    ) -> int:
+        """Insert the spill's backlog in order, ``max_rows`` at a time, at most ``limit`` rows in this call;
+        once all of it is in, empty the file and stop spilling. The number of rows inserted; an error of
+        ``insert`` propagates, keeping the rest for a later call.
         """
         replayed = 0
-        while self.spilling and self.spill is not None:
-            rows, offset = self.spill.read(self._replay_offset, max_rows)
+        while self.spilling and self.spill is not None and (limit is None or replayed < limit):
+            chunk = max_rows if limit is None else min(max_rows, limit - replayed)
+            rows, offset = self.spill.read(self._replay_offset, chunk)
             if not rows:
                 with self.lock:  # appends to the spill happen under the lock: this read sees its end
-                    rows, offset = self.spill.read(self._replay_offset, max_rows)
+                    rows, offset = self.spill.read(self._replay_offset, chunk)
                     if not rows:
                         self.spill.reset()
                         self._replay_offset = self.spilled_rows = 0

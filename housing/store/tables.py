@@ -4,8 +4,10 @@ the migration that keeps an existing log readable when columns are added.
 ``predictions`` holds one row per served prediction: the 8 features, the prediction and the version that
 answered (``served_alias``: ``production``, or ``staging`` for a canary request), and, while a challenger is
 loaded, the prediction of the model that did *not* answer (``shadow_prediction``, ``shadow_model_version``):
-the challenger's in shadow, the champion's on a canary request. The three columns are nullable: rows logged
-before they existed, and rows logged without a challenger, leave them empty. ``feedback`` holds the labels.
+the challenger's in shadow, the champion's on a canary request, and the ``client`` that asked (its
+``HOUSING_PREDICT_TOKENS`` name, else its address). These columns are nullable: rows logged before they
+existed, and rows logged without a challenger, leave them empty. ``feedback`` holds the labels, each with
+the labeller who sent it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,6 +66,7 @@ predictions_table = Table(
             ("served_alias", String(20)),
             ("shadow_prediction", Float()),
             ("shadow_model_version", String(20)),
+            ("client", String(64)),
         )
     ),
 )
@@ -73,11 +77,14 @@ feedback_table = Table(
     Column("request_id", String(32), primary_key=True),
     Column("actual", Float, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("labeller", String(64), nullable=True),
 )
 
 
-ADDED_COLUMNS: tuple[str, ...] = ("served_alias", "shadow_prediction", "shadow_model_version")
+ADDED_COLUMNS: tuple[str, ...] = ("served_alias", "shadow_prediction", "shadow_model_version", "client")
 """Columns added after the first release, in order: :func:`create_tables` adds them to an older log."""
+FEEDBACK_ADDED_COLUMNS: tuple[str, ...] = ("labeller",)
+"""Columns of ``feedback`` added after the first release."""
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "request_id",
     "created_at",
@@ -123,9 +130,11 @@ def make_engine(
 
         @event.listens_for(engine, "do_connect")
         def _create_folder(*_: Any) -> None:  # on every connect: the folder may come back after an outage
-            if folder is not None:
+            if folder is not None and database is not None:
                 with contextlib.suppress(OSError):  # sqlite3 then fails with "unable to open database file"
                     folder.mkdir(parents=True, exist_ok=True)
+                    # owner-only from its first byte: the log holds every request and label
+                    os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -189,6 +198,7 @@ def create_tables(engine: Engine) -> None:
     try:
         create_missing(engine, metadata.sorted_tables)
         add_missing_columns(engine)
+        add_missing_columns(engine, feedback_table, FEEDBACK_ADDED_COLUMNS)
     except SQLAlchemyError as error:
         raise UserError(
             f"could not open the prediction log at {engine.url.render_as_string(hide_password=True)} "
@@ -226,23 +236,81 @@ def lost_a_create_race(error: Exception) -> bool:
     return isinstance(error, IntegrityError) or "already exists" in message or "database is locked" in message
 
 
-def add_missing_columns(engine: Engine) -> list[str]:
-    """``ALTER TABLE predictions ADD COLUMN`` each of :data:`ADDED_COLUMNS` it lacks (nullable: the old rows
-    keep NULL); returns the columns added."""
-    present = {column["name"] for column in inspect(engine).get_columns("predictions")}
+def add_missing_columns(
+    engine: Engine, table: Table = predictions_table, columns: Sequence[str] = ADDED_COLUMNS
+) -> list[str]:
+    """``ALTER TABLE <table> ADD COLUMN`` each of ``columns`` it lacks (nullable: the old rows keep NULL);
+    returns the columns added."""
+    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
     added = []
-    for name in ADDED_COLUMNS:
+    for name in columns:
         if name in present:
             continue
-        column_type = predictions_table.c[name].type.compile(dialect=engine.dialect)
+        column_type = table.c[name].type.compile(dialect=engine.dialect)
         try:
             with engine.begin() as connection:
-                connection.execute(text(f'ALTER TABLE predictions ADD COLUMN "{name}" {column_type}'))
+                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{name}" {column_type}'))
         except SQLAlchemyError:
-            if name not in {column["name"] for column in inspect(engine).get_columns("predictions")}:
+            if name not in {column["name"] for column in inspect(engine).get_columns(table.name)}:
                 raise
             continue  # another process added it first
         added.append(name)
     if added:
-        logger.info("prediction log: added column(s) %s to an older predictions table", ", ".join(added))
+        logger.info("prediction log: added column(s) %s to an older %s table", ", ".join(added), table.name)
     return added
+
+
+def prediction_rows(
+    request_ids: Sequence[str],
+    features: Any,
+    predictions: Sequence[float],
+    *,
+    model_name: str,
+    model_version: str,
+    latency_ms: float,
+    created_at: Any,
+    served_alias: str = "production",
+    shadow: Sequence[float | None] | None = None,
+    shadow_version: str | None = None,
+    client: str | None = None,
+) -> list[tuple[Any, ...]]:
+    """Log rows for a batch of predictions (``features``: an (n, 8) array in contract order), in
+    :data:`PREDICTION_COLUMNS` order; ``shadow``: the other model's predictions, when one was scored;
+    ``client``: who asked."""
+    if shadow is None:
+        return [
+            (
+                request_id,
+                created_at,
+                *values,
+                prediction,
+                model_name,
+                model_version,
+                latency_ms,
+                served_alias,
+                None,
+                None,
+                client,
+            )
+            for request_id, values, prediction in zip(
+                request_ids, features.tolist(), predictions, strict=True
+            )
+        ]
+    return [
+        (
+            request_id,
+            created_at,
+            *values,
+            prediction,
+            model_name,
+            model_version,
+            latency_ms,
+            served_alias,
+            other,
+            shadow_version,
+            client,
+        )
+        for request_id, values, prediction, other in zip(
+            request_ids, features.tolist(), predictions, shadow, strict=True
+        )
+    ]

@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.entities import RunInfo
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.errors import mask_uri
 from housing.monitoring.loss_estimation import anchor, fit_loss_estimator, log_loss_estimator
 from housing.registry import tracking
@@ -41,6 +41,8 @@ class TrainingData:
     test_weight: np.ndarray | None = None
     provenance: dict[str, str] = field(default_factory=dict)
     """Extra tags describing the data (e.g. how many labelled production rows were added)."""
+    reference_rows: np.ndarray | None = None
+    """The training rows whose targets neighbour features may learn (None: all; a retrain: the split's)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
         random_state=settings.random_state,
         n_jobs=settings.n_jobs,
         sample_weight=data.train_weight,
+        reference_rows=data.reference_rows,
     )
     client = tracking.connect(settings)
     experiment_id = tracking.ensure_experiment(

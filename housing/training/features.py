@@ -147,6 +147,16 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         return np.asarray(names, dtype=object)
 
 
+def _reference_mask(reference_rows: np.ndarray | None, rows: int) -> np.ndarray:
+    """The reference rows as a boolean mask (every row when None)."""
+    if reference_rows is None:
+        return np.ones(rows, dtype=bool)
+    mask = np.asarray(reference_rows, dtype=bool)
+    if mask.shape != (rows,):
+        raise ValueError(f"reference_rows has shape {mask.shape}; expected ({rows},)")
+    return mask
+
+
 class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
     """Append, for each row, the mean target of its k nearest training districts (for several k), the
     distance to the k-th one, its income relative to those neighbours, and the spread and the
@@ -156,6 +166,11 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
     training rows) gives every training row values computed *out of fold*, from neighbours in the other
     folds only, so no row ever sees its own target; ``transform`` (test rows, served requests) uses all
     training rows, which never include the row being predicted. Only training rows are ever stored.
+
+    ``reference_rows`` (a fit parameter: ``neighbors__reference_rows``) names the rows whose targets the
+    encoder may learn: a retrain passes the training split's rows, so labelled traffic, which a labeller
+    sends, is encoded from the reference districts' targets but never becomes a neighbour target itself. A
+    few dozen invented districts labelled at will in one place then cannot move that place's neighbour means.
     """
 
     def __init__(
@@ -166,30 +181,43 @@ class NeighborTargetEncoder(TransformerMixin, BaseEstimator):
         self.folds = folds
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> NeighborTargetEncoder:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, reference_rows: np.ndarray | None = None
+    ) -> NeighborTargetEncoder:
         values = validate_data(self, X, dtype=np.float64, reset=True)
+        reference = _reference_mask(reference_rows, len(values))
         needed = max(*self.ks, self.spread_k) * self.folds // (self.folds - 1) + 1
-        if len(values) < needed:
+        if int(reference.sum()) < needed:
             raise ValueError(
-                f"NeighborTargetEncoder needs at least {needed} training rows, got {len(values)}"
+                f"NeighborTargetEncoder needs at least {needed} reference rows, got {int(reference.sum())}"
             )
-        self.positions_ = _positions_km(values)
-        self.targets_ = np.asarray(y, dtype=np.float64)
-        self.incomes_ = values[:, FEATURE_INDEX["MedInc"]].copy()
+        self.positions_ = _positions_km(values[reference])
+        self.targets_ = np.asarray(y, dtype=np.float64)[reference]
+        self.incomes_ = values[reference, FEATURE_INDEX["MedInc"]].copy()
         self.tree_ = cKDTree(self.positions_)
         return self
 
-    def fit_transform(self, X: np.ndarray, y: np.ndarray | None = None, **fit_params: object) -> np.ndarray:
+    def fit_transform(
+        self,
+        X: np.ndarray,
+        y: np.ndarray | None = None,
+        reference_rows: np.ndarray | None = None,
+        **fit_params: object,
+    ) -> np.ndarray:
         if y is None:
             raise ValueError("NeighborTargetEncoder needs the target")
-        self.fit(X, y)
+        self.fit(X, y, reference_rows)
         values = validate_data(self, X, dtype=np.float64, reset=False)
+        reference = _reference_mask(reference_rows, len(values))
         encoded = np.empty((len(values), values.shape[1] + self._n_outputs()), dtype=np.float64)
-        for fold_train, fold_rows in kfold_indices(len(values), self.folds, self.random_state):
+        positions = np.flatnonzero(reference)  # row number of each stored reference row
+        for fold_train, fold_rows in kfold_indices(len(self.targets_), self.folds, self.random_state):
             tree = cKDTree(self.positions_[fold_train])
-            encoded[fold_rows] = self._encode(
-                values[fold_rows], tree, self.targets_[fold_train], self.incomes_[fold_train]
+            encoded[positions[fold_rows]] = self._encode(
+                values[positions[fold_rows]], tree, self.targets_[fold_train], self.incomes_[fold_train]
             )
+        if not reference.all():  # the other rows see every reference row, never themselves
+            encoded[~reference] = self.transform_array(values[~reference])
         return encoded
 
     def transform(self, X: np.ndarray) -> np.ndarray:

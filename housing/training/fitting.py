@@ -48,8 +48,15 @@ FitResult = tuple[int, int | None, Pipeline | None, float, float | None, tuple[n
 predictions))."""
 
 
-def _fit_params(sample_weight: np.ndarray | None) -> dict[str, Any]:
-    return {} if sample_weight is None else {"model__sample_weight": sample_weight}
+def _fit_params(
+    pipeline: Pipeline, sample_weight: np.ndarray | None, reference_rows: np.ndarray | None
+) -> dict[str, Any]:
+    """The estimator's row weights and, for a pipeline with neighbour targets, the rows they may learn
+    from."""
+    params: dict[str, Any] = {} if sample_weight is None else {"model__sample_weight": sample_weight}
+    if reference_rows is not None and "neighbors" in pipeline.named_steps:
+        params["neighbors__reference_rows"] = reference_rows
+    return params
 
 
 def _fit_task(
@@ -60,17 +67,19 @@ def _fit_task(
     y: pd.Series,
     sample_weight: np.ndarray | None,
     rows: tuple[np.ndarray, np.ndarray] | None,
+    reference_rows: np.ndarray | None = None,
 ) -> FitResult:
     """Fit on all rows (``rows`` None: return the model) or on one CV fold (return its held-out R2 and
     predictions)."""
     pipeline = clone(pipeline)
     if rows is None:
         started = time.perf_counter()
-        pipeline.fit(x, y, **_fit_params(sample_weight))
+        pipeline.fit(x, y, **_fit_params(pipeline, sample_weight, reference_rows))
         return index, fold, pipeline, time.perf_counter() - started, None, None
     train_rows, held_out = rows
     weights = None if sample_weight is None else sample_weight[train_rows]
-    pipeline.fit(x.iloc[train_rows], y.iloc[train_rows], **_fit_params(weights))
+    reference = None if reference_rows is None else reference_rows[train_rows]
+    pipeline.fit(x.iloc[train_rows], y.iloc[train_rows], **_fit_params(pipeline, weights, reference))
     held_weights = None if sample_weight is None else sample_weight[held_out]
     predictions = np.asarray(pipeline.predict(x.iloc[held_out]), dtype=np.float64)
     score = r2_score(y.iloc[held_out], predictions, sample_weight=held_weights)
@@ -88,13 +97,15 @@ def fit_candidates(
     random_state: int,
     n_jobs: int,
     sample_weight: np.ndarray | None = None,
+    reference_rows: np.ndarray | None = None,
 ) -> Iterator[FittedCandidate]:
     """Fit every candidate on the training split and cross-validate it there (never on the test split).
 
     All fits (one full fit and ``cv_folds`` fold fits per candidate) run in one pool of ``n_jobs``
     processes, slowest first, so the comparison takes about (total CPU time / n_jobs). The work starts
     when this is called; the returned iterator yields each candidate as soon as its fits are done, so
-    the caller can log early finishers while the slow ones still run.
+    the caller can log early finishers while the slow ones still run. ``reference_rows``: the rows whose
+    targets neighbour-target features may learn from (None: all).
     """
     x_train = x_train.loc[:, list(FEATURE_NAMES)]
     folds = kfold_indices(len(x_train), cv_folds, random_state)
@@ -133,6 +144,7 @@ def fit_candidates(
             y_train,
             sample_weight,
             None if fold is None else folds[fold],
+            reference_rows,
         )
         for index, fold in tasks
     )

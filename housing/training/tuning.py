@@ -22,7 +22,7 @@ import yaml
 from sklearn.base import clone
 from sklearn.metrics import r2_score
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.artifacts import write_atomic
 from housing.errors import UserError
 from housing.registry import tracking

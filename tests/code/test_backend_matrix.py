@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from housing.config import PROJECT_DIR
+from housing.config.settings import PROJECT_DIR
 
 COLLECT = """
 import json, sys

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from housing.config import get_settings
+from housing.config.settings import get_settings
 from housing.errors import UserError
 from housing.registry.model_files import untrusted_types
 from housing.training.candidates import CandidateSpec, build_pipeline, load_candidate_specs

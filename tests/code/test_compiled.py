@@ -16,7 +16,7 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from housing.config import get_settings
+from housing.config.settings import get_settings
 from housing.schema import FEATURE_NAMES
 from housing.serving.compiled import (
     StepPath,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from housing.config import PROJECT_DIR, get_settings
+from housing.config.settings import PROJECT_DIR, get_settings
 
 
 def test_defaults(monkeypatch):

@@ -11,9 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from housing.api.credentials import ensure_feedback_token, resolve_feedback_token
-from housing.config import Settings
+from housing.config.settings import Settings
+from housing.errors import UserError
+
+KEPT = "kept-token-0123456789abcdef-0123456789"
+ENVIRONMENT_TOKEN = "env-secret-token-value-0123456789abcdef"
 
 
 def settings_in(artifacts_dir: Path, **overrides: object) -> Settings:
@@ -33,21 +38,22 @@ def test_resolve_finds_nothing_when_neither_is_set(tmp_path):
 
 
 def test_the_environment_token_wins_over_the_file(tmp_path):
-    settings = settings_in(tmp_path / "artifacts", feedback_token="from-the-environment")
+    settings = settings_in(tmp_path / "artifacts", feedback_token="from-the-environment-0123456789abcdef")
     settings.secrets_dir.mkdir(parents=True)
     settings.feedback_token_path.write_text("from-the-file\n")
-    assert resolve_feedback_token(settings) == "from-the-environment"
-    assert ensure_feedback_token(settings) == "from-the-environment"
+    assert resolve_feedback_token(settings) == "from-the-environment-0123456789abcdef"
+    assert ensure_feedback_token(settings) == "from-the-environment-0123456789abcdef"
     assert settings.feedback_token_path.read_text() == "from-the-file\n"  # left alone
 
 
 def test_resolve_reads_the_file_when_the_environment_is_unset(tmp_path):
     settings = settings_in(tmp_path / "artifacts")
     settings.secrets_dir.mkdir(parents=True)
-    settings.feedback_token_path.write_text("kept-token\n")
-    assert resolve_feedback_token(settings) == "kept-token"
+    settings.feedback_token_path.write_text(KEPT + "\n")
+    assert resolve_feedback_token(settings) == "kept-token-0123456789abcdef-0123456789"
     assert (
-        resolve_feedback_token(settings_in(tmp_path / "artifacts", feedback_token="  ")) == "kept-token"
+        resolve_feedback_token(settings_in(tmp_path / "artifacts", feedback_token="  "))
+        == "kept-token-0123456789abcdef-0123456789"
     )  # blank = unset
 
 
@@ -108,7 +114,8 @@ def test_workers_starting_together_agree_on_one_token(tmp_path):
 @pytest.mark.parametrize("from_environment", [False, True], ids=["generated", "environment"])
 def test_the_token_never_appears_in_the_log(tmp_path, caplog, from_environment):
     settings = settings_in(
-        tmp_path / "artifacts", **({"feedback_token": "env-secret-token-value"} if from_environment else {})
+        tmp_path / "artifacts",
+        **({"feedback_token": ENVIRONMENT_TOKEN} if from_environment else {}),
     )
     with caplog.at_level(logging.DEBUG):
         token = ensure_feedback_token(settings)
@@ -117,3 +124,15 @@ def test_the_token_never_appears_in_the_log(tmp_path, caplog, from_environment):
     assert token not in caplog.text
     if not from_environment:
         assert str(settings.feedback_token_path) in caplog.text  # it says where the token is, not what it is
+
+
+def test_a_short_token_is_refused_in_one_sentence_from_the_environment_or_a_file(tmp_path):
+    with pytest.raises(ValidationError, match="a token needs at least 32 characters"):
+        settings_in(tmp_path / "artifacts", feedback_token="guessable")
+    with pytest.raises(ValidationError, match="a token needs at least 32 characters"):
+        Settings(admin_token="admin")
+    settings = settings_in(tmp_path / "artifacts")
+    settings.secrets_dir.mkdir(parents=True)
+    settings.feedback_token_path.write_text("short\n")
+    with pytest.raises(UserError, match="has fewer than 32 characters"):
+        resolve_feedback_token(settings)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from housing.api.main import SERVER_FLAGS, create_app
-from housing.config import PROJECT_DIR, Settings
+from housing.config.settings import PROJECT_DIR, Settings
 
 KUBERNETES_VERSION = "1.37.0"
 MANIFESTS = sorted((PROJECT_DIR / "deploy" / "kubernetes").glob("*.yaml"))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from housing.config import PROJECT_DIR, Settings
+from housing.config.settings import PROJECT_DIR, Settings
 
 DOCS = sorted((PROJECT_DIR / "docs").glob("*.md"))
 PAGES = [PROJECT_DIR / "README.md", *DOCS]

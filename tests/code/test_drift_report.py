@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.monitoring.drift_report import PREDICTION, evaluate_window, save_report
 from housing.monitoring.record import decision_record
 from housing.monitoring.retrain_policy import (

@@ -118,3 +118,23 @@ def test_encoder_refuses_too_few_rows_and_survives_a_round_trip():
     encoder = NeighborTargetEncoder().fit(train, targets)
     loaded = skops.io.loads(skops.io.dumps(encoder), trusted=list(SKOPS_TRUSTED_TYPES))
     assert np.array_equal(loaded.transform(train[:10]), encoder.transform(train[:10]))
+
+
+def test_invented_districts_sent_as_traffic_never_become_neighbour_targets():
+    """A retrain names the reference rows (the training split): 60 invented districts at one place,
+    labelled 100, are encoded from the reference districts around them but move no neighbour mean there."""
+    reference, targets = random_districts(400, seed=5)
+    invented = np.tile(reference[:1], (60, 1))  # all at the first district's place
+    rows = np.vstack([reference, invented])
+    labels = np.concatenate([targets, np.full(60, 100.0)])
+    mask = np.arange(len(rows)) < len(reference)
+    guarded = NeighborTargetEncoder(ks=(5, 20), spread_k=20, random_state=0)
+    encoded = guarded.fit_transform(rows, labels, reference_rows=mask)
+    alone = NeighborTargetEncoder(ks=(5, 20), spread_k=20, random_state=0)
+    expected = alone.fit_transform(reference, targets)
+    assert np.array_equal(guarded.targets_, targets)  # nothing of the traffic stored
+    assert np.array_equal(encoded[: len(reference)], expected)  # the reference rows as without the traffic
+    assert np.array_equal(encoded[len(reference) :], alone.transform(invented))  # traffic: reference targets
+    assert np.array_equal(guarded.transform(reference[:1]), alone.transform(reference[:1]))  # that place
+    unguarded = NeighborTargetEncoder(ks=(5, 20), spread_k=20, random_state=0).fit(rows, labels)
+    assert unguarded.transform(reference[:1])[0, 8] > 50  # without it the invented labels own the place

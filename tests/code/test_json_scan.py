@@ -20,7 +20,7 @@ from housing.api.body_reading import BodyLimits
 from housing.api.json_scan import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits, fits_at_a_glance
 from housing.api.predict_handler import parse_json, validate_batch
 from housing.api.problems import InputError, validation_problem
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.schema import EXAMPLE_REQUEST
 
 LIMITS = DEFAULT_JSON_LIMITS  # depth 8, 64 keys, numbers of 40 characters, strings of 256 bytes

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from housing.registry.live_verdict import first_scored, paired_requests
-from housing.store.prediction_log import prediction_rows
+from housing.store.tables import prediction_rows
 from tests.helpers import CHALLENGER, CHAMPION, numbered_districts, record_label, served_batch, shadow_scorer
 
 

@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from skops.io.exceptions import UntrustedTypesFoundException
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.errors import UserError
 from housing.registry.model_files import SKOPS_TRUSTED_TYPES, load_skops_model
 from housing.schema import FEATURE_NAMES, TARGET

@@ -209,9 +209,9 @@ def test_the_route_awaits_another_workers_flush_without_holding_a_thread(log, lo
     asked: list[float] = []
     record_feedback = log.record_feedback
 
-    def counted(request_id: str, actual: float) -> str:  # the real look-up, counted
+    def counted(request_id: str, actual: float, labeller: str | None = None) -> str:  # the real look-up
         asked.append(actual)
-        return record_feedback(request_id, actual)
+        return record_feedback(request_id, actual, labeller)
 
     log.record_feedback = counted
     assert asyncio.run(record_when_logged(log, "never-logged", 1.0)) == FeedbackResult.UNKNOWN_REQUEST
@@ -228,7 +228,9 @@ def test_read_window_is_oldest_first_with_labels_joined(log):
         *FEATURE_NAMES,
         "prediction",
         "model_version",
+        "client",
         TARGET.name,
+        "labeller",
     ]
     log.append(
         rows_for(log, ["late"], minutes=20)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES, TARGET
 from housing.store.log_reads import read_window
-from housing.store.prediction_log import PredictionLog, prediction_rows
+from housing.store.prediction_log import PredictionLog
 from housing.store.retrain_evidence import (
     EVAL_ROLE,
     TRAIN_ROLE,
@@ -25,7 +25,7 @@ from housing.store.retrain_evidence import (
     trained_rows,
     used_districts,
 )
-from housing.store.tables import make_engine
+from housing.store.tables import make_engine, prediction_rows
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.monitoring.drift_report import PREDICTION, WindowFigures
 from housing.monitoring.retrain_policy import (
     ALERT,
@@ -12,6 +12,7 @@ from housing.monitoring.retrain_policy import (
     NO_ACTION,
     RETRAIN,
     Decision,
+    PriceMove,
     RetrainThresholds,
     decide,
 )
@@ -178,3 +179,25 @@ def test_prediction_drift_is_a_note_not_a_reason():
 @pytest.mark.parametrize("action", [NO_ACTION, INSUFFICIENT_DATA])
 def test_only_a_retrain_verdict_retrains(action):
     assert Decision(RETRAIN).retrain and not Decision(action).retrain
+
+
+@pytest.mark.parametrize(
+    ("step", "low", "high", "allowed", "action"),
+    [
+        (1.29, 1.27, 1.31, 1.35, RETRAIN),  # a market move within what a retrain applies alone
+        (1.45, 1.40, 1.50, 1.35, ALERT),  # larger: a person approves it first
+        (1.45, 1.40, 1.50, 1.50, RETRAIN),  # approved
+        (0.70, 0.68, 0.72, 1.35, ALERT),  # a fall counts the same (1 / 0.70 = 1.43)
+        (1.60, 0.90, 2.30, 1.35, RETRAIN),  # an interval holding 1 is no move: nothing is re-priced
+    ],
+)
+def test_a_price_move_beyond_what_a_retrain_applies_alone_is_an_alert_naming_the_step(
+    step, low, high, allowed, action
+):
+    decision = decide(window(rmse=0.8), THRESHOLDS, 300, price_move=PriceMove(step, low, high, allowed))
+    assert decision.action == action
+    if action == ALERT:
+        assert decision.price_step_to_approve == step
+        assert f"--approve-price-step {step:.4f}" in decision.reasons[-1]
+    else:
+        assert decision.price_step_to_approve == 0.0

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.dataset import Split
 from housing.errors import UserError
 from housing.monitoring.retraining import age_weights, build_retraining_sets, effective_rows, traffic_share

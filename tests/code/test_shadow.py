@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ import pytest
 from sqlalchemy import text
 
 from housing.schema import FEATURE_NAMES
-from housing.store.prediction_log import PredictionLog, prediction_rows
+from housing.store.prediction_log import PredictionLog
 from housing.store.spill_file import row_restorer
-from housing.store.tables import PREDICTION_COLUMNS, create_tables, make_engine
+from housing.store.tables import PREDICTION_COLUMNS, create_tables, make_engine, prediction_rows
 from tests.helpers import CHALLENGER, CHAMPION, numbered_districts, served_batch, shadow_scorer, stub_model
 
 
@@ -181,3 +182,26 @@ def test_a_row_spilled_by_an_older_release_is_restored_with_empty_new_columns():
     assert len(restored) == len(PREDICTION_COLUMNS)
     assert restored[-3:] == (None, None, None)
     assert isinstance(restored[1], datetime)
+
+
+def test_a_flood_from_one_client_cannot_starve_the_others_of_their_shadow_predictions(log):
+    """The backlog is full of one client's rows: another client's rows still get their place (the flood's
+    newest give theirs up and are logged without the shadow prediction); the flood's own next rows are
+    refused a place, and logged by the caller without it."""
+    shadow, metrics = shadow_scorer(log, lambda alias: CHALLENGER, max_rows=100)
+    flood = [served_batch(log, [f"f{i:03d}"], CHAMPION, start=i) for i in range(100)]
+    flood = [replace(batch, client="mallory") for batch in flood]
+    assert all(shadow.submit(batch) for batch in flood)
+    assert not shadow.submit(replace(served_batch(log, ["f100"], CHAMPION), client="mallory"))
+    honest = [
+        replace(served_batch(log, [f"h{i:02d}"], CHAMPION, start=500 + i), client="alice") for i in range(40)
+    ]
+    assert all(shadow.submit(batch) for batch in honest)  # room made for every one of them
+    assert shadow.backlog_rows == 100
+    assert metrics.shadow_failures.labels("backlog")._value.get() == 40
+    shadow.drain()
+    assert log.flush()
+    rows = {row[0]: row for row in stored(log)}
+    assert all(rows[f"h{i:02d}"][4] is not None for i in range(40))  # every honest row with its shadow
+    without = sorted(request_id for request_id, row in rows.items() if row[4] is None)
+    assert without == [f"f{i:03d}" for i in range(60, 100)]  # the flood's newest gave up their place

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.dataset import load_and_store
 from tests.helpers import tiny_dataset
 

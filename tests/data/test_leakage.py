@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from housing.config import get_settings
+from housing.config.settings import get_settings
 from housing.data.dataset import split_dataset
 from housing.training.candidates import build_pipeline, load_candidate_specs
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from housing.config import PROJECT_DIR
+from housing.config.settings import PROJECT_DIR
 from housing.data.dataset import split_dataset
 from housing.monitoring.segments import region_of
 from housing.monitoring.traffic import SCENARIOS, SUBPOPULATIONS, scenario_rows

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from housing.api.fast_path import PredictFastPath
 from housing.api.main import create_app
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.data.artifacts import load_pickle
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.store.tables import make_engine

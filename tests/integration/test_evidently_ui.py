@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.monitoring.drift_report import MONITORED_COLUMNS, PREDICTION, WindowFigures, evaluate_window
 from housing.monitoring.evidently_ui import MonitorRun, open_workspace, record_snapshot, ui_command
 from housing.schema import FEATURE_NAMES, TARGET

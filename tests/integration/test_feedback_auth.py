@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from housing.api.main import create_app
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.schema import EXAMPLE_REQUEST
 from tests.conftest import DATA_SOURCE, PipelineRun, run_in_process
 from tests.helpers import wait_for
@@ -182,8 +182,8 @@ def test_serve_and_simulate_share_the_generated_token(pipeline_run, tmp_path):
         result = run_in_process(
             "simulate_traffic.py", "--url", server.url, "--requests", "40", "--quiet", env=offline
         )
-        # elsewhere (no token file, no stored dataset): the token by flag, the rows from --source, another
-        # scenario
+        # elsewhere (no token file, no stored dataset): the token from the file the flag names, the rows
+        # from --source, another scenario
         elsewhere = {
             key: value
             for key, value in quick_start_env(pipeline_run, tmp_path / "elsewhere").items()
@@ -203,8 +203,8 @@ def test_serve_and_simulate_share_the_generated_token(pipeline_run, tmp_path):
             "subpopulation",
             "--subpopulation",
             "inland-low-income",
-            "--feedback-token",
-            token_path.read_text().strip(),
+            "--feedback-token-file",
+            str(token_path),
             "--source",
             str(DATA_SOURCE),
             env=elsewhere,
@@ -226,7 +226,7 @@ def test_simulate_without_a_token_says_how_to_get_one(pipeline_run, tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert (
         "HOUSING_FEEDBACK_TOKEN" in result.stderr
-        and "--feedback-token" in result.stderr
+        and "--feedback-token-file" in result.stderr
         and "Traceback" not in result.stderr
     )
     no_labels = run_in_process(

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import text
 
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
-from housing.store.prediction_log import PredictionLog, prediction_rows
-from housing.store.tables import create_tables, make_engine
+from housing.store.prediction_log import PredictionLog
+from housing.store.tables import create_tables, make_engine, prediction_rows
 from tests.postgres import create_database, database_url
 
 OLD_SCHEMA = (

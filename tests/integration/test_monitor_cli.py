@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 from housing.data.artifacts import load_pickle
 from housing.schema import FEATURE_NAMES
 from housing.store.log_reads import read_window
-from housing.store.prediction_log import PredictionLog, prediction_rows
+from housing.store.prediction_log import PredictionLog
+from housing.store.tables import prediction_rows
 from tests.conftest import PROJECT_DIR, PipelineRun, run_in_process
 from tests.helpers import held_out_rows
 

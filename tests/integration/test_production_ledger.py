@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from housing.config import Settings
+from housing.config.settings import Settings
 from housing.registry.ledger import LedgerEntry, previous_production, read_history, record_change
 from housing.registry.production import move_production, production_version
 from housing.store.locks import RETRAIN_LOCK, acquire_lock, describe_holder, read_lock, release_lock

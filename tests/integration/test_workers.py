@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from housing.store.log_reads import count_rows
-from housing.store.prediction_log import PredictionLog, prediction_rows
-from housing.store.tables import make_engine
+from housing.store.prediction_log import PredictionLog
+from housing.store.tables import make_engine, prediction_rows
 from tests.helpers import held_out_rows, wait_for
 from tests.server import ApiServer, server_env
 

@@ -19,11 +19,13 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from housing.api.deps import FeedbackTokenDep, ServicesDep
+from housing.api.deps import LabellerDep, ServicesDep
 from housing.api.problems import problem_response
 from housing.api.responses import json_response
 from housing.api.schemas import Feedback, FeedbackAccepted, ProblemDetail
+from housing.api.services import Services
 from housing.errors import masked_first_line
+from housing.schema import TARGET, plausible_label_range
 from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog
 
 router = APIRouter()
@@ -34,7 +36,9 @@ MAX_WAIT_SECONDS = 5.0
 """Longest a label waits for its prediction to reach the database, whatever the flush interval."""
 
 
-async def record_when_logged(log: PredictionLog, request_id: str, actual: float) -> str:
+async def record_when_logged(
+    log: PredictionLog, request_id: str, actual: float, labeller: str | None = None
+) -> str:
     """Record the label, asking again while the prediction is not in the database yet (PENDING or
     UNKNOWN_REQUEST) for up to two flush intervals; the last outcome. Raises SQLAlchemyError when the database
     cannot be reached.
@@ -43,7 +47,7 @@ async def record_when_logged(log: PredictionLog, request_id: str, actual: float)
     deadline = loop.time() + min(2 * log.flush_interval, MAX_WAIT_SECONDS)
     pause = FIRST_PAUSE_SECONDS
     while True:
-        outcome = await asyncio.to_thread(log.record_feedback, request_id, actual)
+        outcome = await asyncio.to_thread(log.record_feedback, request_id, actual, labeller)
         left = deadline - loop.time()
         if outcome not in (FeedbackResult.PENDING, FeedbackResult.UNKNOWN_REQUEST) or left <= 0:
             return outcome
@@ -51,11 +55,24 @@ async def record_when_logged(log: PredictionLog, request_id: str, actual: float)
         pause = min(pause * 2, log.flush_interval)
 
 
+def implausible_label(services: Services, actual: float) -> str | None:
+    """Why ``actual`` is no price a district can have at the served version's price level, or None."""
+    served = services.model_service.current
+    index = served.price_index if served is not None else 1.0
+    low, high = plausible_label_range(index, services.settings.label_price_tolerance)
+    if low <= actual <= high:
+        return None
+    return (
+        f"actual {actual:g} is outside what a district can plausibly be worth at the served version's price"
+        f" level ({low:.3f} to {high:.3f} {TARGET.unit}: the data's range at price index {index:.3f}, widened"
+        f" {services.settings.label_price_tolerance:g} times; HOUSING_LABEL_PRICE_TOLERANCE)"
+    )
+
+
 @router.post(
     "/feedback",
     response_model=FeedbackAccepted,
     status_code=201,
-    dependencies=[FeedbackTokenDep],
     responses={
         200: {
             "model": FeedbackAccepted,
@@ -65,6 +82,10 @@ async def record_when_logged(log: PredictionLog, request_id: str, actual: float)
         },
         401: {"model": ProblemDetail, "description": "No bearer token (`WWW-Authenticate: Bearer`)."},
         403: {"model": ProblemDetail, "description": "Wrong feedback token."},
+        429: {
+            "model": ProblemDetail,
+            "description": "This labeller sent labels faster than its rate (`Retry-After`).",
+        },
         404: {
             "model": ProblemDetail,
             "description": (
@@ -72,7 +93,10 @@ async def record_when_logged(log: PredictionLog, request_id: str, actual: float)
             ),
         },
         409: {"model": ProblemDetail, "description": "This request_id already has a different label."},
-        422: {"model": ProblemDetail, "description": "Invalid body."},
+        422: {
+            "model": ProblemDetail,
+            "description": "Invalid body, or a label no district can plausibly have at today's prices.",
+        },
         503: {
             "model": ProblemDetail,
             "description": (
@@ -82,16 +106,22 @@ async def record_when_logged(log: PredictionLog, request_id: str, actual: float)
     },
     summary="Record the true value of a logged prediction",
 )
-async def feedback(body: Feedback, services: ServicesDep) -> Response:
-    """Needs `Authorization: Bearer <feedback token>` (HOUSING_FEEDBACK_TOKEN, else the token the API
-    generated in `<artifacts>/secrets/feedback_token`). Labels arrive later in real life. Sending the same
-    label again is accepted (200, unchanged); a different label for an id that already has one is refused with
-    409: labels are immutable.
+async def feedback(body: Feedback, services: ServicesDep, labeller: LabellerDep) -> Response:
+    """Needs `Authorization: Bearer <token>`: a named labeller's (`python -m housing.store.labellers add
+    NAME`), or the default labeller's (HOUSING_FEEDBACK_TOKEN, else the token the API generated in
+    `<artifacts>/secrets/feedback_token`); each label is stored with its labeller's name. Labels arrive later
+    in real life. Sending the same label again is accepted (200, unchanged); a different label for an id that
+    already has one is refused with 409: labels are immutable. A label outside what a district can plausibly
+    be worth at today's price level is a 422.
     """
     log = services.prediction_log
     busy = {"Retry-After": str(LogUnavailable.retry_after)}
+    implausible = implausible_label(services, body.actual)
+    if implausible:
+        services.metrics.feedback.labels("implausible").inc()
+        return problem_response(422, implausible)
     try:
-        outcome = await record_when_logged(log, body.request_id, body.actual)
+        outcome = await record_when_logged(log, body.request_id, body.actual, labeller)
     except SQLAlchemyError as error:
         services.metrics.feedback.labels("unavailable").inc()
         reason = masked_first_line(error, services.settings.log_database_url, limit=200)

@@ -23,7 +23,7 @@ from housing.api.schemas import (
     ServedModel,
     StepInfo,
 )
-from housing.errors import mask_text, mask_uri
+from housing.errors import hide_local_paths, mask_text, public_uri
 from housing.serving.model_service import LoadedModel
 
 router = APIRouter()
@@ -52,24 +52,26 @@ async def ready(services: ServicesDep) -> Response:
     failed = status.failed_version
     readiness = Readiness(
         status="ready" if model else "not ready",
-        reason=None if model else services.model_service.unavailable_reason(),
+        reason=None if model else hide_local_paths(services.model_service.unavailable_reason()),
         model=(
             ServedModel(name=model.name, version=model.version, loaded_at=model.loaded_at) if model else None
         ),
         registry=RegistryState(
-            uri=mask_uri(services.settings.tracking_uri),
+            uri=public_uri(services.settings.tracking_uri),
             reachable=status.reachable,
             last_check=status.last_check,
             checks=status.checks,
             failed_checks=status.failed_checks,
-            last_error=status.last_error,
+            last_error=hide_local_paths(status.last_error) if status.last_error else None,
             alias=AliasState(
                 name=services.settings.production_alias,
                 version=status.alias_version,
                 missing=status.alias_missing,
             ),
             failed_version=(
-                FailedVersionState(version=failed.version, reason=failed.reason, failed_at=failed.failed_at)
+                FailedVersionState(
+                    version=failed.version, reason=hide_local_paths(failed.reason), failed_at=failed.failed_at
+                )
                 if failed
                 else None
             ),
@@ -78,7 +80,9 @@ async def ready(services: ServicesDep) -> Response:
             pending_rows=log.pending_rows,
             written_rows=log.written_rows,
             last_error=(
-                mask_text(log.last_error, services.settings.log_database_url) if log.last_error else None
+                hide_local_paths(mask_text(log.last_error, services.settings.log_database_url))
+                if log.last_error
+                else None
             ),
         ),
     )
@@ -114,7 +118,7 @@ async def model_info(services: ServicesDep) -> Response:
         loaded_at=model.loaded_at,
         compiled_predict=model.compiled_predict,
         predict_path=steps(model),
-        history=list(services.model_service.status.history),
+        history=[hide_local_paths(line) for line in services.model_service.status.history],
         challenger=(
             ChallengerInfo(
                 version=challenger.version,
@@ -134,8 +138,12 @@ async def model_info(services: ServicesDep) -> Response:
         challenger_status=ChallengerStatus(
             alias=settings.staging_alias,
             alias_version=services.challenger_service.status.alias_version,
-            last_error=services.challenger_service.status.last_error,
-            history=list(services.challenger_service.status.history),
+            last_error=(
+                hide_local_paths(services.challenger_service.status.last_error)
+                if services.challenger_service.status.last_error
+                else None
+            ),
+            history=[hide_local_paths(line) for line in services.challenger_service.status.history],
         ),
     )
     return json_response(info.model_dump(mode="json"))

@@ -100,12 +100,12 @@ async def predict(request: Request, services: ServicesDep) -> Response:
     header keeps a client on the same model (a stable hash of it picks the model; without it, of the request
     id).
     """
-    key = request.headers.get("x-routing-key")
     status, content, headers = await handle_predict(
         services,
         await request.body(),
-        key.encode("latin-1") if key is not None else None,
         request.scope.get("query_string", b""),
+        request.scope["headers"],
+        request.scope.get("client"),
     )
     return Response(
         content,
