@@ -62,9 +62,9 @@ def read_token_file(path: Path) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as error:
-        raise UserError(f"cannot read the feedback token file {path} ({error.strerror})") from None
+        raise UserError(f"cannot read the token file {path} ({error.strerror})") from None
     if not token:
-        raise UserError(f"the feedback token file {path} is empty")
+        raise UserError(f"the token file {path} is empty")
     return token
 
 
@@ -106,7 +106,12 @@ def main(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     started = time.monotonic()
-    outcome = asyncio.run(drive(plan, features, labels, label_headers))
+    predict_headers = (
+        {"Authorization": f"Bearer {read_token_file(args.client_token_file)}"}
+        if args.client_token_file
+        else None
+    )
+    outcome = asyncio.run(drive(plan, features, labels, label_headers, predict_headers))
     seconds = time.monotonic() - started
     print(
         f"scenario {args.scenario}: {outcome.ok}/{outcome.sent} predictions ok ({outcome.failed} failed) in"
@@ -162,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    parser.add_argument(
+        "--client-token-file",
+        default=None,
+        type=Path,
+        metavar="PATH",
+        help="A file holding this client's /predict token, if the API asks for one (HOUSING_PREDICT_TOKENS).",
+    )
     parser.add_argument(
         "--feedback-token-file",
         default=None,

@@ -36,7 +36,7 @@ from housing.schema import EXAMPLE_REQUEST
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
-TOKEN = "bench-hostile-token"
+TOKEN = "bench-hostile-feedback-token-0123456789"
 CHUNK = b"x" * 65_536
 
 
@@ -160,6 +160,13 @@ def main() -> int:
                 "idle (GET /health only)": idle,
                 "880,000 keys, 9.6 MB to /predict": lambda: post("/predict", many_keys),
                 "10,000 rows x 56 unknown fields to /predict": lambda: post("/predict", bad_rows),
+                "60 KB number in the query string to /predict": lambda: (
+                    httpx.post(f"{url}/predict?MedInc={'1' * 60_000}x", content=b"", timeout=120).status_code
+                ),
+                "20,000 query-string numbers of 2,000 digits": lambda: max(
+                    httpx.post(f"{url}/predict?MedInc={'1' * 2_000}x", content=b"", timeout=120).status_code
+                    for _ in range(20)
+                ),
                 "1 GB chunked to /feedback": lambda: post(
                     "/feedback", one_gigabyte(), {"Authorization": f"Bearer {TOKEN}"}
                 ),

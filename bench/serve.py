@@ -179,6 +179,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+LOAD_TEST_ROWS_PER_SECOND = "1000000000"
+"""The per-client row rate of the API under test: one load generator is one client, which a production
+limit would slow down; the check runs on every request all the same."""
+
+
 def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -388,7 +393,11 @@ def all_candidates(settings: Settings, args: argparse.Namespace) -> int:
     before = dict(client.get_registered_model(name).aliases)
     work_dir = Path(tempfile.mkdtemp(prefix="bench-serve-all-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
-    env.update(MLFLOW_TRACKING_URI=settings.tracking_uri, HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir))
+    env.update(
+        MLFLOW_TRACKING_URI=settings.tracking_uri,
+        HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir),
+        HOUSING_PREDICT_ROWS_PER_SECOND=LOAD_TEST_ROWS_PER_SECOND,  # the limit is checked, never reached
+    )
     uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log", *SERVER_FLAGS]
     script = write_wrk_script(work_dir, "rows", feed.bodies())
     rows: list[tuple[str, str, dict[str, float], str, str]] = []
@@ -537,7 +546,11 @@ def main() -> int:
     api_script = write_wrk_script(work_dir, "api", feed.bodies())  # also the bare endpoint's
     mlflow_script = write_wrk_script(work_dir, "mlflow", feed.bodies(mlflow=True))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
-    env.update(MLFLOW_TRACKING_URI=settings.tracking_uri, HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir))
+    env.update(
+        MLFLOW_TRACKING_URI=settings.tracking_uri,
+        HOUSING_ARTIFACTS_DIR=str(settings.artifacts_dir),
+        HOUSING_PREDICT_ROWS_PER_SECOND=LOAD_TEST_ROWS_PER_SECOND,  # the limit is checked, never reached
+    )
     results: dict[str, dict[str, float]] = {}
     uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log", *SERVER_FLAGS]
 

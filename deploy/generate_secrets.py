@@ -26,9 +26,12 @@ NAMES = (
     "tracking_writer_password",  # the pipeline and the monitor: register, move aliases
     "tracking_reader_password",  # the API: read the registry
     "tracking_flask_secret",  # the tracking server's session signing key
-    "feedback_token",  # the labellers' bearer token of POST /feedback
+    "feedback_token",  # the default labeller's bearer token of POST /feedback
     "admin_token",  # the bearer token of POST /admin/reload
+    "client_token",  # the team's own client of POST /predict (send it as a bearer token)
 )
+CLIENTS = "predict_tokens"
+"""The API's HOUSING_PREDICT_TOKENS: ``team=<client_token>``; add ``name=token`` pairs for more clients."""
 
 
 def generate(folder: Path) -> list[str]:
@@ -44,6 +47,12 @@ def generate(folder: Path) -> list[str]:
         with os.fdopen(descriptor, "w") as file:
             file.write(secrets.token_urlsafe(32))
         written.append(name)
+    if not (folder / CLIENTS).exists():
+        client = (folder / "client_token").read_text().strip()
+        descriptor = os.open(folder / CLIENTS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(f"team={client}")
+        written.append(CLIENTS)
     return written
 
 
@@ -59,7 +68,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     written = generate(args.dir)
-    kept = len(NAMES) - len(written)
+    kept = len(NAMES) + 1 - len(written)
     print(f"{len(written)} secret(s) written to {args.dir} (an owner-only folder); {kept} kept")
     return 0
 

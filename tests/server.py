@@ -168,9 +168,15 @@ class LoadGenerator:
     server)."""
 
     def __init__(
-        self, url: str, single: dict, batch: list[dict], batch_every: tuple[int, ...] = (3, 5, 7)
+        self,
+        url: str,
+        single: dict,
+        batch: list[dict],
+        batch_every: tuple[int, ...] = (3, 5, 7),
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.url, self.single, self.batch, self.batch_every = url, single, batch, batch_every
+        self.headers = headers
         self.results: list[Answer] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._send, args=(every,)) for every in batch_every]
@@ -181,7 +187,7 @@ class LoadGenerator:
         return len(self._threads)
 
     def _send(self, batch_every: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=30, headers=self.headers) as http:
             n = 0
             while not self._stop.is_set():
                 n += 1
@@ -243,6 +249,11 @@ def start_loop_server(
     fresh one): ``production`` and ``staging`` name the version promote.py chose in the pipeline run."""
     from mlflow import MlflowClient  # mlflow costs ~2 s to import: only the loop tests need it here
 
+    from housing.config.settings import Settings
+    from housing.registry.production import reconcile_ledger
+    from housing.store.locks import RETRAIN_LOCK, held_lock
+    from housing.store.tables import opened_engine
+
     client = MlflowClient(mutable_run.tracking_uri)
     for alias in ("production", "staging"):
         client.set_registered_model_alias("CaliforniaHousing", alias, mutable_run.production_version)
@@ -252,10 +263,21 @@ def start_loop_server(
         HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
         HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url(label),
         HOUSING_RELOAD_INTERVAL="1",
+        HOUSING_LABELLER_REFRESH_SECONDS="0.2",
         HOUSING_MONITOR_MIN_WINDOW="1000",
         HOUSING_CANDIDATES=candidates,
         **extra,
     )
+    settings = Settings(
+        tracking_uri=mutable_run.tracking_uri,
+        artifacts_dir=tmp_path / "artifacts",
+        prediction_log_url=env["HOUSING_PREDICTION_LOG_URL"],
+    )
+    with (
+        opened_engine(settings.log_database_url) as engine,
+        held_lock(engine, RETRAIN_LOCK, lease_seconds=60),
+    ):  # the aliases just set by hand, recorded where they were found: the rounds' ledger starts in agreement
+        reconcile_ledger(client, settings, engine, "tests/server.py")
     server = ApiServer(env, tmp_path / "server.log").start()
     server.wait_ready()
     return env, server

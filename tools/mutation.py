@@ -55,6 +55,7 @@ LOG = "tests/code/test_prediction_log.py"
 POLICY = "tests/code/test_promotion_policy.py"
 RETRAIN = "tests/code/test_retrain_policy.py"
 SCAN = "tests/code/test_json_scan.py"
+FAIR = "tests/code/test_fair_shares.py"
 MUTATIONS = (
     Mutation(
         "rows-per-statement",
@@ -265,11 +266,83 @@ MUTATIONS = (
         (SCAN,),
     ),
     Mutation(
-        "wrong-token-accepted",
-        "a label needs the labellers' token: a wrong one is a 403",
-        "housing/api/deps.py",
-        "    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):",
+        "query-number-unbounded",
+        "a query-string value longer than max_number_chars is refused by its length before any pattern runs",
+        "housing/api/query_params.py",
+        "        elif len(text) > max_number_chars:",
+        "        elif False:",
+        ("tests/code/test_query_params.py",),
+    ),
+    Mutation(
+        "labeller-share-uncapped",
+        "once named labellers exist, no labeller makes up more than its share of the evidence",
+        "housing/store/retrain_evidence.py",
+        '    if labeller_share is None or "labeller" not in newest:',
+        "    if True:",
+        (FAIR,),
+    ),
+    Mutation(
+        "window-not-fair",
+        "the monitor's window is read client by client, no client over its share while others sent traffic",
+        "housing/store/log_reads.py",
+        "    if client_share is not None and last_n is not None:",
         "    if False:",
+        (FAIR,),
+    ),
+    Mutation(
+        "price-step-unbounded",
+        "a price step beyond retrain_max_price_step is an ALERT a person approves, not a retrain",
+        "housing/monitoring/retrain_policy.py",
+        "        return self.moved and max(self.step, 1.0 / self.step) > self.allowed * (1 + 1e-9)",
+        "        return False",
+        (RETRAIN,),
+    ),
+    Mutation(
+        "traffic-as-neighbour-target",
+        "labelled traffic never becomes a neighbour target in a retrain",
+        "housing/monitoring/retraining.py",
+        "        reference_rows=np.arange(len(x_train)) < len(split.x_train),",
+        "        reference_rows=None,",
+        ("tests/code/test_retraining_sets.py",),
+    ),
+    Mutation(
+        "lost-lease-acts",
+        "a holder whose lease was taken over confirms nothing and moves nothing",
+        "housing/store/locks.py",
+        "    if extended is None:\n        raise LeaseLost(",
+        "    if False:\n        raise LeaseLost(",
+        ("tests/code/test_locks.py", "tests/code/test_production.py"),
+    ),
+    Mutation(
+        "dead-holder-kept",
+        "a lock whose holder on this machine is gone is taken over at once",
+        "housing/store/locks.py",
+        "    return process_start_ticks(int(parts[1])) != parts[2]",
+        "    return False",
+        ("tests/code/test_locks.py",),
+    ),
+    Mutation(
+        "poison-row-blocks",
+        "a row the database refuses for good goes to the dead-letter file and blocks no other row",
+        "housing/store/prediction_log.py",
+        "        dead = self.dead_letters.refused(refused, reasons)",
+        "        dead: list[Any] = []",
+        ("tests/code/test_log_safeguards.py",),
+    ),
+    Mutation(
+        "arrays-unchecked",
+        "a model whose arrays a kernel would read out of bounds is refused at load",
+        "housing/registry/model_bounds.py",
+        "    if not ok:\n        raise ModelArraysInvalid(",
+        "    if False:\n        raise ModelArraysInvalid(",
+        ("tests/code/test_model_bounds.py",),
+    ),
+    Mutation(
+        "wrong-token-accepted",
+        "a label needs a labeller's token: a wrong one is a 403",
+        "housing/api/deps.py",
+        "    labeller = services.labellers.labeller(credentials.credentials)",
+        '    labeller = services.labellers.labeller(credentials.credentials) or "anyone"',
         ("tests/integration/test_feedback_auth.py",),
     ),
 )

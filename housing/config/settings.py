@@ -35,6 +35,13 @@ class Settings(TrainingSettings, ServingSettings, MonitoringSettings):
         None,
         description="CSV path or URL of the dataset; unset means scikit-learn's downloader.",
     )
+    monitor_reports_dir: Path | None = Field(
+        None,
+        description=(
+            "Where the monitor writes its reports and the API reads its latest figures; unset:"
+            " <artifacts>/reports (an API in another container mounts the monitor's)."
+        ),
+    )
 
     # --- MLflow -------------------------------------------------------------------------------------
     tracking_uri: str = Field(
@@ -91,7 +98,8 @@ class Settings(TrainingSettings, ServingSettings, MonitoringSettings):
 
     @property
     def reports_dir(self) -> Path:
-        return self.artifacts_dir / "reports"
+        """Where the monitor writes its reports and the API reads the latest figures for /metrics."""
+        return self.monitor_reports_dir or self.artifacts_dir / "reports"
 
     @property
     def evidently_workspace_dir(self) -> Path:

@@ -138,10 +138,15 @@ async def post_label(client: httpx.AsyncClient, outcome: Outcome, request_id: st
 
 
 async def drive(
-    plan: TrafficPlan, features: pd.DataFrame, labels: pd.Series, label_headers: dict[str, str]
+    plan: TrafficPlan,
+    features: pd.DataFrame,
+    labels: pd.Series,
+    label_headers: dict[str, str],
+    predict_headers: dict[str, str] | None = None,
 ) -> Outcome:
-    """Send every row to /predict (``plan.concurrency`` at a time, at ``plan.rate``) and, for a share of the
-    answered ones, the true label to /feedback after ``plan.label_delay`` seconds."""
+    """Send every row to /predict (``plan.concurrency`` at a time, at ``plan.rate``, with ``predict_headers``:
+    a client token) and, for a share of the answered ones, the true label to /feedback after
+    ``plan.label_delay`` seconds."""
     outcome = Outcome()
     rng = random.Random(plan.seed)
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -159,7 +164,7 @@ async def drive(
     # flight, so a burst of labels never starves the predictions of connections.
     labels_in_flight = asyncio.Semaphore(plan.concurrency)
     async with (
-        httpx.AsyncClient(base_url=plan.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=plan.url, timeout=30, headers=predict_headers) as client,
         httpx.AsyncClient(base_url=plan.url, timeout=30, headers=label_headers) as label_client,
     ):
 

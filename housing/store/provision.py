@@ -1,8 +1,9 @@
 """``python -m housing.store.provision``: create the prediction log's tables in the prediction-log database,
 as the role that owns them (the pipeline's and the monitor's), and grant the role the API connects with what
 serving needs and nothing more: reading and inserting rows of the log's two tables (``predictions``,
-``feedback``). That role cannot create or change a table, nor read the production ledger, the locks or the
-retraining rows the writer keeps in the same database.
+``feedback``), and reading the named labellers' token digests (``labellers``). That role cannot create or
+change a table, nor read the production ledger, the locks or the retraining rows the writer keeps in the same
+database.
 
 Run once before the API starts (the compose stack's ``init`` service, a Kubernetes init Job); running it again
 changes nothing. The database URL comes from the settings (``HOUSING_PREDICTION_LOG_URL``; PostgreSQL's driver
@@ -18,6 +19,8 @@ from sqlalchemy import text
 
 from housing import cli
 from housing.errors import UserError
+from housing.store.labellers import ensure_tables as ensure_labeller_tables
+from housing.store.labellers import labellers_table
 from housing.store.tables import create_tables, feedback_table, opened_engine, predictions_table
 
 ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -34,13 +37,18 @@ def provision(url: str, serving_role: str | None) -> list[str]:
     granted: list[str] = []
     with opened_engine(url) as engine:
         create_tables(engine)
+        ensure_labeller_tables(engine)
         if serving_role is None:
             return granted
         if engine.dialect.name != "postgresql":
             raise UserError("--grant-to needs a PostgreSQL prediction log: SQLite has no roles")
         with engine.begin() as connection:
-            for table in (predictions_table, feedback_table):
-                statement = f'GRANT {SERVING_PRIVILEGES} ON "{table.name}" TO "{serving_role}"'
+            for table, privileges in (
+                (predictions_table, SERVING_PRIVILEGES),
+                (feedback_table, SERVING_PRIVILEGES),
+                (labellers_table, "SELECT"),
+            ):
+                statement = f'GRANT {privileges} ON "{table.name}" TO "{serving_role}"'
                 connection.execute(text(statement))
                 granted.append(statement)
     return granted

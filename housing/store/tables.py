@@ -133,8 +133,10 @@ def make_engine(
             if folder is not None and database is not None:
                 with contextlib.suppress(OSError):  # sqlite3 then fails with "unable to open database file"
                     folder.mkdir(parents=True, exist_ok=True)
-                    # owner-only from its first byte: the log holds every request and label
-                    os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+                    if not os.path.exists(database):
+                        # owner-only from its first byte: the log holds every request and label. Never opened
+                        # once it exists: closing any descriptor of a file drops this process's SQLite locks
+                        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -215,3 +215,24 @@ def test_no_market_move_leaves_old_labels_alone():
         and "(not applied)" in sets.training.provenance["price_index_step"]
     )
     np.testing.assert_allclose(sets.training.y_train.iloc[:40], split().y_train)
+
+
+def test_only_the_training_split_may_become_neighbour_targets():
+    sets = build(labelled(20), remembered=labelled(10, seed=5))
+    reference = sets.training.reference_rows
+    assert reference is not None and reference.dtype == bool
+    assert reference[:40].all() and not reference[40:].any() and len(reference) == 40 + 10 + 14
+
+
+def test_a_price_step_larger_than_a_retrain_may_apply_is_refused_in_one_sentence():
+    new = labelled(40).assign(
+        prediction=lambda frame: frame[TARGET.name] / 1.6
+    )  # labels 1.6x what was served
+    with pytest.raises(UserError, match=r"re-price old ones by x1\.6000, more than the x1\.3500"):
+        build_retraining_sets(
+            split(), NOTHING, new, SETTINGS, base_source="data.csv", now=NOW, max_price_step=1.35
+        )
+    approved = build_retraining_sets(
+        split(), NOTHING, new, SETTINGS, base_source="data.csv", now=NOW, max_price_step=1.6
+    )
+    assert approved.manifest["price_index"] == pytest.approx(1.6)

@@ -26,7 +26,7 @@ from housing.store.tables import make_engine
 from tests.helpers import wait_for
 from tests.server import FEEDBACK_HEADERS, FEEDBACK_TOKEN
 
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-0123456789abcdefghij"
 
 
 def wait_ready(client: TestClient) -> dict:

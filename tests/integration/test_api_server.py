@@ -117,9 +117,9 @@ def test_admin_reload_loads_a_moved_alias_at_once(mutable_run, tmp_path):
         mutable_run.env,
         HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url("reload"),
         HOUSING_RELOAD_INTERVAL="3600",
-        HOUSING_ADMIN_TOKEN="test-admin-token-0123456789",
+        HOUSING_ADMIN_TOKEN="test-admin-token-0123456789abcdefghij",
     )
-    admin = {"Authorization": "Bearer test-admin-token-0123456789"}
+    admin = {"Authorization": "Bearer test-admin-token-0123456789abcdefghij"}
     client = MlflowClient(mutable_run.tracking_uri)
     old = str(client.get_model_version_by_alias("CaliforniaHousing", "production").version)
     new = next(

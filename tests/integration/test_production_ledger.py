@@ -13,8 +13,15 @@ from mlflow import MlflowClient
 
 from housing.config.settings import Settings
 from housing.registry.ledger import LedgerEntry, previous_production, read_history, record_change
-from housing.registry.production import move_production, production_version
-from housing.store.locks import RETRAIN_LOCK, acquire_lock, describe_holder, read_lock, release_lock
+from housing.registry.production import move_production, move_staging, production_version
+from housing.store.locks import (
+    RETRAIN_LOCK,
+    acquire_lock,
+    describe_holder,
+    held_lock,
+    read_lock,
+    release_lock,
+)
 from housing.store.tables import make_engine
 from tests.backends import PostgresProvider
 from tests.conftest import run_in_process, stage_env
@@ -41,16 +48,18 @@ def registry(tmp_path: Path) -> tuple[dict[str, str], Settings]:
     (tmp_path / "model").mkdir()
     for _ in range(3):
         client.create_model_version(settings.model_name, source=str(tmp_path / "model"))
-    for before, after in ((None, "1"), ("1", "2")):
-        move_production(
-            client,
-            settings,
-            expected=before,
-            to_version=after,
-            command="promote.py",
-            reason="beats production",
-            evidence={"r2": 0.8, "candidates": 3},
-        )
+    with held_lock(settings.log_database_url, RETRAIN_LOCK, lease_seconds=60):
+        for before, after in ((None, "1"), ("1", "2")):
+            move_production(
+                client,
+                settings,
+                expected=before,
+                to_version=after,
+                command="promote.py",
+                reason="beats production",
+                evidence={"r2": 0.8, "candidates": 3},
+            )
+        move_staging(client, settings, "2", command="promote.py", reason="as promote leaves it")
     return env, settings
 
 
@@ -77,7 +86,7 @@ def test_promote_refuses_to_run_beside_a_retrain_and_rollback_says_a_retrain_is_
             " rolling back, try again when it ends"
         )
         assert current(settings) == "2"
-        assert len(read_history(engine, settings.model_name)) == 2
+        assert len(read_history(engine, settings.model_name)) == 2  # production's moves
         assert read_lock(engine, RETRAIN_LOCK) == lock  # neither process touched the holder's lease
     finally:
         release_lock(engine, lock)
@@ -87,7 +96,6 @@ def test_promote_refuses_to_run_beside_a_retrain_and_rollback_says_a_retrain_is_
 def test_rollback_and_history_from_the_command_line(registry):
     env, settings = registry
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
-    client.set_registered_model_alias(settings.model_name, "staging", "2")  # as promote leaves it
     rolled = run_in_process("promote.py", "--rollback", env=env)
     assert rolled.returncode == 0, rolled.stderr
     assert "'production' of LedgerModel rolled back from version 2 to version 1" in rolled.stdout
@@ -106,13 +114,15 @@ def test_rollback_and_history_from_the_command_line(registry):
     history = run_in_process("promote.py", "--history", env=env)
     assert history.returncode == 0, history.stderr
     lines = history.stdout.strip().splitlines()
-    assert len(lines) == 3
-    assert "   - -> 1     promote.py  beats production  [candidates=3, r2=0.8]" in lines[0]
-    assert "   1 -> 2     promote.py  beats production" in lines[1]
+    assert len(lines) == 5  # production's three moves and staging's two, in the order they happened
+    assert "production    - -> 1     promote.py  beats production  [candidates=3, r2=0.8]" in lines[0]
+    assert "production    1 -> 2     promote.py  beats production" in lines[1]
+    assert "staging       - -> 2     promote.py  as promote leaves it" in lines[2]
     assert (
-        '   2 -> 1     promote.py --rollback  rollback  [rolled_back_version="2",'
-        ' undoes_command="promote.py", undoes_entry=2]' in lines[2]
+        'production    2 -> 1     promote.py --rollback  rollback  [rolled_back_version="2",'
+        ' undoes_command="promote.py", undoes_entry=2]' in lines[3]
     )
+    assert "staging       2 -> unset  rollback  version 2 was rolled back" in lines[4]
     engine = make_engine(settings.log_database_url)
     try:
         assert describe_holder(engine, RETRAIN_LOCK) is None  # the rollback released its lease

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from mlflow import MlflowClient
 
-from housing.registry.ledger import read_history
+from housing.registry.ledger import DONE, FOUND, read_history
 from housing.registry.tracking import RUN_TYPE_TAG, TRAINING_RUN_TYPE
 from housing.store.tables import make_engine
 from tests.conftest import run_in_process, stage_env
@@ -100,7 +100,13 @@ def test_promotion_refuses_a_candidate_that_does_not_beat_production(pipeline_ru
     )
     engine = make_engine(f"sqlite:///{tmp_path / 'artifacts' / 'prediction_log.db'}")
     try:
-        assert read_history(engine, NAME) == []  # nothing moved, nothing recorded
+        # production did not move, and is recorded where promote found it (set outside this ledger); then
+        # staging's move to the best passing candidate
+        found = read_history(engine, NAME, alias=None)
+        assert [(entry.alias, entry.status, entry.to_version) for entry in found] == [
+            ("production", FOUND, str(production.version)),
+            ("staging", DONE, staging),
+        ]
     finally:
         engine.dispose()
 
@@ -133,8 +139,9 @@ def test_promotion_mode_shadow_leaves_the_winner_in_staging_and_direct_mode_prom
     engine = make_engine(f"sqlite:///{tmp_path / 'artifacts' / 'prediction_log.db'}")
     try:
         history = read_history(engine, NAME)
-        assert [(entry.from_version, entry.to_version) for entry in history] == [
-            (models["linear_regression"], models["lightgbm_spatial"])
+        assert [(entry.from_version, entry.to_version, entry.status) for entry in history] == [
+            (None, models["linear_regression"], FOUND),  # set outside the ledger: found there
+            (models["linear_regression"], models["lightgbm_spatial"], DONE),
         ]
     finally:
         engine.dispose()

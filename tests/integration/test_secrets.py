@@ -38,11 +38,11 @@ def test_the_api_shows_no_password_of_its_registry_or_its_log(tmp_path):
         MLFLOW_TRACKING_URI=tracking_uri,
         HOUSING_PREDICTION_LOG_URL=log_url,
         HOUSING_RELOAD_INTERVAL="0.5",
-        HOUSING_ADMIN_TOKEN="test-admin-token-0123456789",
+        HOUSING_ADMIN_TOKEN="test-admin-token-0123456789abcdefghij",
         MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",  # each look at the unreachable registry fails at once
     )
     responses: list[httpx.Response] = []
-    admin = {"Authorization": "Bearer test-admin-token-0123456789"}
+    admin = {"Authorization": "Bearer test-admin-token-0123456789abcdefghij"}
     requests: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/health", {}),
         ("GET", "/ready", {}),
