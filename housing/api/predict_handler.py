@@ -37,6 +37,7 @@ from housing.api.problems import (
 )
 from housing.api.query_params import query_payload
 from housing.api.rate_limits import retry_after
+from housing.api.row_decoding import decode_rows
 from housing.api.schemas import many_rows_adapter, one_row_adapter
 from housing.api.services import Services
 from housing.config.settings import Settings
@@ -85,12 +86,22 @@ def batch_too_large(rows: int, limit: int) -> InputError:
     return InputError(413, f"the batch has {rows:,} rows; the limit is {limit:,} (HOUSING_MAX_BATCH_ROWS)")
 
 
-def parse_rows(body: bytes, settings: Settings) -> BaseModel | list[BaseModel]:
-    """Check, parse and validate a /predict body: one validated row, or the list of a batch's rows."""
+def parse_rows(body: bytes, settings: Settings) -> tuple[np.ndarray, bool]:
+    """Check, parse and validate a /predict body: its rows as an (n, 8) array and whether it was a batch.
+
+    The JSON limits first; then a valid body is decoded and validated in one C call
+    (:func:`housing.api.row_decoding.decode_rows`); any other is parsed and validated again here, to say
+    what is wrong with it (InputError)."""
+    rows = check_json_limits(body, JsonLimits.of(settings)) if body.strip() else None
+    if rows is not None and rows > settings.max_batch_rows:
+        raise batch_too_large(rows, settings.max_batch_rows)
+    decoded = decode_rows(body)
+    if decoded is not None and len(decoded[0]) <= settings.max_batch_rows:
+        return decoded
     payload = parse_json(body, JsonLimits.of(settings), settings.max_batch_rows)
     if isinstance(payload, dict):
-        return validate_row(payload, settings.max_listed_errors)
-    return validate_batch(payload, settings.max_batch_rows, settings.max_listed_errors)
+        return features_of([validate_row(payload, settings.max_listed_errors)]), False
+    return features_of(validate_batch(payload, settings.max_batch_rows, settings.max_listed_errors)), True
 
 
 def validate_row(payload: dict[str, Any], max_listed: int) -> BaseModel:
@@ -233,21 +244,22 @@ async def handle_predict(
         if refusal is not None:
             raise LogUnavailable(refusal)
         if query:
-            rows: BaseModel | list[BaseModel] = validate_row(
+            row = validate_row(
                 query_payload(query, body, services.settings.max_number_chars),
                 services.settings.max_listed_errors,
             )
+            features, batch = features_of([row]), False
         elif len(body) > OFFLOAD_BODY_BYTES:
-            rows = await asyncio.to_thread(parse_rows, body, services.settings)
+            features, batch = await asyncio.to_thread(parse_rows, body, services.settings)
         else:
-            rows = parse_rows(body, services.settings)
-        wait = services.row_limits.take(client, len(rows) if isinstance(rows, list) else 1)
+            features, batch = parse_rows(body, services.settings)
+        wait = services.row_limits.take(client, len(features))
         if wait:
             return too_many_rows(services.settings, client, wait)
-        if isinstance(rows, list):
-            content = await predict_batch(services, rows, started, key, client)
+        if batch:
+            content = await predict_batch(services, features, started, key, client)
         else:
-            content = await predict_one(services, rows, started, key, client)
+            content = await predict_one(services, features[0], started, key, client)
     except InputError as error:
         return error.status, problem_body(error.detail, error.errors), []
     except ModelUnavailable as error:
@@ -270,11 +282,11 @@ def too_many_rows(settings: Settings, client: str, wait: float) -> tuple[int, by
 
 
 async def predict_one(
-    services: Services, row: BaseModel, started: float, routing_key: bytes | None, client: str
+    services: Services, row: np.ndarray, started: float, routing_key: bytes | None, client: str
 ) -> bytes:
-    """Predict (micro-batched, by the model the routing picks) and log one validated row; the response
-    body."""
-    features = features_of([row])
+    """Predict (micro-batched, by the model the routing picks) and log one validated row (8 features); the
+    response body."""
+    features = row[np.newaxis, :]
     request_ids = new_request_ids(1)
     batcher = services.route(routing_key, request_ids[0])
     try:
@@ -298,17 +310,17 @@ async def predict_one(
 
 
 async def predict_batch(
-    services: Services, rows: list[BaseModel], started: float, routing_key: bytes | None, client: str
+    services: Services, features: np.ndarray, started: float, routing_key: bytes | None, client: str
 ) -> bytes:
-    """Predict and log every validated row of a batch (in a worker thread when large), the whole batch by the
-    model the routing picks (keyed by X-Routing-Key, else the first request id); the response body."""
-    features = features_of(rows)
-    request_ids = new_request_ids(len(rows))
+    """Predict and log every validated row of a batch (an (n, 8) array; in a worker thread when large), the
+    whole batch by the model the routing picks (keyed by X-Routing-Key, else the first request id); the
+    response body."""
+    request_ids = new_request_ids(len(features))
     canary = services.route(routing_key, request_ids[0]) is services.canary_batcher
     model = (canary and services.challenger()) or services.model_service.require()
     predicted = (
         model.predict(features)
-        if len(rows) <= INLINE_BATCH_ROWS
+        if len(features) <= INLINE_BATCH_ROWS
         else await asyncio.to_thread(model.predict, features)
     )
     values = predicted.tolist()

@@ -6,6 +6,7 @@ only its role's credentials."""
 from __future__ import annotations
 
 import re
+import runpy
 import shlex
 import subprocess
 import tomllib
@@ -184,6 +185,7 @@ def test_each_service_holds_only_the_credentials_of_its_role():
         "api_db_password",
         "feedback_token",
         "admin_token",
+        "predict_tokens",  # the clients' tokens it checks, not a client's own
     }
     assert services["api"]["environment"]["MLFLOW_TRACKING_USERNAME"] == "reader"
     assert services["api"]["environment"]["HOUSING_PREDICTION_LOG_URL"].startswith(
@@ -213,10 +215,13 @@ def test_each_service_holds_only_the_credentials_of_its_role():
     )
 
 
-def test_every_secret_compose_mounts_is_one_the_secrets_command_generates():
-    generator = (PROJECT_DIR / "deploy" / "generate_secrets.py").read_text()
-    names = set(re.findall(r'^    "([a-z_]+)",', generator, flags=re.MULTILINE))
-    assert set(compose()["secrets"]) == names
+def test_every_secret_compose_mounts_is_one_the_secrets_command_generates(tmp_path):
+    generator = runpy.run_path(str(PROJECT_DIR / "deploy" / "generate_secrets.py"))
+    written = set(generator["generate"](tmp_path / "secrets"))
+    assert set(compose()["secrets"]) == written - {"client_token"}  # the team client's own, used from outside
+    client = (tmp_path / "secrets" / "client_token").read_text()
+    assert (tmp_path / "secrets" / "predict_tokens").read_text() == f"team={client}"
+    assert generator["generate"](tmp_path / "secrets") == []  # existing secrets are kept
 
 
 def test_the_image_runs_as_a_user_from_the_lock_with_a_health_check_and_labels():
