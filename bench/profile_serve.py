@@ -136,7 +136,7 @@ def profile_run(
     figures = run_wrk(url, script, duration, connections)
     sampler.wait()
     counts: collections.Counter[str] = collections.Counter()
-    for line in raw.read_text().splitlines():
+    for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if count.isdigit():
             counts[part_of(stack)] += int(count)

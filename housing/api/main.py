@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import FastAPI
 
 from housing.api.body_reading import BodyLimits
 from housing.api.fast_path import PredictFastPath
 from housing.api.lifespan import lifespan
 from housing.api.openapi import install_openapi
+from housing.api.predict_handler import log_batch
 from housing.api.problems import install_exception_handlers
 from housing.api.routes import admin, feedback, operations, predict
 from housing.api.services import Services
@@ -36,6 +39,8 @@ def create_app(settings: Settings | None = None, *, fast_path: bool = True) -> F
     """
     settings = settings or get_settings()
     services = Services(settings)
+    for batcher in (services.batcher, services.canary_batcher):  # a micro-batch is logged in one step
+        batcher.on_predicted = partial(log_batch, services)
     app = FastAPI(
         title="California housing price API",
         version="1.0",

@@ -1,17 +1,39 @@
-"""Micro-batching: single-row requests that arrive together are predicted in one model call.
+"""Micro-batching: single-row requests that arrive together are predicted in one model call, and logged and
+counted in one step.
 
 The first request of an idle server is served at once, and the requests that arrive while a batch is
-computed form the next batch (no added waiting time).
+computed form the next batch (no added waiting time). What every request of a batch shares is done once
+for the batch: the model call, the log rows (one buffer append, one timestamp) and the Prometheus counts
+(one increment per metric), through the ``on_predicted`` callback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from housing.serving.model_service import LoadedModel, ModelService
+
+
+@dataclass(slots=True)
+class Pending:
+    """One single-row request waiting for its batch: its features and what its log row needs."""
+
+    features: np.ndarray
+    request_id: str
+    started: float
+    """``time.perf_counter()`` when the request began (its logged latency ends when the batch is
+    predicted)."""
+    client: str | None
+    future: asyncio.Future[tuple[float, LoadedModel]]
+
+
+PredictedBatch = Callable[[LoadedModel, list[Pending], np.ndarray, list[float], float], None]
+"""``on_predicted(model, requests, features, values, now)``: log and count a predicted batch."""
 
 
 class MicroBatcher:
@@ -23,21 +45,33 @@ class MicroBatcher:
     """
 
     def __init__(
-        self, service: ModelService, max_rows: int = 256, on_batch: Callable[[int], None] | None = None
+        self,
+        service: ModelService,
+        max_rows: int = 256,
+        on_batch: Callable[[int], None] | None = None,
+        on_predicted: PredictedBatch | None = None,
     ) -> None:
         self.service = service
         self.max_rows = max_rows
         self.on_batch = on_batch
-        self._pending: list[tuple[np.ndarray, asyncio.Future[tuple[float, LoadedModel]]]] = []
+        self.on_predicted = on_predicted
+        self._pending: list[Pending] = []
         self._scheduled = False
         self.batches = 0
         self.rows = 0
 
-    async def predict_one(self, features: np.ndarray) -> tuple[float, LoadedModel]:
-        """Predict one row of 8 raw features; returns the value and the model that produced it."""
+    async def predict_one(
+        self,
+        features: np.ndarray,
+        request_id: str = "",
+        started: float = 0.0,
+        client: str | None = None,
+    ) -> tuple[float, LoadedModel]:
+        """Predict one row of 8 raw features; returns the value and the model that produced it. The row is
+        logged and counted with its batch (``on_predicted``) before this returns."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[float, LoadedModel]] = loop.create_future()
-        self._pending.append((features, future))
+        self._pending.append(Pending(features, request_id, started, client, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._run_batch)  # after the handlers already runnable have queued their rows
@@ -50,16 +84,20 @@ class MicroBatcher:
             asyncio.get_running_loop().call_soon(self._run_batch)
         try:
             model = self.service.require()
-            predictions = model.predict(np.vstack([features for features, _ in batch]))
+            features = np.vstack([pending.features for pending in batch])
+            predictions = model.predict(features)
+            values = predictions.tolist()
+            if self.on_predicted is not None:  # a log that refuses rows fails the whole batch, unanswered
+                self.on_predicted(model, batch, features, values, time.perf_counter())
         except Exception as error:  # noqa: BLE001 - handed to every waiting request
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
             return
         self.batches += 1
         self.rows += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
-        for (_, future), value in zip(batch, predictions.tolist(), strict=True):
-            if not future.done():
-                future.set_result((value, model))
+        for pending, value in zip(batch, values, strict=True):
+            if not pending.future.done():
+                pending.future.set_result((value, model))

@@ -27,6 +27,18 @@ from housing.training.scoring import kfold_indices
 CLIPPED_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in FEATURES if spec.clip_outliers)
 
 
+@njit(cache=True, nogil=True)
+def _clip_kernel(values: np.ndarray, columns: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+    """Clip ``values[:, columns[j]]`` to ``[lower[j], upper[j]]`` in place, as np.clip does (NaN stays)."""
+    for row in range(values.shape[0]):
+        for j in range(columns.shape[0]):
+            value = values[row, columns[j]]
+            if value < lower[j]:
+                values[row, columns[j]] = lower[j]
+            elif value > upper[j]:
+                values[row, columns[j]] = upper[j]
+
+
 class OutlierClipper(TransformerMixin, BaseEstimator):
     """Clip the named columns to quantile bounds learned in ``fit``; other columns pass through unchanged."""
 
@@ -51,10 +63,9 @@ class OutlierClipper(TransformerMixin, BaseEstimator):
 
     def transform_array(self, values: np.ndarray) -> np.ndarray:
         """``transform`` on an already validated float64 array (the serving fast path); returns a copy."""
-        values = values.copy()
-        idx = self.column_indices_
-        values[:, idx] = np.clip(values[:, idx], self.lower_bounds_, self.upper_bounds_)
-        return values
+        out = np.array(values, dtype=np.float64, order="C")  # one kernel call: a few rows cost ~1 µs
+        _clip_kernel(out, self.column_indices_, self.lower_bounds_, self.upper_bounds_)
+        return out
 
     def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
         check_is_fitted(self, "lower_bounds_")
