@@ -63,15 +63,12 @@ def test_every_edge_of_the_contract_is_decided_as_the_validator_decides(edge):
 def test_random_valid_bodies_give_the_validators_rows_and_say_batch_or_not():
     rng = np.random.default_rng(7)
     rows = [random_row(rng) for _ in range(500)]
-    single = decode_rows(orjson.dumps(rows[0]))
-    assert (
-        single is not None
-        and single[1] is False
-        and np.array_equal(single[0], pydantic_rows(orjson.dumps(rows[0])))
-    )
-    batch = decode_rows(json.dumps(rows).encode())
-    assert batch is not None and batch[1] is True
-    assert np.array_equal(batch[0], pydantic_rows(orjson.dumps(rows)))
+    single, expected = decode_rows(orjson.dumps(rows[0])), pydantic_rows(orjson.dumps(rows[0]))
+    assert expected is not None
+    assert single is not None and single[1] is False and np.array_equal(single[0], expected)
+    batch, expected_batch = decode_rows(json.dumps(rows).encode()), pydantic_rows(orjson.dumps(rows))
+    assert batch is not None and batch[1] is True and expected_batch is not None
+    assert np.array_equal(batch[0], expected_batch)
 
 
 @pytest.mark.parametrize("body", [b"", b"[]", b"{", b'{"MedInc": NaN}', b"[[1, 2]]", b'"text"', b"3"])
