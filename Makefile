@@ -63,7 +63,7 @@ rollback: setup  ## move production back to the version before it (a ledger entr
 	$(PY) promote.py --rollback
 
 test: setup  ## every tier but the deployment's (real data: HOUSING_DATA_SOURCE or ../shared/data/...)
-	@start=$$(date +%s); $(PY) -m pytest -q --ignore=tests/deploy; code=$$?; \
+	@start=$$(date +%s); $(PY) -m pytest -q -n 2 --dist loadscope --ignore=tests/deploy; code=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s in all (exit $$code)"; exit $$code
 
 test-cov: setup  ## the whole suite under coverage.py (subprocesses included); line coverage of housing/

@@ -68,6 +68,23 @@ def dataset_path() -> Path:
     return DATA_SOURCE
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """How ``make test`` shares the tests between its two processes (pytest-xdist): every test of one backend
+    (its id carries ``sqlite`` or ``postgres``) runs in one process, so each backend's pipeline is trained
+    once and the two backends' halves run side by side; every other module goes whole to whichever process
+    is free, so module fixtures are built once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BackendScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = nodeid.rpartition("::")[2]  # a parameter's id may hold "[" too: read from the first
+            params = name.partition("[")[2][:-1].split("-") if name.endswith("]") else []
+            backend = next((name for name in BACKENDS if name in params), None)
+            return backend or super()._split_scope(nodeid)
+
+    return BackendScheduling(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Tests marked ``postgres`` skip (one line, saying how to run them) when no PostgreSQL is available,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -82,14 +83,20 @@ class ApiServer:
             time.sleep(0.1)
         raise AssertionError(f"server did not start:\n{self.log_path.read_text()}")
 
-    def wait_ready(self, timeout: float = 60) -> dict:
+    def wait_ready(self, timeout: float = 60, workers: int = 1) -> dict:
+        """/ready's answer once it is 200 and, with several ``workers``, once each of them has loaded the
+        production model (counted in /metrics, which needs PROMETHEUS_MULTIPROC_DIR in the server's
+        environment): /ready answers from whichever worker took the connection."""
+        assert workers == 1 or "PROMETHEUS_MULTIPROC_DIR" in self.env, (
+            "counting workers takes multiprocess mode"
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             response = httpx.get(f"{self.url}/ready", timeout=5)
-            if response.status_code == 200:
+            if response.status_code == 200 and (workers == 1 or len(loaded_workers(self.url)) >= workers):
                 return response.json()
             time.sleep(0.2)
-        raise AssertionError(f"server not ready: {response.text}")
+        raise AssertionError(f"server not ready ({workers} workers): {response.text}")
 
     def wait_logged(self) -> None:
         """:func:`wait_logged` for this server."""
@@ -123,6 +130,17 @@ def wait_logged(url: str) -> None:
         return int(httpx.get(f"{url}/ready", timeout=10).json()["prediction_log"]["pending_rows"])
 
     assert wait_for(lambda: pending() == 0), f"the log still has {pending()} rows pending"
+
+
+def loaded_workers(url: str) -> set[str]:
+    """The pids of the workers that have loaded the production model (housing_model_info at 1, one series per
+    pid in Prometheus multiprocess mode)."""
+    return set(
+        re.findall(
+            r'housing_model_info\{alias="production",[^}]*pid="(\d+)"[^}]*\} 1\.0',
+            httpx.get(f"{url}/metrics", timeout=10).text,
+        )
+    )
 
 
 def server_env(base_env: dict[str, str], **extra: str) -> dict[str, str]:
@@ -263,7 +281,7 @@ def start_loop_server(
         HOUSING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
         HOUSING_PREDICTION_LOG_URL=mutable_run.backend.new_log_url(label),
         HOUSING_RELOAD_INTERVAL="1",
-        HOUSING_LABELLER_REFRESH_SECONDS="0.2",
+        HOUSING_SHARED_STATE_REFRESH_SECONDS="0.2",
         HOUSING_MONITOR_MIN_WINDOW="1000",
         HOUSING_CANDIDATES=candidates,
         **extra,

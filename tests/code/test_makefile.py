@@ -35,7 +35,7 @@ def test_make_pipeline_sets_up_then_runs_the_four_stages_in_order():
 
 def test_make_test_runs_the_whole_suite():
     printed = make("-n", "test", "VENV=.venv")
-    assert ".venv/bin/python -m pytest -q --ignore=tests/deploy;" in printed
+    assert ".venv/bin/python -m pytest -q -n 2 --dist loadscope --ignore=tests/deploy;" in printed
     assert "s in all (exit $code)" in printed
 
 

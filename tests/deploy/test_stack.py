@@ -199,19 +199,28 @@ def test_a_stopped_api_container_loses_no_answered_prediction(stack):
     assert log_rows(stack) == rows_before + answered  # every 200 the clients got is in the log, once
 
 
+def answered_rows(http: httpx.Client, requests: int) -> int:
+    """Rows answered 200 over ``requests`` batches of 10: only those are promised to the log. Most requests
+    must be answered, or the test would judge nothing."""
+    statuses, rows = [], 0
+    for _ in range(requests):
+        response = http.post("/predict", json=[EXAMPLE_REQUEST] * 10)
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            rows += len(response.json()["predictions"])
+    assert statuses.count(200) >= requests // 2, f"statuses: {sorted(set(statuses))}"
+    return rows
+
+
 def test_a_killed_api_container_loses_at_most_the_rows_of_its_last_flush(stack):
     """SIGKILL, as a crashed host would: every row answered before the last flush is in the log; of the
     burst answered just before the kill, at most those still in memory are lost (the spill volume keeps the
     rest)."""
     rows_before = log_rows(stack)
     with httpx.Client(base_url=stack.api_url, timeout=30, headers=client_headers(stack)) as http:
-        settled = sum(
-            len(http.post("/predict", json=[EXAMPLE_REQUEST] * 10).json()["predictions"]) for _ in range(100)
-        )
+        settled = answered_rows(http, 100)
         assert wait_for(lambda: log_rows(stack) == rows_before + settled, timeout=60)
-        burst = sum(
-            len(http.post("/predict", json=[EXAMPLE_REQUEST] * 10).json()["predictions"]) for _ in range(20)
-        )
+        burst = answered_rows(http, 20)
     stack.run("kill", "api", timeout=120)
     stack.run("start", "api", timeout=120)
     assert wait_for(lambda: api_ready(stack), timeout=120)

@@ -3,7 +3,6 @@ rows of the last flush."""
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import uuid
@@ -24,7 +23,7 @@ from housing.store.log_reads import count_rows
 from housing.store.prediction_log import PredictionLog
 from housing.store.tables import make_engine, prediction_rows
 from tests.helpers import held_out_rows, wait_for
-from tests.server import ApiServer, server_env
+from tests.server import ApiServer, loaded_workers, server_env
 
 NAME = "CaliforniaHousing"
 
@@ -74,17 +73,6 @@ def predict_requests_per_worker(folder: Path) -> dict[str, float]:
         ]
         counts[path.stem.rsplit("_", 1)[1]] = sum(s.value for s in samples)
     return counts
-
-
-def loaded_workers(url: str) -> set[str]:
-    """The pids of the workers that have loaded the production model (housing_model_info at 1, one series per
-    pid)."""
-    return set(
-        re.findall(
-            r'housing_model_info\{alias="production",[^}]*pid="(\d+)"[^}]*\} 1\.0',
-            httpx.get(f"{url}/metrics", timeout=10).text,
-        )
-    )
 
 
 class Answers:
