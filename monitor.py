@@ -82,6 +82,13 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
                 f"realized {calibration['realized_rmse']:.4f} (gap {gap}"
                 f"{', inside the interval' if calibration['inside_interval'] else ', outside the interval'})"
             )
+    coverage = outcome.coverage.overall if outcome.coverage is not None else None
+    if outcome.coverage is not None and coverage is not None:
+        print(
+            f"prediction interval ({outcome.coverage.level:.0%}): held {coverage.coverage:.1%} of"
+            f" {coverage.rows:,} labelled predictions ({coverage.low:.1%}-{coverage.high:.1%}), mean width"
+            f" {coverage.mean_width:.3f}"
+        )
     print(f"decision: {decision.action.upper()}")
     for reason in decision.reasons:
         print(f"  because {reason}")

@@ -59,9 +59,9 @@ FAIR = "tests/code/test_fair_shares.py"
 MUTATIONS = (
     Mutation(
         "rows-per-statement",
-        "a flush goes to the database in multi-row statements of 50 rows",
+        "a flush goes to the database in multi-row statements of as many rows as 999 parameters take",
         "housing/store/tables.py",
-        "ROWS_PER_STATEMENT = 50",
+        "ROWS_PER_STATEMENT = 999 // len(PREDICTION_COLUMNS)",
         "ROWS_PER_STATEMENT = 1",
         (LOG,),
     ),
@@ -344,6 +344,22 @@ MUTATIONS = (
         "    labeller = services.labellers.labeller(credentials.credentials)",
         '    labeller = services.labellers.labeller(credentials.credentials) or "anyone"',
         ("tests/integration/test_feedback_auth.py",),
+    ),
+    Mutation(
+        "interval-unbounded",
+        "no run of labels moves a served range beyond x2 for its centre and x4 for its width",
+        "housing/store/interval_state.py",
+        "                width=clamped(state_table.c.width + WIDTH_STEP * miss, WIDTH_LIMIT),",
+        "                width=state_table.c.width + WIDTH_STEP * miss,",
+        ("tests/code/test_intervals.py",),
+    ),
+    Mutation(
+        "interval-misses-ignored",
+        "a label outside its range widens that version's ranges (misses settle at 1 - level)",
+        "housing/store/interval_state.py",
+        "    miss = float(outcome.missed) - (1 - level)",
+        "    miss = -(1 - level)",
+        ("tests/code/test_intervals.py",),
     ),
 )
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from housing.api.credentials import ensure_feedback_token
-from housing.api.services import Services, follow_labellers, follow_registry
+from housing.api.services import Services, follow_registry, follow_shared_state
 from housing.serving.prometheus import worker_exiting
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.shadow.start()
     followers = [
         asyncio.create_task(follow_registry(services), name="follow-registry"),
-        asyncio.create_task(follow_labellers(services), name="follow-labellers"),
+        asyncio.create_task(follow_shared_state(services), name="follow-shared-state"),
     ]
     try:
         yield

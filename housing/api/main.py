@@ -10,7 +10,7 @@ from housing.api.body_reading import BodyLimits
 from housing.api.fast_path import PredictFastPath
 from housing.api.lifespan import lifespan
 from housing.api.openapi import install_openapi
-from housing.api.predict_handler import log_batch
+from housing.api.prediction_logging import log_batch
 from housing.api.problems import install_exception_handlers
 from housing.api.routes import admin, feedback, operations, predict
 from housing.api.services import Services

@@ -17,7 +17,6 @@ import operator
 import os
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
 from housing.api.json_scan import DEFAULT_JSON_LIMITS, JsonLimits, check_json_limits
+from housing.api.prediction_logging import log_predictions
 from housing.api.problems import (
     InputError,
     describe_errors,
@@ -41,11 +41,9 @@ from housing.api.schemas import many_rows_adapter, one_row_adapter
 from housing.api.services import Services
 from housing.config.settings import Settings
 from housing.schema import FEATURE_NAMES, TARGET_UNIT_DOLLARS
-from housing.serving.micro_batch import Pending
+from housing.serving.micro_batch import Bounds
 from housing.serving.model_service import LoadedModel, ModelUnavailable
-from housing.serving.shadow import ServedBatch
 from housing.store.prediction_log import LogUnavailable
-from housing.store.tables import prediction_rows
 
 INLINE_BATCH_ROWS = 64
 """Batches up to this size are predicted on the event loop; larger ones in a worker thread."""
@@ -172,41 +170,6 @@ def new_request_ids(count: int) -> list[str]:
     return [f"{prefix}{index:06x}" for index in range(count)]
 
 
-def log_predictions(
-    services: Services,
-    request_ids: list[str],
-    features: np.ndarray,
-    values: list[float],
-    model: LoadedModel,
-    started: float,
-    client: str | None = None,
-) -> None:
-    """Buffer the predictions for the prediction log (through the shadow scorer while a challenger is loaded)
-    and count them in the Prometheus metrics. The model's alias says which one answered (staging: a canary
-    request).
-    """
-    served_alias = model.alias
-    latency_ms = (time.perf_counter() - started) * 1000
-    created_at = services.prediction_log.timestamp(datetime.now(UTC))
-    if services.challenger() is None or not services.shadow.submit(
-        ServedBatch(request_ids, features, values, model, served_alias, latency_ms, created_at, client)
-    ):
-        services.prediction_log.append(
-            prediction_rows(
-                request_ids,
-                features,
-                values,
-                model_name=model.name,
-                model_version=model.version,
-                latency_ms=latency_ms,
-                created_at=created_at,
-                served_alias=served_alias,
-                client=client,
-            )
-        )
-    count_predictions(services, model.version, served_alias, values)
-
-
 MAX_ROUTING_KEY_CHARS = 256
 """Longest X-Routing-Key a client may send (the OpenAPI schema says so too)."""
 
@@ -289,83 +252,49 @@ async def predict_one(
     request_id = new_request_ids(1)[0]
     batcher = services.route(routing_key, request_id)
     try:
-        value, model = await batcher.predict_one(row, request_id, started, client)
+        answer = await batcher.predict_one(row, request_id, started, client)
     except ModelUnavailable:
         if batcher is services.batcher:
             raise
-        value, model = await services.batcher.predict_one(  # the challenger was unloaded meanwhile
+        answer = await services.batcher.predict_one(  # the challenger was unloaded meanwhile
             row, request_id, started, client
         )
+    model = answer.model
     return orjson.dumps(
         {
             "request_id": request_id,
-            "MedHouseVal": value,
-            "price_usd": round(value * TARGET_UNIT_DOLLARS, 2),
+            "MedHouseVal": answer.value,
+            "price_usd": round(answer.value * TARGET_UNIT_DOLLARS, 2),
+            **interval_fields(model, answer.low, answer.high),
             "model_name": model.name,
             "model_version": model.version,
         }
     )
 
 
-def log_batch(
-    services: Services,
-    model: LoadedModel,
-    batch: list[Pending],
-    features: np.ndarray,
-    values: list[float],
-    now: float,
-) -> None:
-    """Log and count a micro-batch of single-row predictions in one step: one timestamp, one buffer append
-    (or, while a challenger is loaded, one hand-over to the shadow scorer per request), one increment per
-    metric. Raises LogUnavailable when the log can take none of them (the batch is then not answered)."""
-    created_at = services.prediction_log.timestamp(datetime.now(UTC))
-    served_alias, name, version = model.alias, model.name, model.version
-    refused: list[int] = list(range(len(batch)))
-    if services.challenger() is not None:
-        refused = [
-            index
-            for index, pending in enumerate(batch)
-            if not services.shadow.submit(
-                ServedBatch(
-                    [pending.request_id],
-                    features[index : index + 1],
-                    [values[index]],
-                    model,
-                    served_alias,
-                    (now - pending.started) * 1000,
-                    created_at,
-                    pending.client,
-                )
-            )
-        ]
-    if refused:
-        rows = features.tolist()
-        services.prediction_log.append(
-            [
-                (
-                    batch[index].request_id,
-                    created_at,
-                    *rows[index],
-                    values[index],
-                    name,
-                    version,
-                    (now - batch[index].started) * 1000,
-                    served_alias,
-                    None,
-                    None,
-                    batch[index].client,
-                )
-                for index in refused
-            ]
-        )
-    count_predictions(services, version, served_alias, values)
+def interval_fields(model: LoadedModel, low: float | None, high: float | None) -> dict[str, Any]:
+    """A prediction's ``interval`` (level, low, high, in the target's unit and in dollars), or, for a
+    version without one, ``interval: null`` and the ``interval_note`` that says why."""
+    if low is None or high is None or model.interval is None:
+        return {"interval": None, "interval_note": model.interval_note}
+    return {
+        "interval": {
+            "level": model.interval.level,
+            "low": low,
+            "high": high,
+            "low_usd": round(low * TARGET_UNIT_DOLLARS, 2),
+            "high_usd": round(high * TARGET_UNIT_DOLLARS, 2),
+        }
+    }
 
 
-def count_predictions(services: Services, version: str, served_alias: str, values: list[float]) -> None:
-    """The Prometheus counts of answered predictions: one increment per metric for the whole batch."""
-    services.metrics.predictions.labels(version).inc(len(values))
-    services.metrics.answered.labels(served_alias).inc(len(values))
-    services.metrics.observe_predictions(values)
+def predict_with_bounds(model: LoadedModel, features: np.ndarray) -> tuple[list[float], Bounds]:
+    """A batch's predictions and their ranges (None: the version has no interval)."""
+    predicted = model.predict(features)
+    if model.interval is None:
+        return predicted.tolist(), None
+    low, high = model.interval.bounds(features, predicted)
+    return predicted.tolist(), (low.tolist(), high.tolist())
 
 
 async def predict_batch(
@@ -377,20 +306,26 @@ async def predict_batch(
     request_ids = new_request_ids(len(features))
     canary = services.route(routing_key, request_ids[0]) is services.canary_batcher
     model = (canary and services.challenger()) or services.model_service.require()
-    predicted = (
-        model.predict(features)
+    values, bounds = (
+        predict_with_bounds(model, features)
         if len(features) <= INLINE_BATCH_ROWS
-        else await asyncio.to_thread(model.predict, features)
+        else await asyncio.to_thread(predict_with_bounds, model, features)
     )
-    values = predicted.tolist()
-    log_predictions(services, request_ids, features, values, model, started, client)
+    log_predictions(services, request_ids, features, values, model, started, client, bounds)
+    lows: list[float | None] = [None] * len(values) if bounds is None else list(bounds[0])
+    highs: list[float | None] = [None] * len(values) if bounds is None else list(bounds[1])
     return orjson.dumps(
         {
             "model_name": model.name,
             "model_version": model.version,
             "predictions": [
-                {"request_id": rid, "MedHouseVal": v, "price_usd": round(v * TARGET_UNIT_DOLLARS, 2)}
-                for rid, v in zip(request_ids, values, strict=True)
+                {
+                    "request_id": rid,
+                    "MedHouseVal": v,
+                    "price_usd": round(v * TARGET_UNIT_DOLLARS, 2),
+                    **interval_fields(model, low, high),
+                }
+                for rid, v, low, high in zip(request_ids, values, lows, highs, strict=True)
             ],
         }
     )

@@ -9,13 +9,17 @@ import asyncio
 import gc
 import logging
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from housing.api.credentials import ClientDirectory, LabellerDirectory
 from housing.api.rate_limits import RateLimiter
 from housing.config.settings import Settings
+from housing.errors import first_line
 from housing.serving.micro_batch import MicroBatcher
 from housing.serving.model_service import LoadedModel, ModelService
 from housing.serving.prometheus import Metrics
 from housing.serving.shadow import ShadowScorer, routes_to_challenger
+from housing.store.interval_state import read_state
 from housing.store.prediction_log import PredictionLog
 
 logger = logging.getLogger(__name__)
@@ -130,12 +134,24 @@ async def follow_registry(services: Services) -> None:
         await asyncio.sleep(services.settings.reload_interval)
 
 
-async def follow_labellers(services: Services) -> None:
-    """Re-read the named labellers' tokens every ``labeller_refresh_seconds`` (a rotated token stops working
-    within that time)."""
+def refresh_shared_state(services: Services) -> None:
+    """Re-read what every worker shares from the log's database: the named labellers' tokens, and the online
+    state of the served versions' intervals."""
+    services.labellers.refresh(services.prediction_log.engine)
+    for model in {id(m): m for m in (services.model_service.current, services.challenger())}.values():
+        if model is not None and model.interval is not None:
+            try:
+                model.interval.online = read_state(services.prediction_log.engine, model.version)
+            except SQLAlchemyError as error:
+                logger.warning("interval state: could not re-read it (%s)", first_line(error))
+
+
+async def follow_shared_state(services: Services) -> None:
+    """:func:`refresh_shared_state` every ``shared_state_refresh_seconds`` (a rotated token stops working, and
+    every worker serves the same ranges, within that time)."""
     while True:
         try:
-            await asyncio.to_thread(services.labellers.refresh, services.prediction_log.engine)
+            await asyncio.to_thread(refresh_shared_state, services)
         except Exception:
-            logger.exception("labellers check crashed")
-        await asyncio.sleep(services.settings.labeller_refresh_seconds)
+            logger.exception("shared state check crashed")
+        await asyncio.sleep(services.settings.shared_state_refresh_seconds)

@@ -50,8 +50,13 @@ class ServingSettings(BaseSettings):
         pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
         description="The labeller HOUSING_FEEDBACK_TOKEN (or the generated token) speaks for.",
     )
-    labeller_refresh_seconds: float = Field(
-        5.0, gt=0, description="Seconds between re-reads of the named labellers' tokens (rotation)."
+    shared_state_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Seconds between re-reads of what the workers share in the log's database: the named labellers'"
+            " tokens, the prediction intervals' online state."
+        ),
     )
     feedback_labels_per_second: float = Field(
         100.0, gt=0, description="Labels one labeller may send per second, per API worker (429 past it)."
@@ -87,6 +92,10 @@ class ServingSettings(BaseSettings):
     )
     log_dead_letter_tries: int = Field(
         5, ge=1, description="Failed inserts of one row before it goes to the dead-letter file."
+    )
+    serve_intervals: bool = Field(
+        True,
+        description="Answer every prediction with its calibrated range (false: point predictions only).",
     )
     log_flush_interval: float = Field(
         0.2, gt=0, description="Seconds between batched writes of the prediction log."

@@ -36,3 +36,9 @@ class TrainingSettings(BaseSettings):
     production_r2_threshold: float = Field(
         0.75, description="Test-split R2 a candidate needs to replace production."
     )
+    interval_level: float = Field(
+        0.9,
+        gt=0.5,
+        lt=1,
+        description="Share of true values a version's prediction interval is calibrated to hold.",
+    )

@@ -141,6 +141,20 @@ def _error_panels(settings: Settings) -> dict[str, DashboardPanelPlot]:
             ),
             size="half",
         ),
+        "interval_coverage": line_plot_panel(
+            f"Prediction interval coverage on labelled traffic (level {settings.interval_level:.0%})",
+            [
+                _figure("interval_coverage", "coverage"),
+                _figure("interval_coverage_low", "binomial interval low"),
+                _figure("interval_coverage_high", "binomial interval high"),
+                _figure("interval_level", "level"),
+            ],
+            description=(
+                "How often the range served with a prediction held the true value that came back; below the"
+                " level beyond noise is a reason of the retrain policy."
+            ),
+            size="half",
+        ),
         "labelled_rows": line_plot_panel(
             f"Labelled rows per window (error judged from {settings.monitor_min_labels})",
             [

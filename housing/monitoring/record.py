@@ -13,6 +13,7 @@ import mlflow
 import pandas as pd
 
 from housing.config.settings import Settings
+from housing.monitoring.coverage import CoverageFigures
 from housing.monitoring.drift_report import (
     SavedReport,
     WindowFigures,
@@ -65,6 +66,24 @@ def decision_record(
 def finite(value: float | None) -> TypeGuard[float]:
     """Whether a figure is a real number (MLflow rejects None, NaN and infinities as metrics)."""
     return value is not None and math.isfinite(value)
+
+
+def coverage_metrics(coverage: CoverageFigures | None) -> dict[str, float]:
+    """The prediction interval's coverage on labelled traffic, overall and per segment, as MLflow metrics."""
+    if coverage is None or coverage.overall is None:
+        return {}
+    found = coverage.overall
+    metrics = {
+        "interval_coverage": found.coverage,
+        "interval_coverage_low": found.low,
+        "interval_coverage_high": found.high,
+        "interval_mean_width": found.mean_width,
+        "interval_labelled_rows": float(found.rows),
+    }
+    metrics.update(
+        {f"interval_coverage_{metric_name(name)}": seg.coverage for name, seg in coverage.by_segment.items()}
+    )
+    return metrics
 
 
 def estimate_metrics(estimate: WindowEstimate | None) -> dict[str, float]:
@@ -127,6 +146,7 @@ def log_monitoring_run(
     saved: SavedReport | None,
     extra_tags: dict[str, str] | None = None,
     estimate: WindowEstimate | None = None,
+    coverage: CoverageFigures | None = None,
 ) -> str:
     """One MLflow run in the monitoring experiment, so the trend shows in the MLflow UI."""
     client = tracking.connect(settings)
@@ -158,6 +178,7 @@ def log_monitoring_run(
             {
                 **monitoring_metrics(figures, decision, evidence),
                 **{name: value for name, value in estimate_metrics(estimate).items() if finite(value)},
+                **coverage_metrics(coverage),
             }
         )
         if saved is not None:
@@ -174,6 +195,7 @@ def add_to_history(
     decision: Decision,
     version: str,
     estimate: WindowEstimate | None = None,
+    coverage: CoverageFigures | None = None,
 ) -> dict[str, str]:
     """Add the round's snapshot to the Evidently workspace (the dashboard of ``make monitor-ui``); the MLflow
     tags that say where it went. A workspace that fails costs a note on the decision, never the round."""
@@ -201,6 +223,16 @@ def add_to_history(
                             "estimated_rmse_high": estimate.overall.rmse_high,
                         }
                         if estimate is not None
+                        else {}
+                    ),
+                    **(
+                        {
+                            "interval_coverage": coverage.overall.coverage,
+                            "interval_coverage_low": coverage.overall.low,
+                            "interval_coverage_high": coverage.overall.high,
+                            "interval_level": coverage.level,
+                        }
+                        if coverage is not None and coverage.overall is not None
                         else {}
                     ),
                 },

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from housing.config.settings import Settings
+from housing.monitoring.coverage import CoverageFigures
 from housing.monitoring.drift_report import PREDICTION, WindowFigures
 from housing.monitoring.loss_estimation import Estimate
 
@@ -100,6 +101,7 @@ def decide(
     new_districts: int | None = None,
     estimate: Estimate | None = None,
     price_move: PriceMove | None = None,
+    coverage: CoverageFigures | None = None,
 ) -> Decision:
     """Apply the thresholds (drift share; RMSE / R2 when there are enough labels, else the estimated RMSE),
     then the evidence rule.
@@ -107,7 +109,9 @@ def decide(
     ``new_districts``: labelled districts no model has learnt from; None counts every labelled row as new
     (for callers that track no evidence, such as the benchmark's synthetic windows). ``estimate``: the error
     estimated without labels on the window's unlabelled predictions (None: no loss estimator).
-    ``price_move``: the price step the evidence shows (None: not measured).
+    ``price_move``: the price step the evidence shows (None: not measured). ``coverage``: the prediction
+    interval's coverage of the labelled predictions (below its level beyond noise, with enough labels: a
+    reason).
     """
     if figures.window_rows < thresholds.min_window:
         return Decision(
@@ -118,6 +122,17 @@ def decide(
             ],
         )
     reasons, notes = _reasons(figures, thresholds, estimated=estimate is not None)
+    found = coverage.overall if coverage is not None else None
+    if (
+        coverage is not None
+        and found is not None
+        and found.rows >= thresholds.min_labels
+        and found.below(coverage.level)
+    ):
+        reasons.append(
+            f"the prediction interval held {found.coverage:.1%} of {found.rows:,} labelled predictions"
+            f" ({found.low:.1%}-{found.high:.1%}), below its {coverage.level:.0%} level beyond noise"
+        )
     labels_to_confirm = 0
     if estimate is not None and figures.labelled_rows < thresholds.min_labels:
         labels_to_confirm = _expected_degradation(estimate, thresholds, reasons, notes)

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from housing.config.settings import Settings
 from housing.data.dataset import read_manifest
 from housing.errors import mask_text, masked_first_line
+from housing.monitoring.coverage import CoverageFigures, window_coverage
 from housing.monitoring.drift_report import (
     PREDICTION,
     SavedReport,
@@ -41,6 +42,7 @@ from housing.registry import tracking
 from housing.registry.live_verdict import ChallengerOutcome, judge_challenger
 from housing.registry.production import reconcile_ledger
 from housing.schema import TARGET
+from housing.store.interval_state import read_state, state_record
 from housing.store.locks import RETRAIN_LOCK, describe_holder, held_lock
 from housing.store.retention import Pruned, prune_log
 from housing.store.retrain_evidence import (
@@ -82,6 +84,8 @@ class MonitorOutcome:
     empty)."""
     pruned: Pruned | None = None
     """What the log's retention deleted after the round (None: a dry run deletes nothing)."""
+    coverage: CoverageFigures | None = None
+    """The prediction interval's coverage of the window's labelled predictions."""
 
 
 def retrain_with_evidence(
@@ -168,8 +172,10 @@ def decide_round(
     inputs: MonitorInputs,
     figures: WindowFigures,
     estimate: WindowEstimate | None,
+    coverage: CoverageFigures,
 ) -> Decision:
-    """The retrain policy's decision on this round's figures, evidence and price move, with its notes."""
+    """The retrain policy's decision on this round's figures, evidence, price move and interval coverage,
+    with its notes."""
     allowed = allowed_price_step(settings, engine, str(inputs.version.version))
     decision = decide(
         figures,
@@ -177,6 +183,7 @@ def decide_round(
         inputs.evidence.districts,
         estimate.overall if estimate is not None else None,
         price_move_of(inputs.evidence.rows, settings, allowed),
+        coverage,
     )
     if inputs.evidence.over_share:
         decision.notes.append(
@@ -209,13 +216,16 @@ def run_monitor(
             estimate = estimate_window(
                 inputs.loss_estimator, inputs.window, TARGET.name, PREDICTION, settings.estimation_confidence
             )
-        decision = decide_round(settings, engine, inputs, figures, estimate)
+        coverage = window_coverage(inputs.window, settings.interval_level)
+        decision = decide_round(settings, engine, inputs, figures, estimate, coverage)
         if dry_run and decision.retrain:
             decision.notes.append("--dry-run: not retraining")
         version = str(inputs.version.version)
         challenger, ledger_notes = judge_live(settings, engine, dry_run=dry_run)
         decision.notes += [f"alias ledger: {sentence}" for sentence in ledger_notes]
-        history_tags = add_to_history(settings, snapshot, inputs, figures, decision, version, estimate)
+        history_tags = add_to_history(
+            settings, snapshot, inputs, figures, decision, version, estimate, coverage
+        )
         record = {
             **decision_record(
                 figures,
@@ -227,6 +237,8 @@ def run_monitor(
             ),
             "error_reference": inputs.error_reference,
             **(estimate.as_record() if estimate is not None else {}),
+            **coverage.as_record(),
+            "interval_state": state_record(read_state(engine, version)),
         }
         saved = save_report(snapshot, record, settings.reports_dir, when) if snapshot is not None else None
         run_id = log_monitoring_run(
@@ -237,6 +249,7 @@ def run_monitor(
             saved,
             {"dry_run": str(dry_run).lower(), "production_version": version, **history_tags},
             estimate,
+            coverage,
         )
         outcome = MonitorOutcome(
             figures,
@@ -248,6 +261,7 @@ def run_monitor(
             challenger=challenger,
             error_reference=inputs.error_reference,
             estimate=estimate,
+            coverage=coverage,
         )
         promoted = challenger is not None and challenger.applied and challenger.verdict.action == "promote"
         if decision.retrain and promoted:

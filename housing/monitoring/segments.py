@@ -61,3 +61,26 @@ def segment_masks(features: pd.DataFrame) -> dict[str, np.ndarray]:
     income = features["MedInc"].to_numpy(dtype=np.float64)
     masks.update({name: (income >= low) & (income < high) for name, low, high in INCOME_BANDS})
     return masks
+
+
+REGION_NAMES: tuple[str, ...] = (*(name for name, _ in REGIONS), REST)
+"""The regions in code order: :func:`region_codes` gives each row its index here."""
+
+
+def region_codes(values: np.ndarray) -> np.ndarray:
+    """Each row's region as an index into :data:`REGION_NAMES`, from an (n, 8) array in contract order
+    (the serving path's form of :func:`region_of`)."""
+    lat, lon = values[:, 6], values[:, 7]
+    codes = np.full(len(values), len(REGION_NAMES) - 1, dtype=np.int64)
+    for code in range(len(REGIONS) - 1, -1, -1):  # first match wins: assign the later regions first
+        inside = np.zeros(len(values), dtype=bool)
+        for lat_from, lat_to, lon_from, lon_to in REGIONS[code][1]:
+            inside |= (lat >= lat_from) & (lat <= lat_to) & (lon >= lon_from) & (lon <= lon_to)
+        codes[inside] = code
+    return codes
+
+
+def income_codes(values: np.ndarray) -> np.ndarray:
+    """Each row's income band as an index into :data:`INCOME_BANDS`, from an (n, 8) array in contract
+    order."""
+    return np.searchsorted(np.array([3.0, 6.0]), values[:, 0], side="right").astype(np.int64)

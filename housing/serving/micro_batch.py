@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,11 +30,22 @@ class Pending:
     """``time.perf_counter()`` when the request began (its logged latency ends when the batch is
     predicted)."""
     client: str | None
-    future: asyncio.Future[tuple[float, LoadedModel]]
+    future: asyncio.Future[Answer]
 
 
-PredictedBatch = Callable[[LoadedModel, list[Pending], np.ndarray, list[float], float], None]
-"""``on_predicted(model, requests, features, values, now)``: log and count a predicted batch."""
+class Answer(NamedTuple):
+    """A single row's prediction, its range (None: the version has no interval) and the model that made
+    them."""
+
+    value: float
+    low: float | None
+    high: float | None
+    model: LoadedModel
+
+
+Bounds = tuple[list[float], list[float]] | None
+PredictedBatch = Callable[[LoadedModel, list[Pending], np.ndarray, list[float], Bounds, float], None]
+"""``on_predicted(model, requests, features, values, bounds, now)``: log and count a predicted batch."""
 
 
 class MicroBatcher:
@@ -66,11 +78,11 @@ class MicroBatcher:
         request_id: str = "",
         started: float = 0.0,
         client: str | None = None,
-    ) -> tuple[float, LoadedModel]:
-        """Predict one row of 8 raw features; returns the value and the model that produced it. The row is
-        logged and counted with its batch (``on_predicted``) before this returns."""
+    ) -> Answer:
+        """Predict one row of 8 raw features; returns the value, its range and the model that produced them.
+        The row is logged and counted with its batch (``on_predicted``) before this returns."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[float, LoadedModel]] = loop.create_future()
+        future: asyncio.Future[Answer] = loop.create_future()
         self._pending.append(Pending(features, request_id, started, client, future))
         if not self._scheduled:
             self._scheduled = True
@@ -87,8 +99,12 @@ class MicroBatcher:
             features = np.vstack([pending.features for pending in batch])
             predictions = model.predict(features)
             values = predictions.tolist()
+            bounds: Bounds = None
+            if model.interval is not None:
+                lower, upper = model.interval.bounds(features, predictions)
+                bounds = lower.tolist(), upper.tolist()
             if self.on_predicted is not None:  # a log that refuses rows fails the whole batch, unanswered
-                self.on_predicted(model, batch, features, values, time.perf_counter())
+                self.on_predicted(model, batch, features, values, bounds, time.perf_counter())
         except Exception as error:  # noqa: BLE001 - handed to every waiting request
             for pending in batch:
                 if not pending.future.done():
@@ -98,6 +114,8 @@ class MicroBatcher:
         self.rows += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
-        for pending, value in zip(batch, values, strict=True):
+        lows: list[float | None] = [None] * len(batch) if bounds is None else list(bounds[0])
+        highs: list[float | None] = [None] * len(batch) if bounds is None else list(bounds[1])
+        for pending, value, low, high in zip(batch, values, lows, highs, strict=True):
             if not pending.future.done():
-                pending.future.set_result((value, model))
+                pending.future.set_result(Answer(value, low, high, model))

@@ -21,10 +21,12 @@ import pandas as pd
 import sklearn
 
 from housing.config.settings import Settings
-from housing.errors import mask_uri, masked_first_line
+from housing.errors import UserError, mask_uri, masked_first_line
 from housing.registry.versions import get_version_by_alias, load_version, registry_client
 from housing.schema import EXAMPLE_REQUEST, FEATURE_NAMES
 from housing.serving.compiled import StepPath, fast_predict_or_default, step_paths
+from housing.serving.intervals import ServedInterval, serve_interval
+from housing.training.intervals import load_interval
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -34,6 +36,20 @@ logger = logging.getLogger(__name__)
 
 class ModelUnavailable(Exception):
     """No production model is loaded; the message says why and what to do."""
+
+
+def served_interval(
+    client: Any, version: Any, price_index: float
+) -> tuple[ServedInterval | None, str | None]:
+    """The version's prediction interval, compiled, or None and why."""
+    try:
+        calibration = load_interval(client, version)
+    except UserError as error:
+        logger.warning("%s; serving version %s without an interval", error, version.version)
+        return None, str(error)
+    if calibration is None:
+        return None, f"version {version.version} was registered without a prediction interval"
+    return serve_interval(calibration, price_index), None
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,10 @@ class LoadedModel:
     """What runs for each pipeline step: compiled array arithmetic, or the library's own transform/predict."""
     price_index: float = 1.0
     """The price level the version was trained at (its run's ``price_index`` tag; 1.0 for the original)."""
+    interval: ServedInterval | None = None
+    """The version's prediction interval (None: registered without one, or it did not load)."""
+    interval_note: str | None = None
+    """Why there is no interval, when there is none."""
 
     @property
     def predict_path(self) -> list[dict[str, object]]:
@@ -314,6 +334,11 @@ class ModelService:
                 else "serving with pipeline.predict"
             ),
         )
+        interval, interval_note = (
+            served_interval(client, version, price_index)
+            if self.settings.serve_intervals
+            else (None, "prediction intervals are off (HOUSING_SERVE_INTERVALS)")
+        )
         loaded = LoadedModel(
             pipeline=pipeline,
             fast_predict=fast_predict if compiled else None,
@@ -326,6 +351,8 @@ class ModelService:
             candidate=(version.tags or {}).get("candidate"),
             steps=steps,
             price_index=price_index,
+            interval=interval,
+            interval_note=interval_note,
         )
         loaded.predict(np.array([[EXAMPLE_REQUEST[name] for name in FEATURE_NAMES]]))  # warm-up
         return loaded

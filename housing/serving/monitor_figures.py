@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,5 +87,51 @@ class MonitorFigures(Collector):
                 "Labels needed to confirm an expected degradation (0: none expected).",
                 {"all": record.get("labels_to_confirm")},
             ),
+            *interval_families(record, family),
         )
         yield from (gauge for gauge in families if gauge is not None)
+
+
+def interval_families(
+    record: dict[str, Any], family: Callable[[str, str, dict[str, Any]], GaugeMetricFamily | None]
+) -> tuple[GaugeMetricFamily | None, ...]:
+    """The prediction interval's coverage on the window's labelled predictions (overall and per segment), its
+    mean width, and the online state the monitor found it served with."""
+    overall = record.get("interval_coverage") or {}
+    segments = record.get("interval_coverage_by_segment") or {}
+    state = record.get("interval_state") or {}
+    return (
+        family(
+            "housing_monitor_interval_coverage",
+            "Share of the last window's labelled predictions whose served range held the true value.",
+            {
+                "all": overall.get("coverage"),
+                **{name: value.get("coverage") for name, value in segments.items()},
+            },
+        ),
+        family(
+            "housing_monitor_interval_coverage_low",
+            "Lower end of the coverage's binomial interval.",
+            {"all": overall.get("low"), **{name: value.get("low") for name, value in segments.items()}},
+        ),
+        family(
+            "housing_monitor_interval_width",
+            "Mean width of the ranges served to the last window's labelled predictions.",
+            {"all": overall.get("mean_width")},
+        ),
+        family(
+            "housing_monitor_interval_level",
+            "The level the prediction intervals are calibrated to.",
+            {"all": record.get("interval_level")},
+        ),
+        family(
+            "housing_monitor_interval_width_factor",
+            "The online width factor the served ranges carry (1: as calibrated), per segment.",
+            {name: value.get("width") for name, value in state.items()},
+        ),
+        family(
+            "housing_monitor_interval_shift",
+            "The online centre factor of the served ranges (1: as calibrated), per segment.",
+            {name: value.get("shift") for name, value in state.items()},
+        ),
+    )

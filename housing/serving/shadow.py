@@ -61,6 +61,9 @@ class ServedBatch:
     created_at: Any
     client: str | None = None
     """Who asked (the log's ``client`` column; the backlog is shared fairly between clients)."""
+    lows: list[float] | None = None
+    highs: list[float] | None = None
+    """The ranges served with the predictions (None: the version has no interval)."""
 
 
 class ShadowScorer:
@@ -274,4 +277,5 @@ def _rows_of(
         shadow=shadow,
         shadow_version=shadow_version,
         client=batch.client,
+        intervals=None if batch.lows is None or batch.highs is None else (batch.lows, batch.highs),
     )

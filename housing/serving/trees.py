@@ -95,6 +95,10 @@ class FlatForest:
             raise ValueError("input contains NaN, which this model's predict refuses")
 
 
+IDENTITY_OBJECTIVES = ("regression", "regression_l1", "huber", "fair", "quantile")
+"""LightGBM objectives whose prediction is the raw sum of the trees (no link function): the kernels' sum."""
+
+
 def flatten_lightgbm(booster: object) -> FlatForest:
     """Copy a fitted LightGBM regression booster's trees into a :class:`FlatForest`.
 
@@ -102,7 +106,7 @@ def flatten_lightgbm(booster: object) -> FlatForest:
     """
     model = booster.dump_model()  # type: ignore[attr-defined]
     objective = str(model.get("objective", ""))
-    if not objective.startswith("regression") or model.get("average_output"):
+    if objective.split(" ", maxsplit=1)[0] not in IDENTITY_OBJECTIVES or model.get("average_output"):
         raise ValueError(f"unsupported LightGBM objective {objective!r}")
     records: list[tuple[float, int, int]] = []
     leaf_value: list[float] = []

@@ -16,7 +16,16 @@ from housing.store.tables import (
     predictions_table,
 )
 
-WINDOW_COLUMNS = ("request_id", "created_at", *FEATURE_NAMES, "prediction", "model_version", "client")
+WINDOW_COLUMNS = (
+    "request_id",
+    "created_at",
+    *FEATURE_NAMES,
+    "prediction",
+    "model_version",
+    "client",
+    "interval_low",
+    "interval_high",
+)
 
 
 def fair_cap(counts: list[int], window: int, share: float | None, *, alone_too: bool = False) -> int:

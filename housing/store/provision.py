@@ -1,7 +1,8 @@
 """``python -m housing.store.provision``: create the prediction log's tables in the prediction-log database,
 as the role that owns them (the pipeline's and the monitor's), and grant the role the API connects with what
 serving needs and nothing more: reading and inserting rows of the log's two tables (``predictions``,
-``feedback``), and reading the named labellers' token digests (``labellers``). That role cannot create or
+``feedback``), reading the named labellers' token digests (``labellers``), and moving the intervals' online
+state (``interval_state``). That role cannot create or
 change a table, nor read the production ledger, the locks or the retraining rows the writer keeps in the same
 database.
 
@@ -19,6 +20,8 @@ from sqlalchemy import text
 
 from housing import cli
 from housing.errors import UserError
+from housing.store.interval_state import ensure_tables as ensure_interval_tables
+from housing.store.interval_state import state_table
 from housing.store.labellers import ensure_tables as ensure_labeller_tables
 from housing.store.labellers import labellers_table
 from housing.store.tables import create_tables, feedback_table, opened_engine, predictions_table
@@ -38,6 +41,7 @@ def provision(url: str, serving_role: str | None) -> list[str]:
     with opened_engine(url) as engine:
         create_tables(engine)
         ensure_labeller_tables(engine)
+        ensure_interval_tables(engine)
         if serving_role is None:
             return granted
         if engine.dialect.name != "postgresql":
@@ -47,6 +51,7 @@ def provision(url: str, serving_role: str | None) -> list[str]:
                 (predictions_table, SERVING_PRIVILEGES),
                 (feedback_table, SERVING_PRIVILEGES),
                 (labellers_table, "SELECT"),
+                (state_table, "SELECT, INSERT, UPDATE"),
             ):
                 statement = f'GRANT {privileges} ON "{table.name}" TO "{serving_role}"'
                 connection.execute(text(statement))

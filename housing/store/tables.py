@@ -67,6 +67,8 @@ predictions_table = Table(
             ("shadow_prediction", Float()),
             ("shadow_model_version", String(20)),
             ("client", String(64)),
+            ("interval_low", Float()),
+            ("interval_high", Float()),
         )
     ),
 )
@@ -81,7 +83,14 @@ feedback_table = Table(
 )
 
 
-ADDED_COLUMNS: tuple[str, ...] = ("served_alias", "shadow_prediction", "shadow_model_version", "client")
+ADDED_COLUMNS: tuple[str, ...] = (
+    "served_alias",
+    "shadow_prediction",
+    "shadow_model_version",
+    "client",
+    "interval_low",
+    "interval_high",
+)
 """Columns added after the first release, in order: :func:`create_tables` adds them to an older log."""
 FEEDBACK_ADDED_COLUMNS: tuple[str, ...] = ("labeller",)
 """Columns of ``feedback`` added after the first release."""
@@ -168,8 +177,9 @@ def opened_engine(url: str, **timeouts: float | None) -> Iterator[Engine]:
         engine.dispose()
 
 
-ROWS_PER_STATEMENT = 50
-"""Rows one multi-row INSERT carries (50 x 17 values: under SQLite's oldest limit of 999 parameters)."""
+ROWS_PER_STATEMENT = 999 // len(PREDICTION_COLUMNS)
+"""Rows one multi-row INSERT carries: as many as fit under SQLite's oldest limit of 999 parameters (49 rows
+of 20 values)."""
 
 
 def insert_statement(engine: Engine, rows: int = 1) -> str:
@@ -275,10 +285,12 @@ def prediction_rows(
     shadow: Sequence[float | None] | None = None,
     shadow_version: str | None = None,
     client: str | None = None,
+    intervals: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Log rows for a batch of predictions (``features``: an (n, 8) array in contract order), in
     :data:`PREDICTION_COLUMNS` order; ``shadow``: the other model's predictions, when one was scored;
-    ``client``: who asked."""
+    ``client``: who asked; ``intervals``: the ranges served, (lows, highs)."""
+    lows, highs = intervals if intervals is not None else ([None] * len(request_ids),) * 2
     if shadow is None:
         return [
             (
@@ -293,9 +305,11 @@ def prediction_rows(
                 None,
                 None,
                 client,
+                low,
+                high,
             )
-            for request_id, values, prediction in zip(
-                request_ids, features.tolist(), predictions, strict=True
+            for request_id, values, prediction, low, high in zip(
+                request_ids, features.tolist(), predictions, lows, highs, strict=True
             )
         ]
     return [
@@ -311,8 +325,10 @@ def prediction_rows(
             other,
             shadow_version,
             client,
+            low,
+            high,
         )
-        for request_id, values, prediction, other in zip(
-            request_ids, features.tolist(), predictions, shadow, strict=True
+        for request_id, values, prediction, other, low, high in zip(
+            request_ids, features.tolist(), predictions, shadow, lows, highs, strict=True
         )
     ]

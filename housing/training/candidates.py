@@ -56,6 +56,10 @@ class CandidateSpec:
     """``raw``: the 8 features; ``spatial``: plus engineered spatial features and out-of-fold neighbour
     targets."""
     description: str = ""
+    cv_folds: int | None = None
+    """Folds of this candidate's cross-validation (None: the ``cv_folds`` setting). Its out-of-fold
+    predictions also calibrate the version's loss estimator and prediction interval, which are the closer to
+    the final model the more of the data each fold model saw."""
 
     def scaled_params(self, estimator_scale: float) -> dict[str, Any]:
         """Constructor parameters with tree counts multiplied by ``estimator_scale`` (at least 1 tree)."""

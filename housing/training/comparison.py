@@ -20,6 +20,7 @@ from housing.schema import TARGET
 from housing.training import plots
 from housing.training.candidates import CandidateSpec
 from housing.training.fitting import FittedCandidate, fit_candidates
+from housing.training.intervals import fit_interval, log_interval
 from housing.training.scoring import best_first, regression_metrics
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,39 @@ def train_and_register(settings: Settings, data: TrainingData, specs: list[Candi
     return TrainingOutcome(parent_run_id=parent.info.run_id, results=results)
 
 
+def _log_error_models(
+    settings: Settings, out_of_fold: np.ndarray, data: TrainingData, y_pred: np.ndarray
+) -> None:
+    """Fit and log, into the active run, what a version learns from its out-of-fold errors: its loss
+    estimator (its level anchored on the evaluation rows) and its prediction interval (calibrated on the
+    training rows alone)."""
+    estimator = fit_loss_estimator(
+        data.x_train, data.y_train, out_of_fold, data.train_weight, settings.random_state
+    )
+    estimator = anchor(
+        estimator, data.x_test, data.y_test, y_pred, data.test_weight, described="evaluation rows"
+    )
+    log_loss_estimator(estimator)
+    interval = fit_interval(
+        data.x_train,
+        data.y_train,
+        out_of_fold,
+        settings.interval_level,
+        data.train_weight,
+        settings.random_state,
+    )
+    log_interval(interval)
+    mlflow.log_metrics(
+        {
+            "loss_estimator_slope": estimator.mse_slope,
+            "loss_estimator_intercept": estimator.mse_intercept,
+            "loss_estimator_variance_ratio": estimator.variance_ratio,
+            "interval_correction": interval.correction,
+            "interval_calibration_coverage": interval.calibration_coverage["all"],
+        }
+    )
+
+
 def _log_candidate(
     settings: Settings,
     candidate: FittedCandidate,
@@ -151,7 +185,10 @@ def _log_candidate(
     ) as run:
         mlflow.log_params({"estimator": spec.estimator, **spec.scaled_params(settings.estimator_scale)})
         mlflow.log_params(
-            {"outlier_quantiles": list(settings.outlier_quantiles), "cv_folds": settings.cv_folds}
+            {
+                "outlier_quantiles": list(settings.outlier_quantiles),
+                "cv_folds": spec.cv_folds or settings.cv_folds,
+            }
         )
         mlflow.log_metrics({**metrics, "fit_seconds": candidate.fit_seconds})
         for context, dataset in datasets.items():
@@ -175,20 +212,7 @@ def _log_candidate(
             x_sample=data.x_test.iloc[:100],
         )
         if candidate.out_of_fold is not None:
-            estimator = fit_loss_estimator(
-                data.x_train, data.y_train, candidate.out_of_fold, data.train_weight, settings.random_state
-            )
-            estimator = anchor(
-                estimator, data.x_test, data.y_test, y_pred, data.test_weight, described="evaluation rows"
-            )
-            log_loss_estimator(estimator)
-            mlflow.log_metrics(
-                {
-                    "loss_estimator_slope": estimator.mse_slope,
-                    "loss_estimator_intercept": estimator.mse_intercept,
-                    "loss_estimator_variance_ratio": estimator.variance_ratio,
-                }
-            )
+            _log_error_models(settings, candidate.out_of_fold, data, y_pred)
         client = mlflow.MlflowClient()
         for key, value in {
             "candidate": spec.name,

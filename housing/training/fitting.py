@@ -108,7 +108,8 @@ def fit_candidates(
     targets neighbour-target features may learn from (None: all).
     """
     x_train = x_train.loc[:, list(FEATURE_NAMES)]
-    folds = kfold_indices(len(x_train), cv_folds, random_state)
+    fold_counts = [spec.cv_folds or cv_folds for spec in specs]
+    folds = {count: kfold_indices(len(x_train), count, random_state) for count in set(fold_counts)}
     pipelines = [
         build_pipeline(
             spec,
@@ -118,17 +119,17 @@ def fit_candidates(
         )
         for spec in specs
     ]
-    tasks = [(index, fold) for index in range(len(specs)) for fold in [None, *range(cv_folds)]]
-    fold_share = (cv_folds - 1) / cv_folds
+    tasks = [(index, fold) for index in range(len(specs)) for fold in [None, *range(fold_counts[index])]]
     tasks.sort(
         key=lambda task: (
-            -specs[task[0]].expected_cost(estimator_scale) * (1.0 if task[1] is None else fold_share)
+            -specs[task[0]].expected_cost(estimator_scale)
+            * (1.0 if task[1] is None else (fold_counts[task[0]] - 1) / fold_counts[task[0]])
         )
     )
     logger.info(
-        "fitting %d candidates x (1 + %d CV folds) on %d rows with %d process(es)",
+        "fitting %d candidates x (1 + their CV folds: %s) on %d rows with %d process(es)",
         len(specs),
-        cv_folds,
+        ", ".join(str(count) for count in fold_counts),
         len(x_train),
         n_jobs,
     )
@@ -143,16 +144,20 @@ def fit_candidates(
             x_train,
             y_train,
             sample_weight,
-            None if fold is None else folds[fold],
+            None if fold is None else folds[fold_counts[index]][fold],
             reference_rows,
         )
         for index, fold in tasks
     )
-    return _collect(specs, cv_folds, len(x_train), results, started)
+    return _collect(specs, fold_counts, len(x_train), results, started)
 
 
 def _collect(
-    specs: list[CandidateSpec], cv_folds: int, rows: int, results: Iterator[FitResult], started: float
+    specs: list[CandidateSpec],
+    fold_counts: list[int],
+    rows: int,
+    results: Iterator[FitResult],
+    started: float,
 ) -> Iterator[FittedCandidate]:
     fitted: dict[int, tuple[Pipeline, float]] = {}
     scores: dict[int, list[float]] = {index: [] for index in range(len(specs))}
@@ -164,7 +169,7 @@ def _collect(
             scores[index].append(score)
         if held_out is not None:
             out_of_fold[index][held_out[0]] = held_out[1]
-        if index in fitted and len(scores[index]) == cv_folds:
+        if index in fitted and len(scores[index]) == fold_counts[index]:
             pipeline, seconds = fitted.pop(index)
             predictions = out_of_fold.pop(index)
             yield FittedCandidate(

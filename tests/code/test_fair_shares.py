@@ -87,6 +87,8 @@ def test_the_window_is_read_client_by_client_so_a_flood_neither_hides_nor_makes_
         "prediction",
         "model_version",
         "client",
+        "interval_low",
+        "interval_high",
         TARGET.name,
         "labeller",
     ]

@@ -29,7 +29,7 @@ from housing.store import prediction_log
 from housing.store.log_reads import count_rows, read_window
 from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog
 from housing.store.spill_file import SPILL_PREFIX, SPILL_SUFFIX
-from housing.store.tables import create_tables, make_engine
+from housing.store.tables import PREDICTION_COLUMNS, create_tables, make_engine
 from tests.helpers import (
     START,
     check_a_batch_retried_after_an_unclear_failure_is_stored_once,
@@ -229,6 +229,8 @@ def test_read_window_is_oldest_first_with_labels_joined(log):
         "prediction",
         "model_version",
         "client",
+        "interval_low",
+        "interval_high",
         TARGET.name,
         "labeller",
     ]
@@ -600,8 +602,9 @@ def test_a_database_without_the_duplicate_skipping_insert_is_refused_in_one_sent
 def test_large_flushes_go_in_multi_row_statements_in_order_with_every_value_in_its_column(
     log_url, max_batch_rows
 ):
-    """A flush of 237 rows: four statements of 50 rows and 37 single rows (whatever the batch limit), stored
-    in order, each value in its own column; retried, it adds nothing."""
+    """A flush of 237 rows: four statements of 49 rows (as many as fit under SQLite's oldest limit of 999
+    parameters, 20 values a row) and 41 single rows (whatever the batch limit), stored in order, each value in
+    its own column; retried, it adds nothing."""
     log = PredictionLog(log_url, flush_interval=0.01, max_batch_rows=max_batch_rows)
     statements: list[int] = []  # rows per INSERT the database executed, as SQLite traces them
     log.engine.dispose()  # connections opened from here on are traced
@@ -618,7 +621,7 @@ def test_large_flushes_go_in_multi_row_statements_in_order_with_every_value_in_i
         ids = [f"r{i:03d}" for i in range(237)]
         log.append(rows_for(log, ids))
         assert log.flush() and log.written_rows == 237
-        assert statements == [50] * 4 + [1] * 37
+        assert len(PREDICTION_COLUMNS) == 20 and statements == [49] * 4 + [1] * 41
         assert stored_ids(log) == ids
         window = read_window(log.engine)
         assert window["MedInc"].tolist() == list(range(1, 238)) and set(window["prediction"]) == {2.0}

@@ -55,18 +55,27 @@ def client(served):
 
 
 @pytest.fixture(scope="module")
-def routed_client(pipeline_run):
-    """The same app as ``client`` (same model, settings and limits) built without the fast path."""
-    settings = pipeline_run.settings(
-        prediction_log_url=pipeline_run.backend.new_log_url("routed"),
-        admin_token=TOKEN,
-        feedback_token=FEEDBACK_TOKEN,
-        max_batch_rows=50,
-        reload_interval=0.5,
-    )
-    with TestClient(create_app(settings, fast_path=False)) as routed:
+def twins(pipeline_run):
+    """The same app (same model, settings and limits) with the fast path and without it, each on a log of its
+    own that no label reaches: labels move a version's interval, so the two answer alike only while their
+    logs hold the same labels."""
+
+    def app_settings(label: str):
+        return pipeline_run.settings(
+            prediction_log_url=pipeline_run.backend.new_log_url(label),
+            admin_token=TOKEN,
+            feedback_token=FEEDBACK_TOKEN,
+            max_batch_rows=50,
+            reload_interval=0.5,
+        )
+
+    with (
+        TestClient(create_app(app_settings("fast"))) as fast,
+        TestClient(create_app(app_settings("routed"), fast_path=False)) as routed,
+    ):
+        wait_ready(fast)
         wait_ready(routed)
-        yield routed
+        yield fast, routed
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +94,15 @@ def test_single_prediction(client, pipeline_run):
     response = client.post("/predict", json=EXAMPLE_REQUEST)
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"request_id", "MedHouseVal", "price_usd", "model_name", "model_version"}
+    assert set(body) == {"request_id", "MedHouseVal", "price_usd", "interval", "model_name", "model_version"}
     production = pipeline_run.load_version()
     assert body["MedHouseVal"] == pytest.approx(
         production.predict(pd.DataFrame([EXAMPLE_REQUEST]))[0], rel=1e-12
     )
+    interval = body["interval"]
+    assert interval["level"] == 0.9 and interval["low"] < body["MedHouseVal"] < interval["high"]
+    assert interval["low_usd"] == pytest.approx(interval["low"] * 100_000, abs=0.01)
+    assert interval["high_usd"] == pytest.approx(interval["high"] * 100_000, abs=0.01)
     assert body["price_usd"] == pytest.approx(body["MedHouseVal"] * 100_000, abs=0.01)
     assert (
         body["model_name"] == "CaliforniaHousing"
@@ -422,16 +435,17 @@ SAME_ANSWER_BODIES = {
 }
 
 
-def test_the_fast_path_and_the_documented_route_are_different_code_paths(client, routed_client):
-    assert any(middleware.cls is PredictFastPath for middleware in client.app.user_middleware)
-    assert not any(middleware.cls is PredictFastPath for middleware in routed_client.app.user_middleware)
+def test_the_fast_path_and_the_documented_route_are_different_code_paths(twins):
+    fast, routed = twins
+    assert any(middleware.cls is PredictFastPath for middleware in fast.app.user_middleware)
+    assert not any(middleware.cls is PredictFastPath for middleware in routed.app.user_middleware)
 
 
 @pytest.mark.parametrize("raw", list(SAME_ANSWER_BODIES.values()), ids=list(SAME_ANSWER_BODIES))
-def test_the_fast_path_and_the_documented_route_answer_alike(client, routed_client, raw):
+def test_the_fast_path_and_the_documented_route_answer_alike(twins, raw):
     headers = {"Content-Type": "application/json"}
-    fast = client.post("/predict", content=raw, headers=headers)
-    routed = routed_client.post("/predict", content=raw, headers=headers)
+    fast = twins[0].post("/predict", content=raw, headers=headers)
+    routed = twins[1].post("/predict", content=raw, headers=headers)
     assert comparable(fast) == comparable(routed)
     assert fast.headers["content-type"] == "application/json"
     assert fast.status_code in (200, 400, 413, 422), fast.text
@@ -459,9 +473,9 @@ SAME_ANSWER_QUERIES = {
 
 
 @pytest.mark.parametrize(("query", "raw"), list(SAME_ANSWER_QUERIES.values()), ids=list(SAME_ANSWER_QUERIES))
-def test_query_parameters_answer_alike_on_both_paths(client, routed_client, query, raw):
-    fast = client.post(f"/predict?{query}", content=raw)
-    routed = routed_client.post(f"/predict?{query}", content=raw)
+def test_query_parameters_answer_alike_on_both_paths(twins, query, raw):
+    fast = twins[0].post(f"/predict?{query}", content=raw)
+    routed = twins[1].post(f"/predict?{query}", content=raw)
     assert comparable(fast) == comparable(routed)
     assert fast.status_code in (200, 400, 422), fast.text
 

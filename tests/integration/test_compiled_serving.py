@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from housing.serving.micro_batch import MicroBatcher
+from housing.serving.micro_batch import Answer, MicroBatcher
 from housing.serving.model_service import ModelService
 from tests.helpers import held_out_rows
 
@@ -41,13 +41,11 @@ def test_the_served_model_answers_through_the_compiled_path_alone(pipeline_run):
             step.booster_.predict = refuse
     np.testing.assert_array_equal(model.predict(rows.to_numpy(dtype=np.float64)), served)
 
-    async def one_by_one() -> list[
-        tuple[float, Any]
-    ]:  # as /predict's single rows are served: through the micro-batcher
+    async def one_by_one() -> list[Answer]:  # as /predict's single rows are served: through the micro-batcher
         batcher = MicroBatcher(service)
-        return await asyncio.gather(
-            *(batcher.predict_one(row) for row in rows.to_numpy(dtype=np.float64)[:50])
+        return list(
+            await asyncio.gather(*(batcher.predict_one(row) for row in rows.to_numpy(dtype=np.float64)[:50]))
         )
 
     answers = asyncio.run(one_by_one())
-    np.testing.assert_allclose([value for value, _ in answers], served[:50], rtol=0, atol=1e-12)
+    np.testing.assert_allclose([answer.value for answer in answers], served[:50], rtol=0, atol=1e-12)

@@ -109,6 +109,9 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     code, out = monitor(env)
     assert code == 0, out
     assert "decision: NO RETRAIN" in out and baseline_rmse < 0.5
+    held = re.search(r"prediction interval \(90%\): held ([\d.]+)% of ([\d,]+) labelled predictions", out)
+    assert held is not None, out  # the ranges served with real traffic hold their level
+    assert abs(float(held.group(1)) - 90) <= 4 and "the prediction interval held" not in out
     first = json.loads((Path(env["HOUSING_ARTIFACTS_DIR"]) / "reports" / "decision_latest.json").read_text())
     # the RMSE train.py logged on the test split (the version's eval_rmse tag is re-scored by every promote,
     # on whatever evaluation data that promote had, so it is not a fixed test-split figure)
@@ -129,6 +132,8 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     out = retrained[0]
     assert "decision: RETRAIN" in out and "RMSE" in out.split("decision: RETRAIN")[1]
     assert "production moved to version" in out and "beyond noise" in out, out
+    # prices moved, the ranges did not (the labels came back after the traffic): a reason of its own
+    assert "the prediction interval held" in out.split("decision: RETRAIN")[1], out
     new_version = str(client.get_model_version_by_alias("CaliforniaHousing", "production").version)
     assert new_version != first_version
     history = read_history(engine, "CaliforniaHousing")
@@ -185,6 +190,8 @@ def test_baseline_keeps_and_market_inflation_retrains_once_and_the_api_follows(l
     rmse = float(re.search(r"labelled traffic: RMSE ([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latest = json.loads((Path(env["HOUSING_ARTIFACTS_DIR"]) / "reports" / "decision_latest.json").read_text())
     assert latest["rmse"] == pytest.approx(rmse, abs=1e-4) and latest["labelled_rows"] == 1000
+    # the retrained version's ranges, calibrated at the new price level, hold inflated prices again
+    assert latest["interval_coverage"]["rows"] == 1000 and latest["interval_coverage"]["coverage"] >= 0.85
     assert {"r2", "drift_share", "decision", "new_labelled_districts", "production_version"} <= set(latest)
     assert latest["error_reference"].startswith("held-out: its evaluation data") and "held out" in out
 

@@ -13,6 +13,7 @@ that knows it sent a real id retries after the hinted delay.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 
 from fastapi import APIRouter
@@ -24,10 +25,12 @@ from housing.api.problems import problem_response
 from housing.api.responses import json_response
 from housing.api.schemas import Feedback, FeedbackAccepted, ProblemDetail
 from housing.api.services import Services
-from housing.errors import masked_first_line
+from housing.errors import first_line, masked_first_line
 from housing.schema import TARGET, plausible_label_range
+from housing.store.interval_state import label_outcome, record_label
 from housing.store.prediction_log import FeedbackResult, LogUnavailable, PredictionLog
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 
 FIRST_PAUSE_SECONDS = 0.01
@@ -67,6 +70,26 @@ def implausible_label(services: Services, actual: float) -> str | None:
         f" level ({low:.3f} to {high:.3f} {TARGET.unit}: the data's range at price index {index:.3f}, widened"
         f" {services.settings.label_price_tolerance:g} times; HOUSING_LABEL_PRICE_TOLERANCE)"
     )
+
+
+def calibrated_level(services: Services, version: str) -> float:
+    """The level the labelled version's interval was calibrated to (the setting when it is not loaded)."""
+    for model in (services.model_service.current, services.challenger()):
+        if model is not None and model.version == version and model.interval is not None:
+            return model.interval.level
+    return services.settings.interval_level
+
+
+def keep_interval_calibrated(services: Services, request_id: str) -> None:
+    """Move the labelled version's interval state by this label (:mod:`housing.store.interval_state`); a
+    database error is logged, never the label's failure (the label is stored)."""
+    engine = services.prediction_log.engine
+    try:
+        outcome = label_outcome(engine, request_id)
+        if outcome is not None:
+            record_label(engine, outcome, calibrated_level(services, outcome.model_version))
+    except SQLAlchemyError as error:
+        logger.warning("interval state: the label of %s was not counted (%s)", request_id, first_line(error))
 
 
 @router.post(
@@ -146,6 +169,8 @@ async def feedback(body: Feedback, services: ServicesDep, labeller: LabellerDep)
         return problem_response(
             409, f"request_id {body.request_id!r} already has a different label; labels are immutable"
         )
+    if outcome == FeedbackResult.CREATED:
+        await asyncio.to_thread(keep_interval_calibrated, services, body.request_id)
     status = "recorded" if outcome == FeedbackResult.CREATED else "unchanged"
     return json_response(
         {"request_id": body.request_id, "status": status}, 201 if status == "recorded" else 200
