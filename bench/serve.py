@@ -1,6 +1,6 @@
-"""Load the prediction API, `mlflow models serve` and a bare FastAPI endpoint the same way; print the figures.
+"""Load the prediction API, its peers and bare FastAPI endpoints the same way; print the figures.
 
-All three serve over uvicorn on this machine in one run, one after the other, with the same registered
+All serve on this machine in one run, one after the other, with the same registered
 production model: (a) this API (`uvicorn app:app`, prediction logging on), (b) `mlflow models serve` for
 models:/CaliforniaHousing@production, (c) bench/bare_app.py returning a constant. Each is loaded by wrk
 (one client thread, 16 connections, single-row requests) running the same client script: it sends real
@@ -9,7 +9,10 @@ districts in turn -- the first --rows (1,000) rows of the held-out test split pr
 script prints rps, p50, p99 and errors, the ratios, a check that the prediction log holds one row per
 prediction the clients received a 200 for (wrk warm-up + load + batch rows; it may hold up to one more row
 per wrk connection: requests wrk leaves in flight when it stops), and the end-to-end time of a 10,000-row
-batch request. (a2) repeats (a) with 2 worker processes logging to PostgreSQL (the team setup),
+batch request. (a4) repeats (a) with prediction intervals off (HOUSING_SERVE_INTERVALS=false): their
+serving cost. (d) is BentoML serving the same fitted pipeline with adaptive batching on
+(bench/bentoml_service.py), installed by this script in an environment of its own (--bentoml-env; BentoML is
+not a project dependency). (a2) repeats (a) with 2 worker processes logging to PostgreSQL (the team setup),
 same load, same run. (a3) repeats (a) with a challenger in shadow: the `staging` alias is pointed at the
 --challenger candidate's version for the run (and put back after), so every request is also scored by it;
 it checks that every logged row carries the challenger's prediction.
@@ -22,6 +25,7 @@ wrk`).
 
     python -m bench.serve [--duration 20] [--connections 16] [--tracking-uri URI --artifacts-dir DIR]
                           [--rows 1000] [--constant-row] [--challenger gradient_boosting] [--all-candidates]
+                          [--bentoml-env DIR] [--skip-bentoml]
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from housing.api.main import SERVER_FLAGS
 from housing.config.settings import Settings, get_settings
 from housing.data.dataset import load_split, read_source
 from housing.errors import UserError
+from housing.registry.model_files import SKOPS_TRUSTED_TYPES
+from housing.registry.versions import load_version, registry_client
 from housing.schema import EXAMPLE_REQUEST
 from housing.store.log_reads import count_rows
 from housing.store.tables import make_engine
@@ -61,6 +67,11 @@ DEFAULT_ROWS = 1_000
 BATCH_ROWS = 10_000
 BATCH_REPEATS = 7
 WARM_UP_CONNECTIONS = 4
+BENTOML = "bentoml==1.4.40"
+PEER_PACKAGES = (
+    *("numpy", "pandas", "scipy", "scikit-learn", "lightgbm", "skops", "numba", "llvmlite", "pydantic"),
+)
+"""Installed in BentoML's environment at the versions of the project's lock, so it loads the same pipeline."""
 
 WRK_SCRIPT = """-- bench/serve.py's wrk client, the same for every server: one body per request, in turn,
 -- cycling; counts the status of every response received and prints the counts when the run is done.
@@ -115,10 +126,10 @@ class Feed:
     rows: list[dict[str, float]]
     description: str
 
-    def bodies(self, *, mlflow: bool = False) -> list[str]:
-        """Request bodies: the row as a JSON object (this API, the bare endpoint), or mlflow's
-        ``dataframe_records``."""
-        return [orjson.dumps({"dataframe_records": [row]} if mlflow else row).decode() for row in self.rows]
+    def bodies(self, wrapper: str | None = None) -> list[str]:
+        """Request bodies: the row as a JSON object (this API, the bare endpoint), or inside a one-row list
+        under ``wrapper`` (``dataframe_records`` for mlflow, ``rows`` for BentoML)."""
+        return [orjson.dumps({wrapper: [row]} if wrapper else row).decode() for row in self.rows]
 
 
 def held_out_feed(settings: Settings, count: int) -> Feed:
@@ -379,6 +390,83 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def locked_versions(names: Sequence[str]) -> list[str]:
+    """``name==version`` of each of ``names`` in the project's runtime lock."""
+    lock = (PROJECT_DIR / "requirements" / "runtime.lock").read_text()
+    pins = []
+    for name in names:
+        match = re.search(rf"^{re.escape(name)}==([^\s\\]+)", lock, re.MULTILINE | re.IGNORECASE)
+        if match is None:
+            raise SystemExit(f"{name} is not in requirements/runtime.lock")
+        pins.append(f"{name}=={match.group(1)}")
+    return pins
+
+
+def bentoml_environment(env_dir: Path) -> Path:
+    """BentoML's own virtual environment (created on first use: BentoML and the model's libraries at the
+    lock's versions); the path of its ``bentoml`` command."""
+    command = env_dir / "bin" / "bentoml"
+    if command.exists():
+        return command
+    print(f"# creating BentoML's environment in {env_dir} (once)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+    subprocess.run(
+        [str(env_dir / "bin" / "pip"), "install", "--quiet", BENTOML, *locked_versions(PEER_PACKAGES)],
+        check=True,
+    )
+    return command
+
+
+def save_production_pipeline(settings: Settings, path: Path) -> str:
+    """Save the production version's fitted pipeline as a skops file for BentoML; its version."""
+    import skops.io
+
+    client = registry_client(settings.tracking_uri)
+    version = client.get_model_version_by_alias(settings.model_name, settings.production_alias)
+    skops.io.dump(load_version(client, version), path)
+    return str(version.version)
+
+
+def serve_with_bentoml(
+    settings: Settings, env_dir: Path, work_dir: Path, script: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    """(d): the production pipeline behind ``bentoml serve`` (bench/bentoml_service.py), loaded by wrk."""
+    command = bentoml_environment(env_dir)
+    model_path = work_dir / "peer-model.skops"
+    save_production_pipeline(settings, model_path)
+    port = free_port()
+    peer_env = {
+        "PATH": f"{command.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": os.environ.get("HOME", str(work_dir)),
+        "BENTOML_HOME": str(work_dir / "bentoml-home"),
+        "PYTHONPATH": str(PROJECT_DIR),
+        "HOUSING_PEER_MODEL": str(model_path),
+        "HOUSING_PEER_TRUSTED_TYPES": ",".join(SKOPS_TRUSTED_TYPES),
+    }
+    peer = subprocess.Popen(
+        [
+            str(command),
+            "serve",
+            "bentoml_service:HousingPeer",
+            "--working-dir",
+            str(PROJECT_DIR / "bench"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=PROJECT_DIR / "bench",
+        env=peer_env,
+        stdout=open(work_dir / "bentoml.log", "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz", peer, timeout=180)
+        return run_wrk(f"http://127.0.0.1:{port}/predict", script, args.duration, args.connections)
+    finally:
+        stop(peer)
+
+
 def feed_from_args(settings: Settings, args: argparse.Namespace) -> Feed:
     return constant_feed() if args.constant_row else held_out_feed(settings, args.rows)
 
@@ -511,6 +599,13 @@ def main() -> int:
         ),
     )
     parser.add_argument("--skip-mlflow", action="store_true", help="Skip (b), e.g. for a quick run.")
+    parser.add_argument("--skip-bentoml", action="store_true", help="Skip (d), BentoML.")
+    parser.add_argument(
+        "--bentoml-env",
+        type=Path,
+        default=PROJECT_DIR / ".bench-peers" / "bentoml",
+        help="BentoML's own virtual environment, created there on first use [default .bench-peers/bentoml].",
+    )
     parser.add_argument(
         "--skip-postgres", action="store_true", help="Skip (a2), the 2-worker PostgreSQL run."
     )
@@ -548,7 +643,7 @@ def main() -> int:
     model_uri = f"models:/{settings.model_name}@{settings.production_alias}"
     work_dir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     api_script = write_wrk_script(work_dir, "api", feed.bodies())  # also the bare endpoint's
-    mlflow_script = write_wrk_script(work_dir, "mlflow", feed.bodies(mlflow=True))
+    mlflow_script = write_wrk_script(work_dir, "mlflow", feed.bodies("dataframe_records"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUSING_")}
     env.update(
         MLFLOW_TRACKING_URI=settings.tracking_uri,
@@ -561,13 +656,20 @@ def main() -> int:
     # (a) this API, with prediction logging on: 1 worker on SQLite, then 2 workers on PostgreSQL
     log_checks: list[str] = []
     batch_ms: list[float] = []
-    runs: list[tuple[str, int, str, str | None]] = [
-        ("(a) this API, 1 worker, SQLite log", 1, f"sqlite:///{work_dir / 'prediction_log.db'}", None)
+    runs: list[tuple[str, int, str, str | None, dict[str, str]]] = [
+        ("(a) this API, 1 worker, SQLite log", 1, f"sqlite:///{work_dir / 'prediction_log.db'}", None, {}),
+        (
+            "(a4) = (a) without prediction intervals",
+            1,
+            f"sqlite:///{work_dir / 'no_intervals_log.db'}",
+            None,
+            {"HOUSING_SERVE_INTERVALS": "false"},
+        ),
     ]
     postgres = None
     if not args.skip_postgres:
         postgres, postgres_url = postgres_log(args.postgres_url, work_dir)
-        runs.append(("(a2) this API, 2 workers, PostgreSQL log", 2, postgres_url, None))
+        runs.append(("(a2) this API, 2 workers, PostgreSQL log", 2, postgres_url, None, {}))
     if args.challenger != "none":
         runs.append(
             (
@@ -575,12 +677,13 @@ def main() -> int:
                 1,
                 f"sqlite:///{work_dir / 'shadow_log.db'}",
                 args.challenger,
+                {},
             )
         )
     version = "?"
-    for label, workers, log_url, challenger in runs:
+    for label, workers, log_url, challenger, extra_env in runs:
         port = free_port()
-        api_env = {**env, "HOUSING_PREDICTION_LOG_URL": log_url}
+        api_env = {**env, "HOUSING_PREDICTION_LOG_URL": log_url, **extra_env}
         command = [*uvicorn, "--port", str(port), "--workers", str(workers), "app:app"]
         if workers > 1:
             multiproc = work_dir / f"prometheus-{port}"
@@ -601,7 +704,7 @@ def main() -> int:
             results[label] = run_wrk(
                 f"http://127.0.0.1:{port}/predict", api_script, args.duration, args.connections
             )
-            if workers == 1:
+            if workers == 1 and not extra_env:
                 timings = batch_request_ms(f"http://127.0.0.1:{port}/predict", settings)
                 batch_ms = batch_ms or timings  # the figure printed is (a)'s
                 batch_rows = len(timings) * BATCH_ROWS
@@ -662,6 +765,16 @@ def main() -> int:
         finally:
             stop(mlflow_serve)
 
+    # (d) BentoML, same fitted pipeline, adaptive batching on
+    if not args.skip_bentoml:
+        results["(d) BentoML, adaptive batching"] = serve_with_bentoml(
+            settings,
+            args.bentoml_env,
+            work_dir,
+            write_wrk_script(work_dir, "bentoml", feed.bodies("rows")),
+            args,
+        )
+
     # (c) bare FastAPI endpoints: a constant (it ignores the body the client sends), and one that validates
     # the body against the same feature model (one row, or the 10,000-row list of the batch request)
     bare_batch_ms: list[float] = []
@@ -703,10 +816,23 @@ def main() -> int:
             f"\nwith a challenger in shadow / without: {shadowed['rps'] / ours:.0%} of the throughput  "
             f" (target >= 85%), p99 {shadowed['p99']:.1f} ms   (target <= 10 ms)"
         )
+    bare_ranges = results["(a4) = (a) without prediction intervals"]
+    print(
+        f"with prediction intervals / without: {ours / bare_ranges['rps']:.0%} of the throughput  "
+        f" (target >= 90%), p99 {results['(a) this API, 1 worker, SQLite log']['p99']:.2f} ms vs"
+        f" {bare_ranges['p99']:.2f} ms"
+    )
     if "(b) mlflow models serve" in results:
         print(
             f"\nthis API / mlflow models serve: {ours / results['(b) mlflow models serve']['rps']:.1f}x  "
             " (target >= 10x)"
+        )
+    peer = results.get("(d) BentoML, adaptive batching")
+    if peer is not None:
+        print(
+            f"this API / BentoML:             {ours / peer['rps']:.1f}x   (target >= 2x), p99"
+            f" {results['(a) this API, 1 worker, SQLite log']['p99']:.2f} ms vs {peer['p99']:.2f} ms"
+            " (target: lower)"
         )
     print(
         f"this API / bare endpoint:       {ours / results['(c) bare FastAPI constant']['rps']:.0%} of the"

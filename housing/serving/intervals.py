@@ -27,10 +27,12 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
+from numba import njit
 
-from housing.monitoring.segments import REGION_NAMES, region_codes
+from housing.monitoring.segments import INCOME_BANDS, REGION_NAMES, REGIONS, region_codes
 from housing.schema import OBSERVED_TARGET_RANGE
 from housing.serving.compiled import probe_rows
 from housing.serving.trees import flatten_lightgbm
@@ -103,6 +105,86 @@ class OnlineScale:
                     shift[codes == code], width[codes == code] = scale.shift, scale.width
         return shift, width
 
+    @cached_property
+    def by_region(self) -> tuple[np.ndarray, np.ndarray]:
+        """(shift, width) per region code (:data:`REGION_NAMES` order), as :meth:`for_rows` picks them: what
+        the compiled range kernel reads (computed once per state read from the database)."""
+        shift = np.full(len(REGION_NAMES), self.overall.shift)
+        width = np.full(len(REGION_NAMES), self.overall.width)
+        for code, name in enumerate(REGION_NAMES):
+            scale = self.regions.get(name)
+            if scale is not None and scale.labels >= MIN_REGION_LABELS:
+                shift[code], width[code] = scale.shift, scale.width
+        return shift, width
+
+
+@dataclass(frozen=True)
+class SegmentTables:
+    """The regions' boxes and the corrections per segment, as arrays for :func:`_ranges`."""
+
+    boxes: np.ndarray
+    """(k, 4) latitude from/to, longitude from/to of every region's boxes, in :data:`REGIONS` order."""
+    box_codes: np.ndarray
+    """Each box's region code (the first box a row falls in gives its region, as in ``region_codes``)."""
+    region_corrections: np.ndarray
+    income_edges: np.ndarray
+    income_corrections: np.ndarray
+
+
+def segment_tables(calibration: IntervalCalibration) -> SegmentTables:
+    boxes = [(box, code) for code, (_, region_boxes) in enumerate(REGIONS) for box in region_boxes]
+    return SegmentTables(
+        np.array([box for box, _ in boxes], dtype=np.float64).reshape(-1, 4),
+        np.array([code for _, code in boxes], dtype=np.int64),
+        np.asarray(calibration.region_corrections, dtype=np.float64),
+        np.array([low for _, low, _ in INCOME_BANDS[1:]], dtype=np.float64),
+        np.asarray(calibration.income_corrections, dtype=np.float64),
+    )
+
+
+@njit(nogil=True, cache=True)
+def _ranges(
+    values: np.ndarray,
+    predictions: np.ndarray,
+    low_raw: np.ndarray,
+    high_raw: np.ndarray,
+    boxes: np.ndarray,
+    box_codes: np.ndarray,
+    region_corrections: np.ndarray,
+    income_edges: np.ndarray,
+    income_corrections: np.ndarray,
+    shifts: np.ndarray,
+    widths: np.ndarray,
+    low_cap: float,
+    high_cap: float,
+    low: np.ndarray,
+    high: np.ndarray,
+) -> None:
+    """Each row's range in one pass (what ``ServedInterval.bounds`` documents): its region and income band,
+    the larger of their corrections around the quantile models' raw offsets, the online shift and width of
+    its region, cut to the data's range widened by the shift, holding its centre."""
+    rest = len(region_corrections) - 1
+    for i in range(values.shape[0]):
+        latitude, longitude, income = values[i, 6], values[i, 7], values[i, 0]
+        region = rest
+        for b in range(boxes.shape[0]):
+            if boxes[b, 0] <= latitude <= boxes[b, 1] and boxes[b, 2] <= longitude <= boxes[b, 3]:
+                region = box_codes[b]
+                break
+        band = len(income_edges) if np.isnan(income) else 0
+        for edge in income_edges:
+            if income >= edge:
+                band += 1
+        correction = max(region_corrections[region], income_corrections[band])
+        moved, stretch = np.exp(shifts[region]), np.exp(widths[region])
+        centre = predictions[i] * moved
+        floor = low_cap * min(moved, 1.0)
+        ceiling = high_cap * max(moved, 1.0)
+        below = centre - (correction - low_raw[i]) * stretch
+        above = centre + (high_raw[i] + correction) * stretch
+        low[i] = min(min(max(below, floor), ceiling), centre)
+        high[i] = max(min(max(above, floor), ceiling), centre)
+
 
 @dataclass
 class ServedInterval:
@@ -120,21 +202,40 @@ class ServedInterval:
     def level(self) -> float:
         return self.calibration.level
 
+    @cached_property
+    def tables(self) -> SegmentTables:
+        return segment_tables(self.calibration)
+
     def bounds(self, values: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each prediction's range (low, high), for raw (n, 8) features and the (n,) predictions."""
-        predictions = np.asarray(predictions, dtype=np.float64)
+        """Each prediction's range (low, high), for raw (n, 8) features and the (n,) predictions: the
+        quantile models' offsets widened by the larger of the row's region and income corrections, moved and
+        stretched by its region's online state, cut to the data's range at the price index (widened by the
+        move) and holding its centre (:func:`_ranges`)."""
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        predictions = np.ascontiguousarray(predictions, dtype=np.float64)
         inputs = interval_inputs(values, predictions)
-        correction = self.calibration.corrections_for(values)
-        below = correction - self.low_offset(inputs)
-        above = self.high_offset(inputs) + correction
-        shift, width = self.online.for_rows(values)
-        moved, stretch = np.exp(shift), np.exp(width)
-        centre = predictions * moved
+        low_raw, high_raw = self.low_offset(inputs), self.high_offset(inputs)
+        tables = self.tables
+        shifts, widths = self.online.by_region
         floor, ceiling = OBSERVED_TARGET_RANGE
-        low_cap = floor * self.price_index * np.minimum(moved, 1.0)  # the data's range, widened by a move
-        high_cap = ceiling * self.price_index * np.maximum(moved, 1.0)
-        low = np.minimum(np.clip(centre - below * stretch, low_cap, high_cap), centre)
-        high = np.maximum(np.clip(centre + above * stretch, low_cap, high_cap), centre)
+        low, high = np.empty(len(values)), np.empty(len(values))
+        _ranges(
+            values,
+            predictions,
+            np.ascontiguousarray(low_raw, dtype=np.float64),
+            np.ascontiguousarray(high_raw, dtype=np.float64),
+            tables.boxes,
+            tables.box_codes,
+            tables.region_corrections,
+            tables.income_edges,
+            tables.income_corrections,
+            shifts,
+            widths,
+            floor * self.price_index,
+            ceiling * self.price_index,
+            low,
+            high,
+        )
         return low, high
 
 
