@@ -182,7 +182,7 @@ def _ranges(
         ceiling = high_cap * max(moved, 1.0)
         below = centre - (correction - low_raw[i]) * stretch
         above = centre + (high_raw[i] + correction) * stretch
-        low[i] = min(min(max(below, floor), ceiling), centre)
+        low[i] = min(max(below, floor), ceiling, centre)
         high[i] = max(min(max(above, floor), ceiling), centre)
 
 
