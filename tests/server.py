@@ -256,15 +256,31 @@ class LoadGenerator:
         return sum(answer.rows for answer in self.results if not answer.failed)
 
 
+def loop_candidates(folder: Path) -> Path:
+    """The project's candidates file with every candidate's own fold count removed, so a retrain
+    cross-validates with the ``cv_folds`` setting (2): the same models and parameters, fewer fold fits (their
+    out-of-fold errors calibrate a slightly wider interval)."""
+    import yaml
+
+    candidates = yaml.safe_load((PROJECT_DIR / "housing" / "training" / "candidates.yaml").read_text())
+    for spec in candidates.values():
+        spec.pop("cv_folds", None)
+    path = folder / "loop-candidates.yaml"
+    path.write_text(yaml.safe_dump(candidates, sort_keys=False))
+    return path
+
+
 def start_loop_server(
     mutable_run: Any, tmp_path: Path, label: str, candidates: str, **extra: str
 ) -> tuple[dict[str, str], ApiServer]:
     """An API over the mutable registry with a private copy of its artifacts and a fresh prediction log, as
     the loop tests need it: reloads every second, decisions from 1,000 predictions, retrains limited to
-    ``candidates`` (JSON); ``extra``: more environment variables. It starts from the pipeline run's own
-    production version without a challenger, whatever earlier tests left (a version an earlier test retrained
-    is not the original model, and its evaluation rows are recorded in that test's prediction log, not in this
-    fresh one): ``production`` and ``staging`` name the version promote.py chose in the pipeline run."""
+    ``candidates`` (JSON) and cross-validated with the folds setting's 2 (:func:`loop_candidates`: these
+    tests judge the loop, not the candidates); ``extra``: more environment variables. It starts from the
+    pipeline run's own production version without a challenger, whatever earlier tests left (a version an
+    earlier test retrained is not the original model, and its evaluation rows are recorded in that test's
+    prediction log, not in this fresh one): ``production`` and ``staging`` name the version promote.py chose
+    in the pipeline run."""
     from mlflow import MlflowClient  # mlflow costs ~2 s to import: only the loop tests need it here
 
     from housing.config.settings import Settings
@@ -284,6 +300,7 @@ def start_loop_server(
         HOUSING_SHARED_STATE_REFRESH_SECONDS="0.2",
         HOUSING_MONITOR_MIN_WINDOW="1000",
         HOUSING_CANDIDATES=candidates,
+        HOUSING_CANDIDATES_PATH=str(loop_candidates(tmp_path)),
         **extra,
     )
     settings = Settings(

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -80,6 +81,42 @@ def test_intervals_switched_off_answer_null_and_say_why(pipeline_run):
         batch = client.post("/predict", json=[row, row]).json()["predictions"]
     for answer in (single, *batch):
         assert answer["interval"] is None and "HOUSING_SERVE_INTERVALS" in answer["interval_note"]
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # a registry of its own: no backend path
+def test_a_version_registered_without_an_interval_answers_null_and_says_why(pipeline_run, tmp_path):
+    """A version registered before intervals existed (here: the production model registered again, without
+    the training run that logs a calibration) serves every request form with ``interval: null`` and one
+    sentence saying why: never a 500."""
+    source = MlflowClient(pipeline_run.tracking_uri)
+    production = source.get_model_version_by_alias("CaliforniaHousing", "production")
+    folder = mlflow.artifacts.download_artifacts(
+        artifact_uri=source.get_model_version_download_uri("CaliforniaHousing", production.version),
+        dst_path=str(tmp_path / "model"),
+        tracking_uri=pipeline_run.tracking_uri,
+    )
+    tracking_uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    registry = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    registry.create_registered_model("CaliforniaHousing")
+    registry.create_model_version("CaliforniaHousing", source=str(folder))
+    registry.set_registered_model_alias("CaliforniaHousing", "production", "1")
+    settings = pipeline_run.settings(
+        tracking_uri=tracking_uri, prediction_log_url=f"sqlite:///{tmp_path / 'log.db'}"
+    )
+    row = held_out_rows(pipeline_run, 1).iloc[0].to_dict()
+    query = "&".join(f"{name}={value}" for name, value in row.items())
+    with TestClient(create_app(settings)) as client:
+        assert wait_for(lambda: client.get("/ready").status_code == 200)
+        responses = [
+            client.post("/predict", json=row),
+            client.post("/predict", json=[row, row]),
+            client.post(f"/predict?{query}", content=b""),
+        ]
+    assert [response.status_code for response in responses] == [200, 200, 200], [r.text for r in responses]
+    single, batch, by_query = (response.json() for response in responses)
+    for answer in (single, *batch["predictions"], by_query):
+        assert answer["interval"] is None, answer
+        assert answer["interval_note"] == "version 1 was registered without a prediction interval", answer
 
 
 def send_label(http: httpx.Client, request_id: str, actual: float) -> None:
