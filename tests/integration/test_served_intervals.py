@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from sqlalchemy import text
 
 from housing.api.main import create_app
+from housing.config.settings import Settings
 from housing.schema import FEATURE_NAMES
 from housing.serving.intervals import serve_interval
 from housing.serving.model_service import served_interval
@@ -100,8 +101,10 @@ def test_a_version_registered_without_an_interval_answers_null_and_says_why(pipe
     registry.create_registered_model("CaliforniaHousing")
     registry.create_model_version("CaliforniaHousing", source=str(folder))
     registry.set_registered_model_alias("CaliforniaHousing", "production", "1")
-    settings = pipeline_run.settings(
-        tracking_uri=tracking_uri, prediction_log_url=f"sqlite:///{tmp_path / 'log.db'}"
+    settings = Settings(
+        artifacts_dir=pipeline_run.artifacts_dir,
+        tracking_uri=tracking_uri,
+        prediction_log_url=f"sqlite:///{tmp_path / 'log.db'}",
     )
     row = held_out_rows(pipeline_run, 1).iloc[0].to_dict()
     query = "&".join(f"{name}={value}" for name, value in row.items())
