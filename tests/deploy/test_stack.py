@@ -50,13 +50,24 @@ def served_versions(stack: Stack) -> dict[str, str]:
     )
 
 
+API_WORKERS = 2
+"""The compose stack's API workers (HOUSING_API_WORKERS' default)."""
+
+
 def api_ready(stack: Stack) -> dict | None:
-    """/ready's answer once the API says a model is loaded; None while it starts or loads."""
+    """/ready's answer once every API worker has loaded the production model (/ready answers from whichever
+    worker took the connection; /metrics counts them all); None while they start or load."""
     try:
         answer = httpx.get(f"{stack.api_url}/ready", timeout=5)
+        if answer.status_code != 200:
+            return None
+        versions = served_versions(stack)
     except httpx.HTTPError:
         return None
-    return answer.json() if answer.status_code == 200 else None
+    ready = answer.json()
+    if len(versions) < API_WORKERS or set(versions.values()) != {str(ready["model"]["version"])}:
+        return None
+    return ready
 
 
 def log_rows(stack: Stack) -> int:
