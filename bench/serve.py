@@ -833,6 +833,7 @@ def main() -> int:
             f"this API / BentoML:             {ours / peer['rps']:.1f}x   (target >= 2x), p99"
             f" {results['(a) this API, 1 worker, SQLite log']['p99']:.2f} ms vs {peer['p99']:.2f} ms"
             " (target: lower)"
+            + (f"; BentoML's {peer['errors']:.0f} errors are counted in its rps" if peer["errors"] else "")
         )
     print(
         f"this API / bare endpoint:       {ours / results['(c) bare FastAPI constant']['rps']:.0%} of the"

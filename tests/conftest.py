@@ -68,6 +68,7 @@ def dataset_path() -> Path:
     return DATA_SOURCE
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist (-p no:xdist) ignores it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """How ``make test`` shares the tests between its two processes (pytest-xdist): every test of one backend
     (its id carries ``sqlite`` or ``postgres``) runs in one process, so each backend's pipeline is trained

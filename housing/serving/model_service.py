@@ -354,7 +354,10 @@ class ModelService:
             interval=interval,
             interval_note=interval_note,
         )
-        loaded.predict(np.array([[EXAMPLE_REQUEST[name] for name in FEATURE_NAMES]]))  # warm-up
+        example = np.array([[EXAMPLE_REQUEST[name] for name in FEATURE_NAMES]])
+        predicted = loaded.predict(example)  # warm-up: the first request pays no compilation
+        if interval is not None:
+            interval.bounds(example, predicted)
         return loaded
 
     def _describe(self) -> str:

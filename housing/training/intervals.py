@@ -224,9 +224,13 @@ def read_interval(directory: Path, described: str) -> IntervalCalibration:
         ]
     except Exception as error:  # noqa: BLE001 - an untrusted type, a truncated file: one sentence
         raise UserError(f"the prediction interval of {described} does not load safely ({error})") from None
-    if not 0 < numbers.get("level", 0) < 1 or not all(
-        math.isfinite(v) for v in numbers["region_corrections"]
-    ):
+    regions, incomes = numbers.get("region_corrections", []), numbers.get("income_corrections", [])
+    if (
+        not 0 < numbers.get("level", 0) < 1
+        or len(regions) != len(REGION_NAMES)
+        or len(incomes) != len(INCOME_BANDS)
+        or not all(math.isfinite(v) for v in (*regions, *incomes))
+    ):  # the compiled kernel indexes these lists by segment code: one per segment, every one a number
         raise UserError(f"the prediction interval of {described} has inconsistent numbers")
     return IntervalCalibration(low_model=models[0], high_model=models[1], **numbers)
 

@@ -4,17 +4,19 @@ state applied by region), and the online state moved by labels in a real SQLite 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from housing.errors import UserError
 from housing.monitoring.coverage import wilson, window_coverage
 from housing.schema import FEATURE_NAMES, TARGET
 from housing.serving.intervals import OnlineScale, SegmentScale, after_label, serve_interval
 from housing.store.interval_state import LabelOutcome, read_state, record_label
-from housing.training.intervals import conformal_quantile, fit_interval
+from housing.training.intervals import conformal_quantile, fit_interval, read_interval, save_interval
 from tests.helpers import tiny_dataset
 
 
@@ -137,3 +139,26 @@ def test_no_run_of_labels_moves_a_range_beyond_its_limits(log):
     for _ in range(400):
         record_label(log.engine, LabelOutcome("12", "San Diego", False, 0.0), 0.9)
     assert read_state(log.engine, "12").overall.width == pytest.approx(-math.log(4.0))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"level": 7},
+        {"income_corrections": [0.1]},
+        {"region_corrections": [0.1] * 9},
+        {"income_corrections": [0.1, float("nan"), 0.2]},
+    ],
+    ids=["level", "too few bands", "too many regions", "not a number"],
+)
+def test_a_saved_interval_with_a_number_out_of_place_is_refused_in_one_sentence(tmp_path, change):
+    """The compiled kernel indexes the corrections by segment code: a file whose lists do not hold one
+    number per segment would make it read past them, so loading refuses it."""
+    _, calibration, _ = calibrated(1_000)
+    save_interval(calibration, tmp_path)
+    numbers = json.loads((tmp_path / "interval.json").read_text())
+    (tmp_path / "interval.json").write_text(json.dumps({**numbers, **change}))
+    with pytest.raises(UserError, match="has inconsistent numbers"):
+        read_interval(tmp_path, "a version")
+    (tmp_path / "interval.json").write_text(json.dumps(numbers))
+    assert read_interval(tmp_path, "a version").level == calibration.level

@@ -86,9 +86,9 @@ def test_intervals_switched_off_answer_null_and_say_why(pipeline_run):
 
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)  # a registry of its own: no backend path
 def test_a_version_registered_without_an_interval_answers_null_and_says_why(pipeline_run, tmp_path):
-    """A version registered before intervals existed (here: the production model registered again, without
-    the training run that logs a calibration) serves every request form with ``interval: null`` and one
-    sentence saying why: never a 500."""
+    """A version registered before intervals existed (here: the production model registered again, with a
+    training run that logged no calibration, or with no run at all) serves every request form with
+    ``interval: null`` and one sentence saying why: never a 500."""
     source = MlflowClient(pipeline_run.tracking_uri)
     production = source.get_model_version_by_alias("CaliforniaHousing", "production")
     folder = mlflow.artifacts.download_artifacts(
@@ -99,8 +99,15 @@ def test_a_version_registered_without_an_interval_answers_null_and_says_why(pipe
     tracking_uri = f"sqlite:///{tmp_path / 'registry.db'}"
     registry = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     registry.create_registered_model("CaliforniaHousing")
-    registry.create_model_version("CaliforniaHousing", source=str(folder))
-    registry.set_registered_model_alias("CaliforniaHousing", "production", "1")
+    without_run = registry.create_model_version("CaliforniaHousing", source=str(folder))
+    older_run = registry.create_run(registry.create_experiment("older training")).info.run_id
+    registry.set_terminated(older_run)  # a training run that logged the model but no interval
+    registry.create_model_version("CaliforniaHousing", source=str(folder), run_id=older_run)
+    registry.set_registered_model_alias("CaliforniaHousing", "production", "2")
+    assert served_interval(registry, without_run, 1.0) == (
+        None,
+        "version 1 was registered without a prediction interval",
+    )
     settings = Settings(
         artifacts_dir=pipeline_run.artifacts_dir,
         tracking_uri=tracking_uri,
@@ -119,7 +126,7 @@ def test_a_version_registered_without_an_interval_answers_null_and_says_why(pipe
     single, batch, by_query = (response.json() for response in responses)
     for answer in (single, *batch["predictions"], by_query):
         assert answer["interval"] is None, answer
-        assert answer["interval_note"] == "version 1 was registered without a prediction interval", answer
+        assert answer["interval_note"] == "version 2 was registered without a prediction interval", answer
 
 
 def send_label(http: httpx.Client, request_id: str, actual: float) -> None:
