@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import runpy
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -29,7 +32,7 @@ from housing.store.locks import create_lock_table, locks_table
 from housing.store.log_reads import count_rows, read_window
 from housing.store.prediction_log import FeedbackResult, PredictionLog
 from housing.store.tables import create_tables, prediction_rows
-from tests.conftest import DATA_SOURCE
+from tests.conftest import DATA_SOURCE, PROJECT_DIR
 
 
 def tiny_dataset(rows: int) -> pd.DataFrame:
@@ -360,3 +363,17 @@ def finishes(call: Callable[[], Any]) -> Any:
     if not ok:
         raise value
     return value
+
+
+def run_script(script: str, *args: str, patch: pytest.MonkeyPatch) -> tuple[Any, str, str]:
+    """``python <script> <args>`` in this process (``script``: a path under the project, a stage or a
+    module such as ``housing/store/labellers.py``): (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    patch.setattr(sys, "argv", [script, *args])
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        pytest.raises(SystemExit) as exited,
+    ):
+        runpy.run_path(str(PROJECT_DIR / script), run_name="__main__")
+    return exited.value.code, out.getvalue(), err.getvalue()

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, delete, select
 
 from housing import cli
+from housing.errors import UserError
 from housing.store.retrain_evidence import ensure_tables as ensure_evidence_tables
 from housing.store.retrain_evidence import used_rows_table
 from housing.store.tables import feedback_table, opened_engine, predictions_table, timestamp_value
@@ -82,6 +84,8 @@ def prune_older_than_days(url: str, days: float) -> Pruned:
 def main(args: argparse.Namespace) -> int:
     settings = cli.settings_from_args(args)
     days = args.older_than_days if args.older_than_days is not None else settings.log_retention_days
+    if not (math.isfinite(days) and days > 0):  # -1 or 0 would delete every row, not only the old ones
+        raise UserError(f"--older-than-days must be a positive number of days, not {days:g}")
     pruned = prune_older_than_days(settings.log_database_url, days)
     print(
         f"deleted {pruned.predictions:,} prediction(s) and {pruned.labels:,} label(s) logged before"

@@ -7,23 +7,16 @@ The stage scripts run as ``python <script>.py`` would run them (``runpy`` with `
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import runpy
 import shutil
-import sys
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 
 from housing.config.settings import Settings
 from housing.data.dataset import load_and_store
-from tests.helpers import tiny_dataset
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+from tests.helpers import run_script, tiny_dataset
 
 
 def clean_environment(patch: pytest.MonkeyPatch, work_dir: Path) -> Settings:
@@ -35,19 +28,6 @@ def clean_environment(patch: pytest.MonkeyPatch, work_dir: Path) -> Settings:
     patch.setenv("HOUSING_ARTIFACTS_DIR", str(work_dir / "artifacts"))
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work_dir / 'mlflow.db'}")
     return Settings()
-
-
-def run_script(script: str, *args: str, patch: pytest.MonkeyPatch) -> tuple[Any, str, str]:
-    """``python <script> <args>``: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    patch.setattr(sys, "argv", [script, *args])
-    with (
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-        pytest.raises(SystemExit) as exited,
-    ):
-        runpy.run_path(str(PROJECT_DIR / script), run_name="__main__")
-    return exited.value.code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
