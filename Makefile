@@ -66,9 +66,9 @@ test: setup  ## every tier but the deployment's (real data: HOUSING_DATA_SOURCE 
 	@start=$$(date +%s); $(PY) -m pytest -q -n 2 --dist loadscope --ignore=tests/deploy; code=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s in all (exit $$code)"; exit $$code
 
-test-cov: setup  ## the whole suite under coverage.py (subprocesses included); line coverage of housing/
+test-cov: setup  ## make test's tiers under coverage.py (subprocesses included); line coverage of housing/
 	rm -rf .coverage-data && mkdir .coverage-data
-	$(PY) -m coverage run -m pytest -q
+	$(PY) -m coverage run -m pytest -q -n 2 --dist loadscope --ignore=tests/deploy
 	$(PY) -m coverage combine -q
 	$(PY) -m coverage report --precision=2 --skip-covered
 
