@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from datetime import UTC, datetime, timedelta
 
 from housing import cli
 from housing.config.settings import Settings
+from housing.errors import UserError
 from housing.monitoring.price_moves import approve_price_step
 from housing.monitoring.round import MonitorOutcome, RetrainFailed, run_monitor
 
@@ -125,7 +127,9 @@ def report(outcome: MonitorOutcome, settings: Settings) -> None:
 
 def monitor_once(args: argparse.Namespace, settings: Settings) -> int:
     """One monitoring round; its exit code (0 decided, 1 the retrain failed)."""
-    since = datetime.now(UTC) - timedelta(minutes=args.since_minutes) if args.since_minutes else None
+    since = None
+    if args.since_minutes is not None:
+        since = datetime.now(UTC) - timedelta(hours=settings.monitor_window_hours)
     try:
         outcome = run_monitor(settings, since=since, dry_run=args.dry_run)
     except RetrainFailed as error:
@@ -142,7 +146,11 @@ def monitor_once(args: argparse.Namespace, settings: Settings) -> int:
 def main(args: argparse.Namespace) -> int:
     """One round, or with --watch a round every SECONDS until SIGINT or SIGTERM; a stop request ends the
     watch after the round in progress (a second Ctrl-C stops at once)."""
+    if args.since_minutes is not None:  # the window setting in minutes: Settings checks it like the others
+        args.monitor_window_hours = args.since_minutes / 60
     settings = cli.settings_from_args(args)
+    if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
+        raise UserError(f"--watch takes a positive number of seconds between rounds, not {args.watch}")
     if args.approve_price_step is not None:
         print(approve_price_step(settings, args.approve_price_step))
         return 0

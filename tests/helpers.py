@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import runpy
 import sqlite3
 import subprocess
@@ -367,13 +368,19 @@ def finishes(call: Callable[[], Any]) -> Any:
 
 def run_script(script: str, *args: str, patch: pytest.MonkeyPatch) -> tuple[Any, str, str]:
     """``python <script> <args>`` in this process (``script``: a path under the project, a stage or a
-    module such as ``housing/store/labellers.py``): (exit code, stdout, stderr)."""
+    module such as ``housing/store/labellers.py``): (exit code, stdout, stderr). The root logger's handlers
+    and level, which the script's logging set-up changes, are put back."""
     out, err = io.StringIO(), io.StringIO()
     patch.setattr(sys, "argv", [script, *args])
-    with (
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-        pytest.raises(SystemExit) as exited,
-    ):
-        runpy.run_path(str(PROJECT_DIR / script), run_name="__main__")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            pytest.raises(SystemExit) as exited,
+        ):
+            runpy.run_path(str(PROJECT_DIR / script), run_name="__main__")
+    finally:
+        root.handlers, root.level = handlers, level
     return exited.value.code, out.getvalue(), err.getvalue()

@@ -17,7 +17,11 @@ class MonitoringSettings(BaseSettings):
         2_000, ge=1, description="Most logged predictions a round reads (the newest of the time window)."
     )
     monitor_window_hours: float = Field(
-        168.0, gt=0, description="A round reads predictions of the last this many hours (--since-minutes)."
+        168.0,
+        gt=0,
+        le=87_600,
+        allow_inf_nan=False,
+        description="A round reads predictions of the last this many hours (--since-minutes).",
     )
     monitor_client_share: float = Field(
         0.5,
@@ -48,6 +52,8 @@ class MonitoringSettings(BaseSettings):
     log_retention_days: float = Field(
         90.0,
         gt=0,
+        le=36_500,
+        allow_inf_nan=False,
         description=(
             "Logged predictions older than this are deleted by each monitor round, except those retraining"
             " used (its evidence)."

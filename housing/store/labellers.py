@@ -67,7 +67,7 @@ def ensure_tables(engine: Engine) -> None:
 
 
 def _checked(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise UserError(
             f"{name!r} is not a labeller name: lower-case letters, digits, '_', '.' and '-', at most 64"
         )

@@ -31,9 +31,10 @@ SERVING_PRIVILEGES = "SELECT, INSERT"
 
 
 def provision(url: str, serving_role: str | None) -> list[str]:
-    """Create the log's tables if missing and, on PostgreSQL, grant ``serving_role`` reading and inserting
-    their rows; the statements of the grants run."""
-    if serving_role is not None and not ROLE_NAME.match(serving_role):
+    """Create the log's tables if missing and, on PostgreSQL, grant ``serving_role`` what serving needs:
+    reading and inserting the log's rows, reading the labellers' digests, moving the intervals' state; the
+    statements of the grants run."""
+    if serving_role is not None and not ROLE_NAME.fullmatch(serving_role):
         raise UserError(
             f"{serving_role!r} is not a plain PostgreSQL role name (lower case letters, digits, _)"
         )
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--grant-to",
         default=None,
         metavar="ROLE",
-        help="The API's PostgreSQL role: granted SELECT, INSERT on the log",
+        help=(
+            "The API's PostgreSQL role: granted SELECT, INSERT on the log's tables, SELECT on the labellers'"
+            " digests, SELECT, INSERT, UPDATE on the intervals' state"
+        ),
     )
     cli.add_setting_flags(parser, "prediction_log_url", "artifacts_dir")
     return parser

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, delete, select
 
 from housing import cli
-from housing.errors import UserError
 from housing.store.retrain_evidence import ensure_tables as ensure_evidence_tables
 from housing.store.retrain_evidence import used_rows_table
 from housing.store.tables import feedback_table, opened_engine, predictions_table, timestamp_value
@@ -83,10 +81,7 @@ def prune_older_than_days(url: str, days: float) -> Pruned:
 
 def main(args: argparse.Namespace) -> int:
     settings = cli.settings_from_args(args)
-    days = args.older_than_days if args.older_than_days is not None else settings.log_retention_days
-    if not (math.isfinite(days) and days > 0):  # -1 or 0 would delete every row, not only the old ones
-        raise UserError(f"--older-than-days must be a positive number of days, not {days:g}")
-    pruned = prune_older_than_days(settings.log_database_url, days)
+    pruned = prune_older_than_days(settings.log_database_url, settings.log_retention_days)
     print(
         f"deleted {pruned.predictions:,} prediction(s) and {pruned.labels:,} label(s) logged before"
         f" {pruned.before:%Y-%m-%d %H:%M} UTC (kept: every row a retraining run used)"
@@ -100,11 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    parser.add_argument(  # the setting itself: Settings refuses 0, negatives, inf and nan
         "--older-than-days",
+        dest="log_retention_days",
         type=float,
         default=None,
-        help="Delete what is older than this many days [default: HOUSING_LOG_RETENTION_DAYS].",
+        metavar="DAYS",
+        help="Delete what is older than this many days, 0 < DAYS <= 36500 [env HOUSING_LOG_RETENTION_DAYS].",
     )
     cli.add_setting_flags(parser, "prediction_log_url", "artifacts_dir")
     return parser

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ LABELLERS = "housing/store/labellers.py"
 RETENTION = "housing/store/retention.py"
 
 
-def log_environment(patch: pytest.MonkeyPatch, folder) -> str:
+def log_environment(patch: pytest.MonkeyPatch, folder: Path) -> str:
     """A prediction log of its own (SQLite) and nothing from the caller's HOUSING_* / MLFLOW_*; its URL."""
     for key in list(os.environ):
         if key.startswith(("HOUSING_", "MLFLOW_")):
@@ -62,18 +63,23 @@ def test_a_labellers_token_is_shown_once_stored_as_a_digest_rotated_and_revoked(
         (("revoke",), "'revoke' needs the labeller's name"),
         (("rotate", "nobody"), "there is no labeller 'nobody': add it first"),
         (("revoke", "nobody"), "there is no labeller 'nobody'"),
+        (("add", "alice"), "exists already"),
         (("add", "Alice Smith"), "is not a labeller name"),
+        (("add", "bob\n"), "is not a labeller name"),
     ],
 )
 def test_a_labeller_command_that_cannot_be_done_says_why_and_changes_nothing(
     args, sentence, tmp_path, monkeypatch
 ):
     url = log_environment(monkeypatch, tmp_path)
+    assert run_script(LABELLERS, "add", "alice", patch=monkeypatch)[0] == 0
+    with opened_engine(url) as engine:
+        before = active_digests(engine), list_labellers(engine)
     code, out, err = run_script(LABELLERS, *args, patch=monkeypatch)
     assert code == 2 and out == "", (out, err)
     assert err.startswith("error: ") and sentence in err and len(err.strip().splitlines()) == 1, err
     with opened_engine(url) as engine:
-        assert list_labellers(engine) == []
+        assert (active_digests(engine), list_labellers(engine)) == before
 
 
 def test_retention_deletes_what_is_older_than_the_setting_or_the_flag_and_says_how_much(
@@ -94,13 +100,15 @@ def test_retention_deletes_what_is_older_than_the_setting_or_the_flag_and_says_h
     assert code == 0 and out.startswith("deleted 0 prediction(s) and 0 label(s)"), (out, err)
     assert count_rows(url) == (3, 2)
 
-    monkeypatch.setenv("HOUSING_LOG_RETENTION_DAYS", "1")
     code, out, err = run_script(RETENTION, "--older-than-days", "2", patch=monkeypatch)  # the flag wins
     assert code == 0 and out.startswith("deleted 2 prediction(s) and 1 label(s) logged before"), (out, err)
     assert count_rows(url) == (1, 1)
 
-    for mistyped in ("-1", "0", "inf", "nan"):  # each would delete every row or fail half-way
+    for mistyped in ("-1", "0", "inf", "nan", "1e6"):  # -1 and 0 would delete every row, the others overflow
         code, out, err = run_script(RETENTION, "--older-than-days", mistyped, patch=monkeypatch)
-        assert code == 2 and out == "" and "a positive number of days" in err, (mistyped, out, err)
+        assert code == 2 and out == "" and "invalid setting log_retention_days" in err, (mistyped, out, err)
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setenv("HOUSING_LOG_RETENTION_DAYS", "inf")  # the setting, as every monitor round reads it
+    code, out, err = run_script(RETENTION, patch=monkeypatch)
+    assert code == 2 and "invalid setting log_retention_days" in err, (out, err)
     assert count_rows(url) == (1, 1)

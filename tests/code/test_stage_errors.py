@@ -134,3 +134,23 @@ def test_train_without_a_split_says_to_run_preprocess(stages, tmp_path, monkeypa
         "y_test.pkl); run preprocess.py first",
     )
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (("--since-minutes", "-5"), "invalid setting monitor_window_hours"),
+        (("--since-minutes", "0"), "invalid setting monitor_window_hours"),
+        (("--since-minutes", "nan"), "invalid setting monitor_window_hours"),
+        (("--since-minutes", "1e12"), "invalid setting monitor_window_hours"),
+        (("--watch", "-1"), "--watch takes a positive number of seconds"),
+        (("--watch", "nan"), "--watch takes a positive number of seconds"),
+    ],
+)
+def test_monitor_refuses_a_window_or_a_watch_interval_that_is_not_a_positive_number(
+    args, sentence, tmp_path, monkeypatch
+):
+    clean_environment(monkeypatch, tmp_path)
+    code, out, err = run_script("monitor.py", *args, patch=monkeypatch)
+    assert code == 2 and out == "" and err.startswith("error: ") and sentence in err, (out, err)
+    assert len(err.strip().splitlines()) == 1, err

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
@@ -29,10 +31,12 @@ SERVING = {
     "interval_state": {"SELECT", "INSERT", "UPDATE"},
 }
 """What the API's role may do, table by table; every other table of the database: nothing."""
-PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+WRITERS_OWN = {"production_ledger", "locks", "lock_fences", "retraining_rows"}
+"""Tables the writer keeps in the same database: the API's role gets nothing on them."""
 
 
-def environment(patch: pytest.MonkeyPatch, log_url: str, folder) -> None:
+def environment(patch: pytest.MonkeyPatch, log_url: str, folder: Path) -> None:
     for key in list(os.environ):
         if key.startswith(("HOUSING_", "MLFLOW_")):
             patch.delenv(key)
@@ -63,58 +67,69 @@ def granted(admin_url: str, role: str) -> dict[str, set[str]]:
         engine.dispose()
 
 
-@pytest.mark.postgres
-def test_the_api_role_gets_the_log_and_nothing_else_and_running_again_changes_nothing(
-    postgres, tmp_path, monkeypatch
-):
+@pytest.fixture
+def log_database(postgres) -> Iterator[tuple[str, str, str]]:
+    """A fresh PostgreSQL database holding the writer's tables (ledger, locks, retraining rows) and a fresh
+    login role for the API: (the database's admin URL, the role, its password); both dropped afterwards."""
     admin = postgres.admin_url
-    database, role, password = (
-        f"provision_{uuid.uuid4().hex[:8]}",
-        f"api_{uuid.uuid4().hex[:8]}",
-        new_secret(),
-    )
-    create_database(admin, database)
-    log_url = database_url(admin, database)
+    database, role = f"provision_{uuid.uuid4().hex[:8]}", f"api_{uuid.uuid4().hex[:8]}"
+    password = new_secret()
     server = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with server.connect() as connection:
-        connection.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"))
     try:
-        with opened_engine(log_url) as engine:  # what the writer keeps in the same database
+        create_database(admin, database)
+        with server.connect() as connection:
+            connection.execute(text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"))
+        log_url = database_url(admin, database)
+        with opened_engine(log_url) as engine:
             create_ledger_table(engine)
             create_lock_table(engine)
             ensure_evidence_tables(engine)
-        environment(monkeypatch, log_url, tmp_path)
-        code, out, err = run_script(PROVISION, "--grant-to", role, patch=monkeypatch)
-        assert code == 0 and out.strip().endswith("the prediction log's tables are in place"), (out, err)
-        assert out.count("GRANT ") == len(SERVING)
-        rights = granted(log_url, role)
-        assert {table: found for table, found in rights.items() if found} == SERVING
-        assert len(rights) > len(SERVING)  # the ledger, the locks and the retraining rows: nothing
-
-        as_api = create_engine(make_url(log_url).set(username=role, password=password))
-        try:
-            with as_api.connect() as connection:
-                assert connection.execute(text("SELECT count(*) FROM predictions")).scalar() == 0
-                for refused in ("SELECT * FROM production_ledger", "CREATE TABLE mine (x int)"):
-                    with pytest.raises(ProgrammingError, match="permission denied"):
-                        connection.execute(text(refused))
-                    connection.rollback()
-        finally:
-            as_api.dispose()
-
-        code, out, err = run_script(PROVISION, "--grant-to", role, patch=monkeypatch)
-        assert code == 0 and granted(log_url, role) == rights, (out, err)
-    finally:
+        yield log_url, role, password
+    finally:  # the database first: its grants are what the role's drop would otherwise trip on
         with server.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-            connection.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+            try:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            finally:
+                connection.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
         server.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend_name", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)  # a role and its grants exist on PostgreSQL only; SQLite's refusal: below
+def test_the_api_role_gets_the_log_and_nothing_else_and_running_again_changes_nothing(
+    backend_name, log_database, tmp_path, monkeypatch
+):
+    log_url, role, password = log_database
+    environment(monkeypatch, log_url, tmp_path)
+    code, out, err = run_script(PROVISION, "--grant-to", role, patch=monkeypatch)
+    assert code == 0 and out.strip().endswith("the prediction log's tables are in place"), (out, err)
+    assert out.count("GRANT ") == len(SERVING)
+    rights = granted(log_url, role)
+    assert {table: found for table, found in rights.items() if found} == SERVING
+    assert set(rights) >= WRITERS_OWN  # there, and refused: nothing granted on them
+
+    as_api = create_engine(make_url(log_url).set(username=role, password=password))
+    try:
+        with as_api.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM predictions")).scalar() == 0
+            # CREATE: PostgreSQL 15+ gives PUBLIC none on the public schema, and provisioning adds none
+            for refused in ("SELECT * FROM production_ledger", "CREATE TABLE mine (x int)"):
+                with pytest.raises(ProgrammingError, match="permission denied"):
+                    connection.execute(text(refused))
+                connection.rollback()
+    finally:
+        as_api.dispose()
+
+    code, out, err = run_script(PROVISION, "--grant-to", role, patch=monkeypatch)
+    assert code == 0 and granted(log_url, role) == rights, (out, err)
 
 
 @pytest.mark.parametrize(
     ("args", "sentence"),
     [
         (("--grant-to", "api; DROP TABLE predictions"), "is not a plain PostgreSQL role name"),
+        (("--grant-to", "housing_api\n"), "is not a plain PostgreSQL role name"),
         (("--grant-to", "housing_api"), "--grant-to needs a PostgreSQL prediction log: SQLite has no roles"),
     ],
 )
