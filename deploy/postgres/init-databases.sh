@@ -5,7 +5,8 @@
 #   mlflow          owns the tracking store (mlflow) and the tracking server's accounts (mlflow_auth)
 #   housing_writer  owns the prediction-log database (predictions): the pipeline and the monitor
 #   housing_api     may connect to predictions only; `python -m housing.store.provision --grant-to
-#                   housing_api` then grants it reading and inserting the log's two tables, nothing else
+#                   housing_api` then grants it reading and inserting the log's two tables, reading the
+#                   labellers' token digests and moving the intervals' state, nothing else
 # The superuser is used here only.
 set -euo pipefail
 secret() { tr -d '\n' < "/run/secrets/$1"; }
