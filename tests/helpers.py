@@ -384,3 +384,11 @@ def run_script(script: str, *args: str, patch: pytest.MonkeyPatch) -> tuple[Any,
     finally:
         root.handlers, root.level = handlers, level
     return exited.value.code, out.getvalue(), err.getvalue()
+
+
+def assert_refused(result: tuple[Any, str, str], sentence: str) -> None:
+    """``result`` (:func:`run_script`'s) is a refusal as the project's commands refuse bad input: exit code 2,
+    nothing on stdout, one line on stderr that starts with "error: " and holds ``sentence``."""
+    code, out, err = result
+    assert code == 2 and out == "", (out, err)
+    assert err.startswith("error: ") and sentence in err and len(err.strip().splitlines()) == 1, err

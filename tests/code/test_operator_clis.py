@@ -15,7 +15,7 @@ from housing.store.labellers import active_digests, list_labellers, token_digest
 from housing.store.log_reads import count_rows
 from housing.store.prediction_log import PredictionLog
 from housing.store.tables import create_tables, opened_engine
-from tests.helpers import START, rows_for, run_script
+from tests.helpers import START, assert_refused, rows_for, run_script
 
 LABELLERS = "housing/store/labellers.py"
 RETENTION = "housing/store/retention.py"
@@ -75,9 +75,7 @@ def test_a_labeller_command_that_cannot_be_done_says_why_and_changes_nothing(
     assert run_script(LABELLERS, "add", "alice", patch=monkeypatch)[0] == 0
     with opened_engine(url) as engine:
         before = active_digests(engine), list_labellers(engine)
-    code, out, err = run_script(LABELLERS, *args, patch=monkeypatch)
-    assert code == 2 and out == "", (out, err)
-    assert err.startswith("error: ") and sentence in err and len(err.strip().splitlines()) == 1, err
+    assert_refused(run_script(LABELLERS, *args, patch=monkeypatch), sentence)
     with opened_engine(url) as engine:
         assert (active_digests(engine), list_labellers(engine)) == before
 
@@ -105,9 +103,8 @@ def test_retention_deletes_what_is_older_than_the_setting_or_the_flag_and_says_h
     assert count_rows(url) == (1, 1)
 
     for mistyped in ("-1", "0", "inf", "nan", "1e6"):  # -1 and 0 would delete every row, the others overflow
-        code, out, err = run_script(RETENTION, "--older-than-days", mistyped, patch=monkeypatch)
-        assert code == 2 and out == "" and "invalid setting log_retention_days" in err, (mistyped, out, err)
-        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        refusal = run_script(RETENTION, "--older-than-days", mistyped, patch=monkeypatch)
+        assert_refused(refusal, "invalid setting log_retention_days")
     monkeypatch.setenv("HOUSING_LOG_RETENTION_DAYS", "inf")  # the setting, as every monitor round reads it
     code, out, err = run_script(RETENTION, patch=monkeypatch)
     assert code == 2 and "invalid setting log_retention_days" in err, (out, err)

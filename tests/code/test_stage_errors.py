@@ -16,7 +16,7 @@ import pytest
 
 from housing.config.settings import Settings
 from housing.data.dataset import load_and_store
-from tests.helpers import run_script, tiny_dataset
+from tests.helpers import assert_refused, run_script, tiny_dataset
 
 
 def clean_environment(patch: pytest.MonkeyPatch, work_dir: Path) -> Settings:
@@ -151,6 +151,4 @@ def test_monitor_refuses_a_window_or_a_watch_interval_that_is_not_a_positive_num
     args, sentence, tmp_path, monkeypatch
 ):
     clean_environment(monkeypatch, tmp_path)
-    code, out, err = run_script("monitor.py", *args, patch=monkeypatch)
-    assert code == 2 and out == "" and err.startswith("error: ") and sentence in err, (out, err)
-    assert len(err.strip().splitlines()) == 1, err
+    assert_refused(run_script("monitor.py", *args, patch=monkeypatch), sentence)

@@ -20,7 +20,7 @@ from housing.registry.ledger import create_ledger_table
 from housing.store.locks import create_lock_table
 from housing.store.retrain_evidence import ensure_tables as ensure_evidence_tables
 from housing.store.tables import opened_engine
-from tests.helpers import run_script
+from tests.helpers import assert_refused, run_script
 from tests.postgres import create_database, database_url, new_secret
 
 PROVISION = "housing/store/provision.py"
@@ -137,9 +137,7 @@ def test_a_role_that_is_not_plain_or_a_sqlite_log_with_grants_is_refused_in_one_
     args, sentence, tmp_path, monkeypatch
 ):
     environment(monkeypatch, f"sqlite:///{tmp_path / 'log.db'}", tmp_path)
-    code, out, err = run_script(PROVISION, *args, patch=monkeypatch)
-    assert code == 2 and out == "" and err.startswith("error: ") and sentence in err, (out, err)
-    assert len(err.strip().splitlines()) == 1
+    assert_refused(run_script(PROVISION, *args, patch=monkeypatch), sentence)
 
 
 def test_on_sqlite_it_creates_the_log_tables_and_grants_nothing(tmp_path, monkeypatch):
